@@ -1,0 +1,1 @@
+"""One module per ``pgwarden`` subcommand; see :mod:`proxy.cli`."""

@@ -1,0 +1,349 @@
+"""Proxy configuration: one schema, three sources (YAML file < environment < flags).
+
+Every key is declared once in :data:`SCHEMA`. The same declaration produces the YAML
+validator, the ``PGWARDEN_*`` environment variable and the ``--flag`` of ``pgwarden serve``,
+so the three can never drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from proxy import yamlsrc
+from proxy.errors import ConfigError, SourceError, SourceProblem
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "k": 1000, "kib": 1024, "mb": 1000**2, "m": 1000**2,
+               "mib": 1024**2, "gb": 1000**3, "g": 1000**3, "gib": 1024**3}
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_size(value: Any) -> int:
+    """``64MB``, ``10kB``, ``1GiB`` or a plain number of bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 64MB")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"expected a size such as 64MB, got {value!r}")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def parse_duration(value: Any) -> float:
+    """``30s``, ``500ms``, ``5m``, ``1h``, ``1d`` or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
+    if not match or match.group(2).lower() not in _DURATION_UNITS:
+        raise ValueError(f"expected a duration such as 30s, got {value!r}")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where to listen or connect: a TCP host/port or a Unix socket path."""
+
+    host: str
+    port: int
+    unix_path: str | None = None
+
+    def __str__(self) -> str:
+        return self.unix_path if self.unix_path else f"{self.host}:{self.port}"
+
+
+def parse_listen(value: Any) -> Endpoint:
+    text = str(value).strip()
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"invalid port in {value!r}")
+    return Endpoint(host, int(port))
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """The PostgreSQL server pgwarden fronts."""
+
+    host: str = "127.0.0.1"
+    port: int = 5432
+    unix_dir: str | None = None  # directory holding .s.PGSQL.<port>
+
+    @property
+    def unix_path(self) -> str | None:
+        return f"{self.unix_dir}/.s.PGSQL.{self.port}" if self.unix_dir else None
+
+    def __str__(self) -> str:
+        return self.unix_path or f"{self.host}:{self.port}"
+
+
+def parse_upstream(value: Any) -> Upstream:
+    """``HOST:PORT``, ``postgresql://host:port[/db]``, or a Unix socket directory/path."""
+    text = str(value).strip()
+    if text.startswith(("postgres://", "postgresql://")):
+        parts = urlsplit(text)
+        host = unquote(parts.hostname or "127.0.0.1")
+        port = parts.port or 5432
+        if host.startswith("/"):
+            return Upstream(host="", port=port, unix_dir=host)
+        return Upstream(host, port)
+    if text.startswith("/"):
+        match = re.fullmatch(r"(.*)/\.s\.PGSQL\.(\d+)", text)
+        if match:
+            return Upstream(host="", port=int(match.group(2)), unix_dir=match.group(1))
+        base, _, port = text.rpartition(":")
+        if port.isdigit() and base:
+            return Upstream(host="", port=int(port), unix_dir=base)
+        return Upstream(host="", port=5432, unix_dir=text)
+    endpoint = parse_listen(text) if ":" in text else Endpoint(text, 5432)
+    return Upstream(endpoint.host, endpoint.port)
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value)
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}; got {value!r}")
+        return text
+
+    return parse
+
+
+def _str_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(v for v in (p.strip() for p in value.split(",")) if v)
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ValueError("expected a list of strings")
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("expected a whole number")
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be at least 1")
+    return number
+
+
+def _sinks(value: Any) -> tuple[Mapping[str, Any], ...]:
+    if isinstance(value, str):
+        import json
+
+        value = json.loads(value)
+    if not isinstance(value, list | tuple):
+        raise ValueError("expected a list of sinks such as [{type: postgres, dsn: ...}]")
+    out = []
+    for item in value:
+        if not isinstance(item, dict) or item.get("type") != "postgres" or not item.get("dsn"):
+            raise ValueError("each sink needs type: postgres and a dsn")
+        out.append(dict(item))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    path: str  # dotted
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    flag: str = ""  # explicit flag name; default derived from the path
+
+    @property
+    def flag_name(self) -> str:
+        return self.flag or "--" + self.path.replace(".", "-").replace("_", "-")
+
+    @property
+    def env_name(self) -> str:
+        return "PGWARDEN_" + self.path.replace(".", "_").upper()
+
+
+SCHEMA: tuple[Key, ...] = (
+    Key("listen", parse_listen, "127.0.0.1:6432", "address clients connect to (HOST:PORT)"),
+    Key("upstream", parse_upstream, "127.0.0.1:5432",
+        "PostgreSQL server: HOST:PORT, postgresql:// URL, or Unix socket directory"),
+    Key("proxy_id", str, "", "name of this proxy in audit events (default: hostname)"),
+    Key("policies", _str_list, (), "policy files or directories (repeatable)", flag="--policy"),
+    Key("alerts", _str_list, (), "alert-rule files or directories (repeatable)", flag="--alerts"),
+    Key("log_format", _choice("text", "json"), "text", "diagnostic log format on stderr"),
+    Key("log_level", _choice("debug", "info", "warning", "error"), "info", "diagnostic log level"),
+    Key("workers", _positive_int, 1, "worker processes sharing the listen port (SO_REUSEPORT)"),
+    Key("allow_replication", parse_bool, False, "let replication connections through"),
+    Key("shutdown_grace", parse_duration, 30.0, "how long running statements may finish on stop"),
+    Key("limits.max_message_size", parse_size, 64 * 1000**2,
+        "largest Query/Parse/Bind/FunctionCall message accepted"),
+    Key("limits.login_timeout", parse_duration, 30.0, "deadline for a client to finish startup+auth"),
+    Key("limits.connect_timeout", parse_duration, 10.0, "deadline for connecting to the upstream"),
+    Key("limits.cancel_timeout", parse_duration, 2.0, "deadline for forwarding a CancelRequest"),
+    Key("limits.max_clients", _positive_int, 10000, "client connections accepted at once"),
+    Key("audit.dir", str, "./audit", "directory of the JSONL audit trail", flag="--audit-dir"),
+    Key("audit.rotate_size", parse_size, 100 * 1000**2, "rotate the current file past this size"),
+    Key("audit.rotate_age", parse_duration, 86400.0, "rotate the current file past this age"),
+    Key("audit.compress_rotated", parse_bool, False, "gzip rotated files"),
+    Key("audit.fsync", _choice("none", "interval", "always"), "interval",
+        "none: OS decides; interval: fsync every audit.fsync_interval; always: before release"),
+    Key("audit.fsync_interval", parse_duration, 1.0, "fsync period for audit.fsync=interval"),
+    Key("audit.hmac_key_file", str, "", "file with a secret key: chain hashes become HMACs"),
+    Key("audit.statement_text", _choice("full", "normalized", "none"), "full",
+        "statement text in events: full (secrets redacted), normalized, none"),
+    Key("audit.parameters", _choice("none", "redacted", "full"), "none",
+        "bind parameters in events"),
+    Key("audit.queue_max", _positive_int, 100000, "audit records buffered before statements wait"),
+    Key("audit.fail_closed", parse_bool, False,
+        "refuse new statements while no durable sink accepts records"),
+    Key("audit.sinks", _sinks, (), "extra sinks, e.g. [{type: postgres, dsn: ...}]"),
+    Key("admin.listen", str, "127.0.0.1:9187", "admin HTTP listener (HOST:PORT; empty: off)"),
+    Key("admin.token_file", str, "", "file holding the admin API bearer token"),
+)
+
+_BY_PATH = {k.path: k for k in SCHEMA}
+_SECTIONS = {k.path.split(".")[0] for k in SCHEMA if "." in k.path}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The validated configuration. ``values`` maps dotted keys to parsed values."""
+
+    values: Mapping[str, Any]
+    source: str = ""  # the config file, if any
+
+    def __getitem__(self, path: str) -> Any:
+        return self.values[path]
+
+    @property
+    def listen(self) -> Endpoint:
+        return self.values["listen"]  # type: ignore[no-any-return]
+
+    @property
+    def upstream(self) -> Upstream:
+        return self.values["upstream"]  # type: ignore[no-any-return]
+
+    @property
+    def proxy_id(self) -> str:
+        return self.values["proxy_id"] or socket.gethostname()  # type: ignore[no-any-return]
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with dotted keys replaced (use ``audit__dir=`` for ``audit.dir``)."""
+        values = dict(self.values)
+        for name, value in changes.items():
+            path = name.replace("__", ".")
+            values[path] = _BY_PATH[path].parse(value)
+        return Config(values, self.source)
+
+
+@dataclass(slots=True)
+class _Collector:
+    values: dict[str, Any] = field(default_factory=dict)
+    problems: list[SourceProblem] = field(default_factory=list)
+
+    def set(self, key: Key, raw: Any, where: tuple[str, int, int]) -> None:
+        try:
+            self.values[key.path] = key.parse(raw)
+        except (ValueError, TypeError) as exc:
+            self.problems.append(SourceProblem(where[0], where[1], where[2], str(exc), key.path))
+
+
+def _walk_file(data: Any, file: str, out: _Collector) -> None:
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        out.problems.append(SourceProblem(file, 1, 1, "the config file must be a mapping"))
+        return
+    for name, value in data.items():
+        line, col = yamlsrc.where(data, name)
+        if name in _SECTIONS:
+            if not isinstance(value, dict):
+                out.problems.append(SourceProblem(file, line, col, "expected a mapping", name))
+                continue
+            for sub, subvalue in value.items():
+                sline, scol = yamlsrc.where(value, sub)
+                key = _BY_PATH.get(f"{name}.{sub}")
+                if key is None:
+                    out.problems.append(
+                        SourceProblem(file, sline, scol, "unknown key", f"{name}.{sub}"))
+                else:
+                    out.set(key, subvalue, (file, sline, scol))
+        elif name in _BY_PATH:
+            out.set(_BY_PATH[name], value, (file, line, col))
+        else:
+            out.problems.append(SourceProblem(file, line, col, "unknown key", str(name)))
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config`` and one flag per schema key to ``parser``."""
+    parser.add_argument("--config", "-c", metavar="FILE", help="YAML configuration file")
+    for key in SCHEMA:
+        repeatable = key.parse is _str_list
+        parser.add_argument(
+            key.flag_name,
+            dest="cfg__" + key.path.replace(".", "__"),
+            metavar=key.path.split(".")[-1].upper(),
+            action="append" if repeatable else "store",
+            default=None,
+            help=f"{key.help} [env {key.env_name}; default {key.default!r}]",
+        )
+
+
+def load(
+    args: argparse.Namespace | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> Config:
+    """Build the configuration: defaults < file < environment < flags.
+
+    Raises :class:`ConfigError` listing every problem, each naming its key and source.
+    """
+    environ = os.environ if environ is None else environ
+    out = _Collector()
+    for key in SCHEMA:
+        out.set(key, key.default, ("<default>", 0, 0))
+    path = config_file or (getattr(args, "config", None) if args is not None else None)
+    path = path or environ.get("PGWARDEN_CONFIG")
+    if path:
+        try:
+            data = yamlsrc.load_file(path)
+        except SourceError as exc:
+            raise ConfigError(exc.problems) from None
+        _walk_file(data, str(Path(path)), out)
+    for key in SCHEMA:
+        if key.env_name in environ:
+            out.set(key, environ[key.env_name], (f"${key.env_name}", 0, 0))
+    if args is not None:
+        for key in SCHEMA:
+            raw = getattr(args, "cfg__" + key.path.replace(".", "__"), None)
+            if raw is not None:
+                out.set(key, raw, (key.flag_name, 0, 0))
+    if out.problems:
+        raise ConfigError(out.problems)
+    return Config(out.values, str(path or ""))
+
+
+def defaults() -> Config:
+    """The configuration with every key at its default (for tests and the library API)."""
+    return load(None, environ={})

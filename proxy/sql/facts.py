@@ -1,0 +1,77 @@
+"""Facts about SQL statements: the values the policy engine and the audit log consume.
+
+Produced by :mod:`proxy.sql.extract` from pglast's AST (PostgreSQL's own grammar). Immutable and
+hashable so they can be cached and shared between sessions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Access = Literal["read", "write"]
+StatementClass = Literal["read", "write", "ddl", "role", "function", "misc"]
+CopyKind = Literal["stdin", "stdout", "file", "program"]
+
+
+@dataclass(frozen=True, slots=True)
+class Relation:
+    """A relation a statement touches. Names are as PostgreSQL resolves identifiers:
+    unquoted parts folded to lower case, quoted parts kept exactly."""
+
+    schema: str | None
+    name: str
+    access: Access
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}" if self.schema else self.name
+
+
+@dataclass(frozen=True, slots=True)
+class StatementFacts:
+    """Facts about one SQL statement (one element of a possibly multi-statement string)."""
+
+    text: str  # the source text of this one statement
+    command: str  # PostgreSQL command tag vocabulary: "SELECT", "CREATE TABLE", "ALTER ROLE"…
+    statement_class: StatementClass
+    # Every command that actually executes, including hidden ones: data-modifying CTEs,
+    # EXPLAIN ANALYZE targets, statements inside DO bodies, the body of an EXECUTEd PREPARE.
+    effective_commands: frozenset[str]
+    classes: frozenset[StatementClass]  # statement_class plus the classes of hidden commands
+    relations: tuple[Relation, ...]
+    functions: frozenset[str]  # called functions, lower-cased, schema-qualified when written so
+    missing_where: bool  # UPDATE/DELETE (anywhere inside) without WHERE or with a trivially true one
+    copy: CopyKind | None
+    role_change: bool  # SET ROLE, SET SESSION AUTHORIZATION, set_config('role', …), RESET ROLE
+    opaque: bool  # dynamic SQL that cannot be analysed statically
+    fingerprint: str  # pglast fingerprint (hex)
+    prepare_name: str | None = None  # PREPARE name AS … (SQL level)
+    execute_name: str | None = None  # EXECUTE name (SQL level)
+    notes: tuple[str, ...] = field(default=())  # human-readable explanations for `policy test`
+
+
+@dataclass(frozen=True, slots=True)
+class QueryFacts:
+    """Facts about one message's SQL text (a Query or a Parse)."""
+
+    text: str
+    statements: tuple[StatementFacts, ...]  # empty for an empty query
+    parse_error: str | None = None  # set when pglast (PostgreSQL's grammar) rejects the text
+    unparsable_reason: str | None = None  # e.g. "standard_conforming_strings is off"
+
+    @property
+    def parsable(self) -> bool:
+        return self.parse_error is None and self.unparsable_reason is None
+
+    @property
+    def multi_statement(self) -> bool:
+        return len(self.statements) > 1
+
+
+@dataclass(frozen=True, slots=True)
+class ParserSettings:
+    """Session settings that change how text parses; part of the facts cache key."""
+
+    standard_conforming_strings: bool = True
+    client_encoding: str = "UTF8"
