@@ -1,0 +1,76 @@
+"""Process-wide state the admin API, metrics and alerts read: live sessions and counters.
+
+The server owns one :class:`ServerState`; sessions register themselves in it. Everything here
+is touched only from the event loop thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from proxy.identity import Identity
+
+
+class SessionView(Protocol):
+    """What the admin API may see and do with a live client session."""
+
+    session_id: str
+    identity: Identity
+    started_at: float  # wall clock (time.time())
+
+    @property
+    def state(self) -> str:
+        """``startup``, ``idle``, ``active``, ``idle in transaction``,
+        ``idle in transaction (aborted)``, ``copy``, ``closing``."""
+
+    @property
+    def current_statement(self) -> str | None:
+        """Text of the statement in flight (secrets redacted), if any."""
+
+    @property
+    def statement_started(self) -> float | None:
+        """Wall-clock start of the statement in flight, if any."""
+
+    @property
+    def backend_pid(self) -> int | None: ...
+
+    async def cancel(self) -> bool:
+        """Forward a CancelRequest for the running statement; False if nothing was running."""
+
+    def terminate(self, reason: str) -> None:
+        """Close the client with FATAL 57P01 and the upstream connection."""
+
+
+@dataclass
+class Counters:
+    connections_total: int = 0
+    connections_rejected: int = 0  # refused before a session existed (limits, bad startup)
+    upstream_connect_failures: int = 0
+    auth_failures: int = 0
+    policy_reloads: int = 0
+    policy_reload_failures: int = 0
+    protocol_errors_client: int = 0
+    protocol_errors_server: int = 0
+    cancels_forwarded: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    ok: bool
+    errors: tuple[str, ...] = ()
+    policy_files: tuple[str, ...] = ()
+
+
+@dataclass
+class ServerState:
+    proxy_id: str
+    started_at: float
+    sessions: dict[str, SessionView] = field(default_factory=dict)
+    counters: Counters = field(default_factory=Counters)
+    # Set by the server: rebuilds policies (and alert rules) and swaps them in.
+    reload: Callable[[], Awaitable[ReloadResult]] | None = None
+    # Set by the server: True when the upstream accepted a TCP/Unix connection recently.
+    upstream_ok: Callable[[], Awaitable[bool]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
