@@ -20,9 +20,28 @@ from urllib.parse import unquote, urlsplit
 from proxy import yamlsrc
 from proxy.errors import ConfigError, SourceError, SourceProblem
 
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "k": 1000, "kib": 1024, "mb": 1000**2, "m": 1000**2,
-               "mib": 1024**2, "gb": 1000**3, "g": 1000**3, "gib": 1024**3}
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "k": 1000,
+    "kib": 1024,
+    "mb": 1000**2,
+    "m": 1000**2,
+    "mib": 1024**2,
+    "gb": 1000**3,
+    "g": 1000**3,
+    "gib": 1024**3,
+}
+_DURATION_UNITS = {
+    "ms": 0.001,
+    "s": 1.0,
+    "": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+}
 
 
 def parse_size(value: Any) -> int:
@@ -186,8 +205,12 @@ class Key:
 
 SCHEMA: tuple[Key, ...] = (
     Key("listen", parse_listen, "127.0.0.1:6432", "address clients connect to (HOST:PORT)"),
-    Key("upstream", parse_upstream, "127.0.0.1:5432",
-        "PostgreSQL server: HOST:PORT, postgresql:// URL, or Unix socket directory"),
+    Key(
+        "upstream",
+        parse_upstream,
+        "127.0.0.1:5432",
+        "PostgreSQL server: HOST:PORT, postgresql:// URL, or Unix socket directory",
+    ),
     Key("proxy_id", str, "", "name of this proxy in audit events (default: hostname)"),
     Key("policies", _str_list, (), "policy files or directories (repeatable)", flag="--policy"),
     Key("alerts", _str_list, (), "alert-rule files or directories (repeatable)", flag="--alerts"),
@@ -196,9 +219,15 @@ SCHEMA: tuple[Key, ...] = (
     Key("workers", _positive_int, 1, "worker processes sharing the listen port (SO_REUSEPORT)"),
     Key("allow_replication", parse_bool, False, "let replication connections through"),
     Key("shutdown_grace", parse_duration, 30.0, "how long running statements may finish on stop"),
-    Key("limits.max_message_size", parse_size, 64 * 1000**2,
-        "largest Query/Parse/Bind/FunctionCall message accepted"),
-    Key("limits.login_timeout", parse_duration, 30.0, "deadline for a client to finish startup+auth"),
+    Key(
+        "limits.max_message_size",
+        parse_size,
+        64 * 1000**2,
+        "largest Query/Parse/Bind/FunctionCall message accepted",
+    ),
+    Key(
+        "limits.login_timeout", parse_duration, 30.0, "deadline for a client to finish startup+auth"
+    ),
     Key("limits.connect_timeout", parse_duration, 10.0, "deadline for connecting to the upstream"),
     Key("limits.cancel_timeout", parse_duration, 2.0, "deadline for forwarding a CancelRequest"),
     Key("limits.max_clients", _positive_int, 10000, "client connections accepted at once"),
@@ -206,17 +235,30 @@ SCHEMA: tuple[Key, ...] = (
     Key("audit.rotate_size", parse_size, 100 * 1000**2, "rotate the current file past this size"),
     Key("audit.rotate_age", parse_duration, 86400.0, "rotate the current file past this age"),
     Key("audit.compress_rotated", parse_bool, False, "gzip rotated files"),
-    Key("audit.fsync", _choice("none", "interval", "always"), "interval",
-        "none: OS decides; interval: fsync every audit.fsync_interval; always: before release"),
+    Key(
+        "audit.fsync",
+        _choice("none", "interval", "always"),
+        "interval",
+        "none: OS decides; interval: fsync every audit.fsync_interval; always: before release",
+    ),
     Key("audit.fsync_interval", parse_duration, 1.0, "fsync period for audit.fsync=interval"),
     Key("audit.hmac_key_file", str, "", "file with a secret key: chain hashes become HMACs"),
-    Key("audit.statement_text", _choice("full", "normalized", "none"), "full",
-        "statement text in events: full (secrets redacted), normalized, none"),
-    Key("audit.parameters", _choice("none", "redacted", "full"), "none",
-        "bind parameters in events"),
+    Key(
+        "audit.statement_text",
+        _choice("full", "normalized", "none"),
+        "full",
+        "statement text in events: full (secrets redacted), normalized, none",
+    ),
+    Key(
+        "audit.parameters", _choice("none", "redacted", "full"), "none", "bind parameters in events"
+    ),
     Key("audit.queue_max", _positive_int, 100000, "audit records buffered before statements wait"),
-    Key("audit.fail_closed", parse_bool, False,
-        "refuse new statements while no durable sink accepts records"),
+    Key(
+        "audit.fail_closed",
+        parse_bool,
+        False,
+        "refuse new statements while no durable sink accepts records",
+    ),
     Key("audit.sinks", _sinks, (), "extra sinks, e.g. [{type: postgres, dsn: ...}]"),
     Key("admin.listen", str, "127.0.0.1:9187", "admin HTTP listener (HOST:PORT; empty: off)"),
     Key("admin.token_file", str, "", "file holding the admin API bearer token"),
@@ -286,7 +328,8 @@ def _walk_file(data: Any, file: str, out: _Collector) -> None:
                 key = _BY_PATH.get(f"{name}.{sub}")
                 if key is None:
                     out.problems.append(
-                        SourceProblem(file, sline, scol, "unknown key", f"{name}.{sub}"))
+                        SourceProblem(file, sline, scol, "unknown key", f"{name}.{sub}")
+                    )
                 else:
                     out.set(key, subvalue, (file, sline, scol))
         elif name in _BY_PATH:

@@ -1,0 +1,130 @@
+"""What the session asks about SQL: facts, the policy decision, and what the audit log may see.
+
+The session stays ignorant of pglast and of the policy file format; it calls this one object,
+which the server builds and swaps atomically on policy reload.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from proxy.identity import Identity
+from proxy.policy.decision import ALLOW, Decision, RuleMatch
+from proxy.sql import cache as facts_cache
+from proxy.sql import extract, redact
+from proxy.sql.facts import ParserSettings, QueryFacts, StatementFacts
+
+if TYPE_CHECKING:
+    from proxy.config import Config
+    from proxy.policy.engine import Policy
+    from proxy.session import Tracked
+    from proxy.wire.messages import Bind
+
+_AUDIT_REFUSAL = Decision(
+    action="block",
+    intended="block",
+    rules=(RuleMatch("audit-unavailable", "block", "critical", "audit.fail_closed"),),
+    reason="audit trail unavailable and audit.fail_closed is true",
+    message="pgwarden: the audit trail cannot record statements right now; statement refused",
+    sqlstate="57P03",
+)
+
+
+class Gate:
+    def __init__(self, cfg: Config, policy: Policy | None) -> None:
+        self.policy = policy
+        self.generation = 0
+        self._text_mode = cfg["audit.statement_text"]
+        self._param_key = hashlib.sha256(cfg.proxy_id.encode()).digest()
+
+    def swap_policy(self, policy: Policy | None) -> None:
+        self.policy = policy
+        self.generation += 1
+
+    # --- facts and decisions ---------------------------------------------------------------
+
+    def inspect(self, sql: bytes, settings: ParserSettings) -> QueryFacts:
+        return facts_cache.analyze_bytes_cached(sql, settings)
+
+    def decide(self, identity: Identity, facts: QueryFacts) -> Decision:
+        policy = self.policy
+        if policy is None:
+            return ALLOW
+        return policy.evaluate(identity, facts, datetime.now().astimezone())
+
+    def needs_recheck(self, tracked: Tracked) -> bool:
+        """A prepared statement is decided at Parse; decide again at Bind when the policy
+        changed since, or when it depends on the time of day."""
+        policy = self.policy
+        return policy is not None and (policy.uses_time or tracked.generation != self.generation)
+
+    def prepared_body(self, stmt: StatementFacts) -> StatementFacts | None:
+        return extract.prepared_body(stmt)
+
+    def resolve_execute(
+        self, facts: QueryFacts, prepared: Mapping[str, StatementFacts]
+    ) -> QueryFacts:
+        statements = tuple(
+            extract.resolve_execute(s, prepared) if s.execute_name else s for s in facts.statements
+        )
+        return QueryFacts(facts.text, statements, facts.parse_error, facts.unparsable_reason)
+
+    def audit_refusal(self) -> Decision:
+        return _AUDIT_REFUSAL
+
+    # --- what the audit log sees ---------------------------------------------------------
+
+    def audit_text(self, text: str, stmt: StatementFacts | None) -> str | None:
+        mode = self._text_mode
+        if mode == "full":
+            return redact.redact(text)
+        if mode == "normalized":
+            return redact.normalize(text)
+        return None
+
+    def display_text(self, text: str) -> str:
+        return redact.redact(text)
+
+    def add_facts(
+        self, event: dict[str, Any], stmt: StatementFacts | None, decision: Decision | None
+    ) -> None:
+        if stmt is not None:
+            event["command"] = stmt.command
+            event["class"] = stmt.statement_class
+            event["tables"] = [r.qualified for r in stmt.relations]
+            event["fingerprint"] = stmt.fingerprint
+        else:
+            event["command"] = None
+            event["class"] = None
+            event["tables"] = []
+            event["fingerprint"] = None
+        event["decision"] = (decision or ALLOW).as_audit()
+
+    def audit_params(self, bind: Bind, mode: str) -> list[Any]:
+        out: list[Any] = []
+        formats = bind.param_formats
+        for i, value in enumerate(bind.params):
+            fmt = formats[i] if len(formats) > 1 else (formats[0] if formats else 0)
+            if value is None:
+                out.append(None)
+            elif mode == "full":
+                out.append(
+                    value.decode("utf-8", "replace")
+                    if fmt == 0
+                    else "base64:" + base64.b64encode(value).decode()
+                )
+            else:
+                digest = hmac.new(self._param_key, value, hashlib.sha256).hexdigest()[:16]
+                out.append(
+                    {
+                        "format": "text" if fmt == 0 else "binary",
+                        "length": len(value),
+                        "hmac": digest,
+                    }
+                )
+        return out

@@ -1,0 +1,296 @@
+"""The proxy process: listeners, shared services, reload, cancel routing, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import signal
+import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from proxy import diagnostics
+from proxy.config import Config
+from proxy.errors import PgWardenError, SourceError
+from proxy.gate import Gate
+from proxy.state import ReloadResult, ServerState
+from proxy.wire.startup import CancelRequest, encode_cancel
+
+if TYPE_CHECKING:
+    from proxy.audit.trail import AuditTrail
+    from proxy.policy.engine import Policy
+    from proxy.session import Session
+
+logger = logging.getLogger("pgwarden.server")
+
+_CANCEL_CONCURRENCY = 32
+
+
+def load_policies(cfg: Config) -> Policy | None:
+    paths = list(cfg["policies"])
+    if not paths:
+        return None
+    from proxy.policy.loader import load_policy
+
+    return load_policy(paths)
+
+
+class ProxyServer:
+    """Everything one proxy process shares between its sessions."""
+
+    def __init__(self, cfg: Config, trail: AuditTrail, policy: Policy | None) -> None:
+        self.cfg = cfg
+        self.proxy_id = cfg.proxy_id
+        self.trail = trail
+        self.gate = Gate(cfg, policy)
+        self.state = ServerState(proxy_id=self.proxy_id, started_at=time.time())
+        self.state.reload = self.reload
+        self.state.upstream_ok = self.upstream_reachable
+        self.upstream_tls = False
+        self.sessions: dict[str, Session] = {}
+        self._cancel_keys: dict[int, Session] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._servers: list[asyncio.Server] = []
+        self._cancel_slots = asyncio.Semaphore(_CANCEL_CONCURRENCY)
+        self._closing = False
+        self._audit_accepting = lambda: self.trail.healthy
+
+    # --- services for sessions -------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background task failed", exc_info=task.exception())
+
+    def session_opened(self, session: Session) -> None:
+        self.state.counters.connections_total += 1
+        self.sessions[session.session_id] = session
+        self.state.sessions[session.session_id] = session
+        if self._closing or len(self.sessions) > self.cfg["limits.max_clients"]:
+            self.state.counters.connections_rejected += 1
+            session._fatal(
+                "53300" if not self._closing else "57P01",
+                "sorry, too many clients already"
+                if not self._closing
+                else "the proxy is shutting down",
+                reason="rejected",
+            )
+
+    def session_closed(self, session: Session) -> None:
+        self.sessions.pop(session.session_id, None)
+        self.state.sessions.pop(session.session_id, None)
+        if session.cancel_key is not None:
+            self._cancel_keys.pop(session.cancel_key[0], None)
+
+    def mint_cancel_key(self, session: Session, secret_len: int) -> tuple[int, bytes]:
+        while True:
+            pid = int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF
+            if pid and pid not in self._cancel_keys:
+                break
+        secret = os.urandom(secret_len)
+        self._cancel_keys[pid] = session
+        return pid, secret
+
+    def handle_cancel(self, request: CancelRequest) -> None:
+        session = self._cancel_keys.get(request.pid)
+        if session is None or session.cancel_key is None:
+            return
+        if not hmac.compare_digest(session.cancel_key[1], request.secret):
+            logger.warning("cancel request with a wrong key for session %s", session.session_id)
+            return
+        self.spawn(session.cancel())
+
+    async def forward_cancel(self, pid: int, secret: bytes) -> None:
+        upstream = self.cfg.upstream
+        self.state.counters.cancels_forwarded += 1
+        async with self._cancel_slots:
+            try:
+                async with asyncio.timeout(self.cfg["limits.cancel_timeout"]):
+                    if upstream.unix_path:
+                        reader, writer = await asyncio.open_unix_connection(upstream.unix_path)
+                    else:
+                        reader, writer = await asyncio.open_connection(upstream.host, upstream.port)
+                    writer.write(encode_cancel(pid, secret))
+                    await writer.drain()
+                    await reader.read(1)  # the server closes the socket when done
+                    writer.close()
+            except (OSError, TimeoutError) as exc:
+                logger.warning("forwarding a cancel request to %s failed: %s", upstream, exc)
+
+    def audit_accepting(self) -> bool:
+        return bool(self._audit_accepting())
+
+    async def upstream_reachable(self) -> bool:
+        upstream = self.cfg.upstream
+        try:
+            async with asyncio.timeout(2):
+                if upstream.unix_path:
+                    _, writer = await asyncio.open_unix_connection(upstream.unix_path)
+                else:
+                    _, writer = await asyncio.open_connection(upstream.host, upstream.port)
+                writer.close()
+                return True
+        except (OSError, TimeoutError):
+            return False
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        from proxy.session import client_protocol_factory
+
+        loop = asyncio.get_running_loop()
+        listen = self.cfg.listen
+        factory = client_protocol_factory(self)
+        server = await loop.create_server(
+            factory,
+            listen.host,
+            listen.port,
+            reuse_address=True,
+            reuse_port=self.cfg["workers"] > 1,
+            backlog=1024,
+        )
+        self._servers.append(server)
+        addrs = ", ".join(str(s.getsockname()[:2]) for s in server.sockets)
+        logger.info(
+            "pgwarden listening on %s, upstream %s, audit dir %s, policies: %s",
+            addrs,
+            self.cfg.upstream,
+            self.cfg["audit.dir"],
+            ", ".join(self.cfg["policies"]) or "none",
+        )
+
+    def bound_port(self) -> int:
+        return int(self._servers[0].sockets[0].getsockname()[1])
+
+    async def reload(self) -> ReloadResult:
+        """Build the new policy completely, then swap one reference; a bad file keeps the old."""
+        try:
+            policy = await asyncio.get_running_loop().run_in_executor(None, load_policies, self.cfg)
+        except SourceError as exc:
+            self.state.counters.policy_reload_failures += 1
+            for problem in exc.problems:
+                logger.error("policy reload failed, keeping the old policy: %s", problem)
+            return ReloadResult(False, tuple(str(p) for p in exc.problems))
+        self.gate.swap_policy(policy)
+        self.state.counters.policy_reloads += 1
+        files = tuple(str(f) for f in policy.files) if policy is not None else ()
+        logger.info("policy reloaded: %s", ", ".join(files) or "no policy")
+        return ReloadResult(True, (), files)
+
+    async def watch_policy_files(self, interval: float = 1.0) -> None:
+        from proxy.policy.watch import PolicyWatcher
+
+        policy = self.gate.policy
+        watcher = PolicyWatcher(policy.files if policy is not None else ())
+        while not self._closing:
+            await asyncio.sleep(interval)
+            if watcher.changed():
+                result = await self.reload()
+                policy = self.gate.policy
+                if result.ok and policy is not None:
+                    watcher = PolicyWatcher(policy.files)
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting, let running statements finish (up to ``grace``), close sessions."""
+        self._closing = True
+        for server in self._servers:
+            server.close()
+        deadline = time.monotonic() + grace
+        while self.sessions and time.monotonic() < deadline:
+            for session in list(self.sessions.values()):
+                if session.state not in ("active", "copy", "connecting", "auth"):
+                    session.terminate("shutdown")
+            if not self.sessions:
+                break
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions.values()):
+            session.terminate("shutdown")
+        # Give the last session_end events and FATAL messages one turn to be written.
+        await asyncio.sleep(0)
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def serve(cfg: Config, ready: asyncio.Event | None = None) -> int:
+    """Run the proxy until SIGTERM/SIGINT. Returns the process exit code."""
+    from proxy.audit.trail import AuditTrail
+
+    policy = load_policies(cfg)
+    trail = AuditTrail(cfg, cfg.proxy_id)
+    trail.open()
+    server = ProxyServer(cfg, trail, policy)
+    extras = await _start_extras(cfg, server, trail)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: server.spawn(server.reload()))
+    if cfg["policies"]:
+        server.spawn(server.watch_policy_files())
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    logger.info("shutting down: waiting up to %.0fs for running statements", cfg["shutdown_grace"])
+    await server.shutdown(cfg["shutdown_grace"])
+    for extra in reversed(extras):
+        with contextlib.suppress(Exception):
+            await extra.aclose()
+    await trail.aclose()  # the audit trail is flushed last
+    logger.info("pgwarden stopped")
+    return 0
+
+
+async def _start_extras(cfg: Config, server: ProxyServer, trail: AuditTrail) -> list[Any]:
+    """Metrics/admin API, central store shipper and alert engine, when configured."""
+    started: list[Any] = []
+    shipper = None
+    if cfg["audit.sinks"]:
+        from proxy.store.shipper import StoreShipper
+
+        shipper = StoreShipper(cfg, trail, cfg.proxy_id)
+        await shipper.start()
+        started.append(shipper)
+        server._audit_accepting = lambda: trail.healthy and shipper.healthy  # type: ignore[union-attr]
+    if cfg["alerts"]:
+        from proxy.alerts.engine import AlertEngine
+
+        engine = AlertEngine.from_files(list(cfg["alerts"]))
+        engine.attach(trail)
+        started.append(engine)
+    if cfg["admin.listen"]:
+        from proxy.admin.app import AdminServer
+
+        admin = AdminServer(cfg, server.state, trail, shipper)
+        await admin.start()
+        started.append(admin)
+    return started
+
+
+def run_server(cfg: Config) -> int:
+    """Blocking entry point used by ``pgwarden serve`` and ``pgwarden demo``."""
+    diagnostics.configure(cfg["log_format"], cfg["log_level"])
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
+        runner = asyncio.run
+    try:
+        return int(runner(serve(cfg)))
+    except PgWardenError as exc:
+        logger.error("%s", exc)
+        return 2
+    except OSError as exc:
+        logger.error("cannot start: %s", exc)
+        return 2
