@@ -16,31 +16,36 @@ from collections.abc import Sequence
 from proxy import __version__
 from proxy.errors import PgWardenError, SourceError
 
-COMMAND_MODULES = (
-    "proxy.commands.serve",
-    "proxy.commands.demo",
-    "proxy.commands.policy",
-    "proxy.commands.logs",
-    "proxy.commands.report",
-    "proxy.commands.verify",
-    "proxy.commands.alerts",
-)
+COMMANDS = {
+    "serve": "proxy.commands.serve",
+    "demo": "proxy.commands.demo",
+    "policy": "proxy.commands.policy",
+    "logs": "proxy.commands.logs",
+    "report": "proxy.commands.report",
+    "verify": "proxy.commands.verify",
+    "alerts": "proxy.commands.alerts",
+}
+COMMAND_MODULES = tuple(COMMANDS.values())
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or (``only``) one with just the named command, so running a command
+    imports only what it needs (serve must not pay for the report renderer, and so on)."""
     parser = argparse.ArgumentParser(
         prog="pgwarden",
         description="PostgreSQL query-auditing proxy: audit every statement, enforce policies.",
     )
     parser.add_argument("--version", action="version", version=f"pgwarden {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    for name, module in COMMANDS.items():
+        if only is None or name == only:
+            importlib.import_module(module).register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:
