@@ -1,0 +1,118 @@
+"""Shared helpers for the end-to-end protocol tests."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import psycopg
+
+from tests.support import rawpg
+
+T = TypeVar("T")
+_counter = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """An endpoint a client connects to: ``direct`` PostgreSQL or the ``proxy`` in front of it."""
+
+    name: str
+    host: str
+    port: int
+    _dsn: Callable[..., str]
+    proxy: Any | None  # ProxyProcess when name == "proxy"
+
+    @property
+    def is_proxy(self) -> bool:
+        return self.proxy is not None
+
+    def dsn(self, user: str = "postgres", database: str = "postgres", password: str | None = None,
+            **params: str) -> str:
+        base = self._dsn(user=user, database=database, password=password)
+        if not params:
+            return str(base)
+        sep = "&" if "?" in base else "?"
+        return str(base) + sep + "&".join(f"{k}={v}" for k, v in params.items())
+
+    def raw(self, timeout: float = 5.0, **login: Any) -> rawpg.RawConn:
+        """A raw connection, logged in unless ``login=False`` is given."""
+        do_login = login.pop("login", True)
+        conn = rawpg.RawConn(self.host, self.port, timeout)
+        if do_login:
+            conn.login(**login)
+        return conn
+
+    def connect(self, user: str = "postgres", database: str = "postgres",
+                password: str | None = None, **kwargs: Any) -> psycopg.Connection[Any]:
+        kwargs.setdefault("autocommit", True)
+        kwargs.setdefault("connect_timeout", 5)
+        return psycopg.connect(self.dsn(user, database, password), **kwargs)
+
+
+def unique(prefix: str) -> str:
+    """A name unique within this test run (for application_name, tables, channels)."""
+    return f"{prefix}_{os.getpid()}_{next(_counter)}"
+
+
+def wait_until(check: Callable[[], T | None], timeout: float = 10.0, what: str = "") -> T:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}; last={last!r}")
+
+
+def events_of(proxy: Any, type: str | None = None, **match: Any) -> list[dict[str, Any]]:
+    """Audit events of ``type`` whose fields equal ``match``."""
+    out = []
+    for event in proxy.events(type):
+        if all(event.get(k) == v for k, v in match.items()):
+            out.append(event)
+    return out
+
+
+def wait_events(proxy: Any, count: int, type: str | None = None, timeout: float = 10.0,
+                **match: Any) -> list[dict[str, Any]]:
+    """Wait until at least ``count`` matching events exist; return all matching events."""
+    return wait_until(
+        lambda: (lambda found: found if len(found) >= count else None)(
+            events_of(proxy, type, **match)),
+        timeout,
+        f"{count} {type or ''} events matching {match}",
+    )
+
+
+def settle(proxy: Any, app: str, quiet: float = 0.5, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """All events of application ``app`` once the session ended and nothing new came for a while."""
+    wait_events(proxy, 1, "session_end", timeout, application_name=app)
+    last: list[dict[str, Any]] = []
+    stable_since = time.monotonic()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = events_of(proxy, None, application_name=app)
+        if len(now) != len(last):
+            last, stable_since = now, time.monotonic()
+        elif time.monotonic() - stable_since >= quiet:
+            return last
+        time.sleep(0.05)
+    return last
+
+
+def admin(pg: Any) -> psycopg.Connection[Any]:
+    """A direct superuser connection to PostgreSQL, bypassing the proxy."""
+    return psycopg.connect(pg.dsn(), autocommit=True, connect_timeout=5)
+
+
+def backend_gone(pg: Any, pid: int) -> bool:
+    with admin(pg) as conn:
+        row = conn.execute("select count(*) from pg_stat_activity where pid = %s", (pid,)).fetchone()
+        return row is not None and row[0] == 0
