@@ -1,0 +1,163 @@
+"""CancelRequest through the proxy: psycopg, asyncpg, raw, psql Ctrl-C; precise and late cancels."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+
+from tests.e2e.kit import Target, admin, unique, wait_until
+from tests.support import rawpg
+
+pytestmark = pytest.mark.e2e
+
+
+def _running(pg: Any, app: str, needle: str = "pg_sleep") -> int | None:
+    """The pid of the backend of ``app`` while it is executing ``needle``."""
+    with admin(pg) as conn:
+        row = conn.execute(
+            "select pid from pg_stat_activity where application_name = %s and state = 'active'"
+            " and query like %s", (app, f"%{needle}%")).fetchone()
+    return int(row[0]) if row else None
+
+
+def test_psycopg_cancel(target: Target, pg: Any) -> None:
+    app, other_app = unique("cancel_me"), unique("cancel_other")
+    with target.connect(application_name=app) as victim, \
+            target.connect(application_name=other_app) as bystander, \
+            ThreadPoolExecutor(2) as pool:
+        def sleep_long() -> str | None:
+            try:
+                victim.execute("select pg_sleep(30)")
+            except psycopg.errors.QueryCanceled as exc:
+                return exc.sqlstate
+            return None
+
+        victim_result = pool.submit(sleep_long)
+        bystander_result = pool.submit(
+            lambda: bystander.execute("select pg_sleep(1.5), 'still here'").fetchone())
+        wait_until(lambda: _running(pg, app), 5, "the victim's pg_sleep to start")
+        wait_until(lambda: _running(pg, other_app), 5, "the bystander's pg_sleep to start")
+        started = time.monotonic()
+        victim.cancel()
+        assert victim_result.result(timeout=5) == "57014"
+        assert time.monotonic() - started < 3, "cancel took too long"
+        assert bystander_result.result(timeout=10) == ("", "still here"), \
+            "a cancel must hit only its own session"
+        assert victim.execute("select 'alive'").fetchone() == ("alive",)
+
+
+def test_asyncpg_timeout_cancels(target: Target, pg: Any) -> None:
+    app = unique("asyncpg_cancel")
+
+    async def run() -> float:
+        conn = await asyncpg.connect(target.dsn(), timeout=5,
+                                     server_settings={"application_name": app})
+        try:
+            with pytest.raises(asyncio.TimeoutError):
+                await conn.fetch("select pg_sleep(30)", timeout=0.5)
+            started = time.monotonic()
+            assert await asyncio.wait_for(conn.fetchval("select 7"), 5) == 7
+            return time.monotonic() - started
+        finally:
+            await asyncio.wait_for(conn.close(), 5)
+
+    elapsed = asyncio.run(run())
+    assert elapsed < 3, f"next query waited {elapsed:.1f}s: the sleep was not cancelled"
+    assert _running(pg, app) is None
+
+
+def _cancel(target: Target, key: tuple[int, bytes]) -> bytes:
+    """Send a CancelRequest on a new socket; return whatever came back before the close."""
+    with rawpg.RawConn(target.host, target.port) as sock:
+        sock.send(rawpg.cancel_request(*key))
+        return sock.wait_closed(5)
+
+
+def test_raw_cancel_request(target: Target, pg: Any) -> None:
+    app = unique("raw_cancel")
+    with target.raw(extra={"application_name": app}) as conn:
+        assert conn.key is not None
+        conn.send(rawpg.query("select pg_sleep(30)"))
+        wait_until(lambda: _running(pg, app), 5, "pg_sleep to start")
+        started = time.monotonic()
+        assert _cancel(target, conn.key) == b"", "nothing may be written on a cancel socket"
+        msgs = conn.recv_until("Z", 5)
+        assert time.monotonic() - started < 3
+        errors = [m.fields() for m in msgs if m.type == "E"]
+        assert [e["C"] for e in errors] == ["57014"], rawpg.summary(msgs)
+        assert msgs[-1].status == "I"
+        assert rawpg.types(conn.simple("select 1")) == "TDCZ"
+
+
+def test_cancel_with_wrong_key_ignored(target: Target, pg: Any) -> None:
+    app = unique("wrong_key")
+    with target.raw(extra={"application_name": app}) as conn:
+        assert conn.key is not None
+        pid, secret = conn.key
+        conn.send(rawpg.query("select pg_sleep(1.0), 'done'"))
+        wait_until(lambda: _running(pg, app), 5, "pg_sleep to start")
+        forged = bytes(b ^ 0xFF for b in secret)
+        assert _cancel(target, (pid, forged)) == b""
+        msgs = conn.recv_until("Z", 5)
+        assert "E" not in rawpg.types(msgs), f"a forged key cancelled: {rawpg.summary(msgs)}"
+
+
+def test_late_cancel_dropped(target: Target, pg: Any) -> None:
+    """A cancel arriving after the statement finished must not hit the next statement."""
+    with target.raw() as conn:
+        assert conn.key is not None
+        assert rawpg.types(conn.simple("select 1")) == "TDCZ"
+        assert _cancel(target, conn.key) == b""
+        msgs = conn.simple("select pg_sleep(0.5), 'next'")
+        assert [m.describe() for m in msgs if m.type in "DE"] == [("D", ("", "next"))], \
+            rawpg.summary(msgs)
+
+
+def test_psql_ctrl_c(target: Target, pg: Any) -> None:
+    app = unique("psql_sigint")
+    env = {**os.environ, "PGAPPNAME": app, "PGCONNECT_TIMEOUT": "5"}
+    proc = subprocess.Popen(
+        ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-d", target.dsn(), "-c", "select pg_sleep(30)"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        wait_until(lambda: _running(pg, app), 5, "psql's pg_sleep to start")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    assert "canceling statement due to user request" in err, err
+
+
+def test_cancel_many_sessions_only_targets(target: Target, pg: Any) -> None:
+    """Four sessions sleep; cancel two of them; the other two finish normally."""
+    apps = [unique(f"multi_cancel{i}") for i in range(4)]
+    conns = [target.raw(extra={"application_name": a}) for a in apps]
+    try:
+        for conn in conns:
+            conn.send(rawpg.query("select pg_sleep(1.5), 'ok'"))
+        for app in apps:
+            wait_until(lambda app=app: _running(pg, app), 5, f"{app} to start")
+        for conn in conns[:2]:
+            assert conn.key is not None
+            threading.Thread(target=_cancel, args=(target, conn.key)).start()
+        results: list[Future[list[rawpg.Msg]]] = []
+        with ThreadPoolExecutor(4) as pool:
+            results = [pool.submit(c.recv_until, "Z", 8) for c in conns]
+            codes = [[m.sqlstate for m in f.result(10) if m.type == "E"] for f in results]
+        assert codes == [["57014"], ["57014"], [], []], codes
+    finally:
+        for conn in conns:
+            conn.close()
