@@ -1,0 +1,351 @@
+"""Ship the local JSONL audit trail into the central PostgreSQL store: in order, exactly once.
+
+The trail files are the durable record; the shipper holds no copy of the stream that a crash
+could lose. On start (and after every reconnect) it asks the store for ``max(seq)`` of its
+``proxy_id`` and reads the files from the next seq (:class:`~proxy.store.tail.TrailTail`);
+then the trail's listener only wakes it up when new lines are on disk. Each batch is COPYed
+into a temporary staging table and moved with ``INSERT … SELECT … ON CONFLICT (proxy_id, seq)
+DO NOTHING`` in one transaction, so a batch whose commit acknowledgement was lost is simply
+skipped the second time.
+
+A store outage never stops the proxy: the shipper retries with exponential back-off, logs
+once when the store goes away and once when it is back, and the backlog (events on disk not
+yet in the store) is observable in :attr:`StoreShipper.backlog` and the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import asyncpg  # type: ignore[import-untyped, unused-ignore]
+
+from proxy.errors import StoreError
+from proxy.store import rows as rowmod
+from proxy.store.schema import migrate, quote_schema
+from proxy.store.tail import TrailGap, TrailLine, TrailTail
+
+log = logging.getLogger("pgwarden.store")
+
+DEFAULT_BATCH_SIZE = 1000
+CONNECT_TIMEOUT = 5.0
+COMMAND_TIMEOUT = 30.0
+BACKOFF_START = 0.2
+BACKOFF_MAX = 15.0
+IDLE_POLL = 1.0  # re-read the files this often even without a wake-up (belt and braces)
+STAGING_TABLE = "pgwarden_stage"
+
+# Errors that mean "the store is not reachable or not usable right now": retry later.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    StoreError,
+)
+
+
+class TrailLike(Protocol):
+    """What the shipper needs from :class:`proxy.audit.trail.AuditTrail`."""
+
+    @property
+    def healthy(self) -> bool: ...
+
+    def add_listener(self, fn: Callable[[list[dict[str, Any]]], None]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SinkConfig:
+    dsn: str
+    batch_size: int = DEFAULT_BATCH_SIZE
+    schema: str = "public"
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> SinkConfig:
+        unknown = set(raw) - {"type", "dsn", "batch_size", "schema"}
+        if unknown:
+            raise StoreError(f"unknown keys in audit sink: {', '.join(sorted(unknown))}")
+        batch_size = int(raw.get("batch_size", DEFAULT_BATCH_SIZE))
+        if batch_size < 1:
+            raise StoreError("audit sink batch_size must be at least 1")
+        schema = str(raw.get("schema", "public"))
+        quote_schema(schema)  # validates
+        return cls(str(raw["dsn"]), batch_size, schema)
+
+
+def _insert_sql(schema: str) -> str:
+    columns = ", ".join(rowmod.COLUMNS)
+    select = ", ".join(rowmod.SELECT_EXPRESSIONS.get(c, c) for c in rowmod.COLUMNS)
+    return (
+        f"INSERT INTO {quote_schema(schema)}.audit_events ({columns})"
+        f" SELECT {select} FROM {STAGING_TABLE} ORDER BY seq"
+        " ON CONFLICT (proxy_id, seq) DO NOTHING"
+    )
+
+
+def _staging_sql() -> str:
+    columns = ", ".join(f"{c} {rowmod.STAGING_TYPES.get(c, 'text')}" for c in rowmod.COLUMNS)
+    return f"CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} ({columns}) ON COMMIT DELETE ROWS"
+
+
+class SinkShipper:
+    """Ships one proxy's trail into one store database."""
+
+    def __init__(self, sink: SinkConfig, audit_dir: str, proxy_id: str) -> None:
+        self.sink = sink
+        self.proxy_id = proxy_id
+        self.tail = TrailTail(audit_dir)
+        self.store_seq = 0  # the highest seq the store is known to hold for proxy_id
+        self.trail_seq = 0  # the highest seq the trail is known to have written
+        self.healthy = False
+        self.shipped = 0
+        self.batches = 0
+        self.errors = 0
+        self.rejected = 0
+        self.gaps = 0
+        self.ship_seconds = 0.0
+        self.last_error = ""
+        self._conn: asyncpg.Connection | None = None
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._insert = _insert_sql(sink.schema)
+        self._was_down = False  # logged "unreachable" and not yet "back"
+
+    @property
+    def backlog(self) -> int:
+        return max(0, max(self.trail_seq, self.tail.last_seq) - self.store_seq)
+
+    def wake(self, seq: int | None = None) -> None:
+        if seq is not None and seq > self.trail_seq:
+            self.trail_seq = seq
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._closing = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        backoff = BACKOFF_START
+        try:
+            while True:
+                try:
+                    if self._conn is None:
+                        await self._connect()
+                    shipped_any = await self._ship_available()
+                    backoff = BACKOFF_START
+                    if self._closing:
+                        return
+                    if not shipped_any:
+                        await self._sleep(IDLE_POLL)
+                except _TRANSIENT as exc:
+                    await self._went_down(exc)
+                    if self._closing:
+                        return
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+        finally:
+            await self._close_conn()
+            self.tail.close()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+
+    async def _connect(self) -> None:
+        conn = await asyncpg.connect(
+            self.sink.dsn, timeout=CONNECT_TIMEOUT, command_timeout=COMMAND_TIMEOUT
+        )
+        try:
+            await migrate(conn, self.sink.schema)
+            await conn.execute(_staging_sql())
+            stored = await conn.fetchval(
+                f"SELECT coalesce(max(seq), 0) FROM {quote_schema(self.sink.schema)}.audit_events"
+                " WHERE proxy_id = $1",
+                self.proxy_id,
+            )
+        except BaseException:
+            await conn.close(timeout=2)
+            raise
+        self._conn = conn
+        self.store_seq = int(stored)
+        # Always resume from what the store holds: after an unacknowledged commit this skips
+        # what already landed, after a store restore it re-sends what went missing.
+        self.tail.reset(self.store_seq)
+        if self._was_down:
+            log.warning(
+                "audit store %s reachable again; catching up from seq %d",
+                self._where(),
+                self.store_seq + 1,
+            )
+            self._was_down = False
+        else:
+            log.info("audit store %s: shipping from seq %d", self._where(), self.store_seq + 1)
+        self.healthy = True
+
+    async def _ship_available(self) -> bool:
+        """Ship everything the files hold past store_seq; True if anything was shipped."""
+        shipped_any = False
+        while True:
+            batch = await asyncio.to_thread(self._read_batch)
+            if not batch:
+                return shipped_any
+            await self._ship(batch)
+            shipped_any = True
+
+    def _read_batch(self) -> list[TrailLine]:
+        try:
+            return self.tail.read(self.sink.batch_size)
+        except TrailGap as gap:
+            # Events missing from the files themselves (deleted or truncated): nothing can
+            # bring them back; `pgwarden verify` reports it. Ship what exists.
+            self.gaps += 1
+            log.error("%s; shipping continues from seq %d", gap, gap.found)
+            self.tail.skip_to(gap.found)
+            return self.tail.read(self.sink.batch_size)
+
+    async def _ship(self, batch: Sequence[TrailLine]) -> None:
+        assert self._conn is not None
+        records = []
+        for line in batch:
+            try:
+                records.append(rowmod.event_row(line.event, line.raw))
+            except (KeyError, ValueError, TypeError) as exc:
+                self.rejected += 1
+                log.error("audit event seq %s not shippable: %s", line.event.get("seq"), exc)
+        started = time.perf_counter()
+        try:
+            await self._copy(records)
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError):
+            # One bad row must not hold the others back forever: find it, log it, skip it.
+            for record in records:
+                try:
+                    await self._copy([record])
+                except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+                    self.rejected += 1
+                    log.error("audit store rejected event seq %s: %s", record[1], exc)
+        self.ship_seconds += time.perf_counter() - started
+        self.batches += 1
+        self.shipped += len(records)
+        self.store_seq = batch[-1].event["seq"]
+        self.trail_seq = max(self.trail_seq, self.store_seq)
+
+    async def _copy(self, records: Sequence[tuple[Any, ...]]) -> None:
+        assert self._conn is not None
+        if not records:
+            return
+        async with self._conn.transaction():
+            await self._conn.copy_records_to_table(
+                STAGING_TABLE, records=records, columns=rowmod.COLUMNS
+            )
+            await self._conn.execute(self._insert)
+
+    async def _went_down(self, exc: BaseException) -> None:
+        self.errors += 1
+        self.healthy = False
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        if not self._was_down:
+            log.warning(
+                "audit store %s unavailable (%s); events stay in the local trail and will be"
+                " shipped when it is back",
+                self._where(),
+                self.last_error,
+            )
+            self._was_down = True
+        await self._close_conn()
+
+    async def _close_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=2)
+
+    def _where(self) -> str:
+        """The DSN without its password, for logs."""
+        dsn = self.sink.dsn
+        if "@" in dsn and "://" in dsn:
+            scheme, rest = dsn.split("://", 1)
+            creds, host = rest.rsplit("@", 1)
+            return f"{scheme}://{creds.split(':', 1)[0]}@{host}"
+        return dsn.split("password=")[0].strip() if "password=" in dsn else dsn
+
+
+class StoreShipper:
+    """All ``audit.sinks`` of type postgres for one proxy (usually exactly one)."""
+
+    def __init__(self, cfg: Any, trail: TrailLike, proxy_id: str) -> None:
+        self.trail = trail
+        self.proxy_id = proxy_id
+        self.fail_closed = bool(cfg["audit.fail_closed"])
+        configs = [SinkConfig.from_mapping(s) for s in cfg["audit.sinks"]]
+        self.sinks = [SinkShipper(c, str(cfg["audit.dir"]), proxy_id) for c in configs]
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.trail.add_listener(self._on_batch)
+        for sink in self.sinks:
+            self._tasks.append(asyncio.create_task(sink.run(), name="pgwarden-store-shipper"))
+
+    async def aclose(self, grace: float = 5.0) -> None:
+        """Ship what is on disk if the store answers within ``grace`` seconds, then stop.
+
+        Whatever is left stays in the trail files and is shipped by the next start.
+        """
+        for sink in self.sinks:
+            sink.stop()
+        if self._tasks:
+            _done, pending = await asyncio.wait(self._tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    def _on_batch(self, events: list[dict[str, Any]]) -> None:
+        seq = max((e.get("seq", 0) for e in events), default=None)
+        loop = self._loop
+        if loop is None:
+            return
+        for sink in self.sinks:
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                sink.wake(seq)
+            else:  # the trail called us from its writer thread
+                loop.call_soon_threadsafe(sink.wake, seq)
+
+    @property
+    def healthy(self) -> bool:
+        return all(sink.healthy for sink in self.sinks)
+
+    @property
+    def backlog(self) -> int:
+        return max((sink.backlog for sink in self.sinks), default=0)
+
+    @property
+    def accepting(self) -> bool:
+        """Whether a durable sink accepts records: the local trail is the durable record the
+        store is fed from, so this is the trail's health; a store outage only grows the
+        backlog."""
+        return bool(self.trail.healthy)
+
+    @property
+    def stats(self) -> dict[str, float]:
+        return {
+            "shipped": float(sum(s.shipped for s in self.sinks)),
+            "batches": float(sum(s.batches for s in self.sinks)),
+            "errors": float(sum(s.errors for s in self.sinks)),
+            "rejected": float(sum(s.rejected for s in self.sinks)),
+            "gaps": float(sum(s.gaps for s in self.sinks)),
+            "ship_seconds": sum(s.ship_seconds for s in self.sinks),
+            "backlog": float(self.backlog),
+            "healthy": float(self.healthy),
+        }
