@@ -216,7 +216,6 @@ SCHEMA: tuple[Key, ...] = (
     Key("alerts", _str_list, (), "alert-rule files or directories (repeatable)", flag="--alerts"),
     Key("log_format", _choice("text", "json"), "text", "diagnostic log format on stderr"),
     Key("log_level", _choice("debug", "info", "warning", "error"), "info", "diagnostic log level"),
-    Key("workers", _positive_int, 1, "worker processes sharing the listen port (SO_REUSEPORT)"),
     Key("allow_replication", parse_bool, False, "let replication connections through"),
     Key("shutdown_grace", parse_duration, 30.0, "how long running statements may finish on stop"),
     Key(

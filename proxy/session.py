@@ -68,8 +68,18 @@ _POISON_SQL = "PGWARDEN BLOCKED STATEMENT /* {} */"
 _BLOCKED_STATEMENT = b"__pgwarden_blocked__"
 
 
+_iso_second = -1
+_iso_prefix = ""
+
+
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """UTC ISO-8601 with microseconds; the per-second prefix is formatted once a second."""
+    global _iso_second, _iso_prefix
+    second = int(ts)
+    if second != _iso_second:
+        _iso_prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _iso_second = second
+    return f"{_iso_prefix}.{int((ts - second) * 1e6):06d}Z"
 
 
 def _safe_comment(text: str) -> str:
@@ -1016,7 +1026,7 @@ class Session:
                 raise BackendProtocolError("unexpected ParameterDescription")
             head.stage = 1
             return None
-        if kind in b"Tn":  # RowDescription / NoData
+        if kind == 110 or kind == 84:  # NoData / RowDescription (answers a Describe)
             if head is not None and head.kind in (K_DESCRIBE_STMT, K_DESCRIBE_PORTAL):
                 pending.popleft()
             return None
