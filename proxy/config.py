@@ -136,9 +136,9 @@ def parse_upstream(value: Any) -> Upstream:
         match = re.fullmatch(r"(.*)/\.s\.PGSQL\.(\d+)", text)
         if match:
             return Upstream(host="", port=int(match.group(2)), unix_dir=match.group(1))
-        base, _, port = text.rpartition(":")
-        if port.isdigit() and base:
-            return Upstream(host="", port=int(port), unix_dir=base)
+        base, _, port_text = text.rpartition(":")
+        if port_text.isdigit() and base:
+            return Upstream(host="", port=int(port_text), unix_dir=base)
         return Upstream(host="", port=5432, unix_dir=text)
     endpoint = parse_listen(text) if ":" in text else Endpoint(text, 5432)
     return Upstream(endpoint.host, endpoint.port)
@@ -287,7 +287,7 @@ class Config:
 
     @property
     def proxy_id(self) -> str:
-        return self.values["proxy_id"] or socket.gethostname()  # type: ignore[no-any-return]
+        return self.values["proxy_id"] or socket.gethostname()
 
     def replace(self, **changes: Any) -> Config:
         """A copy with dotted keys replaced (use ``audit__dir=`` for ``audit.dir``)."""

@@ -277,17 +277,20 @@ async def _start_extras(cfg: Config, server: ProxyServer, trail: AuditTrail) -> 
     return started
 
 
+def run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run ``main`` on uvloop when it is installed (it is a dependency), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.run(main)
+    return int(uvloop.run(main))
+
+
 def run_server(cfg: Config) -> int:
     """Blocking entry point used by ``pgwarden serve`` and ``pgwarden demo``."""
     diagnostics.configure(cfg["log_format"], cfg["log_level"])
     try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
-        runner = asyncio.run
-    try:
-        return int(runner(serve(cfg)))
+        return run_loop(serve(cfg))
     except PgWardenError as exc:
         logger.error("%s", exc)
         return 2

@@ -333,7 +333,12 @@ class Session:
         if self._held:
             self._held_marker += 1
             marker = self._held_marker
-            self.server.trail.when_written(lambda: (self._release(marker), close()))
+
+            def release_then_close() -> None:
+                self._release(marker)
+                close()
+
+            self.server.trail.when_written(release_then_close)
         else:
             close()
 

@@ -50,7 +50,7 @@ def _pos(node: yaml.Node) -> Position:
 class _MarkingLoader(yaml.SafeLoader):
     source_name = ""
 
-    def construct_yaml_map(self, node: yaml.MappingNode) -> Any:  # type: ignore[override]
+    def construct_yaml_map(self, node: yaml.MappingNode) -> Any:
         data = MarkedDict()
         data.file = self.source_name
         data.pos = _pos(node)
@@ -58,7 +58,7 @@ class _MarkingLoader(yaml.SafeLoader):
         yield data
         self.flatten_mapping(node)
         for key_node, value_node in node.value:
-            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=True)
             try:
                 hash(key)
             except TypeError:
@@ -75,16 +75,16 @@ class _MarkingLoader(yaml.SafeLoader):
                     f"found duplicate key {key!r}",
                     key_node.start_mark,
                 )
-            data[key] = self.construct_object(value_node, deep=True)  # type: ignore[no-untyped-call]
+            data[key] = self.construct_object(value_node, deep=True)
             data.key_pos[key] = _pos(key_node)
 
-    def construct_yaml_seq(self, node: yaml.SequenceNode) -> Any:  # type: ignore[override]
+    def construct_yaml_seq(self, node: yaml.SequenceNode) -> Any:
         data = MarkedList()
         data.file = self.source_name
         data.pos = _pos(node)
         data.item_pos = [_pos(child) for child in node.value]
         yield data
-        data.extend(self.construct_object(child, deep=True) for child in node.value)  # type: ignore[no-untyped-call]
+        data.extend(self.construct_object(child, deep=True) for child in node.value)
 
 
 _MarkingLoader.add_constructor("tag:yaml.org,2002:map", _MarkingLoader.construct_yaml_map)
@@ -96,7 +96,7 @@ def load_text(text: str, source_name: str) -> Any:
     loader = _MarkingLoader(text)
     loader.source_name = source_name
     try:
-        return loader.get_single_data()  # type: ignore[no-untyped-call]
+        return loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
@@ -105,7 +105,7 @@ def load_text(text: str, source_name: str) -> Any:
     except yaml.YAMLError as exc:
         raise SourceError([SourceProblem(source_name, 0, 0, str(exc))]) from None
     finally:
-        loader.dispose()  # type: ignore[no-untyped-call]
+        loader.dispose()
 
 
 def load_file(path: str | Path) -> Any:
