@@ -154,7 +154,6 @@ class ProxyServer:
             listen.host,
             listen.port,
             reuse_address=True,
-            reuse_port=self.cfg["workers"] > 1,
             backlog=1024,
         )
         self._servers.append(server)
