@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,7 +97,7 @@ class AlertEngine:
 
     # -- evaluation (pure apart from the rule memory) ------------------------------------
 
-    def observe(self, event: Mapping[str, Any], at: float) -> list[dict[str, Any]]:
+    def observe(self, event: dict[str, Any], at: float) -> list[dict[str, Any]]:
         """Feed one event seen at time ``at``; returns the alert events it fired."""
         if event.get("type") == "alert":
             return []  # alerts never feed alerts: no loops
@@ -112,7 +112,7 @@ class AlertEngine:
                 fired.append(alert)
         return fired
 
-    def prime(self, events: Iterable[Mapping[str, Any]]) -> int:
+    def prime(self, events: Iterable[dict[str, Any]]) -> int:
         """Teach new_fingerprint rules the shapes in ``events`` without firing (e.g. the
         recent trail at start-up); returns how many events were read."""
         count = 0
@@ -123,9 +123,7 @@ class AlertEngine:
                     state.seen.check(_pair(event))
         return count
 
-    def _check(
-        self, state: _RuleState, event: Mapping[str, Any], at: float
-    ) -> dict[str, Any] | None:
+    def _check(self, state: _RuleState, event: dict[str, Any], at: float) -> dict[str, Any] | None:
         rule = state.rule
         seq = event.get("seq")
         seq = seq if isinstance(seq, int) else 0
@@ -168,7 +166,7 @@ class AlertEngine:
     def _alert(
         self,
         rule: AlertRule,
-        event: Mapping[str, Any],
+        event: dict[str, Any],
         at: float,
         summary: str,
         window: str | None,
@@ -258,5 +256,5 @@ class AlertEngine:
         self._senders.clear()
 
 
-def _pair(event: Mapping[str, Any]) -> tuple[str, str]:
+def _pair(event: dict[str, Any]) -> tuple[str, str]:
     return (str(event.get("user") or ""), str(event.get("fingerprint") or ""))

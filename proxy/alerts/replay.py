@@ -14,7 +14,7 @@ from proxy.alerts.rules import AlertRule
 
 
 def replay(
-    rules: Sequence[AlertRule], events: Iterable[Mapping[str, Any]]
+    rules: Sequence[AlertRule], events: Iterable[dict[str, Any]]
 ) -> Iterator[dict[str, Any]]:
     """Yield the alert events ``rules`` fire over ``events`` (in their recorded order)."""
     engine = AlertEngine(rules)

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from proxy import yamlsrc
-from proxy.alerts.match import FILTER_KEYS, STRING_KEYS, Filter, compile_filter
+from proxy.audit.filters import ACTIONS, EVENT_TYPES, EventFilter
 from proxy.config import parse_duration
 from proxy.errors import AlertRulesError, SourceError, SourceProblem
 
@@ -43,6 +43,21 @@ GROUP_KEYS = {
     "fingerprint": "fingerprint",
 }
 CONDITIONS = ("new_fingerprint",)
+# The `pgwarden logs` vocabulary (EventFilter fields; `type` is EventFilter.types).
+STRING_KEYS = (
+    "type",
+    "user",
+    "database",
+    "application",
+    "session",
+    "client",
+    "command",
+    "table",
+    "action",
+    "rule",
+    "sqlstate",
+)
+FILTER_KEYS = (*STRING_KEYS, "errors", "min_duration_ms")
 _THRESHOLD = re.compile(r"\s*count\s*(>=|>)\s*(\d+)\s+in\s+(\S+)\s*")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _RULE_KEYS = {
@@ -82,7 +97,7 @@ Destination = Literal["log"] | Webhook
 @dataclass(frozen=True, slots=True)
 class AlertRule:
     id: str
-    filter: Filter
+    filter: EventFilter
     source: str  # "file:line" of the rule
     description: str = ""
     threshold: Threshold | None = None
@@ -119,9 +134,11 @@ def _strings(raw: Any) -> tuple[str, ...] | None:
     return None
 
 
-def _filter(raw: Any, container: Any, path: str, out: _Problems) -> Filter | None:
+def _filter(raw: Any, container: Any, path: str, out: _Problems) -> EventFilter | None:
+    """The rule's ``filter:`` as the same :class:`EventFilter` ``pgwarden logs`` uses, so a
+    rule selects exactly the events ``pgwarden logs`` shows for the same criteria."""
     if raw is None:
-        return compile_filter({})
+        return EventFilter()
     if not isinstance(raw, dict):
         out.add(container, "filter", "filter must be a mapping such as {action: block}", path)
         return None
@@ -138,39 +155,41 @@ def _filter(raw: Any, container: Any, path: str, out: _Problems) -> Filter | Non
                 out.add(raw, key, "expected a string or a non-empty list of strings", kpath)
                 ok = False
             elif key == "client" and not _valid_clients(values):
-                out.add(raw, key, "expected IP addresses or networks (CIDR), or 'unix'", kpath)
+                out.add(raw, key, "expected addresses, CIDR networks or globs", kpath)
                 ok = False
             elif key == "sqlstate" and not all(re.fullmatch(r"[0-9A-Z]{2,5}", v) for v in values):
                 out.add(raw, key, "expected a SQLSTATE (28P01) or class prefix (28)", kpath)
                 ok = False
-            else:
-                criteria[key] = values
-        elif key == "errors":
-            if not isinstance(value, bool):
-                out.add(raw, key, "expected true or false", kpath)
+            elif key == "type" and not set(values) <= set(EVENT_TYPES):
+                out.add(raw, key, f"type must be one of {', '.join(EVENT_TYPES)}", kpath)
+                ok = False
+            elif key == "action" and not set(values) <= set(ACTIONS):
+                out.add(raw, key, f"action must be one of {', '.join(ACTIONS)}", kpath)
                 ok = False
             else:
-                criteria[key] = value
+                criteria["types" if key == "type" else key] = values
+        elif key == "errors":
+            if value is not True:
+                out.add(raw, key, "errors: true is the only form (omit it for any outcome)", kpath)
+                ok = False
+            else:
+                criteria[key] = True
         else:  # min_duration_ms
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 out.add(raw, key, "expected a number of milliseconds", kpath)
                 ok = False
             else:
                 criteria[key] = float(value)
-    return compile_filter(criteria) if ok else None
+    return EventFilter(**criteria) if ok else None
 
 
 def _valid_clients(values: tuple[str, ...]) -> bool:
     for value in values:
-        if value == "unix":
-            continue
-        try:
-            if "/" in value:
+        if "/" in value:
+            try:
                 ipaddress.ip_network(value, strict=False)
-            else:
-                ipaddress.ip_address(value)
-        except ValueError:
-            return False
+            except ValueError:
+                return False
     return True
 
 

@@ -13,48 +13,21 @@ modes keep that cheap:
 
 from __future__ import annotations
 
-import gzip
 import os
-import re
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any
 
 import orjson
 
-CURRENT = "audit.jsonl"
-_ROTATED = re.compile(r"audit-[0-9TZ]+-(\d+)\.jsonl(\.gz)?")
+from proxy.audit.jsonl import CURRENT, open_binary, trail_files
 
 
 @dataclass(frozen=True, slots=True)
 class TrailLine:
     event: dict[str, Any]
     raw: str  # the JSON text as written, reused for the store's jsonb column
-
-
-def rotated_files(directory: Path) -> list[tuple[int, Path]]:
-    """Rotated trail files as (first seq, path), oldest first; a ``.gz`` and a plain file
-    with the same first seq (gzip in progress) count once, the plain one winning."""
-    found: dict[int, Path] = {}
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return []
-    for name in names:
-        match = _ROTATED.fullmatch(name)
-        if not match:
-            continue
-        first = int(match.group(1))
-        if first not in found or not match.group(2):
-            found[first] = directory / name
-    return sorted(found.items())
-
-
-def _open(path: Path) -> IO[bytes]:
-    if path.name.endswith(".gz"):
-        return cast(IO[bytes], gzip.open(path, "rb"))
-    return path.open("rb")
 
 
 class TrailGap(Exception):
@@ -144,13 +117,13 @@ class TrailTail:
 
     def _scan_lines(self) -> Iterator[bytes]:
         wanted = self.last_seq + 1
-        files = rotated_files(self.directory)
+        files = trail_files(self.directory, include_current=False)
         start = 0
-        for index, (first, _path) in enumerate(files):
-            if first <= wanted:
+        for index, trail_file in enumerate(files):
+            if trail_file.first_seq is not None and trail_file.first_seq <= wanted:
                 start = index
-        for _first, path in files[start:]:
-            with _open(path) as handle:
+        for trail_file in files[start:]:
+            with open_binary(trail_file.path) as handle:
                 for line in handle:
                     if line.endswith(b"\n"):
                         yield line
