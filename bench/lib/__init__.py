@@ -1,0 +1,1 @@
+"""Helpers for the pgwarden benchmark harness (``bench/run_pgbench.py``)."""
