@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, cast
 
+import orjson
+
 CURRENT = "audit.jsonl"
 HEAD = "audit.head"
 _ROTATED = re.compile(r"audit-(\d{8}T\d{6})-(\d+)\.jsonl(\.gz)?")
@@ -76,6 +78,19 @@ def trail_files(directory: str | Path, *, include_current: bool = True) -> list[
     if include_current and (base / CURRENT).exists():
         files.append(TrailFile(base / CURRENT, None, None))
     return files
+
+
+def read_head(directory: str | Path) -> tuple[int, str] | None:
+    """(seq, hash) from ``audit.head``: the last record the writer reported written."""
+    try:
+        raw = (Path(directory) / HEAD).read_bytes()
+    except OSError:
+        return None
+    try:
+        head = orjson.loads(raw)
+        return int(head["seq"]), str(head["hash"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
 
 
 def open_binary(path: Path) -> IO[bytes]:
