@@ -1,0 +1,158 @@
+"""Tier 2: the real proxy in front of a fake backend that misbehaves.
+
+Each case: the client gets a well-formed ErrorResponse (connection-class SQLSTATE) or a clean
+close, never the backend's junk; the proxy logs a diagnostic line; and it keeps serving: a
+second client hitting the same misbehaviour gets the same clean treatment and the proxy
+process is still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from typing import Any
+
+import pytest
+
+from tests.session.fakebackend import FakeBackend, Peer, Script, error, login_ok, message
+from tests.support import rawpg
+
+CONNECTION_CLASS = ("08P01", "08006", "08001", "08000")
+
+
+async def _garbage_after_startup(peer: Peer) -> None:
+    await peer.read_startup()
+    await peer.send(b"\x01\x00\x00\x00\x0cgarbage!" + b"\xff" * 64)
+    await asyncio.sleep(30)
+
+
+async def _oversized_message(peer: Peer) -> None:
+    await peer.read_startup()
+    await peer.send(b"R" + struct.pack("!I", 0x7FFFFFF0) + b"\x00" * 16)
+    await asyncio.sleep(30)  # never send the rest: the proxy must not wait for 2 GB
+
+
+async def _close_mid_message(peer: Peer) -> None:
+    await peer.read_startup()
+    await peer.send(login_ok())
+    await peer.read_message()  # the client's Query
+    row_description = message(b"T", struct.pack("!H", 1) + b"col\x00" + b"\x00" * 18)
+    await peer.send(row_description[:9])
+
+
+async def _never_answers(peer: Peer) -> None:
+    await peer.read_startup()
+    await asyncio.sleep(30)
+
+
+async def _fatal_without_sqlstate_at_startup(peer: Peer) -> None:
+    await peer.read_startup()
+    await peer.send(error({"S": "FATAL", "M": "no sqlstate here"}))
+
+
+async def _unknown_auth_then_close(peer: Peer) -> None:
+    await peer.read_startup()
+    await peer.send(message(b"R", struct.pack("!I", 99)))  # an authentication code nobody knows
+    await asyncio.sleep(30)
+
+
+SCRIPTS: dict[str, Script] = {
+    "garbage": _garbage_after_startup,
+    "oversized": _oversized_message,
+    "close-mid-message": _close_mid_message,
+    "never-answers": _never_answers,
+    "fatal-without-sqlstate": _fatal_without_sqlstate_at_startup,
+    "unknown-auth-code": _unknown_auth_then_close,
+}
+
+
+def _outcome(conn: rawpg.RawConn, timeout: float) -> tuple[list[rawpg.Msg], bool]:
+    """Messages received until the connection closes (True) or ``timeout`` passes (False).
+
+    Fails if the connection closes in the middle of a message: junk was relayed.
+    """
+    deadline = time.monotonic() + timeout
+    msgs: list[rawpg.Msg] = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return msgs, False
+        try:
+            msgs.append(conn.recv(left))
+        except rawpg.Closed:
+            assert not conn.buf, f"half a message reached the client: {bytes(conn.buf)[:60]!r}"
+            return msgs, True
+        except rawpg.Timeout:
+            return msgs, False
+
+
+def _client_session(proxy: Any, query_first: bool) -> tuple[list[rawpg.Msg], bool]:
+    with rawpg.RawConn(proxy.host, proxy.port) as conn:
+        conn.send(rawpg.startup({"user": "postgres", "database": "postgres"}))
+        if query_first:
+            login = conn.recv_until("Z", 5)
+            assert rawpg.types(login)[0] == "R", rawpg.summary(login)
+            conn.send(rawpg.query("select 1"))
+        return _outcome(conn, 6)
+
+
+def _assert_clean(msgs: list[rawpg.Msg], closed: bool, case: str) -> None:
+    assert closed, f"{case}: the client was left hanging: {rawpg.summary(msgs)}"
+    kinds = rawpg.types(msgs)
+    assert kinds in ("", "E"), f"{case}: unexpected messages relayed: {rawpg.summary(msgs)}"
+    if msgs:
+        fields = msgs[0].fields()
+        assert fields.get("C") in CONNECTION_CLASS, f"{case}: {fields}"
+        assert fields.get("S") in ("FATAL", "ERROR"), fields
+
+
+@pytest.mark.parametrize("case", list(SCRIPTS))
+def test_misbehaving_backend(proxy_factory: Any, case: str) -> None:
+    with FakeBackend(SCRIPTS[case]) as fake:
+        proxy = proxy_factory("--upstream", f"127.0.0.1:{fake.port}",
+                              "--limits-login-timeout", "2s", "--limits-connect-timeout", "2s")
+        before = len(proxy.stderr_text())
+        for attempt in (1, 2):
+            started = time.monotonic()
+            msgs, closed = _client_session(proxy, query_first=case == "close-mid-message")
+            _assert_clean(msgs, closed, f"{case} (client {attempt})")
+            assert time.monotonic() - started < 5, f"{case}: took too long"
+            assert proxy.returncode is None, f"{case}: the proxy died:\n{proxy.stderr_text()}"
+        assert fake.connections == 2
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and not proxy.stderr_text()[before:].strip():
+            time.sleep(0.05)
+        assert proxy.stderr_text()[before:].strip(), f"{case}: no diagnostic line on stderr"
+
+
+async def _error_without_sqlstate_after_query(peer: Peer) -> None:
+    await peer.read_startup()
+    await peer.send(login_ok())
+    while True:
+        kind, _ = await peer.read_message()
+        if kind == b"X":
+            return
+        await peer.send(error({"S": "ERROR", "V": "ERROR", "M": "an error with no code"})
+                        + message(b"Z", b"I"))
+
+
+def test_error_without_sqlstate_mid_session(proxy_factory: Any) -> None:
+    """Relay it (well-formed, the session stays usable) or end the session with 08P01."""
+    with FakeBackend(_error_without_sqlstate_after_query) as fake:
+        proxy = proxy_factory("--upstream", f"127.0.0.1:{fake.port}")
+        for _ in range(2):
+            with rawpg.RawConn(proxy.host, proxy.port) as conn:
+                conn.login()
+                conn.send(rawpg.query("select 1"))
+                msgs, closed = _outcome(conn, 3)
+                assert msgs and msgs[0].type == "E", rawpg.summary(msgs)
+                if closed:
+                    assert msgs[0].sqlstate in CONNECTION_CLASS, msgs[0].fields()
+                else:
+                    assert rawpg.types(msgs) == "EZ", rawpg.summary(msgs)
+                    assert "an error with no code" in msgs[0].fields().get("M", "")
+                    assert rawpg.types(conn.simple("select 2")) == "EZ", "session still usable"
+        assert proxy.returncode is None, proxy.stderr_text()
+        queries = proxy.wait_for(lambda e: e["type"] == "query", count=2)
+        assert all(e["error"] for e in queries), queries
