@@ -279,7 +279,7 @@ class Bench:
         bulk.prepare(direct, DATABASE, rows, data_file)
         tests: dict[str, Callable[[Target], bulk.BulkRun]] = {
             "copy_out": lambda t: bulk.copy_out(t, DATABASE, rows),
-            "copy_in": lambda t: bulk.copy_in(t, DATABASE, data_file),
+            "copy_in": lambda t: bulk.copy_in(t, DATABASE, data_file, rows),
             "wide_select": lambda t: bulk.wide_select(t, DATABASE, rows),
         }
         for test, action in tests.items():

@@ -103,9 +103,14 @@ def copy_out(target: Target, database: str, rows: int) -> BulkRun:
     return _timed(target, database, sql, None, None)
 
 
-def copy_in(target: Target, database: str, data_file: Path) -> BulkRun:
+def copy_in(target: Target, database: str, data_file: Path, rows: int) -> BulkRun:
     psql(target, database, f"TRUNCATE {COPY_IN_TABLE}")
-    return _timed(target, database, f"COPY {COPY_IN_TABLE} FROM STDIN", data_file, None)
+    result = _timed(target, database, f"COPY {COPY_IN_TABLE} FROM STDIN", data_file, None)
+    # A proxy that dropped CopyData would look fast; count what actually arrived.
+    loaded = int(psql(target, database, f"SELECT count(*) FROM {COPY_IN_TABLE}").strip())
+    if loaded != rows:
+        raise BulkFailed(f"COPY FROM STDIN loaded {loaded} rows, expected {rows}")
+    return result
 
 
 def wide_select(target: Target, database: str, rows: int) -> BulkRun:
