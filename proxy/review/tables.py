@@ -172,7 +172,9 @@ def summary_items(report: Report) -> tuple[tuple[str, str], ...]:
         ("flagged", fmt_int(t.flags)),
         ("auth failures", fmt_int(t.auth_failures)),
         ("total time", fmt_ms(t.total_ms)),
-        ("p50 / p95 / p99", f"{fmt_ms(t.p50_ms)} / {fmt_ms(t.p95_ms)} / {fmt_ms(t.p99_ms)}"),
+        ("p50", fmt_ms(t.p50_ms)),
+        ("p95", fmt_ms(t.p95_ms)),
+        ("p99", fmt_ms(t.p99_ms)),
         ("query shapes", fmt_int(report.shapes)),
     )
 
