@@ -31,8 +31,13 @@ class Target:
     def is_proxy(self) -> bool:
         return self.proxy is not None
 
-    def dsn(self, user: str = "postgres", database: str = "postgres", password: str | None = None,
-            **params: str) -> str:
+    def dsn(
+        self,
+        user: str = "postgres",
+        database: str = "postgres",
+        password: str | None = None,
+        **params: str,
+    ) -> str:
         base = self._dsn(user=user, database=database, password=password)
         if not params:
             return str(base)
@@ -47,8 +52,13 @@ class Target:
             conn.login(**login)
         return conn
 
-    def connect(self, user: str = "postgres", database: str = "postgres",
-                password: str | None = None, **kwargs: Any) -> psycopg.Connection[Any]:
+    def connect(
+        self,
+        user: str = "postgres",
+        database: str = "postgres",
+        password: str | None = None,
+        **kwargs: Any,
+    ) -> psycopg.Connection[Any]:
         kwargs.setdefault("autocommit", True)
         kwargs.setdefault("connect_timeout", 5)
         return psycopg.connect(self.dsn(user, database, password), **kwargs)
@@ -80,12 +90,14 @@ def events_of(proxy: Any, type: str | None = None, **match: Any) -> list[dict[st
     return out
 
 
-def wait_events(proxy: Any, count: int, type: str | None = None, timeout: float = 10.0,
-                **match: Any) -> list[dict[str, Any]]:
+def wait_events(
+    proxy: Any, count: int, type: str | None = None, timeout: float = 10.0, **match: Any
+) -> list[dict[str, Any]]:
     """Wait until at least ``count`` matching events exist; return all matching events."""
     return wait_until(
         lambda: (lambda found: found if len(found) >= count else None)(
-            events_of(proxy, type, **match)),
+            events_of(proxy, type, **match)
+        ),
         timeout,
         f"{count} {type or ''} events matching {match}",
     )
@@ -114,5 +126,7 @@ def admin(pg: Any) -> psycopg.Connection[Any]:
 
 def backend_gone(pg: Any, pid: int) -> bool:
     with admin(pg) as conn:
-        row = conn.execute("select count(*) from pg_stat_activity where pid = %s", (pid,)).fetchone()
+        row = conn.execute(
+            "select count(*) from pg_stat_activity where pid = %s", (pid,)
+        ).fetchone()
         return row is not None and row[0] == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+
 import asyncpg
 import pytest
 
@@ -12,8 +13,13 @@ from tests.support import rawpg
 
 pytestmark = pytest.mark.e2e
 
-USERS = [("postgres", None), ("dave", None), ("carol", "carol-pw"), ("bob", "bob-pw"),
-         ("alice", "alice-pw")]
+USERS = [
+    ("postgres", None),
+    ("dave", None),
+    ("carol", "carol-pw"),
+    ("bob", "bob-pw"),
+    ("alice", "alice-pw"),
+]
 
 
 @pytest.mark.parametrize(("user", "password"), USERS, ids=[u for u, _ in USERS])
@@ -22,8 +28,9 @@ def test_login_each_method(target: Target, user: str, password: str | None) -> N
     app = unique(f"auth_{user}")
 
     async def check() -> str:
-        conn = await asyncpg.connect(target.dsn(user, "app", password),
-                                     server_settings={"application_name": app}, timeout=5)
+        conn = await asyncpg.connect(
+            target.dsn(user, "app", password), server_settings={"application_name": app}, timeout=5
+        )
         try:
             return str(await conn.fetchval("select current_user"))
         finally:

@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -26,15 +27,20 @@ def _running(pg: Any, app: str, needle: str = "pg_sleep") -> int | None:
     with admin(pg) as conn:
         row = conn.execute(
             "select pid from pg_stat_activity where application_name = %s and state = 'active'"
-            " and query like %s", (app, f"%{needle}%")).fetchone()
+            " and query like %s",
+            (app, f"%{needle}%"),
+        ).fetchone()
     return int(row[0]) if row else None
 
 
 def test_psycopg_cancel(target: Target, pg: Any) -> None:
     app, other_app = unique("cancel_me"), unique("cancel_other")
-    with target.connect(application_name=app) as victim, \
-            target.connect(application_name=other_app) as bystander, \
-            ThreadPoolExecutor(2) as pool:
+    with (
+        target.connect(application_name=app) as victim,
+        target.connect(application_name=other_app) as bystander,
+        ThreadPoolExecutor(2) as pool,
+    ):
+
         def sleep_long() -> str | None:
             try:
                 victim.execute("select pg_sleep(30)")
@@ -44,15 +50,17 @@ def test_psycopg_cancel(target: Target, pg: Any) -> None:
 
         victim_result = pool.submit(sleep_long)
         bystander_result = pool.submit(
-            lambda: bystander.execute("select pg_sleep(1.5), 'still here'").fetchone())
+            lambda: bystander.execute("select pg_sleep(1.5), 'still here'").fetchone()
+        )
         wait_until(lambda: _running(pg, app), 5, "the victim's pg_sleep to start")
         wait_until(lambda: _running(pg, other_app), 5, "the bystander's pg_sleep to start")
         started = time.monotonic()
         victim.cancel()
         assert victim_result.result(timeout=5) == "57014"
         assert time.monotonic() - started < 3, "cancel took too long"
-        assert bystander_result.result(timeout=10) == ("", "still here"), \
+        assert bystander_result.result(timeout=10) == ("", "still here"), (
             "a cancel must hit only its own session"
+        )
         assert victim.execute("select 'alive'").fetchone() == ("alive",)
 
 
@@ -60,8 +68,9 @@ def test_asyncpg_timeout_cancels(target: Target, pg: Any) -> None:
     app = unique("asyncpg_cancel")
 
     async def run() -> float:
-        conn = await asyncpg.connect(target.dsn(), timeout=5,
-                                     server_settings={"application_name": app})
+        conn = await asyncpg.connect(
+            target.dsn(), timeout=5, server_settings={"application_name": app}
+        )
         try:
             with pytest.raises(asyncio.TimeoutError):
                 await conn.fetch("select pg_sleep(30)", timeout=0.5)
@@ -119,8 +128,9 @@ def test_late_cancel_dropped(target: Target, pg: Any) -> None:
         assert rawpg.types(conn.simple("select 1")) == "TDCZ"
         assert _cancel(target, conn.key) == b""
         msgs = conn.simple("select pg_sleep(0.5), 'next'")
-        assert [m.describe() for m in msgs if m.type in "DE"] == [("D", ("", "next"))], \
+        assert [m.describe() for m in msgs if m.type in "DE"] == [("D", ("", "next"))], (
             rawpg.summary(msgs)
+        )
 
 
 def test_psql_ctrl_c(target: Target, pg: Any) -> None:
@@ -128,11 +138,15 @@ def test_psql_ctrl_c(target: Target, pg: Any) -> None:
     env = {**os.environ, "PGAPPNAME": app, "PGCONNECT_TIMEOUT": "5"}
     proc = subprocess.Popen(
         ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-d", target.dsn(), "-c", "select pg_sleep(30)"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
     try:
         wait_until(lambda: _running(pg, app), 5, "psql's pg_sleep to start")
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=5)
+        _out, err = proc.communicate(timeout=5)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -149,7 +163,7 @@ def test_cancel_many_sessions_only_targets(target: Target, pg: Any) -> None:
         for conn in conns:
             conn.send(rawpg.query("select pg_sleep(1.5), 'ok'"))
         for app in apps:
-            wait_until(lambda app=app: _running(pg, app), 5, f"{app} to start")
+            wait_until(partial(_running, pg, app), 5, f"{app} to start")
         for conn in conns[:2]:
             assert conn.key is not None
             threading.Thread(target=_cancel, args=(target, conn.key)).start()

@@ -25,16 +25,21 @@ def bench_db(pg: Any) -> str:
     name = unique("bench")
     with psycopg.connect(pg.dsn(), autocommit=True) as conn:
         conn.execute(f"create database {name}")
-    done = subprocess.run(["pgbench", "-i", "-s", "1", "-q", "-d", pg.dsn(database=name)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["pgbench", "-i", "-s", "1", "-q", "-d", pg.dsn(database=name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     return name
 
 
 def _pgbench(dsn: str, app: str, *args: str) -> str:
     env = {**os.environ, "PGAPPNAME": app, "PGCONNECT_TIMEOUT": "5"}
-    done = subprocess.run(["pgbench", "-n", *args, dsn], capture_output=True, text=True,
-                          env=env, timeout=60)
+    done = subprocess.run(
+        ["pgbench", "-n", *args, dsn], capture_output=True, text=True, env=env, timeout=60
+    )
     assert done.returncode == 0, f"pgbench failed:\n{done.stdout}\n{done.stderr}"
     processed = re.search(r"number of transactions actually processed: (\d+)", done.stdout)
     assert processed, done.stdout
@@ -46,13 +51,25 @@ def _pgbench(dsn: str, app: str, *args: str) -> str:
 @pytest.mark.parametrize("mode", ["simple", "extended", "prepared"])
 def test_pgbench_select_only(proxy: Any, bench_db: str, mode: str) -> None:
     app = unique(f"pgbench_{mode}")
-    out = _pgbench(proxy.dsn(database=bench_db), app, "-S", "-M", mode, "-c", str(CLIENTS),
-                   "-t", str(TRANSACTIONS))
+    out = _pgbench(
+        proxy.dsn(database=bench_db),
+        app,
+        "-S",
+        "-M",
+        mode,
+        "-c",
+        str(CLIENTS),
+        "-t",
+        str(TRANSACTIONS),
+    )
     assert f"processed: {CLIENTS * TRANSACTIONS}/{CLIENTS * TRANSACTIONS}" in out, out
 
     def selects() -> list[dict[str, Any]] | None:
-        found = [e for e in proxy.events("query") if e["application_name"] == app
-                 and SELECT_SHAPE.match(e["statement"])]
+        found = [
+            e
+            for e in proxy.events("query")
+            if e["application_name"] == app and SELECT_SHAPE.match(e["statement"])
+        ]
         return found if len(found) >= CLIENTS * TRANSACTIONS else None
 
     wait_until(selects, 15, f"{CLIENTS * TRANSACTIONS} SELECT events")
@@ -71,20 +88,32 @@ def test_pgbench_select_only(proxy: Any, bench_db: str, mode: str) -> None:
 
     ends = wait_until(all_ended, 15, "every pgbench session to end")
     assert sum(e["statements"] for e in ends) == len(
-        [e for e in proxy.events("query") if e["application_name"] == app])
+        [e for e in proxy.events("query") if e["application_name"] == app]
+    )
 
 
 def test_pgbench_tpcb_prepared(proxy: Any, bench_db: str) -> None:
     """The default TPC-B-like script: BEGIN, 3 UPDATEs, SELECT, INSERT, END per transaction."""
     app = unique("pgbench_tpcb")
     clients, transactions = 2, 50
-    _pgbench(proxy.dsn(database=bench_db), app, "-M", "prepared", "-c", str(clients), "-t",
-             str(transactions))
+    _pgbench(
+        proxy.dsn(database=bench_db),
+        app,
+        "-M",
+        "prepared",
+        "-c",
+        str(clients),
+        "-t",
+        str(transactions),
+    )
     expected = clients * transactions * 7
 
     def script_events() -> list[dict[str, Any]] | None:
-        found = [e for e in proxy.events("query") if e["application_name"] == app
-                 and e["statement"].strip().lower() != SCALE_PROBE]
+        found = [
+            e
+            for e in proxy.events("query")
+            if e["application_name"] == app and e["statement"].strip().lower() != SCALE_PROBE
+        ]
         return found if len(found) >= expected else None
 
     # pgbench's own setup (a scale probe on pgbench_branches) is left out by the filter.

@@ -1,4 +1,4 @@
-"""Audit completeness: concurrent clients in mixed protocols give exactly one event per statement."""
+"""Audit completeness: concurrent mixed-protocol clients get exactly one event per statement."""
 
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 def _simple(dsn: str, app: str, table: str) -> int:
     """psycopg ClientCursor: the simple Query protocol; every 10th statement fails."""
     errors = 0
-    with psycopg.connect(dsn, autocommit=True, application_name=app,
-                         cursor_factory=psycopg.ClientCursor) as conn:
+    with psycopg.connect(
+        dsn, autocommit=True, application_name=app, cursor_factory=psycopg.ClientCursor
+    ) as conn:
         for i in range(STATEMENTS):
             try:
                 if i % 10 == 9:
@@ -81,7 +82,7 @@ def _pipeline(dsn: str, app: str, table: str) -> int:
 
 
 def _copy(dsn: str, app: str, table: str) -> int:
-    """25 × (COPY FROM STDIN + SELECT count) on one connection."""
+    """25 x (COPY FROM STDIN + SELECT count) on one connection."""
     with psycopg.connect(dsn, autocommit=True, application_name=app) as conn:
         for i in range(STATEMENTS // 2):
             with conn.cursor().copy(f"copy {table} (id, v) from stdin") as copy:
@@ -91,10 +92,14 @@ def _copy(dsn: str, app: str, table: str) -> int:
 
 
 CLIENTS: list[tuple[str, Callable[[str, str, str], int], int]] = [
-    ("simple", _simple, 5), ("simple", _simple, 5),
-    ("extended", _extended, 5), ("extended", _extended, 5),
-    ("pipeline", _pipeline, 1), ("pipeline", _pipeline, 1),
-    ("copy", _copy, 0), ("extended", _extended, 5),
+    ("simple", _simple, 5),
+    ("simple", _simple, 5),
+    ("extended", _extended, 5),
+    ("extended", _extended, 5),
+    ("pipeline", _pipeline, 1),
+    ("pipeline", _pipeline, 1),
+    ("copy", _copy, 0),
+    ("extended", _extended, 5),
 ]
 
 
@@ -107,8 +112,10 @@ def test_concurrent_mixed_clients_complete(proxy_factory: Any, pg: Any) -> None:
             conn.execute(f"create table {table}(id int, v text)")
     apps = [unique(f"complete_{kind}") for kind, _, _ in CLIENTS]
     with ThreadPoolExecutor(len(CLIENTS)) as pool:
-        futures = [pool.submit(fn, proxy.dsn(), app, table)
-                   for (_, fn, _), app, table in zip(CLIENTS, apps, tables, strict=True)]
+        futures = [
+            pool.submit(fn, proxy.dsn(), app, table)
+            for (_, fn, _), app, table in zip(CLIENTS, apps, tables, strict=True)
+        ]
         errors = [f.result(timeout=90) for f in futures]
     assert errors == [want for _, _, want in CLIENTS], errors
 
@@ -127,7 +134,8 @@ def test_concurrent_mixed_clients_complete(proxy_factory: Any, pg: Any) -> None:
         session = starts[0]["session_id"]
         assert len(queries) == STATEMENTS, (
             f"{kind} client {app}: {len(queries)} query events for {STATEMENTS} statements: "
-            f"{[q['statement'] for q in queries]}")
+            f"{[q['statement'] for q in queries]}"
+        )
         assert {e["session_id"] for e in mine} == {session}, f"{kind}: mixed session ids"
         assert ends[0]["statements"] == STATEMENTS, ends[0]
         assert ends[0]["bytes_from_client"] > 0 and ends[0]["bytes_to_client"] > 0, ends[0]
@@ -148,7 +156,8 @@ def _check_query_event(q: dict[str, Any], start: dict[str, Any], kind: str) -> N
     assert q["tx_status"] in ("I", "T", "E"), where
     assert q["backend_pid"] == start["backend_pid"], where
     assert q["protocol"] == ("simple" if kind == "simple" else "extended") or (
-        kind == "copy" and q["protocol"] in ("simple", "extended")), where
+        kind == "copy" and q["protocol"] in ("simple", "extended")
+    ), where
     assert isinstance(q["statement"], str) and q["statement"], where
     if q["error"] is None:
         assert q["sqlstate"] in (None, "00000"), where
@@ -159,6 +168,14 @@ def _check_query_event(q: dict[str, Any], start: dict[str, Any], kind: str) -> N
     else:
         assert q["sqlstate"] == "22012", where
         assert "division by zero" in q["error"], where
-    for key in ("seq", "prev_hash", "hash", "proxy_id", "client_addr", "client_port",
-                "fingerprint", "decision"):
+    for key in (
+        "seq",
+        "prev_hash",
+        "hash",
+        "proxy_id",
+        "client_addr",
+        "client_port",
+        "fingerprint",
+        "decision",
+    ):
         assert key in q, f"missing {key}: {where}"

@@ -59,8 +59,18 @@ def test_psql_copy(target: Target, table: str, tmp_path: Path) -> None:
     src.write_text("".join(f"{i}\tpsql {i}\n" for i in range(500)))
     dst = tmp_path / "out.tsv"
     env = {**os.environ, "PGCONNECT_TIMEOUT": "5"}
-    cmd = ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-d", target.dsn(),
-           "-c", f"\\copy {table} from '{src}'", "-c", f"\\copy {table} to '{dst}'"]
+    cmd = [
+        "psql",
+        "-X",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-d",
+        target.dsn(),
+        "-c",
+        f"\\copy {table} from '{src}'",
+        "-c",
+        f"\\copy {table} to '{dst}'",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=20)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["COPY", "500", "COPY", "500"], done.stdout
@@ -72,7 +82,8 @@ def test_asyncpg_copy_extended(target: Target, table: str) -> None:
         conn = await asyncpg.connect(target.dsn(), timeout=5)
         try:
             status = await conn.copy_records_to_table(
-                table, records=[(i, f"apg {i}") for i in range(2000)], columns=["id", "v"])
+                table, records=[(i, f"apg {i}") for i in range(2000)], columns=["id", "v"]
+            )
             sink = io.BytesIO()
             await conn.copy_from_table(table, output=sink, format="csv")
             return str(status), sink.getvalue()
@@ -119,8 +130,9 @@ def test_raw_copy_error_while_streaming(target: Target, table: str) -> None:
 def test_raw_extended_copy_extra_syncs(target: Target, table: str, extra_syncs: int) -> None:
     """Syncs sent during COPY-in are ignored by the server: exactly one ReadyForQuery."""
     with target.raw() as conn:
-        conn.send(r.parse(f"copy {table} from stdin"), r.bind(), r.execute(),
-                  *[r.sync()] * extra_syncs)
+        conn.send(
+            r.parse(f"copy {table} from stdin"), r.bind(), r.execute(), *[r.sync()] * extra_syncs
+        )
         assert r.types([conn.recv(), conn.recv(), conn.recv()]) == "12G"
         conn.send(r.copy_data(b"1\ta\n2\tb\n"), r.copy_done(), r.sync())
         msgs = conn.recv_until("Z")

@@ -21,8 +21,9 @@ CLIENTS = 4
 def _worker(dsn: str, client: int, received: list[int], stop: threading.Event) -> None:
     """Run `select <id>` until the proxy dies; record every id whose result came back."""
     try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=5,
-                             cursor_factory=psycopg.ClientCursor) as conn:
+        with psycopg.connect(
+            dsn, autocommit=True, connect_timeout=5, cursor_factory=psycopg.ClientCursor
+        ) as conn:
             n = 0
             while not stop.is_set():
                 ident = client * 1_000_000 + n
@@ -58,8 +59,10 @@ def test_kill_9_mid_load(proxy_factory: Any) -> None:
     dsn = proxy.dsn() + ("&" if "?" in proxy.dsn() else "?") + f"application_name={app}"
     stop = threading.Event()
     received: list[list[int]] = [[] for _ in range(CLIENTS)]
-    threads = [threading.Thread(target=_worker, args=(dsn, i, received[i], stop), daemon=True)
-               for i in range(CLIENTS)]
+    threads = [
+        threading.Thread(target=_worker, args=(dsn, i, received[i], stop), daemon=True)
+        for i in range(CLIENTS)
+    ]
     for t in threads:
         t.start()
     wait_until(lambda: sum(len(r) for r in received) >= 800, 30, "800 statements under load")
@@ -77,7 +80,9 @@ def test_kill_9_mid_load(proxy_factory: Any) -> None:
         if e.get("type") == "query" and "durable_id" in str(e.get("statement")):
             logged.add(int(e["statement"].split()[1]))
     missing = sorted(got - logged)
-    assert not missing, (f"{len(missing)} of {len(got)} statements whose results reached a client "
-                         f"are not in the audit trail, e.g. {missing[:5]}")
+    assert not missing, (
+        f"{len(missing)} of {len(got)} statements whose results reached a client "
+        f"are not in the audit trail, e.g. {missing[:5]}"
+    )
     seqs = [e["seq"] for e in events if "seq" in e]
     assert seqs == list(range(1, len(seqs) + 1)), "seq must be gapless from 1"

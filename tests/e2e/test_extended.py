@@ -26,8 +26,9 @@ def test_psycopg_pipeline(target: Target) -> None:
         with conn.pipeline() as p:
             cursors = []
             for i in range(30):
-                cursors.append(conn.execute(f"insert into {table} values (%s, %s) returning id",
-                                            (i, f"v{i}")))
+                cursors.append(
+                    conn.execute(f"insert into {table} values (%s, %s) returning id", (i, f"v{i}"))
+                )
                 if i % 10 == 9:
                     p.sync()
             total = conn.execute(f"select count(*), sum(id) from {table}")
@@ -60,7 +61,9 @@ def test_psycopg_pipeline_error_discards_until_sync(target: Target) -> None:
         return
     events = [e for e in _queries(target, app) if e["statement"].startswith("insert")]
     assert [(e["statement"][-3:], e["sqlstate"]) for e in events] == [
-        ("(1)", None), ("(1)", "23505")], events
+        ("(1)", None),
+        ("(1)", "23505"),
+    ], events
 
 
 def _script(target: Target, *messages: bytes, syncs: int = 1) -> list[r.Msg]:
@@ -72,11 +75,20 @@ def _script(target: Target, *messages: bytes, syncs: int = 1) -> list[r.Msg]:
 def test_raw_error_mid_pipeline(target: Target) -> None:
     msgs = _script(
         target,
-        r.parse("select 1"), r.bind(), r.execute(),
-        r.parse("select 1/0"), r.bind(), r.execute(),
-        r.parse("select 3"), r.bind(), r.execute(),
+        r.parse("select 1"),
+        r.bind(),
+        r.execute(),
+        r.parse("select 1/0"),
+        r.bind(),
+        r.execute(),
+        r.parse("select 3"),
+        r.bind(),
+        r.execute(),
         r.sync(),
-        r.parse("select 4"), r.bind(), r.execute(), r.sync(),
+        r.parse("select 4"),
+        r.bind(),
+        r.execute(),
+        r.sync(),
         syncs=2,
     )
     summary = r.summary(msgs)
@@ -87,8 +99,9 @@ def test_raw_error_mid_pipeline(target: Target) -> None:
 
 def test_raw_sync_in_later_packet(target: Target) -> None:
     with target.raw() as conn:
-        conn.send(r.parse("select 1/0"), r.bind(), r.execute(), r.parse("select 2"), r.bind(),
-                  r.execute())
+        conn.send(
+            r.parse("select 1/0"), r.bind(), r.execute(), r.parse("select 2"), r.bind(), r.execute()
+        )
         first = conn.recv(5)
         assert first.type == "1"
         err = conn.recv(5)  # the error (at Bind: constant folding) is flushed at once
@@ -120,7 +133,7 @@ def test_raw_statements_portals_describe_close(target: Target) -> None:
         r.close("P", "no_such_portal"),
         r.sync(),
     )
-    assert r.types(msgs) == "1tT2TDC" "12TDC" "12nC" "3333SZ", r.summary(msgs)
+    assert r.types(msgs) == "1tT2TDC12TDC12nC3333SZ", r.summary(msgs)
     assert msgs[5].row() == ["42"] and msgs[10].row() == ["unnamed"]
 
 
@@ -148,16 +161,26 @@ def test_raw_error_with_flush_no_sync(target: Target) -> None:
 def test_raw_row_limit_portal_suspended(target: Target) -> None:
     app = unique("suspend")
     with target.raw(extra={"application_name": app}) as conn:
-        conn.send(r.parse("select g from generate_series(1, 10) g"), r.bind(),
-                  r.execute("", 3), r.execute("", 3), r.execute("", 0), r.sync())
+        conn.send(
+            r.parse("select g from generate_series(1, 10) g"),
+            r.bind(),
+            r.execute("", 3),
+            r.execute("", 3),
+            r.execute("", 0),
+            r.sync(),
+        )
         msgs = conn.recv_until("Z")
         assert r.types(msgs) == "12DDDsDDDsDDDDCZ", r.summary(msgs)
         assert msgs[-2].tag == "SELECT 4"
         # A named portal in an explicit transaction survives Sync and dies at COMMIT.
         conn.send(r.query("begin"))
         conn.recv_until("Z")
-        conn.send(r.parse("select g from generate_series(1, 5) g", "ps"), r.bind("np", "ps"),
-                  r.execute("np", 2), r.sync())
+        conn.send(
+            r.parse("select g from generate_series(1, 5) g", "ps"),
+            r.bind("np", "ps"),
+            r.execute("np", 2),
+            r.sync(),
+        )
         assert r.types(conn.recv_until("Z")) == "12DDsZ"
         conn.send(r.execute("np", 0), r.sync())
         msgs = conn.recv_until("Z")
@@ -170,9 +193,12 @@ def test_raw_row_limit_portal_suspended(target: Target) -> None:
     if target.proxy is None:
         return
     events = [e for e in _queries(target, app) if "generate_series" in e["statement"]]
-    assert [(e["rows"], e["command_tag"]) for e in events] == [(10, "SELECT 4"), (5, "SELECT 3")] \
-        or [e["rows"] for e in events] == [10, 5], \
+    assert [(e["rows"], e["command_tag"]) for e in events] == [
+        (10, "SELECT 4"),
+        (5, "SELECT 3"),
+    ] or [e["rows"] for e in events] == [10, 5], (
         f"one event per portal run, rows summed over Executes: {events}"
+    )
 
 
 def test_raw_bind_missing_statement(target: Target) -> None:
@@ -192,16 +218,31 @@ def test_raw_unnamed_statement_destroyed_by_query(target: Target) -> None:
 
 def test_raw_parse_error_then_reuse_name(target: Target) -> None:
     with target.raw() as conn:
-        conn.send(r.parse("selec 1", "reuse"), r.sync(), r.parse("select 1", "reuse"),
-                  r.bind("", "reuse"), r.execute(), r.sync())
+        conn.send(
+            r.parse("selec 1", "reuse"),
+            r.sync(),
+            r.parse("select 1", "reuse"),
+            r.bind("", "reuse"),
+            r.execute(),
+            r.sync(),
+        )
         msgs = conn.recv_n_ready(2)
         assert r.types(msgs) == "EZ12DCZ", r.summary(msgs)
         assert msgs[0].sqlstate == "42601"
 
 
 def test_raw_simple_query_inside_extended_batch(target: Target) -> None:
-    msgs = _script(target, r.parse("select 1"), r.bind(), r.execute(), r.query("select 2"),
-                   r.bind(), r.execute(), r.sync(), syncs=2)
+    msgs = _script(
+        target,
+        r.parse("select 1"),
+        r.bind(),
+        r.execute(),
+        r.query("select 2"),
+        r.bind(),
+        r.execute(),
+        r.sync(),
+        syncs=2,
+    )
     # The Query commits the extended batch so far and destroys the unnamed statement.
     assert r.types(msgs) == "12DCTDCZEZ", r.summary(msgs)
 
@@ -229,12 +270,14 @@ def test_asyncpg_prepared_and_executemany(target: Target) -> None:
     table = unique("t_apg")
 
     async def run() -> tuple[int, list[int]]:
-        conn = await asyncpg.connect(target.dsn(), timeout=5,
-                                     server_settings={"application_name": app})
+        conn = await asyncpg.connect(
+            target.dsn(), timeout=5, server_settings={"application_name": app}
+        )
         try:
             await conn.execute(f"create table {table}(id int, v text)")
-            await conn.executemany(f"insert into {table} values ($1, $2)",
-                                   [(i, str(i)) for i in range(20)])
+            await conn.executemany(
+                f"insert into {table} values ($1, $2)", [(i, str(i)) for i in range(20)]
+            )
             stmt = await conn.prepare(f"select id from {table} where id < $1 order by id")
             got = [row["id"] for row in await stmt.fetch(5)]
             count = await conn.fetchval(f"select count(*) from {table}")
@@ -253,15 +296,32 @@ def test_asyncpg_prepared_and_executemany(target: Target) -> None:
 def test_differential_extended(pg: Any, proxy: Any) -> None:
     """The same extended-protocol scripts, direct and through the proxy, give the same replies."""
     scripts: list[list[bytes]] = [
-        [r.parse("select $1::int * 2", "", [0]), r.bind("", "", ["21"]), r.describe("P"),
-         r.execute(), r.sync()],
+        [
+            r.parse("select $1::int * 2", "", [0]),
+            r.bind("", "", ["21"]),
+            r.describe("P"),
+            r.execute(),
+            r.sync(),
+        ],
         [r.parse("select 1/0"), r.bind(), r.execute(), r.sync()],
         [r.describe("S", "missing"), r.sync()],
-        [r.parse("select g from generate_series(1,4) g"), r.bind(), r.execute("", 1),
-         r.execute("", 1), r.close("P", ""), r.sync()],
+        [
+            r.parse("select g from generate_series(1,4) g"),
+            r.bind(),
+            r.execute("", 1),
+            r.execute("", 1),
+            r.close("P", ""),
+            r.sync(),
+        ],
         [r.parse("select $1", "", [25]), r.bind("", "", [None]), r.execute(), r.sync()],
-        [r.parse("begin"), r.bind(), r.execute(), r.parse("select nope"), r.sync(),
-         r.query("rollback")],
+        [
+            r.parse("begin"),
+            r.bind(),
+            r.execute(),
+            r.parse("select nope"),
+            r.sync(),
+            r.query("rollback"),
+        ],
     ]
     out = {}
     for name, host, port in (("direct", pg.host, pg.port), ("proxy", proxy.host, proxy.port)):

@@ -35,11 +35,19 @@ def test_function_call(target: Target) -> None:
     """FunctionCall 'F' by OID (int4pl), and the large-object functions libpq uses."""
     app = unique("fastpath")
     with target.raw(extra={"application_name": app}) as conn:
-        oids = {m.row()[0]: int(m.row()[1] or 0) for m in conn.simple(
-            "select proname, oid from pg_proc where proname in ('int4pl', 'lo_creat', 'lo_unlink')"
-            " and pronamespace = 'pg_catalog'::regnamespace") if m.type == "D"}
-        conn.send(r.function_call(oids["int4pl"], [struct.pack("!i", 40), struct.pack("!i", 2)],
-                                  result_format=1))
+        oids = {
+            m.row()[0]: int(m.row()[1] or 0)
+            for m in conn.simple(
+                "select proname, oid from pg_proc where pronamespace = 'pg_catalog'::regnamespace"
+                " and proname in ('int4pl', 'lo_creat', 'lo_unlink')"
+            )
+            if m.type == "D"
+        }
+        conn.send(
+            r.function_call(
+                oids["int4pl"], [struct.pack("!i", 40), struct.pack("!i", 2)], result_format=1
+            )
+        )
         msgs = conn.recv_until("Z")
         assert r.types(msgs) == "VZ", r.summary(msgs)
         assert msgs[0].body == struct.pack("!i", 4) + struct.pack("!i", 42)

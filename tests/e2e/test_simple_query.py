@@ -1,4 +1,4 @@
-"""Simple Query protocol: multi-statement strings, errors mid-string, empty queries; audit events."""
+"""Simple Query protocol: multi-statement strings, errors mid-string, empty queries."""
 
 from __future__ import annotations
 
@@ -20,16 +20,26 @@ def _queries(target: Target, app: str) -> list[dict[str, Any]]:
 def test_multi_statement(target: Target) -> None:
     app = unique("multi")
     table = unique("t_multi")
-    sql = (f"select 1 as a; select 'x' as b, 2 as c; create temp table {table}(x int); "
-           f"insert into {table} values (1), (2), (3); update {table} set x = x + 1 where x > 1; "
-           f"delete from {table} where x = 4; drop table {table}")
+    sql = (
+        f"select 1 as a; select 'x' as b, 2 as c; create temp table {table}(x int); "
+        f"insert into {table} values (1), (2), (3); update {table} set x = x + 1 where x > 1; "
+        f"delete from {table} where x = 4; drop table {table}"
+    )
     with target.raw(extra={"application_name": app}) as conn:
         msgs = conn.simple(sql)
     assert rawpg.summary(msgs) == [
-        ("T", ("a",)), ("D", ("1",)), ("C", "SELECT 1"),
-        ("T", ("b", "c")), ("D", ("x", "2")), ("C", "SELECT 1"),
-        ("C", "CREATE TABLE"), ("C", "INSERT 0 3"), ("C", "UPDATE 2"), ("C", "DELETE 1"),
-        ("C", "DROP TABLE"), ("Z", "I"),
+        ("T", ("a",)),
+        ("D", ("1",)),
+        ("C", "SELECT 1"),
+        ("T", ("b", "c")),
+        ("D", ("x", "2")),
+        ("C", "SELECT 1"),
+        ("C", "CREATE TABLE"),
+        ("C", "INSERT 0 3"),
+        ("C", "UPDATE 2"),
+        ("C", "DELETE 1"),
+        ("C", "DROP TABLE"),
+        ("Z", "I"),
     ]
     if target.proxy is None:
         return
@@ -54,8 +64,9 @@ def test_error_mid_string(target: Target) -> None:
     table = unique("t_mid")
     with target.raw(extra={"application_name": app}) as conn:
         conn.simple(f"create table {table}(x int)")
-        msgs = conn.simple(f"insert into {table} values (1); select 1/0; insert into {table} "
-                           "values (2); select 3")
+        msgs = conn.simple(
+            f"insert into {table} values (1); select 1/0; insert into {table} values (2); select 3"
+        )
         summary = rawpg.summary(msgs)
         assert [s[0] for s in summary] == ["C", "E", "Z"], summary
         assert msgs[1].sqlstate == "22012" and msgs[2].status == "I"
@@ -65,8 +76,14 @@ def test_error_mid_string(target: Target) -> None:
     if target.proxy is None:
         return
     events = _queries(target, app)
-    mid = [e for e in events if table in e["statement"] and "count" not in e["statement"]
-           and "create" not in e["statement"] and "drop" not in e["statement"]]
+    mid = [
+        e
+        for e in events
+        if table in e["statement"]
+        and "count" not in e["statement"]
+        and "create" not in e["statement"]
+        and "drop" not in e["statement"]
+    ]
     mid += [e for e in events if "1/0" in e["statement"] or "select 3" in e["statement"]]
     statements = [e["statement"].strip() for e in mid]
     assert statements == [f"insert into {table} values (1)", "select 1/0"], statements
@@ -75,8 +92,11 @@ def test_error_mid_string(target: Target) -> None:
     assert mid[1]["command_tag"] in (None, ""), mid[1]
 
 
-@pytest.mark.parametrize("sql", ["", ";", "-- just a comment", "  ;  ; ", "/* c */"],
-                         ids=["empty", "semicolon", "comment", "semicolons", "block-comment"])
+@pytest.mark.parametrize(
+    "sql",
+    ["", ";", "-- just a comment", "  ;  ; ", "/* c */"],
+    ids=["empty", "semicolon", "comment", "semicolons", "block-comment"],
+)
 def test_empty_query(target: Target, sql: str) -> None:
     with target.raw() as conn:
         msgs = conn.simple(sql)

@@ -16,12 +16,18 @@ pytestmark = pytest.mark.e2e
 
 def _startup(target: Target, minor: int, extra: dict[str, str] | None = None) -> list[rawpg.Msg]:
     with target.raw(login=False) as conn:
-        conn.send(rawpg.startup({"user": "postgres", "database": "postgres", **(extra or {})},
-                                minor=minor))
+        conn.send(
+            rawpg.startup(
+                {"user": "postgres", "database": "postgres", **(extra or {})}, minor=minor
+            )
+        )
         msgs = conn.recv_until("Z")
         answer = conn.simple("select 41 + 1")
         assert [m.describe() for m in answer if m.type in "DCZ"] == [
-            ("D", ("42",)), ("C", "SELECT 1"), ("Z", "I")], answer
+            ("D", ("42",)),
+            ("C", "SELECT 1"),
+            ("Z", "I"),
+        ], answer
         return msgs
 
 
@@ -44,7 +50,8 @@ def _check_negotiation(msgs: list[rawpg.Msg], requested: int, unknown: list[str]
     secret = keys[0].key_data()[1]
     want = 4 if negotiated == 0 else 32
     assert len(secret) == want, (
-        f"protocol 3.{negotiated} negotiated but BackendKeyData secret is {len(secret)} bytes")
+        f"protocol 3.{negotiated} negotiated but BackendKeyData secret is {len(secret)} bytes"
+    )
     return negotiated
 
 
@@ -66,8 +73,9 @@ def test_protocol_3_2(target: Target) -> None:
     [(3, {}, []), (9999, {"_pq_.foo": "bar"}, ["_pq_.foo"]), (0, {"_pq_.foo": "1"}, ["_pq_.foo"])],
     ids=["3.3", "3.9999+_pq_.foo", "3.0+_pq_.foo"],
 )
-def test_protocol_negotiated_down(target: Target, minor: int, extra: dict[str, str],
-                                  unknown: list[str]) -> None:
+def test_protocol_negotiated_down(
+    target: Target, minor: int, extra: dict[str, str], unknown: list[str]
+) -> None:
     msgs = _startup(target, minor, extra)
     assert rawpg.types(msgs)[0] == "v", f"expected NegotiateProtocolVersion first: {msgs[:2]}"
     _check_negotiation(msgs, minor, unknown)
@@ -84,8 +92,9 @@ def test_protocol_2_refused(target: Target) -> None:
 
 def test_startup_params_forwarded(target: Target) -> None:
     app = unique("startup_params")
-    with target.connect(application_name=app, options="-c search_path=pg_catalog,public "
-                        "-c statement_timeout=4321") as conn:
+    with target.connect(
+        application_name=app, options="-c search_path=pg_catalog,public -c statement_timeout=4321"
+    ) as conn:
         assert conn.execute("show application_name").fetchone() == (app,)
         assert conn.execute("show search_path").fetchone() == ("pg_catalog,public",)
         assert conn.execute("show statement_timeout").fetchone() == ("4321ms",)
@@ -153,15 +162,17 @@ def test_gssenc_then_ssl_then_startup(proxy: Any) -> None:
 
 
 def test_psycopg_gssencmode_prefer(proxy: Any) -> None:
-    with psycopg.connect(proxy.dsn(), gssencmode="prefer", sslmode="prefer",
-                         connect_timeout=5) as conn:
+    with psycopg.connect(
+        proxy.dsn(), gssencmode="prefer", sslmode="prefer", connect_timeout=5
+    ) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
 
 
 def test_replication_connection_refused(proxy: Any) -> None:
     with rawpg.RawConn(proxy.host, proxy.port) as conn:
-        conn.send(rawpg.startup({"user": "postgres", "database": "postgres",
-                                 "replication": "database"}))
+        conn.send(
+            rawpg.startup({"user": "postgres", "database": "postgres", "replication": "database"})
+        )
         msgs = conn.recv_quiet(1.0)
         errors = [m for m in msgs if m.type == "E"]
         assert errors, f"replication connection was not refused: {rawpg.types(msgs)}"
@@ -169,7 +180,8 @@ def test_replication_connection_refused(proxy: Any) -> None:
         assert "replication" in text.lower(), f"error should say why: {errors[0].fields()}"
         assert errors[0].fields().get("S") == "FATAL", errors[0].fields()
         conn.wait_closed(5)
-    assert not [e for e in events_of(proxy, "query") if e.get("statement", "").startswith(
-        "IDENTIFY_SYSTEM")]
-    with pytest.raises(psycopg.OperationalError, match="(?i)replication"):
+    assert not [
+        e for e in events_of(proxy, "query") if e.get("statement", "").startswith("IDENTIFY_SYSTEM")
+    ]
+    with pytest.raises(psycopg.OperationalError, match=r"(?i)replication"):
         psycopg.connect(proxy.dsn(), replication="database", connect_timeout=5)

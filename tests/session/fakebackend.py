@@ -27,9 +27,14 @@ def error(fields: dict[str, str]) -> bytes:
 
 def login_ok(pid: int = 4242, secret: bytes = b"\x01\x02\x03\x04") -> bytes:
     out = message(b"R", struct.pack("!I", 0))
-    for name, value in (("server_version", "15.99"), ("client_encoding", "UTF8"),
-                        ("standard_conforming_strings", "on"), ("DateStyle", "ISO, MDY"),
-                        ("integer_datetimes", "on"), ("server_encoding", "UTF8")):
+    for name, value in (
+        ("server_version", "15.99"),
+        ("client_encoding", "UTF8"),
+        ("standard_conforming_strings", "on"),
+        ("DateStyle", "ISO, MDY"),
+        ("integer_datetimes", "on"),
+        ("server_encoding", "UTF8"),
+    ):
         out += message(b"S", name.encode() + b"\x00" + value.encode() + b"\x00")
     out += message(b"K", struct.pack("!I", pid) + secret)
     return out + message(b"Z", b"I")
@@ -54,8 +59,11 @@ class Peer:
                 await self.writer.drain()
                 continue
             parts = body[4:].split(b"\x00")
-            self.startup = {parts[i].decode(): parts[i + 1].decode()
-                            for i in range(0, len(parts) - 1, 2) if parts[i]}
+            self.startup = {
+                parts[i].decode(): parts[i + 1].decode()
+                for i in range(0, len(parts) - 1, 2)
+                if parts[i]
+            }
             return self.startup
 
     async def read_message(self) -> tuple[bytes, bytes]:
@@ -88,7 +96,7 @@ class FakeBackend:
         self.connections += 1
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         try:
             await self.script(Peer(reader, writer))
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
@@ -97,7 +105,7 @@ class FakeBackend:
             self.errors.append(exc)
         finally:
             writer.close()
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
 
     async def _start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)

@@ -110,8 +110,14 @@ def _assert_clean(msgs: list[rawpg.Msg], closed: bool, case: str) -> None:
 @pytest.mark.parametrize("case", list(SCRIPTS))
 def test_misbehaving_backend(proxy_factory: Any, case: str) -> None:
     with FakeBackend(SCRIPTS[case]) as fake:
-        proxy = proxy_factory("--upstream", f"127.0.0.1:{fake.port}",
-                              "--limits-login-timeout", "2s", "--limits-connect-timeout", "2s")
+        proxy = proxy_factory(
+            "--upstream",
+            f"127.0.0.1:{fake.port}",
+            "--limits-login-timeout",
+            "2s",
+            "--limits-connect-timeout",
+            "2s",
+        )
         before = len(proxy.stderr_text())
         for attempt in (1, 2):
             started = time.monotonic()
@@ -133,8 +139,9 @@ async def _error_without_sqlstate_after_query(peer: Peer) -> None:
         kind, _ = await peer.read_message()
         if kind == b"X":
             return
-        await peer.send(error({"S": "ERROR", "V": "ERROR", "M": "an error with no code"})
-                        + message(b"Z", b"I"))
+        await peer.send(
+            error({"S": "ERROR", "V": "ERROR", "M": "an error with no code"}) + message(b"Z", b"I")
+        )
 
 
 def test_error_without_sqlstate_mid_session(proxy_factory: Any) -> None:

@@ -7,12 +7,14 @@ typed :class:`Msg` values with a deadline on every read. Blocking sockets keep i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import socket
 import struct
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 PROTO_3_0 = 3 << 16
 CANCEL_CODE = 80877102
@@ -181,7 +183,8 @@ class Msg:
     def row(self) -> list[str | None]:
         """DataRow values, decoded as text."""
         (count,) = struct.unpack_from("!H", self.body, 0)
-        pos, out = 2, []
+        pos = 2
+        out: list[str | None] = []
         for _ in range(count):
             (size,) = struct.unpack_from("!i", self.body, pos)
             pos += 4
@@ -228,7 +231,7 @@ class Msg:
         channel, payload, _ = self.body[4:].split(b"\x00", 2)
         return pid, channel.decode(), payload.decode()
 
-    def describe(self) -> object:
+    def describe(self) -> tuple[Any, ...]:
         """A comparable summary that ignores volatile fields (pids, keys, line numbers)."""
         if self.type in ("E", "N"):
             f = self.fields()
@@ -272,10 +275,8 @@ class RawConn:
         self.close()
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
 
     def send(self, *messages: bytes) -> None:
         self.sock.sendall(b"".join(messages))
@@ -284,7 +285,9 @@ class RawConn:
         while len(self.buf) < need:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise Timeout(f"wanted {need} bytes, have {len(self.buf)}: {bytes(self.buf)[:80]!r}")
+                raise Timeout(
+                    f"wanted {need} bytes, have {len(self.buf)}: {bytes(self.buf)[:80]!r}"
+                )
             self.sock.settimeout(left)
             try:
                 chunk = self.sock.recv(65536)
@@ -415,5 +418,5 @@ def connect(host: str, port: int, timeout: float = 5.0, **login: object) -> RawC
     return conn
 
 
-def summary(msgs: Iterable[Msg]) -> list[object]:
+def summary(msgs: Iterable[Msg]) -> list[tuple[Any, ...]]:
     return [m.describe() for m in msgs]
