@@ -616,12 +616,27 @@ def _kill_postmaster(data_dir: Path) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    while process_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs. A zombie counts as gone: the postmaster is not our child, and
+    an init that reaps slowly can leave it a zombie for a long time."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
         try:
             os.kill(pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return
-        time.sleep(0.05)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    # The state letter follows the parenthesised command name, which may contain spaces.
+    return stat_line.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 # ------------------------------------------------------------------------ Docker fallback
