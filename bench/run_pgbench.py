@@ -84,6 +84,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--policy", type=Path, default=DEFAULT_POLICY, help="policy for pgwarden-policy"
     )
+    parser.add_argument(
+        "--pgwarden-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for `pgwarden serve` (repeatable), e.g. --pgwarden-arg=--workers=2",
+    )
     parser.add_argument("--json", type=Path, help="write all raw numbers here")
     args = parser.parse_args(argv)
     profile = QUICK if args.quick else FULL
@@ -192,7 +199,9 @@ class Bench:
 
     def start_warden(self, name: str, pg_port: int, label: str) -> tuple[Target, PgWarden]:
         policies = (self.args.policy,) if name == report.POLICY else ()
-        warden = PgWarden(name, self.scratch / f"{name}-{label}", pg_port, policies)
+        warden = PgWarden(
+            name, self.scratch / f"{name}-{label}", pg_port, policies, self.args.pgwarden_arg
+        )
         self.wardens.append(warden)
         print(f"  {shlex.join(warden.command())}", file=sys.stderr)
         return warden.start(), warden

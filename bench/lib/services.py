@@ -177,9 +177,15 @@ class PgWarden:
     """``python -m proxy serve`` as a subprocess, auditing into its own directory."""
 
     def __init__(
-        self, name: str, workdir: Path, pg_port: int, policies: tuple[Path, ...] = ()
+        self,
+        name: str,
+        workdir: Path,
+        pg_port: int,
+        policies: tuple[Path, ...] = (),
+        extra_args: list[str] | None = None,
     ) -> None:
         self.name = name
+        self.extra_args = list(extra_args or [])
         self.workdir = workdir
         self.audit_dir = workdir / "audit"
         self.pg_port = pg_port
@@ -205,7 +211,7 @@ class PgWarden:
         ]
         for policy in self.policies:
             cmd += ["--policy", str(policy)]
-        return cmd
+        return cmd + self.extra_args
 
     def start(self) -> Target:
         self.audit_dir.mkdir(parents=True, exist_ok=True)
