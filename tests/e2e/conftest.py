@@ -24,7 +24,7 @@ def target(request: pytest.FixtureRequest, pg: Any) -> Iterator[Target]:
     Every test using this fixture asserts what PostgreSQL does; the proxy must do the same.
     """
     if request.param == "direct":
-        yield Target("direct", pg.host, pg.port, pg.dsn, None)
+        yield Target("direct", pg.host, pg.port, pg.dsn, None, pg.superuser_password)
     else:
         proxy = request.getfixturevalue("proxy")
-        yield Target("proxy", proxy.host, proxy.port, proxy.dsn, proxy)
+        yield Target("proxy", proxy.host, proxy.port, proxy.dsn, proxy, pg.superuser_password)

@@ -26,6 +26,7 @@ class Target:
     port: int
     _dsn: Callable[..., str]
     proxy: Any | None  # ProxyProcess when name == "proxy"
+    superuser_password: str | None = None  # set when $PGWARDEN_TEST_DSN needs one
 
     @property
     def is_proxy(self) -> bool:
@@ -48,6 +49,8 @@ class Target:
         """A raw connection, logged in unless ``login=False`` is given."""
         do_login = login.pop("login", True)
         conn = rawpg.RawConn(self.host, self.port, timeout)
+        if login.get("user", "postgres") == "postgres" and self.superuser_password:
+            login.setdefault("password_text", self.superuser_password)
         if do_login:
             conn.login(**login)
         return conn

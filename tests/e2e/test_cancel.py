@@ -175,3 +175,27 @@ def test_cancel_many_sessions_only_targets(target: Target, pg: Any) -> None:
     finally:
         for conn in conns:
             conn.close()
+
+
+def test_psycopg_cancel_with_protocol_3_2(target: Target, pg: Any) -> None:
+    """libpq 18 asking for 3.2 (longer cancel keys) gets a working session and a working cancel."""
+    if psycopg.pq.version() < 180000:
+        pytest.fail(f"this test needs libpq >= 18, psycopg has {psycopg.pq.version()}")
+    app = unique("cancel_32")
+    dsn = target.dsn(application_name=app, max_protocol_version="3.2")
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+        with ThreadPoolExecutor(1) as pool:
+
+            def sleep_long() -> str | None:
+                try:
+                    conn.execute("select pg_sleep(30)")
+                except psycopg.errors.QueryCanceled as exc:
+                    return exc.sqlstate
+                return None
+
+            result = pool.submit(sleep_long)
+            wait_until(lambda: _running(pg, app), 5, "pg_sleep to start")
+            conn.cancel_safe(timeout=5)
+            assert result.result(timeout=5) == "57014"
+        assert conn.execute("select 2").fetchone() == (2,)
