@@ -1,0 +1,56 @@
+"""``pgwarden verify DIR``: check the audit trail's hash chain (exit 0 intact, 1 damaged)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import orjson
+
+from proxy.audit.chain import load_hmac_key
+from proxy.audit.verify import verify_trail
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "verify",
+        help="check the audit trail's hash chain for edits, deletions, insertions, truncation",
+        description="Verify the hash chain of an audit directory. Exit 0 when intact, 1 when "
+        "a record was edited, deleted, inserted, reordered, a rotated file is missing or the "
+        "trail was truncated (the first problem is named with its file and line).",
+    )
+    parser.add_argument(
+        "directory",
+        nargs="?",
+        default=os.environ.get("PGWARDEN_AUDIT_DIR", "./audit"),
+        metavar="DIR",
+        help="audit directory (default: $PGWARDEN_AUDIT_DIR or ./audit)",
+    )
+    parser.add_argument(
+        "--hmac-key-file", metavar="FILE", help="key file when the trail is HMAC-chained"
+    )
+    parser.add_argument(
+        "--allow-pruned",
+        action="store_true",
+        help="the oldest rotated files were removed on purpose: start from the first present",
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    key = load_hmac_key(args.hmac_key_file) if args.hmac_key_file else None
+    result = verify_trail(args.directory, key, allow_pruned=args.allow_pruned)
+    if args.json:
+        sys.stdout.write(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2).decode())
+        sys.stdout.write("\n")
+    else:
+        for warning in result.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        if result.problem is None:
+            print(f"ok: {result.summary()}")
+        else:
+            print(f"FAILED: {result.problem}")
+            print(f"verified before the problem: {result.summary()}")
+    return 0 if result.ok else 1
