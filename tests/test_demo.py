@@ -1,0 +1,97 @@
+"""``pgwarden demo`` as a new user runs it: connect, query, Ctrl-C, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from proxy import pgrun
+from tests.support.proxyproc import REPO_ROOT, read_events
+
+pytestmark = pytest.mark.slow
+
+
+def _wait_output(proc: subprocess.Popen[str], pattern: str, seen: list[str]) -> re.Match[str]:
+    """Read the demo's stdout line by line until ``pattern`` matches (or it exits)."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        seen.append(line)
+        match = re.search(pattern, line)
+        if match:
+            return match
+    raise AssertionError(
+        f"demo exited ({proc.wait()}) without printing {pattern!r}:\n{''.join(seen)}"
+    )
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[str], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the demo exited"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)  # polling interval
+    raise AssertionError(f"the demo never listened on {port}")
+
+
+@pytest.mark.parametrize("keep_audit", [False, True])
+def test_demo_serves_sample_data_and_cleans_up(tmp_path: Path, keep_audit: bool) -> None:
+    port = pgrun.free_port()
+    argv = [sys.executable, "-m", "proxy", "demo", "--listen", f"127.0.0.1:{port}"]
+    audit_arg = tmp_path / "kept-audit"
+    if keep_audit:
+        argv += ["--audit-dir", str(audit_arg)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGWARDEN_")}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    seen: list[str] = []
+    proc = subprocess.Popen(
+        argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        data_dir = Path(_wait_output(proc, r"data in (\S+)\)", seen).group(1))
+        psql_url = _wait_output(proc, r'psql "(postgresql://postgres@[^"]+)"', seen).group(1)
+        audit_dir = Path(_wait_output(proc, r"Audit log: (\S+)/audit\.jsonl", seen).group(1))
+        _wait_listening(port, proc)
+        assert psql_url == f"postgresql://postgres@127.0.0.1:{port}/demo"
+        if keep_audit:
+            assert audit_dir == audit_arg
+
+        # The printed command works, through the proxy, on the sample data.
+        with psycopg.connect(psql_url, connect_timeout=5, application_name="demo-test") as conn:
+            assert conn.execute("SELECT count(*) FROM customers").fetchone() == (5,)
+        alice = f"postgresql://alice:alice-pw@127.0.0.1:{port}/demo"
+        with psycopg.connect(alice, connect_timeout=5) as conn:
+            assert conn.execute("SELECT count(*) FROM orders").fetchone() == (50,)
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            queries = [e for e in read_events(audit_dir) if e["type"] == "query"]
+            if len(queries) >= 2:
+                break
+            time.sleep(0.05)
+        statements = [e["statement"] for e in queries]
+        assert "SELECT count(*) FROM customers" in statements
+        assert "SELECT count(*) FROM orders" in statements
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+        seen.append(rest)
+    output = "".join(seen)
+    assert proc.returncode == 0, output
+    assert not data_dir.exists(), output
+    assert audit_dir.exists() is keep_audit, output
+    if keep_audit:
+        lines = (audit_dir / "audit.jsonl").read_text().splitlines()
+        assert any(json.loads(line)["type"] == "session_end" for line in lines)
