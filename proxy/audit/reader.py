@@ -7,15 +7,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
-from proxy.audit.jsonl import TrailFile, iter_raw_lines, trail_files
+from proxy.audit.jsonl import CURRENT, TrailFile, iter_raw_lines, trail_files
 
 _ONE_SECOND = timedelta(seconds=1)
 
@@ -78,3 +80,123 @@ def iter_events(
             continue
         if isinstance(event, dict):
             yield event
+
+
+def _records_after(directory: Path, after: int, before: int | None) -> Iterator[dict[str, Any]]:
+    """Intact records with after < seq < before from the rotated files (catching up)."""
+    files = trail_files(directory, include_current=False)
+    for index, trail_file in enumerate(files):
+        following = files[index + 1].first_seq if index + 1 < len(files) else None
+        if following is not None and following <= after + 1:
+            continue  # the whole file is before what we need
+        if (
+            before is not None
+            and trail_file.first_seq is not None
+            and trail_file.first_seq >= before
+        ):
+            break
+        for raw in iter_raw_lines(trail_file.path):
+            event = _parse(raw)
+            if event is None:
+                continue
+            seq = event.get("seq")
+            if isinstance(seq, int) and seq > after and (before is None or seq < before):
+                yield event
+
+
+def _parse(raw: bytes) -> dict[str, Any] | None:
+    if not raw.endswith(b"\n"):
+        return None
+    try:
+        event = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def follow(
+    directory: str | Path,
+    *,
+    after_seq: int | None = None,
+    poll: float = 0.25,
+    stop: Callable[[], bool] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Events as they are appended, across rotations, until ``stop()`` is true.
+
+    Starts at the end of the current file, or right after ``after_seq`` when given (reading
+    rotated files as needed). Rotation is noticed by the inode of ``audit.jsonl`` changing
+    (the old file is read to its end first); truncation by the file shrinking. A seq gap
+    (several rotations between two polls) is filled from the rotated files.
+    """
+    base = Path(directory)
+    path = base / CURRENT
+    last = after_seq
+    handle: IO[bytes] | None = None
+    inode = -1
+    pending = b""
+    first_open = True
+
+    def emit(event: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        nonlocal last
+        seq = event.get("seq")
+        if not isinstance(seq, int):
+            yield event
+            return
+        if last is not None and seq <= last:
+            return
+        if last is not None and seq > last + 1:
+            yield from _records_after(base, last, seq)
+        last = seq
+        yield event
+
+    try:
+        while True:
+            if handle is None:
+                try:
+                    handle = path.open("rb")
+                except FileNotFoundError:
+                    handle = None
+                else:
+                    inode = os.fstat(handle.fileno()).st_ino
+                    pending = b""
+                    if first_open and last is None:
+                        handle.seek(0, os.SEEK_END)
+                    elif first_open and last is not None:
+                        head = _parse(handle.readline())
+                        handle.seek(0)
+                        if head is not None and head.get("seq", 0) > last + 1:
+                            for caught_up in _records_after(base, last, head["seq"]):
+                                yield from emit(caught_up)
+                    first_open = False
+            data = handle.read() if handle is not None else b""
+            if not data and handle is not None:
+                try:
+                    stat = os.stat(path)
+                except FileNotFoundError:
+                    stat = None
+                if stat is None or stat.st_ino != inode:
+                    data = handle.read()  # anything written before the rename
+                    handle.close()
+                    handle = None  # the new audit.jsonl is read from its start
+                    if not data:
+                        continue
+                elif stat.st_size < handle.tell():
+                    handle.seek(0)  # truncated in place
+                    pending = b""
+                    continue
+            if data:
+                pending += data
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    parsed = _parse(line + b"\n")
+                    if parsed is not None:
+                        yield from emit(parsed)
+                if handle is None:
+                    pending = b""
+                continue
+            if stop is not None and stop():
+                return
+            time.sleep(poll)
+    finally:
+        if handle is not None:
+            handle.close()

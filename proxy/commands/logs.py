@@ -1,0 +1,155 @@
+"""``pgwarden logs``: search the local audit trail (table on a terminal, JSON lines in pipes)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from proxy.audit import render
+from proxy.audit.filters import EventFilter, add_filter_arguments
+from proxy.audit.reader import follow, iter_raw
+from proxy.audit.recovery import inspect_current, last_rotated_record
+from proxy.errors import AuditError
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "logs",
+        help="search the audit trail (filters, table/json/csv output, --follow)",
+        description="Show audit events from an audit directory, oldest first. All filters "
+        "must hold; repeating a filter flag means 'any of these values'.",
+    )
+    parser.add_argument("directory", nargs="?", metavar="DIR", help="audit directory")
+    parser.add_argument(
+        "--audit-dir",
+        dest="audit_dir",
+        metavar="DIR",
+        help="audit directory (default: $PGWARDEN_AUDIT_DIR or ./audit)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        help="output format (default: table on a terminal, json otherwise)",
+    )
+    parser.add_argument(
+        "--follow", "-f", action="store_true", help="keep printing new events as they arrive"
+    )
+    parser.add_argument(
+        "--limit", "-n", type=int, metavar="N", help="only the newest N matching events"
+    )
+    add_filter_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def audit_directory(args: argparse.Namespace) -> Path:
+    chosen = args.directory or args.audit_dir or os.environ.get("PGWARDEN_AUDIT_DIR", "./audit")
+    path = Path(chosen)
+    if not path.is_dir():
+        raise AuditError(f"no audit directory at {str(path)!r} (pass DIR or --audit-dir)")
+    return path
+
+
+def _matching(directory: Path, flt: EventFilter) -> Iterator[tuple[bytes, dict[str, Any]]]:
+    loads = orjson.loads
+    prefilter = flt.prefilter
+    matches = flt.matches
+    for raw in iter_raw(directory, since=flt.since, until=flt.until):
+        if not prefilter(raw):
+            continue
+        try:
+            event = loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(event, dict) and matches(event):
+            yield raw, event
+
+
+class _Output:
+    """Writes events in one format to stdout."""
+
+    def __init__(self, fmt: str) -> None:
+        self.fmt = fmt
+        self.width = shutil.get_terminal_size((160, 24)).columns
+        self.binary = getattr(sys.stdout, "buffer", None)
+        self.csv = csv.writer(sys.stdout, lineterminator="\n") if fmt == "csv" else None
+        self.write: Callable[[bytes, dict[str, Any]], None] = getattr(self, "_" + fmt)
+
+    def start(self) -> None:
+        if self.fmt == "table":
+            print(render.table_header(self.width))
+        elif self.csv is not None:
+            self.csv.writerow(render.CSV_COLUMNS)
+
+    def _json(self, raw: bytes, event: dict[str, Any]) -> None:
+        if self.binary is not None:
+            self.binary.write(raw)  # already one JSON object and a newline
+        else:
+            sys.stdout.write(raw.decode())
+
+    def _table(self, raw: bytes, event: dict[str, Any]) -> None:
+        sys.stdout.write(render.table_row(event, self.width) + "\n")
+
+    def _csv(self, raw: bytes, event: dict[str, Any]) -> None:
+        assert self.csv is not None
+        self.csv.writerow(render.csv_record(event))
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+        if self.binary is not None:
+            self.binary.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    directory = audit_directory(args)
+    flt = EventFilter.from_args(args)
+    fmt = args.format or ("table" if sys.stdout.isatty() else "json")
+    out = _Output(fmt)
+    try:
+        out.start()
+        end = _trail_end(directory) if args.follow else 0
+        printed = _history(directory, flt, out, args.limit)
+        if args.follow:
+            # Events written while the history was read are either printed already (seq <=
+            # printed) or come after `end`; `follow` resumes after the larger of the two.
+            for event in follow(directory, after_seq=max(end, printed or 0)):
+                if flt.matches(event):
+                    raw = orjson.dumps(event) + b"\n" if fmt == "json" else b""
+                    out.write(raw, event)
+                    out.flush()
+        out.flush()
+    except BrokenPipeError:
+        # The reader (`| head`) went away: not an error. Point stdout at /dev/null so the
+        # interpreter's final flush does not complain again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return 0
+
+
+def _history(directory: Path, flt: EventFilter, out: _Output, limit: int | None) -> int | None:
+    """Print the matching events already in the trail; return the seq of the last printed."""
+    matching = _matching(directory, flt)
+    if limit is not None:
+        matching = iter(deque(matching, maxlen=max(limit, 0)))
+    last_seq: int | None = None
+    for raw, event in matching:
+        out.write(raw, event)
+        last_seq = event.get("seq", last_seq)
+    return last_seq
+
+
+def _trail_end(directory: Path) -> int:
+    """The seq of the newest intact record on disk right now (0 for an empty trail)."""
+    current = inspect_current(directory)
+    record = current.last_record if current is not None else None
+    record = record or last_rotated_record(directory)
+    return int(record["seq"]) if record else 0
