@@ -1,0 +1,494 @@
+"""Validate and compile one policy file's ``defaults`` and ``rules`` into engine values.
+
+Every problem is collected (never just the first) as a :class:`SourceProblem` at the exact
+key or list item, labelled by rule id, so ``pgwarden policy check`` shows them all at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from collections.abc import Callable
+from typing import Any, cast
+
+from proxy import yamlsrc
+from proxy.errors import SourceProblem
+from proxy.policy.conditions import (
+    Access,
+    Classes,
+    Clause,
+    ClientAddrs,
+    Commands,
+    Condition,
+    Copy,
+    Functions,
+    Hours,
+    IPNetwork,
+    MultiStatement,
+    NameGlobs,
+    NoCopy,
+    SqlRegex,
+    StatementFlag,
+    Tables,
+)
+from proxy.policy.decision import Action, Mode, RuleMatch, Severity
+from proxy.policy.engine import Defaults, Rule
+from proxy.policy.hours import HoursError, HoursWindow, parse_hours
+from proxy.policy.names import (
+    PatternError,
+    QualifiedPattern,
+    compile_command_globs,
+    compile_name_globs,
+    compile_qualified,
+)
+
+ACTIONS = ("allow", "flag", "block")
+SEVERITIES = ("low", "medium", "high", "critical")
+MODES = ("enforce", "monitor")
+CLASSES = ("read", "write", "ddl", "role", "function", "misc")
+COPY_KINDS = ("program", "file", "stdin", "stdout")
+ACCESS = ("read", "write")
+RESERVED_IDS = ("unparsable", "default")
+
+TOP_KEYS = ("version", "defaults", "include", "rules")
+DEFAULT_KEYS = ("action", "on_unparsable", "mode", "search_path", "message")
+RULE_KEYS = (
+    "id",
+    "description",
+    "when",
+    "unless",
+    "action",
+    "severity",
+    "message",
+    "sqlstate",
+    "notify",
+)
+CONDITION_KEYS = (
+    "users",
+    "databases",
+    "applications",
+    "client_addrs",
+    "commands",
+    "classes",
+    "tables",
+    "access",
+    "functions",
+    "missing_where",
+    "multi_statement",
+    "opaque",
+    "role_change",
+    "copy",
+    "hours",
+    "sql_regex",
+)
+_RULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
+_SQLSTATE = re.compile(r"[0-9A-Z]{5}")
+_IDENTITY_ATTRS = {"users": "user", "databases": "database", "applications": "application_name"}
+_FLAG_ATTRS = {"missing_where": "missing_where", "opaque": "opaque", "role_change": "role_change"}
+
+
+class Problems:
+    """Collects problems for one file."""
+
+    def __init__(self, out: list[SourceProblem]) -> None:
+        self.out = out
+
+    def at(self, container: Any, key: Any, message: str, path: str = "") -> None:
+        self.out.append(yamlsrc.problem(container, key, message, path=path))
+
+
+def check_keys(
+    problems: Problems, data: Any, allowed: tuple[str, ...], path: str, what: str
+) -> None:
+    for key in data:
+        if key not in allowed:
+            hint = difflib.get_close_matches(str(key), allowed, n=1)
+            tip = f"; did you mean {hint[0]!r}?" if hint else f" (known: {', '.join(allowed)})"
+            problems.at(data, key, f"unknown {what} key {key!r}{tip}", path)
+
+
+def _one_of(
+    problems: Problems, data: Any, key: str, choices: tuple[str, ...], path: str
+) -> str | None:
+    value = data[key]
+    if not isinstance(value, str) or value not in choices:
+        problems.at(data, key, f"{value!r} is not one of {', '.join(choices)}", path)
+        return None
+    return value
+
+
+def _string_list(problems: Problems, data: Any, key: str, path: str) -> list[tuple[Any, int, str]]:
+    """A string or a list of strings, each with where it was written: (container, key, text)."""
+    value = data[key]
+    if isinstance(value, str):
+        return [(data, cast(int, key), value)]
+    if isinstance(value, list) and value:
+        out = []
+        for i, item in enumerate(value):
+            if isinstance(item, str):
+                out.append((value, i, item))
+            else:
+                problems.at(value, i, f"expected a string, got {type(item).__name__}", path)
+        return out
+    problems.at(data, key, "expected a string or a non-empty list of strings", path)
+    return []
+
+
+def _bool(problems: Problems, data: Any, key: str, path: str) -> bool | None:
+    value = data[key]
+    if not isinstance(value, bool):
+        problems.at(data, key, f"expected true or false, got {value!r}", path)
+        return None
+    return value
+
+
+def compile_defaults(problems: Problems, data: Any, source: str) -> Defaults | None:
+    if not isinstance(data, dict):
+        problems.at(data, None, "defaults must be a mapping")
+        return None
+    check_keys(problems, data, DEFAULT_KEYS, "defaults", "defaults")
+    action: Action = "allow"
+    on_unparsable: Action = "block"
+    mode: Mode = "enforce"
+    search_path: tuple[str, ...] | None = None
+    message = ""
+    if "action" in data:
+        action = cast(Action, _one_of(problems, data, "action", ACTIONS, "defaults.action"))
+    if "on_unparsable" in data:
+        on_unparsable = cast(
+            Action,
+            _one_of(problems, data, "on_unparsable", ("block", "flag"), "defaults.on_unparsable"),
+        )
+    if "mode" in data:
+        mode = cast(Mode, _one_of(problems, data, "mode", MODES, "defaults.mode"))
+    if "search_path" in data:
+        items = _string_list(problems, data, "search_path", "defaults.search_path")
+        names = []
+        for container, key, text in items:
+            try:
+                names.append(_schema_name(text))
+            except PatternError as exc:
+                problems.at(container, key, str(exc), "defaults.search_path")
+        search_path = tuple(names)
+    if "message" in data:
+        if isinstance(data["message"], str):
+            message = data["message"]
+        else:
+            problems.at(data, "message", "expected a string", "defaults.message")
+    return Defaults(action, on_unparsable, mode, search_path, message, source)
+
+
+def _schema_name(text: str) -> str:
+    if text.strip() == "$user":
+        return "$user"
+    from proxy.policy.names import split_identifier
+
+    parts = split_identifier(text)
+    if len(parts) != 1:
+        raise PatternError(f"{text!r} is not a schema name")
+    return parts[0]
+
+
+def compile_rule(
+    problems: Problems,
+    rules: Any,
+    index: int,
+    search_path: tuple[str, ...] | None,
+    load_index: int,
+) -> Rule | None:
+    data = rules[index]
+    line, _col = yamlsrc.where(rules, index)
+    if not isinstance(data, dict):
+        problems.at(rules, index, "a rule must be a mapping with id, when and action")
+        return None
+    rule_id = data.get("id")
+    path = f"rules[{rule_id}]" if isinstance(rule_id, str) else f"rules[{index}]"
+    errors_before = len(problems.out)
+    check_keys(problems, data, RULE_KEYS, path, "rule")
+    if "id" not in data:
+        problems.at(rules, index, "rule has no id", path)
+    elif not isinstance(rule_id, str) or not _RULE_ID.fullmatch(rule_id):
+        problems.at(data, "id", "id must be letters, digits, '_', '.', ':' or '-'", path)
+    elif rule_id in RESERVED_IDS:
+        problems.at(data, "id", f"id {rule_id!r} is reserved for pgwarden's own decisions", path)
+    action: Any = None
+    if "action" not in data:
+        problems.at(rules, index, "rule has no action (allow, flag or block)", path)
+    else:
+        action = _one_of(problems, data, "action", ACTIONS, f"{path}.action")
+    severity: Any = "medium"
+    if "severity" in data:
+        severity = _one_of(problems, data, "severity", SEVERITIES, f"{path}.severity")
+    description = _text(problems, data, "description", path)
+    message = _text(problems, data, "message", path)
+    sqlstate = "42501"
+    if "sqlstate" in data:
+        value = data["sqlstate"]
+        if isinstance(value, str) and _SQLSTATE.fullmatch(value):
+            sqlstate = value
+        else:
+            problems.at(data, "sqlstate", "sqlstate must be 5 characters 0-9/A-Z, quoted", path)
+    notify = False
+    if "notify" in data:
+        notify = bool(_bool(problems, data, "notify", f"{path}.notify"))
+        if notify and action is not None and action != "flag":
+            problems.at(data, "notify", "notify applies only to flag rules", path)
+    when = _clause(problems, data, "when", path, search_path) if "when" in data else Clause(())
+    unless = _clause(problems, data, "unless", path, search_path) if "unless" in data else None
+    if len(problems.out) != errors_before or when is None or action is None:
+        return None
+    if not message:
+        verb = {"block": "blocked", "flag": "flagged", "allow": "allowed"}[action]
+        message = description or f"statement {verb} by pgwarden policy rule {rule_id}"
+    source = f"{data.file}:{line}" if isinstance(data, yamlsrc.MarkedDict) else str(line)
+    match = RuleMatch(
+        cast(str, rule_id),
+        cast(Action, action),
+        cast(Severity, severity),
+        source,
+        message,
+        sqlstate,
+        notify,
+    )
+    return Rule(
+        cast(str, rule_id),
+        cast(Action, action),
+        cast(Severity, severity),
+        when,
+        unless,
+        match,
+        description,
+        load_index,
+    )
+
+
+def _text(problems: Problems, data: Any, key: str, path: str) -> str:
+    if key not in data:
+        return ""
+    value = data[key]
+    if not isinstance(value, str):
+        problems.at(data, key, "expected a string", f"{path}.{key}")
+        return ""
+    return " ".join(value.split())
+
+
+def _clause(
+    problems: Problems, rule: Any, key: str, rule_path: str, search_path: tuple[str, ...] | None
+) -> Clause | None:
+    data = rule[key]
+    path = f"{rule_path}.{key}"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.at(rule, key, f"{key} must be a mapping of conditions", path)
+        return None
+    check_keys(problems, data, CONDITION_KEYS, path, "condition")
+    if key == "unless" and not data:
+        problems.at(rule, key, "unless has no conditions (it would exempt everything)", path)
+    access: frozenset[str] | None = None
+    if "access" in data:
+        kinds = _choices(problems, data, "access", ACCESS, f"{path}.access")
+        access = frozenset(kinds) if kinds is not None else None
+    conditions: list[Condition] = []
+    for name in CONDITION_KEYS:
+        if name not in data or name == "access":
+            continue
+        compiler = _COMPILERS[name]
+        condition = compiler(problems, data, name, f"{path}.{name}", access, search_path)
+        if condition is not None:
+            conditions.append(condition)
+    if access is not None and "tables" not in data:
+        conditions.append(Access("access", access))
+    # Cheap checks first: identity, then command tags, then the rest.
+    order = {"identity": 0, "command": 1, "statement": 2}
+    conditions.sort(key=lambda c: (order[c.stage], c.key == "sql_regex", c.key == "hours"))
+    return Clause(tuple(conditions))
+
+
+def _choices(
+    problems: Problems, data: Any, key: str, choices: tuple[str, ...], path: str
+) -> list[str] | None:
+    out = []
+    ok = True
+    for container, k, text in _string_list(problems, data, key, path):
+        if text not in choices:
+            problems.at(container, k, f"{text!r} is not one of {', '.join(choices)}", path)
+            ok = False
+        out.append(text)
+    return out if ok and out else None
+
+
+_Compiler = Callable[
+    [Problems, Any, str, str, "frozenset[str] | None", "tuple[str, ...] | None"],
+    "Condition | None",
+]
+
+
+def _c_identity(
+    problems: Problems, data: Any, key: str, path: str, _a: Any, _s: Any
+) -> Condition | None:
+    patterns: list[str] = []
+    for container, k, text in _string_list(problems, data, key, path):
+        try:
+            compile_name_globs([text])
+            patterns.append(text)
+        except PatternError as exc:
+            problems.at(container, k, str(exc), path)
+    if not patterns:
+        return None
+    return NameGlobs(key, _IDENTITY_ATTRS[key], tuple(patterns), compile_name_globs(patterns))
+
+
+def _c_client_addrs(
+    problems: Problems, data: Any, key: str, path: str, _a: Any, _s: Any
+) -> Condition | None:
+    networks: list[IPNetwork] = []
+    unix = False
+    items = _string_list(problems, data, key, path)
+    ok = bool(items)
+    for container, k, text in items:
+        if text == "unix":
+            unix = True
+            continue
+        try:
+            networks.append(ipaddress.ip_network(text, strict=True))
+        except ValueError as exc:
+            problems.at(container, k, f"bad CIDR {text!r}: {exc}", path)
+            ok = False
+    return ClientAddrs(key, tuple(networks), unix) if ok else None
+
+
+def _c_commands(
+    problems: Problems, data: Any, key: str, path: str, _a: Any, _s: Any
+) -> Condition | None:
+    patterns: list[str] = []
+    ok = True
+    for container, k, text in _string_list(problems, data, key, path):
+        try:
+            compile_command_globs([text])
+            patterns.append(text)
+        except PatternError as exc:
+            problems.at(container, k, str(exc), path)
+            ok = False
+    if not ok or not patterns:
+        return None
+    return Commands(key, tuple(patterns), compile_command_globs(patterns))
+
+
+def _c_classes(
+    problems: Problems, data: Any, key: str, path: str, _a: Any, _s: Any
+) -> Condition | None:
+    kinds = _choices(problems, data, key, CLASSES, path)
+    return Classes(key, frozenset(kinds)) if kinds is not None else None
+
+
+def _qualified(
+    problems: Problems, data: Any, key: str, path: str
+) -> tuple[QualifiedPattern, ...] | None:
+    patterns = []
+    items = _string_list(problems, data, key, path)
+    ok = bool(items)
+    for container, k, text in items:
+        try:
+            patterns.append(compile_qualified(text))
+        except PatternError as exc:
+            problems.at(container, k, f"bad {key[:-1]} pattern {text!r}: {exc}", path)
+            ok = False
+    return tuple(patterns) if ok else None
+
+
+def _c_tables(
+    problems: Problems,
+    data: Any,
+    key: str,
+    path: str,
+    access: frozenset[str] | None,
+    search_path: tuple[str, ...] | None,
+) -> Condition | None:
+    patterns = _qualified(problems, data, key, path)
+    return Tables(key, patterns, access, search_path) if patterns is not None else None
+
+
+def _c_functions(
+    problems: Problems,
+    data: Any,
+    key: str,
+    path: str,
+    _a: Any,
+    search_path: tuple[str, ...] | None,
+) -> Condition | None:
+    patterns = _qualified(problems, data, key, path)
+    return Functions(key, patterns, search_path) if patterns is not None else None
+
+
+def _c_flag(
+    problems: Problems, data: Any, key: str, path: str, _a: Any, _s: Any
+) -> Condition | None:
+    value = _bool(problems, data, key, path)
+    return StatementFlag(key, _FLAG_ATTRS[key], value) if value is not None else None
+
+
+def _c_multi(
+    problems: Problems, data: Any, key: str, path: str, _a: Any, _s: Any
+) -> Condition | None:
+    value = _bool(problems, data, key, path)
+    return MultiStatement(key, value) if value is not None else None
+
+
+def _c_copy(
+    problems: Problems, data: Any, key: str, path: str, _a: Any, _s: Any
+) -> Condition | None:
+    if isinstance(data[key], bool):
+        return Copy(key, None) if data[key] else NoCopy(key)
+    kinds = _choices(problems, data, key, COPY_KINDS, path)
+    return Copy(key, frozenset(kinds)) if kinds is not None else None
+
+
+def _c_hours(
+    problems: Problems, data: Any, key: str, path: str, _a: Any, _s: Any
+) -> Condition | None:
+    windows: list[HoursWindow] = []
+    items = _string_list(problems, data, key, path)
+    ok = bool(items)
+    for container, k, text in items:
+        try:
+            windows.append(parse_hours(text))
+        except HoursError as exc:
+            problems.at(container, k, f"bad hours: {exc}", path)
+            ok = False
+    return Hours(key, tuple(windows)) if ok else None
+
+
+def _c_sql_regex(
+    problems: Problems, data: Any, key: str, path: str, _a: Any, _s: Any
+) -> Condition | None:
+    regexes: list[re.Pattern[str]] = []
+    items = _string_list(problems, data, key, path)
+    ok = bool(items)
+    for container, k, text in items:
+        try:
+            regexes.append(re.compile(text))
+        except re.error as exc:
+            problems.at(container, k, f"bad regex {text!r}: {exc}", path)
+            ok = False
+    return SqlRegex(key, tuple(regexes)) if ok else None
+
+
+_COMPILERS: dict[str, _Compiler] = {
+    "users": _c_identity,
+    "databases": _c_identity,
+    "applications": _c_identity,
+    "client_addrs": _c_client_addrs,
+    "commands": _c_commands,
+    "classes": _c_classes,
+    "tables": _c_tables,
+    "functions": _c_functions,
+    "missing_where": _c_flag,
+    "opaque": _c_flag,
+    "role_change": _c_flag,
+    "multi_statement": _c_multi,
+    "copy": _c_copy,
+    "hours": _c_hours,
+    "sql_regex": _c_sql_regex,
+}
