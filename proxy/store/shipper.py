@@ -328,7 +328,12 @@ class StoreShipper:
 
     @property
     def backlog(self) -> int:
-        return max((sink.backlog for sink in self.sinks), default=0)
+        """Events written to the local trail and not yet in the store (worst sink)."""
+        written = 0
+        last_seq, pending = getattr(self.trail, "last_seq", None), getattr(self.trail, "pending", 0)
+        if isinstance(last_seq, int) and isinstance(pending, int):
+            written = last_seq - pending
+        return max((max(sink.backlog, written - sink.store_seq) for sink in self.sinks), default=0)
 
     @property
     def accepting(self) -> bool:

@@ -1,0 +1,1 @@
+"""The admin HTTP API: health, readiness, metrics, live sessions, cancel/terminate, reload."""

@@ -1,0 +1,208 @@
+"""The admin HTTP server (aiohttp).
+
+``GET /healthz`` and ``GET /metrics`` are open (probes and Prometheus); everything else needs
+``Authorization: Bearer <token>`` when ``admin.token_file`` is set:
+
+* ``GET /readyz`` — 200 when the upstream answers, the audit trail writes and (when
+  configured) the store accepts batches; else 503; the JSON body names each check;
+* ``GET /sessions`` — the live client sessions;
+* ``POST /sessions/{id}/cancel`` and ``POST /sessions/{id}/terminate``;
+* ``POST /reload`` — reload policies (and alert rules); 200, or 422 with the errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from proxy.admin.auth import bearer_ok, load_token
+from proxy.config import parse_listen
+from proxy.errors import ConfigError, SourceProblem
+from proxy.metrics import Metrics, ShipperLike, TrailLike
+from proxy.state import ServerState, SessionView
+
+log = logging.getLogger("pgwarden.admin")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+OPEN_PATHS = frozenset({"/healthz", "/metrics"})
+
+
+def session_json(session: SessionView, now: float) -> dict[str, Any]:
+    ident = session.identity
+    started = session.statement_started
+    return {
+        "session_id": session.session_id,
+        "user": ident.user,
+        "database": ident.database,
+        "application_name": ident.application_name,
+        "client_addr": ident.client_addr,
+        "client_port": ident.client_port,
+        "state": session.state,
+        "current_statement": session.current_statement,
+        "statement_age_seconds": round(now - started, 6) if started is not None else None,
+        "backend_pid": session.backend_pid,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(session.started_at)),
+    }
+
+
+class AdminServer:
+    def __init__(
+        self,
+        cfg: Any,
+        state: ServerState,
+        trail: TrailLike,
+        shipper: ShipperLike | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.state = state
+        self.trail = trail
+        self.shipper = shipper
+        self.metrics = metrics or Metrics(state, trail, shipper)
+        if shipper is not None and self.metrics.shipper is None:
+            self.metrics.attach_shipper(shipper)
+        listen = str(cfg["admin.listen"]).strip()
+        self.enabled = bool(listen)
+        self.host = ""
+        self.port = 0
+        self.token: str | None = None
+        if self.enabled:
+            try:
+                endpoint = parse_listen(listen)
+            except ValueError as exc:
+                raise ConfigError(
+                    [SourceProblem("admin.listen", 0, 0, str(exc), "admin.listen")]
+                ) from None
+            self.host, self.port = endpoint.host, endpoint.port
+            self.token = load_token(str(cfg["admin.token_file"]), self.host)
+        self._runner: web.AppRunner | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth])
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics_page)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/sessions", self.sessions)
+        app.router.add_post("/sessions/{id}/cancel", self.cancel)
+        app.router.add_post("/sessions/{id}/terminate", self.terminate)
+        app.router.add_post("/reload", self.reload)
+        return app
+
+    async def start(self) -> None:
+        if not self.enabled:
+            return
+        runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError([SourceProblem(
+                "admin.listen", 0, 0, f"cannot listen on {self.host}:{self.port}: {exc}",
+                "admin.listen",
+            )]) from None  # fmt: skip
+        self._runner = runner
+        address = runner.addresses[0]
+        self.port = int(address[1])
+        log.info("admin API listening on %s:%d%s", self.host, self.port,
+                 "" if self.token else " (no token: loopback only)")  # fmt: skip
+
+    async def aclose(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    # --- middleware --------------------------------------------------------------------
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.token is None or request.path in OPEN_PATHS:
+            return await handler(request)
+        ok, reason = bearer_ok(request.headers.get("Authorization"), self.token)
+        if not ok:
+            log.warning(
+                "admin API: refused %s %s from %s: %s",
+                request.method,
+                request.path,
+                request.remote,
+                reason,
+            )
+            return web.json_response(
+                {"error": "unauthorized"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="pgwarden"'},
+            )
+        return await handler(request)
+
+    # --- handlers ----------------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        body = self.metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        checks: dict[str, bool] = {}
+        upstream_ok = self.state.upstream_ok
+        try:
+            checks["upstream"] = bool(await upstream_ok()) if upstream_ok else True
+        except Exception:  # a failing probe means "not ready", never a 500
+            log.exception("upstream readiness probe failed")
+            checks["upstream"] = False
+        checks["audit_trail"] = bool(self.trail.healthy)
+        if self.shipper is not None:
+            checks["store"] = bool(self.shipper.healthy)
+        ready = all(checks.values())
+        failed = [name for name, ok in checks.items() if not ok]
+        return web.json_response(
+            {"ready": ready, "checks": checks, "failed": failed}, status=200 if ready else 503
+        )
+
+    async def sessions(self, request: web.Request) -> web.Response:
+        now = time.time()
+        items = [session_json(s, now) for s in list(self.state.sessions.values())]
+        items.sort(key=lambda item: (item["started_at"], item["session_id"]))
+        return web.json_response(items)
+
+    def _session(self, request: web.Request) -> SessionView:
+        session = self.state.sessions.get(request.match_info["id"])
+        if session is None:
+            raise web.HTTPNotFound(
+                text='{"error": "no such session"}', content_type="application/json"
+            )
+        return session
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        session = self._session(request)
+        cancelled = await session.cancel()
+        log.info("admin API: cancel of session %s from %s: %s", session.session_id,
+                 request.remote, "sent" if cancelled else "nothing running")  # fmt: skip
+        return web.json_response({"session_id": session.session_id, "cancelled": cancelled})
+
+    async def terminate(self, request: web.Request) -> web.Response:
+        session = self._session(request)
+        session.terminate(f"terminated by administrator (admin API, {request.remote})")
+        log.info("admin API: terminated session %s from %s", session.session_id, request.remote)
+        return web.json_response({"session_id": session.session_id, "terminated": True})
+
+    async def reload(self, request: web.Request) -> web.Response:
+        reload = self.state.reload
+        if reload is None:
+            return web.json_response({"ok": False, "errors": ["reload is not available"]},
+                                     status=503)  # fmt: skip
+        result = await reload()
+        body = {
+            "ok": result.ok,
+            "errors": list(result.errors),
+            "policy_files": list(result.policy_files),
+        }
+        log.info("admin API: reload from %s: %s", request.remote,
+                 "ok" if result.ok else f"{len(result.errors)} error(s)")  # fmt: skip
+        return web.json_response(body, status=200 if result.ok else 422)

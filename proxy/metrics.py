@@ -1,0 +1,241 @@
+"""Prometheus metrics of one proxy, in a registry of its own (tests run several proxies).
+
+Per-statement metrics come from the audit trail's event stream (a listener called after each
+written batch), so the session hot path makes no metric calls at all. Everything else —
+connections, counters kept by the server, the audit queue, the store shipper — is read from
+the live objects when Prometheus scrapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from proxy.state import ServerState
+
+# Seconds; a proxy's statements range from sub-millisecond point reads to minutes of DDL.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    120.0,
+)  # fmt: skip
+
+
+class TrailLike(Protocol):
+    @property
+    def pending(self) -> int: ...
+
+    @property
+    def healthy(self) -> bool: ...
+
+    def add_listener(self, fn: Callable[[list[dict[str, Any]]], None]) -> None: ...
+
+
+class ShipperLike(Protocol):
+    @property
+    def healthy(self) -> bool: ...
+
+    @property
+    def backlog(self) -> int: ...
+
+    @property
+    def stats(self) -> dict[str, float]: ...
+
+
+class _LiveCollector(Collector):
+    """Values read on scrape from the server state, the trail and the shipper."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        state = self.m.state
+        c = state.counters
+        yield _gauge("pgwarden_client_connections", "client sessions open now", len(state.sessions))
+        yield _gauge(
+            "pgwarden_start_time_seconds", "when this proxy started (unix time)", state.started_at
+        )
+        for name, doc, value in (
+            ("connections", "client connections accepted", c.connections_total),
+            (
+                "connections_rejected",
+                "client connections refused before a session existed",
+                c.connections_rejected,
+            ),
+            (
+                "upstream_connect_failures",
+                "failed connections to the upstream server",
+                c.upstream_connect_failures,
+            ),
+            ("policy_reloads", "policy reloads that succeeded", c.policy_reloads),
+            (
+                "policy_reload_failures",
+                "policy reloads rejected (old policy kept)",
+                c.policy_reload_failures,
+            ),
+            ("cancels_forwarded", "CancelRequests forwarded upstream", c.cancels_forwarded),
+        ):
+            yield _counter(f"pgwarden_{name}", doc, value)
+        protocol = CounterMetricFamily(
+            "pgwarden_protocol_errors", "wire protocol violations", labels=["peer"]
+        )
+        protocol.add_metric(["client"], c.protocol_errors_client)
+        protocol.add_metric(["server"], c.protocol_errors_server)
+        yield protocol
+
+        trail = self.m.trail
+        yield _gauge(
+            "pgwarden_audit_queue_depth", "audit events submitted, not yet written", trail.pending
+        )
+        yield _gauge(
+            "pgwarden_audit_trail_healthy",
+            "1 when the last audit write succeeded",
+            float(trail.healthy),
+        )
+        stats = getattr(trail, "stats", None)
+        if stats is not None:
+            for attr, doc in (
+                ("events_written", "audit events written to the local trail"),
+                ("write_errors", "failed writes to the local trail"),
+                ("rotations", "audit file rotations"),
+                ("bytes_written", "bytes written to the local trail"),
+            ):
+                stat = getattr(stats, attr, None)
+                if isinstance(stat, int | float):
+                    yield _counter(f"pgwarden_audit_{attr}", doc, stat)
+            flush = getattr(stats, "last_flush_seconds", None)
+            if isinstance(flush, int | float):
+                yield _gauge(
+                    "pgwarden_audit_last_flush_seconds",
+                    "time the last audit write took (local sink latency)",
+                    flush,
+                )
+
+        shipper = self.m.shipper
+        if shipper is not None:
+            s = shipper.stats
+            yield _gauge(
+                "pgwarden_store_backlog_events",
+                "audit events in the local trail not yet in the store",
+                shipper.backlog,
+            )
+            yield _gauge(
+                "pgwarden_store_healthy",
+                "1 when the store accepted the last batch",
+                float(shipper.healthy),
+            )
+            yield _counter(
+                "pgwarden_store_shipped_events",
+                "audit events shipped to the store",
+                s.get("shipped", 0.0),
+            )
+            yield _counter(
+                "pgwarden_store_batches", "batches committed to the store", s.get("batches", 0.0)
+            )
+            yield _counter(
+                "pgwarden_store_errors", "failed store connections or batches", s.get("errors", 0.0)
+            )
+            yield _counter(
+                "pgwarden_store_rejected_events",
+                "events the store refused (logged, skipped)",
+                s.get("rejected", 0.0),
+            )
+            yield _counter(
+                "pgwarden_store_ship_seconds",
+                "time spent committing batches (divide by batches for latency)",
+                s.get("ship_seconds", 0.0),
+            )
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+class Metrics:
+    """The registry plus the trail listener that feeds the per-statement metrics."""
+
+    def __init__(
+        self, state: ServerState, trail: TrailLike, shipper: ShipperLike | None = None
+    ) -> None:
+        self.state = state
+        self.trail = trail
+        self.shipper = shipper
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.statements = Counter(
+            "pgwarden_statements", "statements executed, by class and policy action",
+            ["class", "action"], registry=r,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "pgwarden_statement_duration_seconds", "statement latency seen by the proxy",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.errors = Counter(
+            "pgwarden_statement_errors", "failed statements by SQLSTATE class",
+            ["sqlstate_class"], registry=r,
+        )  # fmt: skip
+        self.auth_failures = Counter(
+            "pgwarden_auth_failures", "failed client authentications", registry=r
+        )
+        self.sessions_started = Counter(
+            "pgwarden_sessions_started", "client sessions started", registry=r
+        )
+        self.sessions_ended = Counter(
+            "pgwarden_sessions_ended", "client sessions ended", registry=r
+        )
+        self.alerts = Counter(
+            "pgwarden_alerts_fired", "alerts fired, by alert id and severity",
+            ["alert", "severity"], registry=r,
+        )  # fmt: skip
+        r.register(_LiveCollector(self))
+        self._statement_children: dict[tuple[str, str], Any] = {}
+        self._error_children: dict[str, Any] = {}
+        trail.add_listener(self.observe)
+
+    def attach_shipper(self, shipper: ShipperLike | None) -> None:
+        self.shipper = shipper
+
+    def observe(self, events: list[dict[str, Any]]) -> None:
+        """The trail listener: one pass over a written batch."""
+        for event in events:
+            kind = event.get("type")
+            if kind == "query":
+                self._query(event)
+            elif kind == "session_start":
+                self.sessions_started.inc()
+            elif kind == "session_end":
+                self.sessions_ended.inc()
+            elif kind == "auth_failure":
+                self.auth_failures.inc()
+            elif kind == "alert":
+                self.alerts.labels(str(event.get("alert")), str(event.get("severity"))).inc()
+
+    def _query(self, event: dict[str, Any]) -> None:
+        decision = event.get("decision")
+        action = decision.get("action") if isinstance(decision, dict) else None
+        key = (str(event.get("class") or "unknown"), str(action or "allow"))
+        child = self._statement_children.get(key)
+        if child is None:
+            child = self._statement_children[key] = self.statements.labels(*key)
+        child.inc()
+        duration = event.get("duration_ms")
+        if isinstance(duration, int | float):
+            self.latency.observe(duration / 1000.0)
+        sqlstate = event.get("sqlstate")
+        if isinstance(sqlstate, str) and sqlstate:
+            cls = sqlstate[:2]
+            err = self._error_children.get(cls)
+            if err is None:
+                err = self._error_children[cls] = self.errors.labels(cls)
+            err.inc()
+
+    def exposition(self) -> bytes:
+        """The text exposition format Prometheus scrapes."""
+        return bytes(generate_latest(self.registry))
