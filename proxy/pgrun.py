@@ -27,6 +27,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -643,19 +644,24 @@ def process_alive(pid: int) -> bool:
 
 
 def docker_available() -> bool:
-    """True when testcontainers is installed and a Docker engine answers a ping."""
+    """True when the Docker SDK (installed with testcontainers) reaches an engine that answers."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if host.startswith("unix://") and not os.path.exists(host.removeprefix("unix://")):
+        return False  # the common case, decided without the SDK's noisy failed connection
     try:
         import docker  # type: ignore[import-untyped, unused-ignore]
     except ImportError:
         return False
-    try:
-        client = docker.from_env(timeout=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
         try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:
-        return False
+            client = docker.from_env(timeout=3)
+            try:
+                return bool(client.ping())
+            finally:
+                client.close()
+        except Exception:
+            return False
 
 
 class ContainerCluster(_SqlMixin):
@@ -679,10 +685,17 @@ class ContainerCluster(_SqlMixin):
         return None
 
     def start(self) -> ContainerCluster:
-        from testcontainers.postgres import PostgresContainer
+        try:  # newer testcontainers moved the module and deprecated the old path
+            from testcontainers.community.postgres import PostgresContainer
+        except ImportError:
+            from testcontainers.postgres import PostgresContainer
 
         container = PostgresContainer(
-            self.image, username=self.superuser, password="pgwarden-bootstrap", dbname="postgres"
+            self.image,
+            username=self.superuser,
+            password="pgwarden-bootstrap",
+            dbname="postgres",
+            driver=None,
         )
         container.start()
         self._container = container

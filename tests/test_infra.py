@@ -56,6 +56,19 @@ def test_nothing_found_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> 
     assert "brew install postgresql@" in str(info.value)
 
 
+def test_no_binaries_and_no_docker_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(pgrun, "_well_known_dirs", lambda: [])
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("PGWARDEN_PG_BIN", raising=False)
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    assert not pgrun.docker_available()
+    with pytest.raises(PostgresNotFoundError, match="apt-get install postgresql"):
+        pgrun.start_cluster()
+    assert pgrun.live_clusters() == []
+
+
 def test_newest_version_directory_is_tried_first() -> None:
     dirs = [
         "/usr/lib/postgresql/9.6/bin",
