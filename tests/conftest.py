@@ -13,9 +13,11 @@ Every test that uses ``pg`` (directly or through another fixture) is marked ``e2
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
@@ -36,6 +38,19 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(
             "pytest-timeout is required (pip install -e '.[test]'): it enforces per-test timeouts"
         )
+
+    # Also declared in pyproject.toml; repeated so the marks exist whatever the rootdir.
+    config.addinivalue_line("markers", "e2e: needs a real PostgreSQL (added to users of `pg`)")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+
+    # A CI job killed with SIGTERM should still tear down: turn it into an interruption, which
+    # pytest handles by running fixture finalizers and pytest_unconfigure.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
