@@ -18,7 +18,7 @@ import pytest
 from proxy import pgrun
 from tests.support.proxyproc import REPO_ROOT, read_events
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # starts its own PostgreSQL
 
 
 def _wait_output(proc: subprocess.Popen[str], pattern: str, seen: list[str]) -> re.Match[str]:
