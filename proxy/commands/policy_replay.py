@@ -14,7 +14,7 @@ FORMATS = ("text", "json")
 
 
 def register_replay(policy_subparsers: argparse._SubParsersAction[Any]) -> None:
-    from proxy.review.source import add_source_arguments
+    from proxy.review.source import add_source_arguments, add_store_arguments
 
     parser = policy_subparsers.add_parser(
         "replay",
@@ -34,6 +34,7 @@ def register_replay(policy_subparsers: argparse._SubParsersAction[Any]) -> None:
         help="policy file or directory to judge with (repeatable)",
     )
     add_source_arguments(parser)
+    add_store_arguments(parser)
     parser.add_argument("--format", choices=FORMATS, default="text", help="output format")
     parser.add_argument(
         "--examples",
@@ -48,14 +49,13 @@ def register_replay(policy_subparsers: argparse._SubParsersAction[Any]) -> None:
 def run_replay(args: argparse.Namespace) -> int:
     from proxy.policy.loader import load_policy
     from proxy.review.replay import Replayer
-    from proxy.review.source import audit_dir, describe, select_events, window_filter
+    from proxy.review.source import describe, open_events, window_filter
     from proxy.sql.extract import analyze
 
-    directory = audit_dir(args)
     selection = window_filter(args)
     policy = load_policy(args.replay_policies)
     replayer = Replayer(policy, analyze, examples=args.examples)
-    replayer.add_all(select_events(directory, selection))
+    replayer.add_all(open_events(args, selection))
     result = replayer.result(
         policies=args.replay_policies,
         since=selection.since,

@@ -14,7 +14,7 @@ FORMATS = ("text", "markdown", "json", "html")
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    from proxy.review.source import add_source_arguments
+    from proxy.review.source import add_source_arguments, add_store_arguments
 
     parser = subparsers.add_parser(
         "report",
@@ -25,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "sessions. Accepts the same selection flags as `pgwarden logs`.",
     )
     add_source_arguments(parser)
+    add_store_arguments(parser)
     parser.add_argument("--format", choices=FORMATS, default="text", help="output format")
     parser.add_argument(
         "--output", "-o", metavar="FILE", help="write to FILE instead of standard output"
@@ -43,13 +44,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from proxy.review.report import ReportBuilder
-    from proxy.review.source import audit_dir, describe, select_events, window_filter
+    from proxy.review.source import describe, open_events, window_filter
 
-    directory = audit_dir(args)
     selection = window_filter(args)
     known: set[str] | None = set() if args.first_seen else None
     builder = ReportBuilder(top=args.top, known_fingerprints=known)
-    builder.add_all(select_events(directory, selection, history=known))
+    builder.add_all(open_events(args, selection, history=known))
     report = builder.build(
         since=selection.since, until=selection.until, filters=describe(selection)
     )

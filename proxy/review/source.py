@@ -22,7 +22,7 @@ from proxy.audit.filters import EventFilter, add_filter_arguments
 from proxy.audit.jsonl import trail_files
 from proxy.audit.reader import iter_events
 from proxy.errors import PgWardenError
-from proxy.review.report import split_history
+from proxy.review.report import seen_fingerprints, split_history
 
 DEFAULT_WINDOW = timedelta(days=7)
 
@@ -103,3 +103,41 @@ def select_events(
     for event in events:
         if matches(event):
             yield event
+
+
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store",
+        metavar="DSN",
+        help="read events from the central audit store (PostgreSQL) instead of a directory",
+    )
+    parser.add_argument(
+        "--store-schema",
+        default="public",
+        metavar="NAME",
+        help="schema of the store tables (default public)",
+    )
+
+
+def open_events(
+    args: argparse.Namespace, selection: EventFilter, *, history: set[str] | None = None
+) -> Iterator[dict[str, Any]]:
+    """The selected events from the directory or, with ``--store``, from the central store.
+
+    ``history`` as in :func:`select_events`; from the store it is one extra query for the query
+    events before the window (the store has no cheaper "distinct fingerprints" view yet).
+    """
+    dsn = getattr(args, "store", None)
+    if not dsn:
+        return select_events(audit_dir(args), selection, history=history)
+    if args.directory or args.audit_dir:
+        raise PgWardenError("read events from a directory or --store, not both")
+    from proxy.store.query import iter_store_events
+
+    schema = args.store_schema
+    if history is not None and selection.since is not None:
+        earlier = EventFilter(types=("query",), until=selection.since)
+        history.update(
+            seen_fingerprints(iter_store_events(dsn, earlier, schema=schema), selection.since)
+        )
+    return iter_store_events(dsn, selection, schema=schema)
