@@ -451,3 +451,50 @@ def test_push_down_binds_values_never_splices_them() -> None:
     text, params = build_query(EventFilter(user=(evil,), grep=evil, table=(evil,)))
     assert evil not in text
     assert [evil] in params
+
+
+def test_the_real_trail_rotating_and_gzipping_while_shipping(
+    tmp_path: Path, store_dsn: str
+) -> None:
+    from proxy.alerts.engine import AlertEngine
+    from proxy.audit.trail import AuditTrail
+
+    proxy_id = f"real-{uuid.uuid4().hex[:6]}"
+    cfg = store_config(tmp_path / "audit", store_dsn, batch_size=40).replace(
+        audit__rotate_size="6kB", audit__compress_rotated=True
+    )
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "version: 1\nalerts:\n  - id: blocks\n    filter: {action: block}\n"
+        "    threshold: 'count >= 10 in 1h'\n    cooldown: 0s\n"
+    )
+    rng = random.Random(3)
+
+    async def main() -> None:
+        trail = AuditTrail(cfg, proxy_id)
+        trail.open()
+        engine = AlertEngine.from_files([rules])
+        engine.attach(trail)
+        shipper = StoreShipper(cfg, trail, proxy_id)
+        await shipper.start()
+        for _ in range(30):
+            for event in make_events(20, rng):
+                trail.submit({**event, "proxy_id": proxy_id})
+            await asyncio.sleep(0.01)  # let flushes, rotations and shipping interleave
+        done = asyncio.Event()
+        trail.when_written(done.set)
+        await asyncio.wait_for(done.wait(), 10)
+        await wait_until(lambda: shipper.backlog == 0 and shipper.healthy)
+        await shipper.aclose()
+        await engine.aclose()
+        await trail.aclose()
+        rows = await stored(store_dsn, proxy_id)
+        on_disk = list(iter_events(cfg["audit.dir"]))
+        assert trail.stats.rotations >= 3
+        assert list((tmp_path / "audit").glob("audit-*.jsonl.gz"))
+        assert [orjson.loads(e) for _p, _s, e in rows] == on_disk
+        assert [s for _p, s, _e in rows] == list(range(1, len(on_disk) + 1))
+        alerts = [e for e in on_disk if e["type"] == "alert"]
+        assert alerts and all(a["proxy_id"] == proxy_id for a in alerts)
+
+    asyncio.run(main())
