@@ -108,7 +108,10 @@ def test_bad_cidr_hours_regex_glob_and_identifier(tmp_path: Path) -> None:
           - id: a
             when:
               client_addrs: [10.0.0.0/8, 10.0.0.1/8, nonsense]
-              hours: ["Mon-Fri 09:00-18:00 Europe/Berlin", "Mon-Fri 09:00-25:00", "09:00-17:00 Mars/Base"]
+              hours:
+                - Mon-Fri 09:00-18:00 Europe/Berlin
+                - Mon-Fri 09:00-25:00
+                - 09:00-17:00 Mars/Base
               sql_regex: "foo("
               users: ["ok", "bad[glob"]
               tables: ['"unterminated', "a.b.c"]
@@ -120,14 +123,14 @@ def test_bad_cidr_hours_regex_glob_and_identifier(tmp_path: Path) -> None:
     assert "has host bits set" in got[0]
     assert got[1].startswith(f"{f}:4:46: rules[a].when.client_addrs: bad CIDR 'nonsense': ")
     assert got[2:] == [
-        f"{f}:5:52: rules[a].when.hours: bad hours: bad time '25:00'",
-        f"{f}:5:75: rules[a].when.hours: bad hours: unknown time zone 'Mars/Base'",
-        f"{f}:6:7: rules[a].when.sql_regex: bad regex 'foo(': "
+        f"{f}:7:11: rules[a].when.hours: bad hours: bad time '25:00'",
+        f"{f}:8:11: rules[a].when.hours: bad hours: unknown time zone 'Mars/Base'",
+        f"{f}:9:7: rules[a].when.sql_regex: bad regex 'foo(': "
         "missing ), unterminated subpattern at position 3",
-        f"{f}:7:21: rules[a].when.users: bad glob 'bad[glob': '[' is never closed",
-        f"{f}:8:16: rules[a].when.tables: bad table pattern '\"unterminated': "
+        f"{f}:10:21: rules[a].when.users: bad glob 'bad[glob': '[' is never closed",
+        f"{f}:11:16: rules[a].when.tables: bad table pattern '\"unterminated': "
         "unterminated quoted identifier",
-        f"{f}:8:33: rules[a].when.tables: bad table pattern 'a.b.c': "
+        f"{f}:11:33: rules[a].when.tables: bad table pattern 'a.b.c': "
         "'a.b.c' has 3 parts; write name or schema.name",
     ]
 
