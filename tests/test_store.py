@@ -498,3 +498,26 @@ def test_the_real_trail_rotating_and_gzipping_while_shipping(
         assert alerts and all(a["proxy_id"] == proxy_id for a in alerts)
 
     asyncio.run(main())
+
+
+def test_a_deleted_file_is_reported_as_a_gap_and_the_rest_is_shipped(
+    tmp_path: Path, store_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    trail = FileTrail(tmp_path / "audit", f"gap-{uuid.uuid4().hex[:6]}")
+    rng = random.Random(4)
+    trail.write(make_events(10, rng))
+    trail.rotate(compress=False)
+    trail.write(make_events(10, rng))
+    trail.rotate(compress=True)
+    trail.write(make_events(5, rng))
+    next(trail.directory.glob("audit-*-000000000011.jsonl.gz")).unlink()  # seq 11..20 lost
+
+    async def main() -> None:
+        async with shipping(store_config(trail.directory, store_dsn), trail) as shipper:
+            await wait_until(lambda: shipper.stats["shipped"] == 15)
+            assert shipper.stats["gaps"] == 1
+        rows = await stored(store_dsn, trail.proxy_id)
+        assert [s for _p, s, _e in rows] == [*range(1, 11), *range(21, 26)]
+
+    asyncio.run(main())
+    assert any("expected seq 11, found 21" in r.getMessage() for r in caplog.records)

@@ -142,7 +142,9 @@ class SinkShipper:
                         return
                     if not shipped_any:
                         await self._sleep(IDLE_POLL)
-                except _TRANSIENT as exc:
+                except Exception as exc:
+                    if not isinstance(exc, _TRANSIENT):
+                        log.exception("audit store shipper failed unexpectedly; retrying")
                     await self._went_down(exc)
                     if self._closing:
                         return
@@ -199,15 +201,15 @@ class SinkShipper:
             shipped_any = True
 
     def _read_batch(self) -> list[TrailLine]:
-        try:
-            return self.tail.read(self.sink.batch_size)
-        except TrailGap as gap:
-            # Events missing from the files themselves (deleted or truncated): nothing can
-            # bring them back; `pgwarden verify` reports it. Ship what exists.
-            self.gaps += 1
-            log.error("%s; shipping continues from seq %d", gap, gap.found)
-            self.tail.skip_to(gap.found)
-            return self.tail.read(self.sink.batch_size)
+        while True:
+            try:
+                return self.tail.read(self.sink.batch_size)
+            except TrailGap as gap:
+                # Events missing from the files themselves (deleted or truncated): nothing
+                # can bring them back; `pgwarden verify` reports it. Ship what exists.
+                self.gaps += 1
+                log.error("%s; shipping continues from seq %d", gap, gap.found)
+                self.tail.skip_to(gap.found)
 
     async def _ship(self, batch: Sequence[TrailLine]) -> None:
         assert self._conn is not None
