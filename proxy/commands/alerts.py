@@ -67,22 +67,11 @@ def run_test(args: argparse.Namespace) -> int:
     from proxy.alerts.replay import format_table, replay
     from proxy.alerts.rules import load_rules
     from proxy.audit.filters import EventFilter
-    from proxy.errors import PgWardenError
+    from proxy.review.source import open_events
 
     rules = load_rules(args.rules)
-    selection = EventFilter.from_args(args)
-    if args.store:
-        if args.directory or args.audit_dir:
-            raise PgWardenError("read events from a directory or --store, not both")
-        from proxy.store.query import iter_store_events
-
-        events: Any = iter_store_events(args.store, selection, schema=args.store_schema)
-    else:
-        from proxy.review.source import audit_dir, select_events
-
-        events = select_events(audit_dir(args), selection)
     fired = []
-    for alert in replay(rules, events):
+    for alert in replay(rules, open_events(args, EventFilter.from_args(args))):
         if args.json:
             sys.stdout.write(orjson.dumps(alert).decode() + "\n")
         fired.append(alert)
