@@ -20,7 +20,7 @@ from proxy.policy.hours import HoursWindow
 from proxy.policy.names import QualifiedPattern, split_function_name
 from proxy.sql.facts import QueryFacts, Relation, StatementFacts
 
-Stage = Literal["identity", "command", "statement"]
+Stage = Literal["identity", "shape", "statement"]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # PostgreSQL searches pg_catalog first when search_path does not name it.
@@ -41,8 +41,9 @@ class Condition:
     """One key of a ``when`` / ``unless`` block."""
 
     __slots__ = ("key",)
-    # identity: depends only on who is connected; command: only on the command tags.
-    # Both are decided once per (identity, command set) and cached by the engine.
+    # identity: depends only on who is connected; shape: only on the statement's scalar facts
+    # (command tags, classes, flags: see engine.shape_key). Both are decided once per
+    # (identity, shape) and cached by the engine; "statement" conditions run every time.
     stage: ClassVar[Stage] = "statement"
 
     def __init__(self, key: str) -> None:
@@ -120,7 +121,7 @@ class Commands(Condition):
     """commands: globs on every command that executes (hidden ones included)."""
 
     __slots__ = ("patterns", "regex")
-    stage = "command"
+    stage = "shape"
 
     def __init__(self, key: str, patterns: tuple[str, ...], regex: re.Pattern[str]) -> None:
         super().__init__(key)
@@ -147,6 +148,7 @@ class Commands(Condition):
 
 class Classes(Condition):
     __slots__ = ("classes",)
+    stage = "shape"
 
     def __init__(self, key: str, classes: frozenset[str]) -> None:
         super().__init__(key)
@@ -178,10 +180,15 @@ def _schema_may_be(
     return False
 
 
+def _names_regex(patterns: tuple[QualifiedPattern, ...]) -> re.Pattern[str]:
+    """One regex matching any pattern's last part: rejects most names with a single call."""
+    return re.compile("|".join(f"(?:{p.name.pattern})" for p in patterns), re.DOTALL)
+
+
 class Tables(Condition):
     """tables (optionally with access): some relation matches a pattern (with that access)."""
 
-    __slots__ = ("access", "patterns", "search_path")
+    __slots__ = ("access", "any_name", "patterns", "search_path")
 
     def __init__(
         self,
@@ -194,9 +201,12 @@ class Tables(Condition):
         self.patterns = patterns
         self.access = access
         self.search_path = search_path
+        self.any_name = _names_regex(patterns)
 
     def _match(self, rel: Relation, user: str) -> QualifiedPattern | None:
         if self.access is not None and rel.access not in self.access:
+            return None
+        if self.any_name.fullmatch(rel.name) is None:
             return None
         for p in self.patterns:
             if p.name.fullmatch(rel.name) and (
@@ -207,7 +217,10 @@ class Tables(Condition):
 
     def holds(self, ctx: Ctx) -> bool:
         user = ctx.identity.user
-        return any(self._match(rel, user) is not None for rel in ctx.stmt.relations)
+        for rel in ctx.stmt.relations:  # noqa: SIM110 (a loop: no generator frame per call)
+            if self._match(rel, user) is not None:
+                return True
+        return False
 
     def why(self, ctx: Ctx) -> str:
         parts = []
@@ -236,7 +249,7 @@ class Access(Condition):
 
 
 class Functions(Condition):
-    __slots__ = ("patterns", "search_path")
+    __slots__ = ("any_name", "patterns", "search_path")
 
     def __init__(
         self, key: str, patterns: tuple[QualifiedPattern, ...], search_path: tuple[str, ...] | None
@@ -244,9 +257,12 @@ class Functions(Condition):
         super().__init__(key)
         self.patterns = patterns
         self.search_path = search_path
+        self.any_name = _names_regex(patterns)
 
     def _match(self, function: str, user: str) -> QualifiedPattern | None:
         schema, name = split_function_name(function)
+        if self.any_name.fullmatch(name) is None:
+            return None
         for p in self.patterns:
             if p.name.fullmatch(name) and (
                 p.schema is None or _schema_may_be(p, schema, self.search_path, user)
@@ -256,7 +272,10 @@ class Functions(Condition):
 
     def holds(self, ctx: Ctx) -> bool:
         user = ctx.identity.user
-        return any(self._match(f, user) is not None for f in ctx.stmt.functions)
+        for function in ctx.stmt.functions:  # noqa: SIM110 (as above)
+            if self._match(function, user) is not None:
+                return True
+        return False
 
     def why(self, ctx: Ctx) -> str:
         hits = []
@@ -271,6 +290,7 @@ class StatementFlag(Condition):
     """missing_where / opaque / role_change: a boolean fact of the statement equals the value."""
 
     __slots__ = ("attr", "value")
+    stage = "shape"
 
     def __init__(self, key: str, attr: str, value: bool) -> None:
         super().__init__(key)
@@ -286,6 +306,7 @@ class StatementFlag(Condition):
 
 class MultiStatement(Condition):
     __slots__ = ("value",)
+    stage = "shape"
 
     def __init__(self, key: str, value: bool) -> None:
         super().__init__(key)
@@ -302,6 +323,7 @@ class Copy(Condition):
     """copy: the statement is a COPY of one of these kinds (``true``: any COPY)."""
 
     __slots__ = ("kinds",)
+    stage = "shape"
 
     def __init__(self, key: str, kinds: frozenset[str] | None) -> None:
         super().__init__(key)
@@ -319,6 +341,7 @@ class NoCopy(Condition):
     """copy: false — the statement is not a COPY."""
 
     __slots__ = ()
+    stage = "shape"
 
     def holds(self, ctx: Ctx) -> bool:
         return ctx.stmt.copy is None

@@ -5,9 +5,10 @@ strongest action wins (block > flag > allow). A statement no rule matches gets
 ``defaults.action``. A message with several statements is decided per statement and takes the
 strongest outcome, so one blocked statement blocks the whole message.
 
-Speed: rule conditions that depend only on the identity and on the command tags are decided once
-per (identity, command set) and the surviving candidate rules are cached; per statement only the
-remaining conditions run.
+Speed: rule conditions that depend only on the identity or on the statement's shape (command
+tags, classes, missing_where, copy, role_change, opaque, multi_statement) are decided once per
+(identity, shape) and the surviving candidate rules are cached; per statement only the name
+conditions (tables, functions, access), hours and sql_regex run.
 """
 
 from __future__ import annotations
@@ -118,6 +119,9 @@ class Policy:
     _candidates: dict[tuple[Any, ...], dict[tuple[Any, ...], tuple[_Candidate, ...]]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    _decisions: dict[tuple[Any, ...], Decision] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @property
     def rule_count(self) -> int:
@@ -142,12 +146,21 @@ class Policy:
         matches: list[Rule] = []
         defaulted = False
         for stmt in facts.statements:
-            command_key = (stmt.command, stmt.effective_commands)
-            candidates = per_identity.get(command_key)
+            shape = (
+                stmt.command,
+                stmt.effective_commands,
+                stmt.classes,
+                stmt.copy,
+                stmt.missing_where,
+                stmt.role_change,
+                stmt.opaque,
+                facts.multi_statement,
+            )
+            candidates = per_identity.get(shape)
             if candidates is None:
                 if len(per_identity) >= _CACHE_LIMIT:
                     per_identity.clear()
-                candidates = per_identity[command_key] = self._prefilter(identity, stmt, facts)
+                candidates = per_identity[shape] = self._prefilter(identity, stmt, facts)
             ctx = Ctx(identity, stmt, facts, when)
             matched_any = False
             for cand in candidates:
@@ -211,6 +224,16 @@ class Policy:
     # --- combining ---------------------------------------------------------------------------
 
     def _decide(self, matches: list[Rule], defaulted: bool) -> Decision:
+        # Decisions are values: the same matched rules always give the same one.
+        key = (defaulted, *[r.index for r in matches])
+        decision = self._decisions.get(key)
+        if decision is None:
+            if len(self._decisions) >= _CACHE_LIMIT:
+                self._decisions.clear()
+            decision = self._decisions[key] = self._combine(matches, defaulted)
+        return decision
+
+    def _combine(self, matches: list[Rule], defaulted: bool) -> Decision:
         defaults = self.defaults
         seen: set[str] = set()
         rules: list[RuleMatch] = []

@@ -301,7 +301,7 @@ def _clause(
     if access is not None and "tables" not in data:
         conditions.append(Access("access", access))
     # Cheap checks first: identity, then command tags, then the rest.
-    order = {"identity": 0, "command": 1, "statement": 2}
+    order = {"identity": 0, "shape": 1, "statement": 2}
     conditions.sort(key=lambda c: (order[c.stage], c.key == "sql_regex", c.key == "hours"))
     return Clause(tuple(conditions))
 
