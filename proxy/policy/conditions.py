@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from typing import ClassVar, Literal
@@ -389,11 +389,10 @@ class Clause:
     """All conditions of one ``when`` or ``unless`` block; it holds when every one holds."""
 
     conditions: tuple[Condition, ...]
+    prefilter: tuple[Condition, ...] = field(init=False)  # identity and shape conditions
+    rest: tuple[Condition, ...] = field(init=False)  # what must run for every statement
 
-    @property
-    def prefilter(self) -> tuple[Condition, ...]:
-        return tuple(c for c in self.conditions if c.stage != "statement")
-
-    @property
-    def rest(self) -> tuple[Condition, ...]:
-        return tuple(c for c in self.conditions if c.stage == "statement")
+    def __post_init__(self) -> None:
+        pre = tuple(c for c in self.conditions if c.stage != "statement")
+        object.__setattr__(self, "prefilter", pre)
+        object.__setattr__(self, "rest", tuple(c for c in self.conditions if c not in pre))
