@@ -19,7 +19,7 @@ import pytest
 
 from proxy import config
 from proxy.audit import trail as trail_module
-from proxy.audit.jsonl import CURRENT, parse_rotated_name, trail_files
+from proxy.audit.jsonl import CURRENT, parse_rotated_name, read_head, trail_files
 from proxy.audit.reader import iter_events
 from proxy.audit.trail import AuditTrail
 from proxy.audit.verify import verify_trail
@@ -87,6 +87,8 @@ def test_one_write_per_loop_turn_and_callbacks_in_order(tmp_path: Path) -> None:
     lines = (tmp_path / CURRENT).read_bytes().splitlines()
     assert [orjson.loads(line)["seq"] for line in lines] == list(range(1, 104))
     assert verify_trail(tmp_path).ok
+    # audit.head names the newest record written: cutting records off the end shows.
+    assert read_head(tmp_path) == (103, orjson.loads(lines[-1])["hash"])
 
 
 def test_listener_failure_is_logged_and_writing_continues(

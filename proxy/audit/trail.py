@@ -47,6 +47,7 @@ from proxy.errors import AuditError
 log = logging.getLogger("pgwarden.audit")
 
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+HEAD_INTERVAL = 0.1  # seconds audit.head may lag behind the trail
 _HEAD_SIZE = 128  # audit.head is rewritten in place at a fixed size: no truncation needed
 _RETRY_FIRST = 0.05
 _RETRY_MAX = 5.0
@@ -101,6 +102,9 @@ class AuditTrail:
         self._flush_handle: asyncio.Handle | None = None
         self._retry_handle: asyncio.TimerHandle | None = None
         self._fsync_timer: asyncio.TimerHandle | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_seq = -1
+        self._written_hash = ""
         self._retry_delay = _RETRY_FIRST
         self._failing_since = 0.0
         self._last_error_log = 0.0
@@ -153,6 +157,7 @@ class AuditTrail:
         self._check_head(state.last_seq)
         self._chainer = Chainer(key, state.last_seq, state.last_hash)
         self._seq = self._written_seq = self._synced_seq = state.last_seq
+        self._written_hash = state.last_hash
         self._open_current()
         if current is not None and current.first_record is not None:
             self._file_size = current.size
@@ -297,6 +302,7 @@ class AuditTrail:
         self._out = b""
         self._out_events = []
         self._written_seq = self._out_last_seq
+        self._written_hash = events[-1]["hash"]
         self._unsynced = True
         stats = self.stats
         stats.events_written += len(events)
@@ -304,7 +310,7 @@ class AuditTrail:
         stats.bytes_written += total
         if not self._healthy:
             self._recovered()
-        self._write_head()
+        self._schedule_head()
         if self.fsync_mode == "always":
             self._request_sync()
         else:
@@ -335,12 +341,21 @@ class AuditTrail:
             if not future.done():
                 future.set_result(None)
 
+    def _schedule_head(self) -> None:
+        # audit.head trails the file by at most HEAD_INTERVAL: one small write per interval
+        # instead of one more syscall per flush on the hot path.
+        if self._head_timer is None:
+            if self._loop is None:
+                self._write_head()
+            else:
+                self._head_timer = self._loop.call_later(HEAD_INTERVAL, self._write_head)
+
     def _write_head(self) -> None:
-        if self._head_fd < 0:
+        self._head_timer = None
+        if self._head_fd < 0 or self._head_seq == self._written_seq:
             return
-        if self._queue or self._out:
-            return  # the chain is ahead of what was written; the next write updates the head
-        text = f'{{"seq":{self._written_seq},"hash":"{self._chainer.prev_hash}"}}'
+        self._head_seq = self._written_seq
+        text = f'{{"seq":{self._written_seq},"hash":"{self._written_hash}"}}'
         # The head is an extra anchor; a failure here does not undo the trail write.
         with contextlib.suppress(OSError):
             os.pwrite(self._head_fd, text.ljust(_HEAD_SIZE - 1).encode() + b"\n", 0)
@@ -464,10 +479,10 @@ class AuditTrail:
         """Write everything still pending (retrying a while), fsync and close."""
         if self._closed:
             return
-        for handle in (self._flush_handle, self._fsync_timer):
+        for handle in (self._flush_handle, self._fsync_timer, self._head_timer):
             if handle is not None:
                 handle.cancel()
-        self._flush_handle = self._fsync_timer = None
+        self._flush_handle = self._fsync_timer = self._head_timer = None
         for _ in range(attempts):
             if self._retry_handle is not None:
                 self._retry_handle.cancel()
@@ -495,6 +510,7 @@ class AuditTrail:
             self._synced_seq = self._written_seq
             self._run_waiters(self._synced_seq)
         if self._head_fd >= 0:
+            self._write_head()
             os.close(self._head_fd)
             self._head_fd = -1
         await loop.run_in_executor(None, self._shutdown_pools)
