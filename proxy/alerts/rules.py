@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -107,7 +107,6 @@ class AlertRule:
     severity: str = "medium"
     destinations: tuple[Destination, ...] = ("log",)
     learn_for: float = 0.0  # new_fingerprint: remember shapes silently for this long first
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 class _Problems:
