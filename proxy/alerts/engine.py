@@ -215,7 +215,9 @@ class AlertEngine:
     def _fire(self, alert: dict[str, Any]) -> None:
         rule = next((s.rule for s in self._states if s.rule.id == alert["alert"]), None)
         if self._trail is not None:
-            self._trail.submit(alert)
+            # The trail owns what it is given (it adds seq and hashes); deliveries get a copy
+            # that does not change under them.
+            self._trail.submit(dict(alert))
         if rule is None:
             return
         for destination in rule.destinations:
