@@ -201,7 +201,7 @@ def load_cases(path: str | Path) -> tuple[Case, ...]:
             )
         )
     if out:
-        raise CasesError(out)
+        raise CasesError(sorted(out, key=lambda p: (p.line, p.col)))
     return tuple(cases)
 
 
