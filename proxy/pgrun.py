@@ -280,7 +280,9 @@ class _SqlMixin:
             )
 
 
-def _hba_lines(superuser: str, roles: Sequence[Role], addresses: Sequence[str]) -> str:
+def _hba_lines(
+    superuser: str, roles: Sequence[Role], addresses: Sequence[str], others: AuthMethod
+) -> str:
     lines = [
         "# Written by pgwarden (proxy/pgrun.py) for a throwaway cluster.",
         f"local all {quote_ident(superuser)} trust",
@@ -289,9 +291,9 @@ def _hba_lines(superuser: str, roles: Sequence[Role], addresses: Sequence[str]) 
     for role in roles:
         lines.append(f"local all {quote_ident(role.name)} {role.auth}")
         lines += [f"host all {quote_ident(role.name)} {addr} {role.auth}" for addr in addresses]
-    # Every other role is refused: a test that forgot to declare a role fails loudly.
-    lines.append("local all all reject")
-    lines += [f"host all all {addr} reject" for addr in addresses]
+    # Roles created later (by a test, by a demo user) authenticate like on a stock install.
+    lines.append(f"local all all {others}")
+    lines += [f"host all all {addr} {others}" for addr in addresses]
     return "\n".join(lines) + "\n"
 
 
@@ -370,9 +372,11 @@ class LocalCluster(_SqlMixin):
         durable: bool = False,
         settings: Mapping[str, str] | None = None,
         start_timeout: float = 60.0,
+        others: AuthMethod = "scram-sha-256",
     ) -> None:
         self.superuser = superuser
         self.roles = tuple(roles)
+        self.others = others  # how roles not in ``roles`` authenticate
         self.binaries = binaries
         self.host = host
         self.port = port or 0
@@ -513,7 +517,7 @@ class LocalCluster(_SqlMixin):
         if self.host not in ("127.0.0.1", "localhost", "::1"):
             addresses.append(f"{self.host}/32" if ":" not in self.host else f"{self.host}/128")
         hba = self.data_dir / "pg_hba.conf"
-        hba.write_text(_hba_lines(self.superuser, self.roles, addresses))
+        hba.write_text(_hba_lines(self.superuser, self.roles, addresses, self.others))
         self._give_to_server(hba)
 
     def _write_conf(self) -> None:
@@ -703,7 +707,7 @@ class ContainerCluster(_SqlMixin):
             self.host = container.get_container_host_ip()
             self.port = int(container.get_exposed_port(5432))
             # Connections arrive through Docker's NAT, so the hba lines match any address.
-            hba = _hba_lines(self.superuser, self.roles, ["0.0.0.0/0", "::/0"])
+            hba = _hba_lines(self.superuser, self.roles, ["0.0.0.0/0", "::/0"], "scram-sha-256")
             code, out = container.exec(
                 ["sh", "-c", 'cat > "$PGDATA/pg_hba.conf" <<"EOF"\n' + hba + "EOF\n"]
             )

@@ -126,15 +126,16 @@ def test_wrong_password_is_28P01(pg: PgServer, user: str) -> None:
 
 
 @needs_managed_cluster
-def test_undeclared_roles_are_rejected(pg: PgServer) -> None:
+def test_roles_created_later_use_scram(pg: PgServer) -> None:
     with psycopg.connect(pg.dsn(), autocommit=True) as admin:
-        admin.execute("CREATE ROLE infra_stranger LOGIN")
+        admin.execute("CREATE ROLE infra_later LOGIN PASSWORD 'later-pw'")
     try:
-        with pytest.raises(psycopg.OperationalError, match=r"pg_hba\.conf rejects"):
-            psycopg.connect(pg.dsn("infra_stranger", "app"), connect_timeout=5)
+        assert _first_auth_code(pg, "infra_later") == AUTH_SASL
+        with psycopg.connect(pg.dsn("infra_later", "app", "later-pw"), connect_timeout=5) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == ("infra_later",)
     finally:
         with psycopg.connect(pg.dsn(), autocommit=True) as admin:
-            admin.execute("DROP ROLE infra_stranger")
+            admin.execute("DROP ROLE infra_later")
 
 
 def test_every_role_may_create_in_app(pg: PgServer) -> None:
