@@ -55,7 +55,7 @@ def test_test_human_output_explains_the_decision(capsys: pytest.CaptureFixture[s
     assert out.startswith("decision: BLOCK\n")
     assert "no-unbounded-writes  [high]  " + f"{DEFAULT}:19" in out
     assert "why: commands: command DELETE matches 'UPDATE', 'DELETE' (inside SELECT)" in out
-    assert "missing_where: missing_where is true" in out
+    assert "missing_where: an UPDATE/DELETE has no WHERE clause or a trivially true one" in out
 
 
 def test_test_json_output(capsys: pytest.CaptureFixture[str]) -> None:

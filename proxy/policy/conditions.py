@@ -301,7 +301,18 @@ class StatementFlag(Condition):
         return bool(getattr(ctx.stmt, self.attr)) is self.value
 
     def why(self, ctx: Ctx) -> str:
-        return f"{self.attr} is {str(self.value).lower()}"
+        said = _FLAG_WORDS[self.attr]
+        return said[0] if self.value else said[1]
+
+
+_FLAG_WORDS = {
+    "missing_where": (
+        "an UPDATE/DELETE has no WHERE clause or a trivially true one",
+        "every UPDATE/DELETE has a real WHERE clause",
+    ),
+    "opaque": ("contains dynamic SQL that cannot be analysed", "no dynamic SQL"),
+    "role_change": ("changes the current role", "does not change the current role"),
+}
 
 
 class MultiStatement(Condition):

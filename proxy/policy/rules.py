@@ -118,11 +118,11 @@ def _one_of(
     return value
 
 
-def _string_list(problems: Problems, data: Any, key: str, path: str) -> list[tuple[Any, int, str]]:
+def _string_list(problems: Problems, data: Any, key: str, path: str) -> list[tuple[Any, Any, str]]:
     """A string or a list of strings, each with where it was written: (container, key, text)."""
     value = data[key]
     if isinstance(value, str):
-        return [(data, cast(int, key), value)]
+        return [(data, key, value)]
     if isinstance(value, list) and value:
         out = []
         for i, item in enumerate(value):
