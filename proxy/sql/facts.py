@@ -41,7 +41,9 @@ class StatementFacts:
     classes: frozenset[StatementClass]  # statement_class plus the classes of hidden commands
     relations: tuple[Relation, ...]
     functions: frozenset[str]  # called functions, lower-cased, schema-qualified when written so
-    missing_where: bool  # UPDATE/DELETE (anywhere inside) without WHERE or with a trivially true one
+    missing_where: (
+        bool  # UPDATE/DELETE (anywhere inside) without WHERE or with a trivially true one
+    )
     copy: CopyKind | None
     role_change: bool  # SET ROLE, SET SESSION AUTHORIZATION, set_config('role', …), RESET ROLE
     opaque: bool  # dynamic SQL that cannot be analysed statically
@@ -49,6 +51,8 @@ class StatementFacts:
     prepare_name: str | None = None  # PREPARE name AS … (SQL level)
     execute_name: str | None = None  # EXECUTE name (SQL level)
     notes: tuple[str, ...] = field(default=())  # human-readable explanations for `policy test`
+    # For a SQL-level PREPARE: the facts of the stored body (what EXECUTE will run).
+    body: StatementFacts | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,247 @@
+"""SQL text -> :class:`QueryFacts`, using libpg_query (PostgreSQL's own grammar) through pglast.
+
+``analyze`` is pure and never raises: a syntax error gives ``parse_error``; text the parser cannot
+read the way the server would (standard_conforming_strings off, undecodable bytes) or a failure in
+this layer gives ``unparsable_reason``. Callers fail closed on both.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Mapping
+from typing import Any
+
+from pglast import parser as pg_parser
+
+from proxy.sql.commands import command_tag, statement_class
+from proxy.sql.facts import ParserSettings, QueryFacts, Relation, StatementFacts
+from proxy.sql.walker import OPAQUE_MARK, Collector, parse_json, unwrap
+
+_DEFAULT_SETTINGS = ParserSettings()
+
+# PostgreSQL client_encoding names -> Python codecs. Names are compared case-insensitively
+# with '_' and '-' removed, as PostgreSQL does.
+_PG_ENCODINGS: dict[str, str] = {
+    "UTF8": "utf-8",
+    "UNICODE": "utf-8",
+    "SQLASCII": "utf-8",  # bytes pass through unchecked; we need text, so they must be UTF-8
+    "LATIN1": "latin-1",
+    "ISO88591": "latin-1",
+    "LATIN2": "iso8859-2",
+    "ISO88592": "iso8859-2",
+    "LATIN3": "iso8859-3",
+    "LATIN4": "iso8859-4",
+    "LATIN5": "iso8859-9",
+    "LATIN6": "iso8859-10",
+    "LATIN7": "iso8859-13",
+    "LATIN8": "iso8859-14",
+    "LATIN9": "iso8859-15",
+    "LATIN10": "iso8859-16",
+    "ISO88595": "iso8859-5",
+    "ISO88596": "iso8859-6",
+    "ISO88597": "iso8859-7",
+    "ISO88598": "iso8859-8",
+    "WIN1250": "cp1250",
+    "WIN1251": "cp1251",
+    "WIN1252": "cp1252",
+    "WIN1253": "cp1253",
+    "WIN1254": "cp1254",
+    "WIN1255": "cp1255",
+    "WIN1256": "cp1256",
+    "WIN1257": "cp1257",
+    "WIN1258": "cp1258",
+    "WIN866": "cp866",
+    "WIN874": "cp874",
+    "KOI8R": "koi8-r",
+    "KOI8U": "koi8-u",
+    "EUCJP": "euc-jp",
+    "EUCJIS2004": "euc-jis-2004",
+    "EUCKR": "euc-kr",
+    "EUCCN": "gb2312",
+    "SJIS": "shift_jis",
+    "SHIFTJIS2004": "shift_jis_2004",
+    "GBK": "gbk",
+    "GB18030": "gb18030",
+    "BIG5": "big5",
+    "UHC": "cp949",
+    "JOHAB": "johab",
+}
+
+
+def python_codec(client_encoding: str) -> str | None:
+    """The Python codec for a PostgreSQL client_encoding name, or None if unsupported."""
+    key = client_encoding.upper().replace("_", "").replace("-", "")
+    return _PG_ENCODINGS.get(key)
+
+
+def analyze_bytes(data: bytes, settings: ParserSettings = _DEFAULT_SETTINGS) -> QueryFacts:
+    """Decode wire bytes per the session's client_encoding, then :func:`analyze`."""
+    codec = python_codec(settings.client_encoding)
+    if codec is None:
+        text = data.decode("utf-8", "replace")
+        return QueryFacts(
+            text, (), unparsable_reason=f"client_encoding {settings.client_encoding} unsupported"
+        )
+    try:
+        text = codecs.decode(data, codec)
+    except (UnicodeDecodeError, LookupError):
+        return QueryFacts(
+            data.decode("utf-8", "replace"),
+            (),
+            unparsable_reason=f"text is not valid {settings.client_encoding}",
+        )
+    if "\x00" in text:
+        return QueryFacts(text, (), unparsable_reason="text contains a NUL character")
+    return analyze(text, settings)
+
+
+def analyze(text: str, settings: ParserSettings = _DEFAULT_SETTINGS) -> QueryFacts:
+    """Facts about every statement in ``text``. Never raises."""
+    if not settings.standard_conforming_strings:
+        return QueryFacts(
+            text,
+            (),
+            unparsable_reason=(
+                "standard_conforming_strings is off: PostgreSQL's parser library reads "
+                "backslashes in strings differently from the server"
+            ),
+        )
+    try:
+        raw_statements = parse_json(text)
+    except pg_parser.ParseError as exc:
+        return QueryFacts(text, (), parse_error=_parse_error_message(exc))
+    except Exception as exc:  # e.g. nesting too deep for the JSON decoder
+        return QueryFacts(text, (), unparsable_reason=f"cannot analyse: {type(exc).__name__}")
+    try:
+        encoded = None if text.isascii() else text.encode("utf-8")
+        statements = tuple(_statement(raw, text, encoded) for raw in raw_statements)
+    except RecursionError:
+        return QueryFacts(text, (), unparsable_reason="statement nests too deeply to analyse")
+    except Exception as exc:  # a bug here must not let the statement through unexamined
+        return QueryFacts(
+            text, (), unparsable_reason=f"facts layer failed: {type(exc).__name__}: {exc}"
+        )
+    return QueryFacts(text, statements)
+
+
+def _parse_error_message(exc: Exception) -> str:
+    args = exc.args
+    message = str(args[0]) if args else str(exc)
+    if len(args) > 1 and isinstance(args[1], int):
+        return f"{message} (at character {args[1]})"
+    return message
+
+
+def _slice(raw: dict[str, Any], text: str, encoded: bytes | None) -> str:
+    start = int(raw.get("stmt_location", 0))
+    length = int(raw.get("stmt_len", 0))
+    if encoded is None:
+        piece = text[start : start + length] if length else text[start:]
+    else:  # libpg_query offsets count UTF-8 bytes
+        chunk = encoded[start : start + length] if length else encoded[start:]
+        piece = chunk.decode("utf-8", "replace")
+    return piece.strip()
+
+
+def _statement(raw: dict[str, Any], text: str, encoded: bytes | None) -> StatementFacts:
+    stmt_text = _slice(raw, text, encoded)
+    found = unwrap(raw.get("stmt"))
+    if found is None:
+        raise ValueError("statement without a node")
+    kind, body = found
+    collector = Collector()
+    command = collector.statement(kind, body)
+    facts = _facts(collector, stmt_text, command, statement_class(kind, body))
+    if collector.prepared_kind is not None:
+        facts = _with_prepared_body(facts, collector.prepared_kind)
+    return facts
+
+
+def _facts(
+    collector: Collector,
+    text: str,
+    command: str,
+    cls: Any,
+    fingerprint: str | None = None,
+) -> StatementFacts:
+    if fingerprint is None:
+        try:
+            fingerprint = pg_parser.fingerprint(text)
+        except Exception:
+            fingerprint = ""
+    return StatementFacts(
+        text=text,
+        command=command,
+        statement_class=cls,
+        effective_commands=frozenset(collector.effective),
+        classes=frozenset(collector.classes | {cls}),
+        relations=tuple(Relation(s, n, a) for s, n, a in collector.relations),  # type: ignore[arg-type]
+        functions=frozenset(collector.functions),
+        missing_where=collector.missing_where,
+        copy=collector.copy,
+        role_change=collector.role_change,
+        opaque=collector.opaque,
+        fingerprint=fingerprint,
+        prepare_name=collector.prepare_name,
+        execute_name=collector.execute_name,
+        notes=tuple(collector.notes),
+    )
+
+
+def _with_prepared_body(
+    facts: StatementFacts, prepared: tuple[str, dict[str, Any]]
+) -> StatementFacts:
+    kind, body = prepared
+    inner = Collector()
+    command = inner.statement(kind, body)
+    body_facts = _facts(inner, facts.text, command, statement_class(kind, body), facts.fingerprint)
+    return _replace(facts, body=body_facts)
+
+
+def _replace(facts: StatementFacts, **changes: Any) -> StatementFacts:
+    import dataclasses
+
+    return dataclasses.replace(facts, **changes)
+
+
+def prepared_body(stmt: StatementFacts) -> StatementFacts | None:
+    """Facts of the statement a SQL-level ``PREPARE name AS …`` stores (None otherwise)."""
+    return stmt.body if stmt.prepare_name else None
+
+
+def resolve_execute(stmt: StatementFacts, prepared: Mapping[str, StatementFacts]) -> StatementFacts:
+    """Merge the facts of the prepared body into an ``EXECUTE name`` statement.
+
+    ``prepared`` maps SQL-level prepared names to their body facts (see :func:`prepared_body`).
+    An unknown name leaves the statement opaque, as it was.
+    """
+    name = stmt.execute_name
+    if name is None:
+        return stmt
+    body = prepared.get(name)
+    if body is None:
+        return stmt
+    relations = dict.fromkeys((*stmt.relations, *body.relations))
+    own_notes = tuple(n for n in stmt.notes if not n.startswith(f"EXECUTE {name}:"))
+    return _replace(
+        stmt,
+        effective_commands=stmt.effective_commands | body.effective_commands,
+        classes=stmt.classes | body.classes,
+        relations=tuple(relations),
+        functions=stmt.functions | body.functions,
+        missing_where=stmt.missing_where or body.missing_where,
+        copy=stmt.copy or body.copy,
+        role_change=stmt.role_change or body.role_change,
+        opaque=body.opaque or any(n.endswith(OPAQUE_MARK) for n in own_notes),
+        notes=(*own_notes, f"EXECUTE {name} runs prepared {body.command}", *body.notes),
+    )
+
+
+__all__ = [
+    "analyze",
+    "analyze_bytes",
+    "command_tag",
+    "prepared_body",
+    "python_codec",
+    "resolve_execute",
+]
