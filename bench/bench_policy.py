@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -111,10 +112,8 @@ def main() -> int:
     )
     print(f"{'statement':<18} {'warm':>8} {'cold identity':>14} {'action':>7}")
     for name, q in CASES.items():
-        warm = per_call_us(lambda q=q: policy.evaluate(who, q, now), args.seconds)
-
+        warm = per_call_us(partial(policy.evaluate, who, q, now), args.seconds)
         cold_us = per_call_us(_cold_caller(policy, q, now), args.seconds)
-
         action = policy.evaluate(who, q, now).action
         print(f"{name:<18} {warm:>8.2f} {cold_us:>14.2f} {action:>7}")
     return 0

@@ -299,7 +299,7 @@ class Policy:
 
     def _unparsable(self, facts: QueryFacts) -> Decision:
         defaults = self.defaults
-        why = facts.unparsable_reason or f"syntax error: {facts.parse_error}"
+        why = facts.unparsable_reason or facts.parse_error or "unknown reason"
         action = defaults.on_unparsable
         match = RuleMatch(
             "unparsable",

@@ -125,7 +125,7 @@ def explanation_text(explanation: Explanation) -> str:
     if decision.action != decision.intended:
         head += f" (monitor mode; enforce would {decision.intended})"
     lines = [f"decision: {head}", f"reason:   {decision.reason}"]
-    if decision.intended != "allow" and decision.message:
+    if (decision.intended == "block" or decision.notify) and decision.message:
         lines.append(f"message:  {decision.message}  [SQLSTATE {decision.sqlstate}]")
     lines.append("")
     if not facts.parsable:
