@@ -110,3 +110,22 @@ def test_follow_after_seq_catches_up_from_rotated_files(tmp_path: Path) -> None:
     write_events(tmp_path, 1, 30, audit__rotate_size="1kB")
     got = [e["n"] for e in follow(tmp_path, after_seq=3, poll=0.01, stop=lambda: True)]
     assert got == list(range(4, 31))
+
+
+def test_rotation_while_reading_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    cfg = config.defaults().replace(
+        audit__dir=str(tmp_path), audit__fsync="none", audit__rotate_size="1kB"
+    )
+    trail = AuditTrail(cfg, "p1")
+    trail.open()
+    for n in range(1, 4):
+        trail.submit({"type": "query", "ts": "2026-11-26T07:40:00.000000Z", "n": n})
+    assert len(trail_files(tmp_path)) == 1  # everything still in audit.jsonl
+    events = iter_events(tmp_path)
+    got = [next(events)["n"]]  # the reader has audit.jsonl open now
+    for n in range(4, 30):  # ... and the writer rotates it away, several times
+        trail.submit({"type": "query", "ts": "2026-11-26T07:40:00.000000Z", "n": n})
+    trail.close()
+    assert len(trail_files(tmp_path)) > 3
+    got += [e["n"] for e in events]
+    assert got == list(range(1, 30))

@@ -53,12 +53,41 @@ def iter_raw(
 ) -> Iterator[bytes]:
     """Complete JSONL records (newline included) in trail order, skipping files that cannot
     hold events at or after ``since``. ``until`` is left to the caller's filter: a long
-    statement's event (``ts`` = its start) is written after later-starting ones."""
+    statement's event (``ts`` = its start) is written after later-starting ones.
+
+    If the writer rotates while we read, the newly rotated file is read too and records
+    already seen (by ``seq``) are not repeated.
+    """
     del until  # accepted for symmetry; see docstring
-    for trail_file in _files_for(directory, since):
-        for raw in iter_raw_lines(trail_file.path):
-            if raw.endswith(b"\n"):
+    last_seq = 0
+    read: set[int] = set()
+    dedupe = False  # only after a rotation raced with us: then parse to skip what we had
+    while True:
+        for trail_file in _files_for(directory, since):
+            first = trail_file.first_seq
+            if first is not None:
+                if first in read:
+                    continue
+                read.add(first)
+            newest = b""
+            for raw in iter_raw_lines(trail_file.path):
+                if not raw.endswith(b"\n"):
+                    continue
+                if dedupe and (_seq_of(raw) or last_seq + 1) <= last_seq:
+                    continue
+                newest = raw
                 yield raw
+            last_seq = max(last_seq, _seq_of(newest) or 0)
+        fresh = [f for f in _files_for(directory, since) if f.first_seq not in read]
+        if not any(f.first_seq is not None for f in fresh):
+            return  # no rotation happened while we read the current file
+        dedupe = True
+
+
+def _seq_of(raw: bytes) -> int | None:
+    event = _parse(raw) if raw else None
+    seq = event.get("seq") if event is not None else None
+    return seq if isinstance(seq, int) else None
 
 
 def iter_events(
