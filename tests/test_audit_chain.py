@@ -92,6 +92,14 @@ def test_events_orjson_refuses_are_still_written() -> None:
     assert record_hash(parsed) == parsed["hash"]
 
 
+def test_a_resubmitted_record_gets_one_fresh_hash() -> None:
+    first = orjson.loads(_seal_one({"user": "alice"}))
+    again = Chainer(None, 1, first["hash"]).seal([dict(first, seq=2)])
+    assert again.count(b'"hash"') == 1
+    parsed = orjson.loads(again)
+    assert parsed["prev_hash"] == first["hash"] and record_hash(parsed) == parsed["hash"]
+
+
 def test_editing_any_field_changes_the_hash() -> None:
     parsed = orjson.loads(_seal_one({"user": "alice", "rows": 3, "duration_ms": 1.25}))
     for key, value in (("user", "mallory"), ("rows", 4), ("duration_ms", 1.26)):

@@ -130,6 +130,8 @@ class Chainer:
         parts: list[bytes] = []
         append = parts.append
         for event in events:
+            if "hash" in event:  # a re-submitted record: its old hash is not part of it
+                del event["hash"]
             event["prev_hash"] = prev
             event["chain"] = kind
             try:
