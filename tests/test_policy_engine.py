@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.identity import Identity
 from proxy.policy.engine import Policy
@@ -363,3 +365,69 @@ def test_decisions_stay_correct_across_cached_identities_and_commands(tmp_path: 
         assert p.evaluate(ALICE, delete).action == "block"
         assert p.evaluate(Identity("dba", "app"), delete).action == "allow"
         assert p.evaluate(ALICE, query(stmt("SELECT"))).action == "allow"
+
+
+# --- the cached fast path agrees with the full evaluation ----------------------------------
+
+SHIPPED = Path(__file__).resolve().parent.parent / "policies"
+_COMMANDS = ["SELECT", "INSERT", "UPDATE", "DELETE", "CREATE TABLE", "DROP TABLE", "COPY", "DO"]
+_NAMES = ["customers", "orders", "Users", "payments", "pg_authid"]
+_SCHEMAS = [None, "public", "billing", "pg_catalog"]
+_FUNCTIONS = ["now", "pg_read_file", "pg_catalog.pg_ls_dir", "lo_import", "set_config"]
+
+
+@st.composite
+def statements(draw: st.DrawFn) -> StatementFacts:
+    relations = draw(
+        st.lists(
+            st.builds(
+                Relation,
+                st.sampled_from(_SCHEMAS),
+                st.sampled_from(_NAMES),
+                st.sampled_from(["read", "write"]),
+            ),
+            max_size=3,
+        )
+    )
+    return stmt(
+        draw(st.sampled_from(_COMMANDS)),
+        cls=draw(st.sampled_from(["read", "write", "ddl", "role", "function", "misc"])),
+        hidden=tuple(draw(st.lists(st.sampled_from(_COMMANDS), max_size=2))),
+        hidden_classes=tuple(draw(st.lists(st.sampled_from(["write", "ddl"]), max_size=1))),
+        relations=tuple(relations),
+        functions=tuple(draw(st.lists(st.sampled_from(_FUNCTIONS), max_size=2))),
+        missing_where=draw(st.booleans()),
+        copy=draw(st.sampled_from([None, "program", "file", "stdin", "stdout"])),
+        role_change=draw(st.booleans()),
+        opaque=draw(st.booleans()),
+    )
+
+
+_POLICIES = [
+    load_policy(
+        [SHIPPED / "default.yaml"]
+        + [SHIPPED / "examples" / f"{n}.yaml" for n in ("pii-tables", "read-only-analysts")]
+        + [SHIPPED / "examples" / "business-hours.yaml"]
+    ),
+    load_policy([SHIPPED / "examples" / "strict-allow-list.yaml"]),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    which=st.sampled_from([0, 1]),
+    user=st.sampled_from(["app", "postgres", "analyst_jo", "billing_svc", "reporter"]),
+    application=st.sampled_from(["", "psql", "billing-service", "crm-web"]),
+    stmts=st.lists(statements(), min_size=1, max_size=3),
+    hour=st.integers(min_value=0, max_value=23),
+)
+def test_evaluate_matches_explain(
+    which: int, user: str, application: str, stmts: list[StatementFacts], hour: int
+) -> None:
+    p = _POLICIES[which]
+    who = Identity(user, "app", application, "127.0.0.1")
+    now = datetime(2026, 3, 2, hour, 0, tzinfo=UTC)
+    q = query(*stmts)
+    first = p.evaluate(who, q, now)
+    assert first == p.explain(who, q, now).decision
+    assert p.evaluate(who, q, now) == first  # served from the caches this time
