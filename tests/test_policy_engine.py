@@ -431,3 +431,15 @@ def test_evaluate_matches_explain(
     first = p.evaluate(who, q, now)
     assert first == p.explain(who, q, now).decision
     assert p.evaluate(who, q, now) == first  # served from the caches this time
+
+
+def test_caches_stay_bounded_and_correct_with_many_identities(tmp_path: Path) -> None:
+    p = policy(tmp_path, COMBINE.format(default="allow"))
+    delete = query(stmt("DELETE", cls="write"))
+    for i in range(600):
+        who = Identity(
+            "dba" if i % 2 else f"user{i}", "app", client_addr=f"10.0.{i // 250}.{i % 250}"
+        )
+        assert p.evaluate(who, delete).action == ("allow" if i % 2 else "block")
+    # Internal bound: old identities are evicted rather than kept forever.
+    assert len(p._candidates) <= 256

@@ -27,7 +27,11 @@ from proxy.sql.facts import QueryFacts, StatementFacts
 SEVERITY_RANK: dict[str, int] = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 DEFAULT_BLOCK_MESSAGE = "statement not allowed by the pgwarden policy (no rule allows it)"
 _NO_TIME = datetime(2000, 1, 1, tzinfo=UTC)  # `now` for policies without `hours` rules
-_CACHE_LIMIT = 4096
+# Cache bounds: at most _IDENTITIES x _SHAPES candidate lists (a few MB at worst); the oldest
+# entry goes first. A miss costs one prefilter pass over the rules, not a wrong answer.
+_IDENTITIES = 256
+_SHAPES = 256
+_DECISIONS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +144,8 @@ class Policy:
         key = (identity.user, identity.database, identity.application_name, identity.client_addr)
         per_identity = self._candidates.get(key)
         if per_identity is None:
-            if len(self._candidates) >= _CACHE_LIMIT:
-                self._candidates.clear()
+            if len(self._candidates) >= _IDENTITIES:
+                del self._candidates[next(iter(self._candidates))]
             per_identity = self._candidates[key] = {}
         matches: list[Rule] = []
         defaulted = False
@@ -158,8 +162,8 @@ class Policy:
             )
             candidates = per_identity.get(shape)
             if candidates is None:
-                if len(per_identity) >= _CACHE_LIMIT:
-                    per_identity.clear()
+                if len(per_identity) >= _SHAPES:
+                    del per_identity[next(iter(per_identity))]
                 candidates = per_identity[shape] = self._prefilter(identity, stmt, facts)
             ctx = Ctx(identity, stmt, facts, when)
             matched_any = False
@@ -228,8 +232,8 @@ class Policy:
         key = (defaulted, *[r.index for r in matches])
         decision = self._decisions.get(key)
         if decision is None:
-            if len(self._decisions) >= _CACHE_LIMIT:
-                self._decisions.clear()
+            if len(self._decisions) >= _DECISIONS:
+                del self._decisions[next(iter(self._decisions))]
             decision = self._decisions[key] = self._combine(matches, defaulted)
         return decision
 
