@@ -178,3 +178,18 @@ def test_json_output(trail_dir: Path, capsys: pytest.CaptureFixture[str]) -> Non
 def test_missing_directory_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["verify", str(tmp_path / "nope")]) == 2
     assert "no audit directory" in capsys.readouterr().err
+
+
+def test_deleted_current_file_is_truncation(trail_dir: Path) -> None:
+    last_rotated = trail_files(trail_dir)[-2].path
+    (trail_dir / CURRENT).unlink()
+    check(trail_dir, "truncated", last_rotated.name, len(lines_of(last_rotated)) + 1)
+
+
+def test_without_audit_head_truncation_is_only_a_warning(trail_dir: Path) -> None:
+    (trail_dir / "audit.head").unlink()
+    current = trail_dir / CURRENT
+    current.write_bytes(b"".join(lines_of(current)[:-1]))
+    result = verify_trail(trail_dir)
+    assert result.ok
+    assert [w.kind for w in result.warnings] == ["truncated"]
