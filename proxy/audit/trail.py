@@ -17,10 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import gzip
 import logging
 import os
-import shutil
 import time
 from collections import deque
 from collections.abc import Callable
@@ -31,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from proxy.audit.chain import Chainer, load_hmac_key
+from proxy.audit.housekeeping import compress, fsync_quietly, retire
 from proxy.audit.jsonl import (
     CURRENT,
     HEAD,
-    parse_rotated_name,
     read_head,
     rotated_name,
     trail_files,
@@ -167,7 +165,7 @@ class AuditTrail:
         if self.compress_rotated:
             for trail_file in trail_files(self.directory, include_current=False):
                 if not trail_file.gzipped:
-                    self._gzip_pool.submit(_compress, trail_file.path)
+                    self._gzip_pool.submit(compress, trail_file.path)
 
     def _check_head(self, last_seq: int) -> None:
         head = read_head(self.directory)
@@ -201,7 +199,7 @@ class AuditTrail:
         target = self.directory / rotated_name(datetime.now(UTC), first_seq)
         os.rename(self.directory / CURRENT, target)
         if self.compress_rotated:
-            self._gzip_pool.submit(_compress, target)
+            self._gzip_pool.submit(compress, target)
         return target
 
     # --- the hot path -----------------------------------------------------------------------
@@ -394,7 +392,7 @@ class AuditTrail:
             return
         self._unsynced = False
         fd = self._fd
-        self._sync_pool.submit(_fsync_quietly, fd)
+        self._sync_pool.submit(fsync_quietly, fd)
 
     # --- rotation -----------------------------------------------------------------------------
 
@@ -418,7 +416,7 @@ class AuditTrail:
             return
         old_fd, self._fd = self._fd, -1
         sync = self.fsync_mode != "none"
-        self._sync_pool.submit(_retire, old_fd, sync, str(self.directory) if sync else None)
+        self._sync_pool.submit(retire, old_fd, sync, str(self.directory) if sync else None)
         self.stats.rotations += 1
         log.info("audit file rotated to %s", target.name)
         try:
@@ -506,7 +504,7 @@ class AuditTrail:
         loop = asyncio.get_running_loop()
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
-            await loop.run_in_executor(self._sync_pool, _retire, fd, True, None)
+            await loop.run_in_executor(self._sync_pool, retire, fd, True, None)
             self._synced_seq = self._written_seq
             self._run_waiters(self._synced_seq)
         if self._head_fd >= 0:
@@ -519,7 +517,7 @@ class AuditTrail:
         """Synchronous close for use without an event loop (tools, benchmarks)."""
         self._flush()
         if self._fd >= 0:
-            _retire(self._fd, self.fsync_mode != "none", None)
+            retire(self._fd, self.fsync_mode != "none", None)
             self._fd = -1
         if self._head_fd >= 0:
             os.close(self._head_fd)
@@ -537,47 +535,3 @@ def _epoch(ts: Any) -> float:
         return parse_ts(ts).timestamp() if isinstance(ts, str) else time.time()
     except ValueError:
         return time.time()
-
-
-def _fsync_quietly(fd: int) -> None:
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        log.error("fsync of the audit file failed: %s", exc)
-
-
-def _retire(fd: int, sync: bool, directory: str | None) -> None:
-    """fsync (optionally) and close a rotated file; fsync the directory to keep the rename."""
-    try:
-        if sync:
-            _fsync_quietly(fd)
-    finally:
-        os.close(fd)
-    if directory is not None:
-        try:
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError:
-            pass  # not every filesystem lets a directory be fsynced
-
-
-def _compress(path: Path) -> None:
-    """gzip a rotated file: write ``.gz.tmp``, rename to ``.gz``, then remove the plain file."""
-    if parse_rotated_name(path.name) is None or not path.exists():
-        return
-    final = path.with_name(path.name + ".gz")
-    tmp = path.with_name(path.name + ".gz.tmp")
-    try:
-        with path.open("rb") as src, open(tmp, "wb") as raw:
-            with gzip.GzipFile(filename=path.name, mode="wb", fileobj=raw, mtime=0) as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, final)
-        path.unlink()
-    except OSError as exc:
-        log.error("cannot gzip rotated audit file %s: %s", path, exc)
-        tmp.unlink(missing_ok=True)
