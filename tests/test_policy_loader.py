@@ -236,3 +236,21 @@ def test_hours_rule_sets_uses_time(tmp_path: Path) -> None:
         """,
     )
     assert load_policy([f]).uses_time is True
+
+
+def test_command_words_that_are_never_tags_are_refused(tmp_path: Path) -> None:
+    f = write(
+        tmp_path / "p.yaml",
+        """
+        rules:
+          - id: a
+            when: {commands: [truncate, "DROP *", "CREATE"]}
+            action: flag
+        """,
+    )
+    assert problems(f) == [
+        f"{f}:3:23: rules[a].when.commands: no statement has the command tag 'TRUNCATE'; "
+        "PostgreSQL reports 'TRUNCATE TABLE'",
+        f"{f}:3:43: rules[a].when.commands: no statement has the command tag 'CREATE'; "
+        "PostgreSQL reports 'CREATE *'",
+    ]

@@ -166,11 +166,39 @@ def normalize_command(pattern: str) -> str:
     return " ".join(pattern.upper().split())
 
 
+# Words people write that are never a command tag, and the tag PostgreSQL reports instead. A
+# rule naming one of them could never match, so it is refused with the right spelling.
+NOT_A_TAG = {
+    "TRUNCATE": "TRUNCATE TABLE",
+    "LOCK": "LOCK TABLE",
+    "DECLARE": "DECLARE CURSOR",
+    "CLOSE": "CLOSE CURSOR",
+    "REFRESH": "REFRESH MATERIALIZED VIEW",
+    "IMPORT": "IMPORT FOREIGN SCHEMA",
+    "REASSIGN": "REASSIGN OWNED",
+    "SECURITY": "SECURITY LABEL",
+    "CREATE": "CREATE *",
+    "DROP": "DROP *",
+    "ALTER": "ALTER *",
+    "DISCARD": "DISCARD *",
+    "SELECT INTO": "SELECT (with classes: [ddl])",
+    "VALUES": "SELECT",
+    "TABLE": "SELECT",
+    "ROLLBACK TO": "ROLLBACK",
+    "ROLLBACK TO SAVEPOINT": "ROLLBACK",
+}
+
+
 def compile_command_globs(patterns: Sequence[str]) -> re.Pattern[str]:
     compiled = []
     for raw in patterns:
         pattern = normalize_command(raw)
         if not pattern or not COMMAND_WORDS.fullmatch(pattern):
             raise PatternError(f"bad command pattern {raw!r}")
+        if pattern in NOT_A_TAG:
+            raise PatternError(
+                f"no statement has the command tag {pattern!r}; PostgreSQL reports "
+                f"{NOT_A_TAG[pattern]!r}"
+            )
         compiled.append(_glob_regex(pattern).pattern)
     return re.compile("|".join(f"(?:{p})" for p in compiled))
