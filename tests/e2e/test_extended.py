@@ -201,6 +201,53 @@ def test_raw_row_limit_portal_suspended(target: Target) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("sql", "want"),
+    [
+        ("select 1 as one", "12DsZ"),
+        ("select 1/(random() * 0)::int", "12EZ"),
+        ("select 1 where false", "12CZ"),
+    ],
+    ids=["suspended", "error", "no-rows"],
+)
+def test_raw_max_rows_then_sync(target: Target, sql: str, want: str) -> None:
+    """asyncpg's fetchval/fetchrow: Execute(max_rows=1) + Sync, the portal dies suspended.
+
+    The statement ran, so it is audited, even though no CommandComplete ever comes.
+    """
+    app = unique("maxrows1")
+    with target.raw(extra={"application_name": app}) as conn:
+        conn.send(r.parse(sql, "mr1"), r.bind("", "mr1"), r.execute("", 1), r.sync())
+        msgs = conn.recv_until("Z")
+        assert r.types(msgs) == want, r.summary(msgs)
+    if target.proxy is None:
+        return
+    events = [e for e in _queries(target, app) if e["statement"] == sql]
+    assert len(events) == 1, f"{sql!r} ran once; events: {events}"
+    event = events[0]
+    if want == "12EZ":
+        assert event["sqlstate"] == "22012", event
+    else:
+        assert event["error"] is None and event["rows"] == want.count("D"), event
+
+
+def test_raw_error_at_bind_audited(target: Target) -> None:
+    """Planning errors surface at Bind (constant folding); the failed statement is audited."""
+    app = unique("bind_err")
+    with target.raw(extra={"application_name": app}) as conn:
+        conn.send(
+            r.parse("select $1::int / 0", "", [0]), r.bind("", "", ["3"]), r.execute(), r.sync()
+        )
+        msgs = conn.recv_until("Z")
+        assert r.types(msgs) == "1EZ" and msgs[1].sqlstate == "22012", r.summary(msgs)
+    if target.proxy is None:
+        return
+    events = _queries(target, app)
+    assert [(e["statement"], e["sqlstate"]) for e in events] == [("select $1::int / 0", "22012")], (
+        events
+    )
+
+
 def test_raw_bind_missing_statement(target: Target) -> None:
     msgs = _script(target, r.bind("", "never_parsed"), r.execute(), r.sync())
     assert r.types(msgs) == "EZ" and msgs[0].sqlstate == "26000", r.summary(msgs)

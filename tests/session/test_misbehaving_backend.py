@@ -72,19 +72,10 @@ def _outcome(conn: rawpg.RawConn, timeout: float) -> tuple[list[rawpg.Msg], bool
 
     Fails if the connection closes in the middle of a message: junk was relayed.
     """
-    deadline = time.monotonic() + timeout
-    msgs: list[rawpg.Msg] = []
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return msgs, False
-        try:
-            msgs.append(conn.recv(left))
-        except rawpg.Closed:
-            assert not conn.buf, f"half a message reached the client: {bytes(conn.buf)[:60]!r}"
-            return msgs, True
-        except rawpg.Timeout:
-            return msgs, False
+    try:
+        return conn.drain(timeout)
+    except rawpg.Closed:
+        raise AssertionError(f"half a message reached the client: {bytes(conn.buf)[:60]!r}")
 
 
 def _client_session(proxy: Any, query_first: bool) -> tuple[list[rawpg.Msg], bool]:

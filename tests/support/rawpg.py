@@ -267,6 +267,7 @@ class RawConn:
         self.timeout = timeout
         self.key: tuple[int, bytes] | None = None
         self.params: dict[str, str] = {}
+        self.eof = False
 
     def __enter__(self) -> RawConn:
         return self
@@ -337,19 +338,51 @@ class RawConn:
         return out
 
     def recv_quiet(self, quiet: float = 0.3) -> list[Msg]:
-        """Whatever complete messages arrive until ``quiet`` seconds pass with nothing new."""
+        """Whatever complete messages arrive until ``quiet`` seconds pass with nothing new.
+
+        Stops early at a clean close (``self.eof`` becomes True); a close in the middle of a
+        message raises :class:`Closed`.
+        """
         out: list[Msg] = []
         while True:
             try:
                 out.append(self.recv(quiet))
             except Timeout:
                 return out
+            except Closed:
+                if self.buf:
+                    raise
+                self.eof = True
+                return out
+
+    def drain(self, timeout: float) -> tuple[list[Msg], bool]:
+        """Messages until the peer closes (True) or ``timeout`` passes (False).
+
+        Raises :class:`Closed` if the peer closes in the middle of a message.
+        """
+        deadline = time.monotonic() + timeout
+        out: list[Msg] = []
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return out, False
+            try:
+                out.append(self.recv(left))
+            except Timeout:
+                return out, False
+            except Closed:
+                if self.buf:
+                    raise
+                self.eof = True
+                return out, True
 
     def wait_closed(self, timeout: float = 5.0) -> bytes:
         """Read until EOF/reset; return the bytes received meanwhile. Timeout if still open."""
         deadline = time.monotonic() + timeout
         got = bytes(self.buf)
         self.buf.clear()
+        if self.eof:
+            return got
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
