@@ -235,7 +235,10 @@ def test_proxy_factory_gives_a_working_proxy(proxy_factory: ProxyFactory) -> Non
     proxy = proxy_factory()
     assert proxy.returncode is None
     with psycopg.connect(
-        proxy.dsn("alice", "app", "alice-pw"), application_name="infra-check", connect_timeout=5
+        proxy.dsn("alice", "app", "alice-pw"),
+        application_name="infra-check",
+        connect_timeout=5,
+        autocommit=True,
     ) as conn:
         assert conn.execute("SELECT 40 + 2").fetchone() == (42,)
     queries = proxy.wait_for(
