@@ -329,7 +329,7 @@ def test_html_report_renders_in_a_real_browser(html_report: Path, tmp_path: Path
         [*_chromium_args(tmp_path / "profile"), "--dump-dom", html_report.as_uri()],
         capture_output=True,
         text=True,
-        timeout=100,
+        timeout=50,
         check=True,
     ).stdout
     # The browser's parsed DOM: our tables and charts are elements, the hostile text is text.
@@ -348,7 +348,7 @@ def test_html_report_renders_in_a_real_browser(html_report: Path, tmp_path: Path
             html_report.as_uri(),
         ],
         capture_output=True,
-        timeout=100,
+        timeout=50,
         check=True,
     )
     data = screenshot.read_bytes()
