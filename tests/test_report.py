@@ -389,3 +389,30 @@ def test_builder_streams_any_iterable_of_events() -> None:
     assert report.totals.statements == 122
     assert len(report.shapes_by_count) == 2
     assert report.new_shapes_checked is False
+
+
+@pytest.mark.parametrize("fmt", ["text", "markdown", "json", "html"])
+def test_empty_window_renders_in_every_format(
+    trail: Path, fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = run_report(capsys, str(trail), "--since", "2030-01-01", "--format", fmt)
+    assert code == 0
+    if fmt == "json":
+        data = json.loads(out)
+        assert data["totals"]["statements"] == 0 and data["timeline"] == []
+        assert data["totals"]["p95_ms"] is None
+    else:
+        assert "statements" in out and "0" in out
+
+
+def test_until_before_since_is_bad_input(trail: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(trail), "--since", "2026-11-27", "--until", "2026-11-26"]) == 2
+    assert "--until is earlier than --since" in capsys.readouterr().err
+
+
+def test_condition_names() -> None:
+    from proxy.review.sqlstates import condition_name
+
+    assert condition_name("40P01") == "deadlock_detected"
+    assert condition_name("22999") == "class 22: data exception"
+    assert condition_name("ZZ000") == ""
