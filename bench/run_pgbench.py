@@ -36,7 +36,7 @@ sys.path[:0] = [str(BENCH_DIR), str(REPO_ROOT)]
 
 from lib import bulk, idle, pgbench, procstat, report  # noqa: E402
 from lib.results import BulkSample, IdleResult, Results, Sample  # noqa: E402
-from lib.services import BenchSetupError, PgBouncer, PgWarden, Target  # noqa: E402
+from lib.services import BenchSetupError, PgBouncer, PgWarden, Target, tail  # noqa: E402
 
 from proxy.pgrun import LocalCluster  # noqa: E402
 
@@ -213,6 +213,16 @@ class Bench:
             return self.start_bouncer(direct.port, label)
         return self.start_warden(name, direct.port, label)[0]
 
+    def log_of(self, target: Target) -> str:
+        """The tail of a proxy's own log, to explain why it failed."""
+        services: list[PgWarden | PgBouncer] = [*self.wardens, *self.bouncers]
+        for service in services:
+            if service.proc is not None and service.proc.pid == target.pid:
+                state = service.proc.poll()
+                status = "running" if state is None else f"exited with {state}"
+                return f"\n--- {target.name} ({status}) log ---\n{tail(service.log)}"
+        return ""
+
     def stop_target(self, target: Target) -> None:
         services: list[PgWarden | PgBouncer] = [*self.wardens, *self.bouncers]
         for service in services:
@@ -240,8 +250,14 @@ class Bench:
 
     def run_matrix(self, targets: list[Target]) -> None:
         args = self.args
-        for target in targets:  # warm caches and check every target answers
-            pgbench.run(target, DATABASE, "simple", 1, 1, self.scratch)
+        for target in list(targets):  # warm caches and check every target answers
+            try:
+                pgbench.run(target, DATABASE, "simple", 1, 1, self.scratch)
+            except pgbench.PgbenchFailed as exc:
+                note = f"{target.name} left out: its warm-up run failed: {exc}{self.log_of(target)}"
+                print(note, file=sys.stderr)
+                self.notes.append(note)
+                targets.remove(target)
         for mode in args.modes:
             for clients in args.clients:
                 for round_no in range(args.rounds):
@@ -260,7 +276,7 @@ class Bench:
         try:
             run = pgbench.run(target, DATABASE, mode, clients, self.args.duration, self.scratch)
         except pgbench.PgbenchFailed as exc:
-            print(f"{label}: FAILED\n{exc}", file=sys.stderr)
+            print(f"{label}: FAILED\n{exc}{self.log_of(target)}", file=sys.stderr)
             return Sample(target.name, mode, clients, round_no, None, str(exc)[-500:])
         cpu = rss = audit = None
         if target.pid and before is not None:
