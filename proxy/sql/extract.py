@@ -90,8 +90,6 @@ def analyze_bytes(data: bytes, settings: ParserSettings = _DEFAULT_SETTINGS) -> 
             (),
             unparsable_reason=f"text is not valid {settings.client_encoding}",
         )
-    if "\x00" in text:
-        return QueryFacts(text, (), unparsable_reason="text contains a NUL character")
     return analyze(text, settings)
 
 
@@ -106,6 +104,9 @@ def analyze(text: str, settings: ParserSettings = _DEFAULT_SETTINGS) -> QueryFac
                 "backslashes in strings differently from the server"
             ),
         )
+    if "\x00" in text:
+        # the C parser would stop at the NUL and never see what follows it
+        return QueryFacts(text, (), unparsable_reason="text contains a NUL character")
     try:
         raw_statements = parse_json(text)
     except pg_parser.ParseError as exc:

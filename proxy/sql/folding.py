@@ -202,6 +202,8 @@ def _a_expr(body: dict[str, Any]) -> Any:
             if not isinstance(same, bool):
                 return UNKNOWN
         return (not same) if kind == "AEXPR_DISTINCT" else same
+    if kind == "AEXPR_IN" and isinstance(rexpr, dict) and "List" in rexpr:
+        rexpr = rexpr["List"].get("items")
     if kind == "AEXPR_IN" and isinstance(rexpr, list) and op in ("=", "<>"):
         left = _value(lexpr)
         results = [_compare(op, left, _value(item)) for item in rexpr]
