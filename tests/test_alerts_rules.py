@@ -285,3 +285,21 @@ def test_replay_uses_event_time_and_formats_a_table(tmp_path: Path) -> None:
     table = format_table(alerts).splitlines()
     assert table[0].split() == ["TIME", "(UTC)", "ALERT", "SEVERITY", "GROUP", "EVENTS", "SUMMARY"]
     assert "blocked-spike" in table[1] and "alice" in table[1] and "1,2,3" in table[1]
+
+
+def test_reload_keeps_the_memory_of_unchanged_rules_and_refuses_bad_files(tmp_path: Path) -> None:
+    path = write(tmp_path, BLOCKED)
+    engine = AlertEngine.from_files([path])
+    engine.observe(query(1, action="block"), T0)
+    engine.observe(query(2, action="block"), T0 + 1)
+    path.write_text("version: 1\nalerts: nope\n")
+    with pytest.raises(AlertRulesError):
+        engine.reload_files([path])
+    extra = '  - id: extra\n    threshold: "count >= 100 in 1m"\n'
+    path.write_text(textwrap.dedent(BLOCKED) + extra)
+    engine.reload_files([path])
+    assert [r.id for r in engine.rules] == ["blocked-spike", "extra"]
+    # blocked-spike kept its window: the third block fires.
+    assert [a["alert"] for a in engine.observe(query(3, action="block"), T0 + 2)] == [
+        "blocked-spike"
+    ]

@@ -88,6 +88,10 @@ class AlertEngine:
     def rules(self) -> tuple[AlertRule, ...]:
         return tuple(s.rule for s in self._states)
 
+    def reload_files(self, paths: Iterable[str | Path]) -> None:
+        """Reload rules from files; on ``AlertRulesError`` the current rules stay."""
+        self.swap_rules(load_rules(paths))
+
     def swap_rules(self, rules: Sequence[AlertRule]) -> None:
         """Install new rules (after a reload); rules whose definition did not change keep
         their windows and memory."""
