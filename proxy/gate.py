@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -63,16 +62,28 @@ class Gate:
         policy = self.policy
         return policy is not None and (policy.uses_time or tracked.generation != self.generation)
 
-    def prepared_body(self, stmt: StatementFacts) -> StatementFacts | None:
-        return extract.prepared_body(stmt)
-
-    def resolve_execute(
-        self, facts: QueryFacts, prepared: Mapping[str, StatementFacts]
+    def resolve_prepared(
+        self, facts: QueryFacts, prepared: dict[str, StatementFacts]
     ) -> QueryFacts:
-        statements = tuple(
-            extract.resolve_execute(s, prepared) if s.execute_name else s for s in facts.statements
-        )
-        return QueryFacts(facts.text, statements, facts.parse_error, facts.unparsable_reason)
+        """See through SQL-level ``PREPARE``/``EXECUTE``: remember each PREPARE body in
+        ``prepared`` (the session's map) and merge it into later EXECUTEs, in the same message
+        or a later one. Returns ``facts`` itself when nothing changed."""
+        if not any(s.prepare_name or s.execute_name for s in facts.statements):
+            return facts
+        resolved = []
+        changed = False
+        for stmt in facts.statements:
+            if stmt.execute_name and stmt.execute_name in prepared:
+                stmt = extract.resolve_execute(stmt, prepared)
+                changed = True
+            if stmt.prepare_name:
+                body = extract.prepared_body(stmt)
+                if body is not None:
+                    prepared[stmt.prepare_name] = body
+            resolved.append(stmt)
+        if not changed:
+            return facts
+        return QueryFacts(facts.text, tuple(resolved), facts.parse_error, facts.unparsable_reason)
 
     def audit_refusal(self) -> Decision:
         return _AUDIT_REFUSAL

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from proxy.audit.trail import AuditTrail
     from proxy.policy.engine import Policy
     from proxy.session import Session
+    from proxy.store.shipper import StoreShipper
 
 logger = logging.getLogger("pgwarden.server")
 
@@ -56,7 +57,7 @@ class ProxyServer:
         self._servers: list[asyncio.Server] = []
         self._cancel_slots = asyncio.Semaphore(_CANCEL_CONCURRENCY)
         self._closing = False
-        self._audit_accepting = lambda: self.trail.healthy
+        self.central_store: StoreShipper | None = None
 
     # --- services for sessions -------------------------------------------------------------
 
@@ -126,7 +127,10 @@ class ProxyServer:
                 logger.warning("forwarding a cancel request to %s failed: %s", upstream, exc)
 
     def audit_accepting(self) -> bool:
-        return bool(self._audit_accepting())
+        """Whether statements may run under ``audit.fail_closed``: the local trail writes,
+        and the central store (when configured) is reachable."""
+        store = self.central_store
+        return self.trail.healthy and (store is None or store.healthy)
 
     async def upstream_reachable(self) -> bool:
         upstream = self.cfg.upstream
@@ -188,14 +192,14 @@ class ProxyServer:
         from proxy.policy.watch import PolicyWatcher
 
         policy = self.gate.policy
-        watcher = PolicyWatcher(policy.files if policy is not None else ())
+        watcher = PolicyWatcher(policy.watch_paths if policy is not None else ())
         while not self._closing:
             await asyncio.sleep(interval)
             if watcher.changed():
                 result = await self.reload()
                 policy = self.gate.policy
                 if result.ok and policy is not None:
-                    watcher = PolicyWatcher(policy.files)
+                    watcher = PolicyWatcher(policy.watch_paths)
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting, let running statements finish (up to ``grace``), close sessions."""
@@ -260,7 +264,7 @@ async def _start_extras(cfg: Config, server: ProxyServer, trail: AuditTrail) -> 
         shipper = StoreShipper(cfg, trail, cfg.proxy_id)
         await shipper.start()
         started.append(shipper)
-        server._audit_accepting = lambda: trail.healthy and shipper.healthy  # type: ignore[union-attr]
+        server.central_store = shipper
     if cfg["alerts"]:
         from proxy.alerts.engine import AlertEngine
 

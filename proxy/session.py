@@ -134,13 +134,19 @@ class Pending:
 
 
 class Portal:
-    __slots__ = ("params", "rows", "suspended", "tracked")
+    """A bound portal. One that was suspended (Execute with a row limit) is one statement
+    until it completes or is destroyed, however many Executes it takes."""
 
-    def __init__(self, tracked: Tracked | None, params: list[Any] | None) -> None:
+    __slots__ = ("name", "params", "rows", "started_ns", "started_wall", "suspended", "tracked")
+
+    def __init__(self, name: bytes, tracked: Tracked | None, params: list[Any] | None) -> None:
+        self.name = name
         self.tracked = tracked
         self.params = params
         self.rows = 0
         self.suspended = False
+        self.started_ns = 0
+        self.started_wall = 0.0
 
 
 class _Side(asyncio.Protocol):
@@ -352,6 +358,10 @@ class Session:
         if self.upstream is not None:
             self.upstream.close()
         if was_ready:
+            now_ns = time.perf_counter_ns()
+            for portal in self._portals.values():
+                if portal.suspended:
+                    self.server.trail.submit(self._portal_event(portal, now_ns))
             event = self._event("session_end")
             event.update(
                 duration_ms=round((time.perf_counter_ns() - self._started_ns) / 1e6, 3),
@@ -607,7 +617,10 @@ class Session:
             return raw
         if kind == 67:  # 'C'
             target, name = m.decode_target(body, "Close")
-            (self._prepared if target == 83 else self._portals).pop(name, None)
+            if target == 83:
+                self._prepared.pop(name, None)
+            else:
+                self._abandon_portal(self._portals.pop(name, None))
             self._pending.append(Pending(K_CLOSE))
             return raw
         if kind in b"cf":  # CopyDone / CopyFail
@@ -634,15 +647,15 @@ class Session:
 
     def _on_query(self, body: bytes, raw: bytes, now_ns: int, now_wall: float) -> bytes:
         sql = m.query_text(body)
+        if self._portals:
+            self._abandon_portal(self._portals.pop(b"", None))
         gate = self.server.gate
-        facts = gate.inspect(sql, self._settings)
-        facts = self._resolve_sql_execute(facts)
+        facts = gate.resolve_prepared(gate.inspect(sql, self._settings), self._sql_prepared)
         decision = gate.decide(self.identity, facts)
         tracked = Tracked(facts.text, facts, decision)
         entry = Pending(K_QUERY, tracked)
         entry.started_ns = now_ns
         entry.started_wall = now_wall
-        self._remember_sql_prepares(facts)
         refusal = self._refusal(decision)
         if refusal is not None:
             entry.block = refusal
@@ -713,7 +726,8 @@ class Session:
                 self._pending.append(entry)
                 self._skip_until_sync = True
                 return m.bind_missing_statement(_BLOCKED_STATEMENT)
-        self._portals[portal] = Portal(tracked, params)
+        self._abandon_portal(self._portals.get(portal))
+        self._portals[portal] = Portal(portal, tracked, params)
         self._pending.append(entry)
         return raw
 
@@ -742,18 +756,6 @@ class Session:
             decision.message or "statement blocked by pgwarden policy",
             detail=f"pgwarden rule: {ids}",
         )
-
-    def _remember_sql_prepares(self, facts: QueryFacts) -> None:
-        for stmt in facts.statements:
-            if stmt.prepare_name:
-                body = self.server.gate.prepared_body(stmt)
-                if body is not None:
-                    self._sql_prepared[stmt.prepare_name] = body
-
-    def _resolve_sql_execute(self, facts: QueryFacts) -> QueryFacts:
-        if not self._sql_prepared or not any(s.execute_name for s in facts.statements):
-            return facts
-        return self.server.gate.resolve_execute(facts, self._sql_prepared)
 
     # --- server → proxy -----------------------------------------------------------------
 
@@ -993,9 +995,11 @@ class Session:
                 if entry.kind in (K_SYNC, K_QUERY):
                     break
             if self.tx_status == c.TX_IDLE and self._portals:
-                unnamed = self._portals.pop(b"", None)
+                # Portals die with their transaction; a suspended one ends as a statement here.
+                for portal in self._portals.values():
+                    if portal.suspended:
+                        self._emitted.append(self._portal_event(portal, now_ns))
                 self._portals.clear()
-                del unnamed
             self._flush_tx_status()
             return None
         if kind == 69:  # 'E'
@@ -1007,7 +1011,10 @@ class Session:
             info = self._portals.get(head.portal.encode())
             if info is not None:
                 info.rows += self._row_count
-                info.suspended = True
+                if not info.suspended:
+                    info.suspended = True
+                    info.started_ns = head.started_ns
+                    info.started_wall = head.started_wall
             self._row_count = 0
             return None
         if kind == 71:  # 'G' CopyInResponse: the server now ignores Sync and Flush
@@ -1176,13 +1183,15 @@ class Session:
         tracked = entry.tracked
         rows = self._row_count
         info = self._portals.get(entry.portal.encode()) if entry.kind == K_EXECUTE else None
+        started_ns, started_wall = entry.started_ns, entry.started_wall
+        tag_rows: int | None = None
         if info is not None and info.suspended:
+            # The last Execute of a suspended portal: one statement from its first Execute.
             rows += info.rows
+            tag_rows = rows
+            started_ns, started_wall = info.started_ns, info.started_wall
             info.rows = 0
             info.suspended = False
-            tag_rows: int | None = rows
-        else:
-            tag_rows = None
         stmt_facts = tracked.stmt if tracked else None
         event = self._statement_event(
             stmt_facts.text if stmt_facts else (tracked.text if tracked else ""),
@@ -1191,8 +1200,8 @@ class Session:
             protocol,
             tracked.name if tracked else "",
             entry.portal,
-            entry.started_wall,
-            entry.started_ns,
+            started_wall,
+            started_ns,
             now_ns,
             tag,
             error,
@@ -1202,6 +1211,34 @@ class Session:
         )
         self._emitted.append(event)
         self._row_count = 0
+
+    def _portal_event(self, portal: Portal, now_ns: int) -> dict[str, Any]:
+        """The event of a suspended portal that ends without completing (closed, replaced,
+        or destroyed with its transaction): the rows the client fetched, no command tag."""
+        tracked = portal.tracked
+        stmt_facts = tracked.stmt if tracked else None
+        portal.suspended = False
+        return self._statement_event(
+            stmt_facts.text if stmt_facts else (tracked.text if tracked else ""),
+            stmt_facts,
+            tracked.decision if tracked else None,
+            "extended",
+            tracked.name if tracked else "",
+            portal.name.decode("utf-8", "replace"),
+            portal.started_wall,
+            portal.started_ns,
+            now_ns,
+            "",
+            None,
+            portal.rows,
+            portal.rows,
+            portal.params,
+        )
+
+    def _abandon_portal(self, portal: Portal | None) -> None:
+        """The client closes or rebinds a suspended portal: its statement ends now."""
+        if portal is not None and portal.suspended:
+            self._send_client(b"", [self._portal_event(portal, time.perf_counter_ns())])
 
     def _statement_event(
         self,

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from proxy.commands.policy_replay import register_replay
 from proxy.errors import SourceError
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     policy_subparsers = add_policy_parser(subparsers)
     register_check(policy_subparsers)
     register_test(policy_subparsers)
-    # `pgwarden policy replay` registers here: register_replay(policy_subparsers)
+    register_replay(policy_subparsers)
 
 
 def add_policy_parser(
@@ -27,7 +28,7 @@ def add_policy_parser(
 ) -> argparse._SubParsersAction[Any]:
     parser = subparsers.add_parser(
         "policy",
-        help="check and test policy files",
+        help="check, test and replay policy files",
         description="Validate policy files and show what they decide for a statement.",
     )
     parser.set_defaults(func=lambda args: _usage(parser))
