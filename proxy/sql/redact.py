@@ -35,12 +35,14 @@ _CONNINFO_PASSWORD = re.compile(
     r"""(?ix) (password \s* = \s*) ( ''(?:[^']|'''')*'' | '(?:[^'\\]|\\.)*'? | [^\s']+ )"""
 )
 _URI_PASSWORD = re.compile(r"(?i)(postgres(?:ql)?://[^:/@\s'?]*:)([^@\s']*)(@)")
-_SECRET_HINT = re.compile(r"(?i)password|connection|dblink|options|postgres(?:ql)?://")
+# Cheap pre-check: text without any of these words cannot hold a secret we know how to find.
+_SECRET_HINTS = ("password", "connection", "dblink", "postgres")
 
 
 def redact(text: str) -> str:
     """``text`` with every secret literal replaced by ``'***'``. Never raises."""
-    if not _SECRET_HINT.search(text):
+    lowered = text.lower()
+    if not any(hint in lowered for hint in _SECRET_HINTS):
         return text  # fast path: nothing that can introduce a secret
     try:
         tokens = pg_parser.scan(text)
