@@ -336,9 +336,10 @@ class Bench:
         names = [t for t in self.args.targets if t not in ("direct",)]
         for name in names:
             print(f"idle: {self.args.idle} connections through a fresh {name}", file=sys.stderr)
-            target = self.start_target(name, Target("direct", "127.0.0.1", pg_port, None), "idle")
+            direct = Target("direct", "127.0.0.1", pg_port, None)
+            target = self.start_target(name, direct, "idle")
             try:
-                self.results.idle.append(measure_idle(target, self.args.idle))
+                self.results.idle.append(measure_idle(target, direct, self.args.idle))
             finally:
                 self.stop_target(target)
 
@@ -356,7 +357,12 @@ def _settled_rss(pid: int) -> int:
     return last
 
 
-def measure_idle(target: Target, count: int) -> IdleResult:
+def _client_backends(direct: Target) -> int:
+    sql = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+    return int(bulk.psql(direct, DATABASE, sql).strip()) - 1  # minus this query's own
+
+
+def measure_idle(target: Target, direct: Target, count: int) -> IdleResult:
     assert target.pid is not None
 
     async def work() -> IdleResult:
@@ -369,15 +375,16 @@ def measure_idle(target: Target, count: int) -> IdleResult:
         conns = await idle.open_idle(target, count, "postgres", DATABASE)
         try:
             loaded = _settled_rss(target.pid)  # type: ignore[arg-type]
+            backends = _client_backends(direct)
         finally:
             await idle.close_idle(conns)
         closed = _settled_rss(target.pid)  # type: ignore[arg-type]
-        return IdleResult(target.name, count, fresh, baseline, loaded, closed)
+        return IdleResult(target.name, count, fresh, baseline, loaded, closed, backends)
 
     try:
         return asyncio.run(work())
     except (OSError, asyncio.IncompleteReadError, idle.IdleConnectFailed) as exc:
-        return IdleResult(target.name, count, 0, 0, 0, 0, f"{type(exc).__name__}: {exc}")
+        return IdleResult(target.name, count, 0, 0, 0, 0, 0, f"{type(exc).__name__}: {exc}")
 
 
 @contextlib.contextmanager

@@ -218,7 +218,7 @@ def idle_table(idle: list[IdleResult]) -> list[str]:
     lines = [
         "",
         f"{'target':<16}{'conns':>6}{'fresh MB':>9}{'base MB':>8}{'loaded MB':>10}"
-        f"{'kB/conn':>8}{'closed MB':>10}",
+        f"{'kB/conn':>8}{'closed MB':>10}{'backends':>9}",
     ]
     for r in idle:
         if r.error:
@@ -227,6 +227,6 @@ def idle_table(idle: list[IdleResult]) -> list[str]:
         lines.append(
             f"{r.target:<16}{r.connections:>6}{r.rss_fresh_kb / 1024:>9.1f}"
             f"{r.rss_baseline_kb / 1024:>8.1f}{r.rss_loaded_kb / 1024:>10.1f}"
-            f"{r.per_connection_kb:>8.1f}{r.rss_after_close_kb / 1024:>10.1f}"
+            f"{r.per_connection_kb:>8.1f}{r.rss_after_close_kb / 1024:>10.1f}{r.backends:>9}"
         )
     return lines

@@ -89,6 +89,7 @@ class IdleResult:
     rss_baseline_kb: int
     rss_loaded_kb: int
     rss_after_close_kb: int
+    backends: int  # PostgreSQL client backends while the idle clients were connected
     error: str | None = None
 
     @property
