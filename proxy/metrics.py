@@ -8,11 +8,17 @@ the live objects when Prometheus scrapes.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from proxy.state import ServerState
@@ -158,6 +164,55 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 
 
+class _StreamCollector(Collector):
+    """Per-statement metrics, counted in plain ints by the trail listener (a few hundred ns
+    per event, no locks: listener and scrape both run on the event loop thread)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.m
+        statements = CounterMetricFamily(
+            "pgwarden_statements", "statements executed, by class and policy action",
+            labels=["class", "action"],
+        )  # fmt: skip
+        for (klass, action), count in sorted(m.statement_counts.items()):
+            statements.add_metric([klass, action], count)
+        yield statements
+        buckets = []
+        cumulative = 0
+        for bound, count in zip(LATENCY_BUCKETS, m.latency_buckets, strict=False):
+            cumulative += count
+            buckets.append((_bound(bound), cumulative))
+        buckets.append(("+Inf", m.latency_count))
+        yield HistogramMetricFamily(
+            "pgwarden_statement_duration_seconds", "statement latency seen by the proxy",
+            buckets=buckets, sum_value=m.latency_sum,
+        )  # fmt: skip
+        errors = CounterMetricFamily(
+            "pgwarden_statement_errors", "failed statements by SQLSTATE class",
+            labels=["sqlstate_class"],
+        )  # fmt: skip
+        for cls, count in sorted(m.error_counts.items()):
+            errors.add_metric([cls], count)
+        yield errors
+        yield _counter("pgwarden_auth_failures", "failed client authentications", m.auth_failures)
+        yield _counter("pgwarden_sessions_started", "client sessions started", m.sessions_started)
+        yield _counter("pgwarden_sessions_ended", "client sessions ended", m.sessions_ended)
+        alerts = CounterMetricFamily(
+            "pgwarden_alerts_fired", "alerts fired, by alert id and severity",
+            labels=["alert", "severity"],
+        )  # fmt: skip
+        for (alert, severity), count in sorted(m.alert_counts.items()):
+            alerts.add_metric([alert, severity], count)
+        yield alerts
+
+
+def _bound(value: float) -> str:
+    return repr(float(value))
+
+
 class Metrics:
     """The registry plus the trail listener that feeds the per-statement metrics."""
 
@@ -167,36 +222,18 @@ class Metrics:
         self.state = state
         self.trail = trail
         self.shipper = shipper
+        self.statement_counts: dict[tuple[str, str], int] = {}
+        self.error_counts: dict[str, int] = {}
+        self.alert_counts: dict[tuple[str, str], int] = {}
+        self.latency_buckets = [0] * len(LATENCY_BUCKETS)
+        self.latency_sum = 0.0
+        self.latency_count = 0
+        self.auth_failures = 0
+        self.sessions_started = 0
+        self.sessions_ended = 0
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.statements = Counter(
-            "pgwarden_statements", "statements executed, by class and policy action",
-            ["class", "action"], registry=r,
-        )  # fmt: skip
-        self.latency = Histogram(
-            "pgwarden_statement_duration_seconds", "statement latency seen by the proxy",
-            buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.errors = Counter(
-            "pgwarden_statement_errors", "failed statements by SQLSTATE class",
-            ["sqlstate_class"], registry=r,
-        )  # fmt: skip
-        self.auth_failures = Counter(
-            "pgwarden_auth_failures", "failed client authentications", registry=r
-        )
-        self.sessions_started = Counter(
-            "pgwarden_sessions_started", "client sessions started", registry=r
-        )
-        self.sessions_ended = Counter(
-            "pgwarden_sessions_ended", "client sessions ended", registry=r
-        )
-        self.alerts = Counter(
-            "pgwarden_alerts_fired", "alerts fired, by alert id and severity",
-            ["alert", "severity"], registry=r,
-        )  # fmt: skip
-        r.register(_LiveCollector(self))
-        self._statement_children: dict[tuple[str, str], Any] = {}
-        self._error_children: dict[str, Any] = {}
+        self.registry.register(_StreamCollector(self))
+        self.registry.register(_LiveCollector(self))
         trail.add_listener(self.observe)
 
     def attach_shipper(self, shipper: ShipperLike | None) -> None:
@@ -209,32 +246,33 @@ class Metrics:
             if kind == "query":
                 self._query(event)
             elif kind == "session_start":
-                self.sessions_started.inc()
+                self.sessions_started += 1
             elif kind == "session_end":
-                self.sessions_ended.inc()
+                self.sessions_ended += 1
             elif kind == "auth_failure":
-                self.auth_failures.inc()
+                self.auth_failures += 1
             elif kind == "alert":
-                self.alerts.labels(str(event.get("alert")), str(event.get("severity"))).inc()
+                key = (str(event.get("alert")), str(event.get("severity")))
+                self.alert_counts[key] = self.alert_counts.get(key, 0) + 1
 
     def _query(self, event: dict[str, Any]) -> None:
         decision = event.get("decision")
         action = decision.get("action") if isinstance(decision, dict) else None
         key = (str(event.get("class") or "unknown"), str(action or "allow"))
-        child = self._statement_children.get(key)
-        if child is None:
-            child = self._statement_children[key] = self.statements.labels(*key)
-        child.inc()
+        counts = self.statement_counts
+        counts[key] = counts.get(key, 0) + 1
         duration = event.get("duration_ms")
         if isinstance(duration, int | float):
-            self.latency.observe(duration / 1000.0)
+            seconds = duration / 1000.0
+            index = bisect_left(LATENCY_BUCKETS, seconds)
+            if index < len(LATENCY_BUCKETS):
+                self.latency_buckets[index] += 1
+            self.latency_sum += seconds
+            self.latency_count += 1
         sqlstate = event.get("sqlstate")
         if isinstance(sqlstate, str) and sqlstate:
             cls = sqlstate[:2]
-            err = self._error_children.get(cls)
-            if err is None:
-                err = self._error_children[cls] = self.errors.labels(cls)
-            err.inc()
+            self.error_counts[cls] = self.error_counts.get(cls, 0) + 1
 
     def exposition(self) -> bytes:
         """The text exposition format Prometheus scrapes."""
