@@ -13,6 +13,8 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.sql import cache as facts_cache
 from proxy.sql.extract import analyze, analyze_bytes, prepared_body, resolve_execute
@@ -205,6 +207,25 @@ def test_analyze_never_raises_on_odd_input() -> None:
         facts = analyze(text)
         assert isinstance(facts, QueryFacts)
         assert facts.statements or not facts.parsable
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=120))
+def test_analyze_never_raises_on_random_text(text: str) -> None:
+    facts = analyze(text)
+    assert facts.text == text
+    assert facts.parsable or not facts.statements
+
+
+def test_nested_do_blocks_and_foreign_tables() -> None:
+    (stmt,) = analyze(
+        "DO $$ BEGIN DO $x$ BEGIN DELETE FROM t WHERE id = 1; END $x$; END $$"
+    ).statements
+    assert stmt.effective_commands == {"DO", "DELETE"}
+    assert [(r.name, r.access) for r in stmt.relations] == [("t", "write")]
+    (ft,) = analyze("CREATE FOREIGN TABLE ft (id int) SERVER s1").statements
+    assert ft.command == "CREATE FOREIGN TABLE"
+    assert [(r.name, r.access) for r in ft.relations] == [("ft", "write")]
 
 
 def test_long_expression_chains_are_analysed() -> None:

@@ -32,6 +32,26 @@ DYNAMIC_SQL_FUNCTIONS = frozenset(
         "dblink_open",
     }
 )
+# Node types that cannot contain a relation, a call or a statement: the walk skips them.
+_LEAVES = frozenset(
+    {
+        "A_Const",
+        "ColumnRef",
+        "ParamRef",
+        "String",
+        "Integer",
+        "Float",
+        "Boolean",
+        "BitString",
+        "A_Star",
+        "TypeName",
+        "Alias",
+        "RoleSpec",
+        "SetToDefault",
+        "SQLValueFunction",
+        "CollateClause",
+    }
+)
 # Suffix of the notes that explain why a statement is opaque.
 OPAQUE_MARK = " [opaque]"
 _ROLE_SETTINGS = frozenset({"role", "session_authorization"})
@@ -178,9 +198,15 @@ class Collector:
     # --- generic walk -------------------------------------------------------------------------
 
     def walk(self, value: Any) -> None:
+        # Hot path: the generic walk visits every node of every analysed statement, so it
+        # avoids calls for leaves (constants, column references) that can hold no facts.
         if type(value) is list:
             for item in value:
-                if type(item) is dict or type(item) is list:
+                if type(item) is dict:
+                    if len(item) == 1 and next(iter(item)) in _LEAVES:
+                        continue
+                    self.walk(item)
+                elif type(item) is list:
                     self.walk(item)
             return
         if type(value) is not dict:
@@ -188,6 +214,8 @@ class Collector:
         if len(value) == 1:
             ((kind, body),) = value.items()
             if type(body) is dict and kind[:1].isupper():
+                if kind in _LEAVES:
+                    return
                 handler = _HANDLERS.get(kind)
                 if handler is not None:
                     handler(self, body)
@@ -201,7 +229,11 @@ class Collector:
             self.func_call(value)
             return
         for item in value.values():
-            if type(item) is dict or type(item) is list:
+            if type(item) is dict:
+                if len(item) == 1 and next(iter(item)) in _LEAVES:
+                    continue
+                self.walk(item)
+            elif type(item) is list:
                 self.walk(item)
 
     def walk_except(self, body: dict[str, Any], skip: tuple[str, ...]) -> None:
@@ -482,6 +514,11 @@ class Collector:
             self.relation(body.get(field), "write", cte_visible=False)
         self.note("the body is stored, not run: its statements and calls are not executed now")
 
+    def foreign_table(self, body: dict[str, Any]) -> None:
+        base = body.get("base") or {}
+        self.relation(base.get("relation"), "write", cte_visible=False)
+        self.walk_except(base, ("relation",))
+
     def with_target(self, kind: str, body: dict[str, Any]) -> None:
         field = _WRITE_TARGET_FIELDS[kind]
         self.relation(body.get(field), "write", cte_visible=False)
@@ -521,6 +558,7 @@ _HANDLERS: dict[str, Handler] = {
     "GrantStmt": Collector.grant,
     "ViewStmt": Collector.view,
     "CreateTableAsStmt": Collector.create_table_as,
+    "CreateForeignTableStmt": Collector.foreign_table,
 }
 for _kind in _STORED_BODIES:
     _HANDLERS[_kind] = _stored_handler(_kind)
