@@ -106,6 +106,15 @@ def test_raw_cancel_request(target: Target, pg: Any) -> None:
         assert [e["C"] for e in errors] == ["57014"], rawpg.summary(msgs)
         assert msgs[-1].status == "I"
         assert rawpg.types(conn.simple("select 1")) == "TDCZ"
+    if target.proxy is not None:
+        event = target.proxy.wait_for(
+            lambda e: (
+                e["type"] == "query"
+                and e["application_name"] == app
+                and "pg_sleep" in e["statement"]
+            )
+        )[0]
+        assert event["sqlstate"] == "57014" and "cancel" in event["error"], event
 
 
 def test_cancel_with_wrong_key_ignored(target: Target, pg: Any) -> None:
