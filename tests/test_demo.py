@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,18 +33,6 @@ def _wait_output(proc: subprocess.Popen[str], pattern: str, seen: list[str]) -> 
     )
 
 
-def _wait_listening(port: int, proc: subprocess.Popen[str], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the demo exited"
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)  # polling interval
-    raise AssertionError(f"the demo never listened on {port}")
-
-
 @pytest.mark.parametrize("keep_audit", [False, True])
 def test_demo_serves_sample_data_and_cleans_up(tmp_path: Path, keep_audit: bool) -> None:
     port = pgrun.free_port()
@@ -63,12 +50,11 @@ def test_demo_serves_sample_data_and_cleans_up(tmp_path: Path, keep_audit: bool)
         data_dir = Path(_wait_output(proc, r"data in (\S+)\)", seen).group(1))
         psql_url = _wait_output(proc, r'psql "(postgresql://postgres@[^"]+)"', seen).group(1)
         audit_dir = Path(_wait_output(proc, r"Audit log: (\S+)/audit\.jsonl", seen).group(1))
-        _wait_listening(port, proc)
         assert psql_url == f"postgresql://postgres@127.0.0.1:{port}/demo"
         if keep_audit:
             assert audit_dir == audit_arg
 
-        # The printed command works, through the proxy, on the sample data.
+        # The printed command works as soon as it is printed, through the proxy, on the data.
         with psycopg.connect(psql_url, connect_timeout=5, application_name="demo-test") as conn:
             assert conn.execute("SELECT count(*) FROM customers").fetchone() == (5,)
         alice = f"postgresql://alice:alice-pw@127.0.0.1:{port}/demo"

@@ -13,6 +13,8 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
+import time
 from importlib import resources
 from pathlib import Path
 from types import FrameType
@@ -141,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     )
     previous_sigterm = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     cluster: pgrun.LocalCluster | pgrun.ContainerCluster | None = None
+    served = threading.Event()  # set once run_server has returned
     try:
         _say("pgwarden demo: starting a throwaway PostgreSQL ...")
         cluster = pgrun.start_cluster(roles=[DEMO_USER])
@@ -153,47 +156,80 @@ def run(args: argparse.Namespace) -> int:
             policies=policies,
             admin__listen=f"127.0.0.1:{admin_port}",
         )
-        _print_welcome(cluster, listen, audit_dir, policies, admin_port, args.policy is None)
+        welcome = _welcome(cluster, listen, audit_dir, policies, admin_port, args.policy is None)
+        announcer = threading.Thread(
+            target=_announce_when_listening,
+            args=(listen, welcome, served),
+            name="demo-welcome",
+            daemon=True,
+        )
+        announcer.start()
         signal.signal(signal.SIGTERM, previous_sigterm)
         return run_server(cfg)
     except KeyboardInterrupt:
         return 130
     finally:
+        served.set()
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # finish cleaning up first
         _cleanup(cluster, audit_dir, keep_audit)
         signal.signal(signal.SIGTERM, previous_sigterm)
 
 
-def _print_welcome(
+def _announce_when_listening(
+    listen: config.Endpoint, welcome: str, served: threading.Event
+) -> None:
+    """Print the welcome once the proxy accepts connections, so the printed psql command
+    works the moment it appears. A bare connect-and-close is neither logged nor audited."""
+    host = _client_host(listen)
+    deadline = time.monotonic() + 60
+    while not served.is_set() and time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, listen.port), timeout=1):
+                pass
+        except OSError:
+            served.wait(0.05)
+            continue
+        print(welcome, flush=True)
+        return
+
+
+def _client_host(listen: config.Endpoint) -> str:
+    return "127.0.0.1" if listen.host in ("0.0.0.0", "::", "") else listen.host
+
+
+def _welcome(
     cluster: pgrun.LocalCluster | pgrun.ContainerCluster,
     listen: config.Endpoint,
     audit_dir: Path,
     policies: list[str],
     admin_port: int,
     policy_defaulted: bool,
-) -> None:
-    host = "127.0.0.1" if listen.host in ("0.0.0.0", "::", "") else listen.host
+) -> str:
+    host = _client_host(listen)
     url = pgrun.libpq_url(host, listen.port, cluster.superuser, DEMO_DATABASE)
     alice = pgrun.libpq_url(host, listen.port, DEMO_USER.name, DEMO_DATABASE, DEMO_USER.password)
     where = (
         f"(data in {cluster.base_dir})" if isinstance(cluster, pgrun.LocalCluster) else "(Docker)"
     )
-    _say(f"PostgreSQL is running on {cluster.host}:{cluster.port} {where}")
+    lines = [f"PostgreSQL is running on {cluster.host}:{cluster.port} {where}"]
     if policies:
-        _say(f"Policies: {', '.join(policies)}")
+        lines.append(f"Policies: {', '.join(policies)}")
     elif policy_defaulted:
-        _say("Policies: none (policies/default.yaml not found): every statement is allowed")
-    _say()
-    _say("pgwarden is listening. Connect through it with:")
-    _say(f'    psql "{url}"')
-    _say(f'    psql "{alice}"    # a password user')
-    _say("Try: SELECT * FROM customers;  SELECT sum(amount) FROM orders;  DELETE FROM orders;")
-    _say()
-    _say(f"Audit log: {audit_dir}/audit.jsonl")
-    _say(f"    pgwarden logs --audit-dir {audit_dir}")
-    _say(f"Admin API: http://127.0.0.1:{admin_port}/healthz  /metrics")
-    _say("Press Ctrl-C to stop; the demo database is deleted on exit.")
-    _say()
+        lines.append("Policies: none (policies/default.yaml not found): every statement is allowed")
+    lines += [
+        "",
+        "pgwarden is listening. Connect through it with:",
+        f'    psql "{url}"',
+        f'    psql "{alice}"    # a password user',
+        "Try: SELECT * FROM customers;  SELECT sum(amount) FROM orders;  DELETE FROM orders;",
+        "",
+        f"Audit log: {audit_dir}/audit.jsonl",
+        f"    pgwarden logs --audit-dir {audit_dir}",
+        f"Admin API: http://127.0.0.1:{admin_port}/healthz  /metrics",
+        "Press Ctrl-C to stop; the demo database is deleted on exit.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def _cleanup(
