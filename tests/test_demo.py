@@ -50,6 +50,7 @@ def test_demo_serves_sample_data_and_cleans_up(tmp_path: Path, keep_audit: bool)
         data_dir = Path(_wait_output(proc, r"data in (\S+)\)", seen).group(1))
         psql_url = _wait_output(proc, r'psql "(postgresql://postgres@[^"]+)"', seen).group(1)
         audit_dir = Path(_wait_output(proc, r"Audit log: (\S+)/audit\.jsonl", seen).group(1))
+        assert any(line.startswith("Policies: ") and "default.yaml" in line for line in seen)
         assert psql_url == f"postgresql://postgres@127.0.0.1:{port}/demo"
         if keep_audit:
             assert audit_dir == audit_arg
