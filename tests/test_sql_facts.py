@@ -354,6 +354,7 @@ def test_corpus_agrees_with_postgresql(case: dict[str, Any], corpus_db: str) -> 
         assert sqlstate == "42601"
         return
     assert sqlstate != "42601", f"PostgreSQL rejected the grammar of {case['sql']!r}"
+    assert sqlstate == case.get("server_error"), f"server said {sqlstate}"
     if sqlstate is None:
         expected = case.get("wire_tags") or [s["command"] for s in case["statements"]]
         # completion tags carry row counts ("DELETE 0", "SELECT 1"); compare the words
