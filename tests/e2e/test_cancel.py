@@ -208,3 +208,28 @@ def test_psycopg_cancel_with_protocol_3_2(target: Target, pg: Any) -> None:
             conn.cancel_safe(timeout=5)
             assert result.result(timeout=5) == "57014"
         assert conn.execute("select 2").fetchone() == (2,)
+
+
+def test_cancel_storm(target: Target, pg: Any) -> None:
+    """50 CancelRequests at once for 10 sleeping sessions: each session is cancelled once."""
+    apps = [unique(f"storm{i}") for i in range(10)]
+    conns = [target.raw(extra={"application_name": a}) for a in apps]
+    try:
+        for conn in conns:
+            conn.send(rawpg.query("select pg_sleep(30)"))
+        for app in apps:
+            wait_until(partial(_running, pg, app), 5, f"{app} to start")
+        keys = [c.key for c in conns for _ in range(5)]
+        assert all(k is not None for k in keys)
+        started = time.monotonic()
+        with ThreadPoolExecutor(10) as pool:
+            answers = list(pool.map(lambda k: _cancel(target, k), keys, timeout=15))
+        assert answers == [b""] * len(keys)
+        for conn in conns:
+            msgs = conn.recv_until("Z", 5)
+            assert [m.sqlstate for m in msgs if m.type == "E"] == ["57014"], rawpg.summary(msgs)
+            assert rawpg.types(conn.simple("select 1")) == "TDCZ"
+        assert time.monotonic() - started < 10
+    finally:
+        for conn in conns:
+            conn.close()

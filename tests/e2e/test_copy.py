@@ -141,6 +141,56 @@ def test_raw_extended_copy_extra_syncs(target: Target, table: str, extra_syncs: 
         assert r.summary(conn.simple(f"select count(*) from {table}"))[1] == ("D", ("2",))
 
 
+def test_raw_extended_copy_flush_during_copy(target: Target, table: str) -> None:
+    """Flush and Sync during COPY-in are ignored; the Sync after CopyDone gives the one Z."""
+    with target.raw() as conn:
+        conn.send(r.parse(f"copy {table} from stdin"), r.bind(), r.execute(), r.flush())
+        assert r.types([conn.recv(), conn.recv(), conn.recv()]) == "12G"
+        conn.send(r.copy_data(b"7\tseven\n"), r.flush(), r.sync(), r.copy_data(b"8\teight\n"))
+        assert conn.recv_quiet(0.3) == [], "nothing is owed before CopyDone"
+        conn.send(r.copy_done(), r.sync())
+        msgs = conn.recv_until("Z")
+        assert r.summary(msgs) == [("C", "COPY 2"), ("Z", "I")]
+        assert conn.recv_quiet(0.3) == []
+        assert r.types(conn.simple("select 1")) == "TDCZ"
+
+
+def test_raw_copy_in_inside_pipeline(target: Target, table: str) -> None:
+    """COPY as one step of a pipeline: earlier and later steps keep their order."""
+    with target.raw() as conn:
+        conn.send(
+            r.parse("select 'before'"),
+            r.bind(),
+            r.execute(),
+            r.parse(f"copy {table} from stdin"),
+            r.bind(),
+            r.execute(),
+            r.sync(),
+        )
+        first = [conn.recv() for _ in range(6)]
+        assert r.types(first) == "12DC12", r.summary(first)
+        assert conn.recv().type == "G"
+        conn.send(
+            r.copy_data(b"9\tnine\n"),
+            r.copy_done(),
+            r.sync(),
+            r.parse("select 'after'"),
+            r.bind(),
+            r.execute(),
+            r.sync(),
+        )
+        msgs = conn.recv_n_ready(2)
+        assert r.summary(msgs) == [
+            ("C", "COPY 1"),
+            ("Z", "I"),
+            ("1", b""),
+            ("2", b""),
+            ("D", ("after",)),
+            ("C", "SELECT 1"),
+            ("Z", "I"),
+        ]
+
+
 def test_raw_extended_copy_out(target: Target, table: str) -> None:
     with target.raw() as conn:
         conn.simple(f"insert into {table} select g, 'o' || g from generate_series(1, 3) g")

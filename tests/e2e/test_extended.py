@@ -381,3 +381,48 @@ def test_differential_extended(pg: Any, proxy: Any) -> None:
             out[name] = results
     for script, direct, through in zip(scripts, out["direct"], out["proxy"], strict=True):
         assert through == direct, f"{[m[:1] for m in script]}: proxy {through} != {direct}"
+
+
+def test_raw_trailing_describe_portal_then_sync(target: Target) -> None:
+    """postgres.js style: Describe portal sent alone, Sync in a later write (PgDog #1508)."""
+    with target.raw() as conn:
+        conn.send(r.parse("select 1 as a"), r.bind(), r.execute())
+        conn.send(r.describe("P"))
+        conn.send(r.sync())
+        msgs = conn.recv_until("Z", 5)
+        assert r.types(msgs) == "12DCTZ", r.summary(msgs)
+
+
+def test_raw_large_parse_bind_and_long_names(target: Target) -> None:
+    """Parse and Bind far larger than one read; a statement name larger than a small buffer."""
+    name = "s" + "n" * 5000
+    big_sql = "select length($1::text) as n /* " + "c" * 200_000 + " */"
+    param = "p" * 3_000_000
+    with target.raw(timeout=20) as conn:
+        conn.send(
+            r.parse(big_sql, name, [25]),
+            r.bind("", name, [param]),
+            r.execute(),
+            r.close("S", name),
+            r.sync(),
+        )
+        msgs = conn.recv_until("Z")
+        assert r.types(msgs) == "12DC3Z", r.summary(msgs)
+        assert msgs[2].row() == [str(len(param))]
+
+
+def test_raw_half_buffer_prepare_in_pipeline(target: Target) -> None:
+    """Many mid-sized Parse messages in one write, so messages straddle read boundaries."""
+    messages = []
+    for i in range(40):
+        messages += [
+            r.parse(f"select {i} as k /* {'x' * (2000 + i * 37)} */", f"hb{i}"),
+            r.bind("", f"hb{i}"),
+            r.execute(),
+        ]
+    messages.append(r.sync())
+    with target.raw(timeout=10) as conn:
+        conn.send(*messages)
+        msgs = conn.recv_until("Z")
+        assert r.types(msgs) == "12DC" * 40 + "Z"
+        assert [m.row()[0] for m in msgs if m.type == "D"] == [str(i) for i in range(40)]

@@ -123,3 +123,40 @@ def test_terminate_message_closes(target: Target, pg: Any) -> None:
         conn.send(r.terminate())
         assert conn.wait_closed(5) == b""
     wait_until(lambda: backend_gone(pg, pid), 5, f"backend {pid} to exit")
+
+
+def test_idle_in_transaction_timeout_fatal_relayed(target: Target, pg: Any) -> None:
+    """The server ends an idle transaction on its own (25P03) while no request is outstanding."""
+    with target.raw() as conn:
+        pid = int(conn.simple("select pg_backend_pid()")[1].row()[0] or 0)
+        conn.simple("set idle_in_transaction_session_timeout = '300ms'")
+        assert conn.simple("begin")[-1].status == "T"
+        msg = conn.recv(5)
+        fields = msg.fields()
+        assert (msg.type, fields.get("S"), fields.get("C")) == ("E", "FATAL", "25P03"), fields
+        assert conn.wait_closed(5) == b""
+    wait_until(lambda: backend_gone(pg, pid), 5, f"backend {pid} to exit")
+    with target.raw() as fresh:
+        assert r.types(fresh.simple("select 1")) == "TDCZ"
+
+
+def test_psql_describe_plus(target: Target) -> None:
+    """psql's catalog queries (\\d+) through the proxy print exactly what they print direct."""
+    import subprocess
+
+    table = unique("t_dplus")
+    with target.connect() as conn:
+        conn.execute(f"create table {table}(id int primary key, v text default 'x')")
+    try:
+        done = subprocess.run(
+            ["psql", "-X", "-d", target.dsn(), "-c", f"\\d+ {table}"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert done.returncode == 0, done.stderr
+        assert f'Table "public.{table}"' in done.stdout and f"{table}_pkey" in done.stdout
+        assert "Access method: heap" in done.stdout, done.stdout
+    finally:
+        with target.connect() as conn:
+            conn.execute(f"drop table {table}")

@@ -165,3 +165,59 @@ def test_error_without_sqlstate_mid_session(proxy_factory: Any) -> None:
         assert proxy.returncode is None, proxy.stderr_text()
         queries = proxy.wait_for(lambda e: e["type"] == "query", count=2)
         assert all(e["error"] for e in queries), queries
+
+
+class _BlackHoleCancels:
+    """Logs clients in; never answers a Query; swallows CancelRequests and never closes them."""
+
+    def __init__(self) -> None:
+        self.cancels_received = 0
+        self.cancels_open = 0
+
+    async def __call__(self, peer: Peer) -> None:
+        (length,) = struct.unpack("!I", await peer.reader.readexactly(4))
+        body = await peer.reader.readexactly(length - 4)
+        if struct.unpack_from("!I", body)[0] == rawpg.CANCEL_CODE:
+            self.cancels_received += 1
+            self.cancels_open += 1
+            try:
+                while await peer.reader.read(1024):  # hold the socket until the proxy gives up
+                    pass
+            finally:
+                self.cancels_open -= 1
+            return
+        await peer.send(login_ok())
+        while True:
+            kind, _ = await peer.read_message()
+            if kind == b"X":
+                return
+
+
+def test_cancel_to_black_hole_upstream_times_out(proxy_factory: Any) -> None:
+    """Odyssey's cancel-leak case: forwarded cancels must time out, not pile up."""
+    script = _BlackHoleCancels()
+    with FakeBackend(script) as fake:
+        proxy = proxy_factory(
+            "--upstream", f"127.0.0.1:{fake.port}", "--limits-cancel-timeout", "1s"
+        )
+        with rawpg.RawConn(proxy.host, proxy.port) as conn:
+            conn.login()
+            assert conn.key is not None
+            conn.send(rawpg.query("select pg_sleep(30)"))  # the fake never answers it
+            for _ in range(10):
+                with rawpg.RawConn(proxy.host, proxy.port) as cancel:
+                    cancel.send(rawpg.cancel_request(*conn.key))
+                    assert cancel.wait_closed(3) == b"", "nothing may be written on a cancel socket"
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and script.cancels_received < 10:
+                time.sleep(0.05)
+            assert script.cancels_received == 10, script.cancels_received
+            deadline = time.monotonic() + 4
+            while time.monotonic() < deadline and script.cancels_open:
+                time.sleep(0.05)
+            assert script.cancels_open == 0, (
+                f"{script.cancels_open} forwarded cancels still open after the 1s cancel timeout"
+            )
+        with rawpg.RawConn(proxy.host, proxy.port) as other:
+            other.login()
+        assert proxy.returncode is None, proxy.stderr_text()
