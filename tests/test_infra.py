@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import json
 import os
+import pwd
 import stat
 from pathlib import Path
 from typing import Any
@@ -159,13 +160,15 @@ def test_cluster_starts_and_leaves_nothing_behind() -> None:
         data = cluster.data_dir
         assert stat.S_IMODE(data.stat().st_mode) == 0o700
         if os.geteuid() == 0:
-            assert data.stat().st_uid == pgrun.pwd.getpwnam("postgres").pw_uid
+            assert data.stat().st_uid == pwd.getpwnam("postgres").pw_uid
         assert cluster in pgrun.live_clusters()
         pid = int((data / "postmaster.pid").read_text().split("\n", 1)[0])
         with psycopg.connect(cluster.dsn("erin", "postgres", "erin-pw")) as conn:
             assert conn.execute("SELECT current_user").fetchone() == ("erin",)
         with psycopg.connect(cluster.dsn()) as conn:
-            settings = dict(conn.execute("SELECT name, setting FROM pg_settings").fetchall())
+            settings: dict[str, str] = dict(
+                conn.execute("SELECT name, setting FROM pg_settings").fetchall()
+            )
         assert settings["fsync"] == "off"
         assert settings["listen_addresses"] == "127.0.0.1"
         assert settings["unix_socket_directories"] == cluster.unix_dir
@@ -192,7 +195,7 @@ def test_existing_server_from_dsn_is_provisioned(monkeypatch: pytest.MonkeyPatch
         server = pgcluster.start()
         assert not server.managed and (server.host, server.port) == (bare.host, bare.port)
         with psycopg.connect(server.dsn(database="app")) as conn:
-            roles = dict(
+            roles: dict[str, str | None] = dict(
                 conn.execute(
                     "SELECT rolname, left(rolpassword, 3) FROM pg_authid "
                     "WHERE rolname IN ('alice', 'bob', 'carol', 'dave')"
