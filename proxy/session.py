@@ -324,6 +324,19 @@ class Session:
     def server_lost(self, exc: Exception | None) -> None:
         if self.phase == "closed":
             return
+        if (
+            self._end_reason not in ("client_terminated", "server_fatal")
+            and self.phase != "closing"
+        ):
+            logger.warning(
+                "session %s: upstream %s closed the connection (%s)%s",
+                self.session_id,
+                self.cfg.upstream,
+                exc or "end of stream",
+                f" with {len(self._pending)} replies outstanding"
+                if self._pending
+                else (" in the middle of a message" if self._sbuf else ""),
+            )
         if not self._end_reason:
             self._end_reason = "server_closed"
         if self.phase in ("connecting", "auth") and not self._end_reason.startswith("auth"):
@@ -593,9 +606,9 @@ class Session:
         if kind == 81:  # 'Q'
             return self._on_query(body, raw, now_ns, now_wall)
         if kind == 80:  # 'P'
-            return self._on_parse(body, raw)
+            return self._on_parse(body, raw, now_ns, now_wall)
         if kind == 66:  # 'B'
-            return self._on_bind(body, raw)
+            return self._on_bind(body, raw, now_ns, now_wall)
         if kind == 69:  # 'E'
             portal, _limit = m.decode_execute(body)
             info = self._portals.get(portal)
@@ -676,7 +689,7 @@ class Session:
         self._pending.append(entry)
         return raw
 
-    def _on_parse(self, body: bytes, raw: bytes) -> bytes:
+    def _on_parse(self, body: bytes, raw: bytes, now_ns: int, now_wall: float) -> bytes:
         parse = m.decode_parse(body)
         gate = self.server.gate
         facts = gate.inspect(parse.query, self._settings)
@@ -686,11 +699,11 @@ class Session:
         tracked.generation = gate.generation
         self._prepared[parse.name] = tracked
         entry = Pending(K_PARSE, tracked)
+        entry.started_ns = now_ns
+        entry.started_wall = now_wall
         refusal = self._refusal(decision)
         if refusal is not None:
             entry.block = refusal
-            entry.started_ns = time.perf_counter_ns()
-            entry.started_wall = time.time()
             self._pending.append(entry)
             self._skip_until_sync = True
             rule = refusal.rules[0].id if refusal.rules else "policy"
@@ -699,7 +712,7 @@ class Session:
         self._pending.append(entry)
         return raw
 
-    def _on_bind(self, body: bytes, raw: bytes) -> bytes:
+    def _on_bind(self, body: bytes, raw: bytes, now_ns: int, now_wall: float) -> bytes:
         mode = self.cfg["audit.parameters"]
         if mode == "none":
             portal, statement = m.bind_names(body)
@@ -710,6 +723,9 @@ class Session:
             params = self.server.gate.audit_params(bind, mode)
         tracked = self._prepared.get(statement)
         entry = Pending(K_BIND, tracked)
+        entry.started_ns = now_ns
+        entry.started_wall = now_wall
+        entry.params = params
         if (
             tracked is not None
             and tracked.facts is not None
@@ -721,8 +737,6 @@ class Session:
             refusal = self._refusal(decision)
             if refusal is not None:
                 entry.block = refusal
-                entry.started_ns = time.perf_counter_ns()
-                entry.started_wall = time.time()
                 self._pending.append(entry)
                 self._skip_until_sync = True
                 return m.bind_missing_statement(_BLOCKED_STATEMENT)
@@ -1078,19 +1092,30 @@ class Session:
         # Extended protocol: the server now discards everything up to Sync.
         pending = self._pending
         entry = pending.popleft()
-        if entry.kind in (K_EXECUTE, K_FUNCTION) and entry.block is None:
-            self._complete_execute(
-                entry,
-                "",
-                fields,
-                now_ns,
-                protocol="function_call" if entry.kind == K_FUNCTION else "extended",
-            )
+        discarded = []
         while pending and pending[0].kind != K_SYNC:
-            pending.popleft()
-        if self._skip_until_sync and not pending:
-            pass
+            discarded.append(pending.popleft())
+        if entry.block is None:
+            failed = self._failed_statement(entry, discarded)
+            if failed is not None:
+                protocol = "function_call" if failed.kind == K_FUNCTION else "extended"
+                self._complete_execute(failed, "", fields, now_ns, protocol=protocol)
         return replacement
+
+    @staticmethod
+    def _failed_statement(entry: Pending, discarded: list[Pending]) -> Pending | None:
+        """Which statement an extended-protocol error belongs to. An Execute or FunctionCall
+        failed itself. A Parse or Bind that fails (syntax error, bad parameter, a constant
+        folded at Bind) takes down the Execute queued behind it, which is the statement the
+        client meant to run; with no Execute behind it, the failed Parse/Bind is recorded."""
+        if entry.kind in (K_EXECUTE, K_FUNCTION):
+            return entry
+        if entry.kind not in (K_PARSE, K_BIND):
+            return None
+        for later in discarded:
+            if later.kind == K_EXECUTE:
+                return later
+        return entry if entry.tracked is not None else None
 
     def _drop_syncs_until_copy_end(self) -> None:
         pending = self._pending
@@ -1218,7 +1243,7 @@ class Session:
         tracked = portal.tracked
         stmt_facts = tracked.stmt if tracked else None
         portal.suspended = False
-        return self._statement_event(
+        event = self._statement_event(
             stmt_facts.text if stmt_facts else (tracked.text if tracked else ""),
             stmt_facts,
             tracked.decision if tracked else None,
@@ -1234,6 +1259,8 @@ class Session:
             portal.rows,
             portal.params,
         )
+        event["suspended"] = True  # no CommandComplete: the client stopped fetching
+        return event
 
     def _abandon_portal(self, portal: Portal | None) -> None:
         """The client closes or rebinds a suspended portal: its statement ends now."""

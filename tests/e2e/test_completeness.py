@@ -165,11 +165,11 @@ def _check_query_event(q: dict[str, Any], start: dict[str, Any], kind: str) -> N
             # A portal the client stopped reading (asyncpg fetchval uses a row limit): the
             # server sent no CommandComplete; rows is what the client fetched.
             assert q["command_tag"] is None and isinstance(q["rows"], int), where
-            return
-        assert q["command_tag"], where
-        if q["command_tag"].split()[0] in ROW_TAGS:
-            assert isinstance(q["rows"], int), where
-            assert q["rows"] == int(q["command_tag"].split()[-1]), where
+        else:
+            assert q["command_tag"], where
+            if q["command_tag"].split()[0] in ROW_TAGS:
+                assert isinstance(q["rows"], int), where
+                assert q["rows"] == int(q["command_tag"].split()[-1]), where
     else:
         assert q["sqlstate"] == "22012", where
         assert "division by zero" in q["error"], where
