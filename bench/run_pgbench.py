@@ -34,7 +34,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 sys.path[:0] = [str(BENCH_DIR), str(REPO_ROOT)]
 
-from lib import bulk, idle, pgbench, procstat, report  # noqa: E402
+from lib import bulk, idle, markdown, pgbench, procstat, report  # noqa: E402
 from lib.results import BulkSample, IdleResult, Results, Sample  # noqa: E402
 from lib.services import BenchSetupError, PgBouncer, PgWarden, Target, tail  # noqa: E402
 
@@ -92,6 +92,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="extra argument for `pgwarden serve` (repeatable), e.g. --pgwarden-arg=--workers=2",
     )
     parser.add_argument("--json", type=Path, help="write all raw numbers here")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="only print Markdown tables from the JSON of an earlier run, run nothing",
+    )
     args = parser.parse_args(argv)
     profile = QUICK if args.quick else FULL
     args.duration = args.duration or profile.duration
@@ -399,6 +405,9 @@ def scratch_dir() -> Iterator[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        print(markdown.render(json.loads(args.render.read_text())), end="")
+        return 0
     _terminate_on_sigterm()
     if "pgwarden-policy" in args.targets and not args.policy.exists():
         print(f"note: {args.policy} does not exist; leaving out pgwarden-policy", file=sys.stderr)
