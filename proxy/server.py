@@ -20,6 +20,7 @@ from proxy.state import ReloadResult, ServerState
 from proxy.wire.startup import CancelRequest, encode_cancel
 
 if TYPE_CHECKING:
+    from proxy.alerts.engine import AlertEngine
     from proxy.audit.trail import AuditTrail
     from proxy.policy.engine import Policy
     from proxy.session import Session
@@ -58,6 +59,7 @@ class ProxyServer:
         self._cancel_slots = asyncio.Semaphore(_CANCEL_CONCURRENCY)
         self._closing = False
         self.central_store: StoreShipper | None = None
+        self.alerts: AlertEngine | None = None
 
     # --- services for sessions -------------------------------------------------------------
 
@@ -174,14 +176,23 @@ class ProxyServer:
         return int(self._servers[0].sockets[0].getsockname()[1])
 
     async def reload(self) -> ReloadResult:
-        """Build the new policy completely, then swap one reference; a bad file keeps the old."""
+        """Build the new policy (and alert rules) completely, then swap one reference each;
+        a bad file keeps the old ones in force."""
+        loop = asyncio.get_running_loop()
         try:
-            policy = await asyncio.get_running_loop().run_in_executor(None, load_policies, self.cfg)
+            policy = await loop.run_in_executor(None, load_policies, self.cfg)
+            rules = None
+            if self.alerts is not None:
+                from proxy.alerts.rules import load_rules
+
+                rules = await loop.run_in_executor(None, load_rules, list(self.cfg["alerts"]))
         except SourceError as exc:
             self.state.counters.policy_reload_failures += 1
             for problem in exc.problems:
-                logger.error("policy reload failed, keeping the old policy: %s", problem)
+                logger.error("reload failed, keeping the old policy and alert rules: %s", problem)
             return ReloadResult(False, tuple(str(p) for p in exc.problems))
+        if self.alerts is not None and rules is not None:
+            self.alerts.swap_rules(rules)
         self.gate.swap_policy(policy)
         self.state.counters.policy_reloads += 1
         files = tuple(str(f) for f in policy.files) if policy is not None else ()
@@ -269,7 +280,12 @@ async def _start_extras(cfg: Config, server: ProxyServer, trail: AuditTrail) -> 
         from proxy.alerts.engine import AlertEngine
 
         engine = AlertEngine.from_files(list(cfg["alerts"]))
+        primed = await asyncio.get_running_loop().run_in_executor(None, _prime_alerts, cfg, engine)
+        logger.info(
+            "alert rules loaded; %d recent events taught them the known query shapes", primed
+        )
         engine.attach(trail)
+        server.alerts = engine
         started.append(engine)
     if cfg["admin.listen"]:
         from proxy.admin.app import AdminServer
@@ -278,6 +294,17 @@ async def _start_extras(cfg: Config, server: ProxyServer, trail: AuditTrail) -> 
         await admin.start()
         started.append(admin)
     return started
+
+
+def _prime_alerts(cfg: Config, engine: AlertEngine) -> int:
+    """Teach "never seen before" alert rules the query shapes of the last week of the local
+    trail, so a restart does not make every shape look new."""
+    from datetime import UTC, datetime, timedelta
+
+    from proxy.audit.reader import iter_events
+
+    since = datetime.now(UTC) - timedelta(days=7)
+    return engine.prime(iter_events(cfg["audit.dir"], since=since))
 
 
 def run_loop(main: Coroutine[Any, Any, int]) -> int:

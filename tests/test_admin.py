@@ -112,7 +112,7 @@ def auth(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def test_health_and_metrics_are_open_everything_else_needs_the_token(
+def test_health_readiness_and_metrics_are_open_everything_else_needs_the_token(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def main() -> None:
@@ -121,10 +121,12 @@ def test_health_and_metrics_are_open_everything_else_needs_the_token(
                 assert (r.status, await r.text()) == (200, "ok\n")
             async with client.get(f"{base}/metrics") as r:
                 assert r.status == 200 and "pgwarden_client_connections 2.0" in await r.text()
+            async with client.get(f"{base}/readyz") as r:  # a readiness probe sends no token
+                assert r.status in (200, 503) and "checks" in await r.text()
             with caplog.at_level(logging.WARNING, logger="pgwarden.admin"):
                 for path, headers in (
                     ("/sessions", {}),
-                    ("/readyz", auth("wrong-token-but-long-enough")),
+                    ("/sessions", auth("wrong-token-but-long-enough")),
                     ("/sessions", {"Authorization": TOKEN}),
                 ):
                     async with client.get(base + path, headers=headers) as r:

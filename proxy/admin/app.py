@@ -1,7 +1,8 @@
 """The admin HTTP server (aiohttp).
 
-``GET /healthz`` and ``GET /metrics`` are open (probes and Prometheus); everything else needs
-``Authorization: Bearer <token>`` when ``admin.token_file`` is set:
+``GET /healthz``, ``GET /readyz`` and ``GET /metrics`` are open (liveness and readiness probes,
+Prometheus); everything else needs ``Authorization: Bearer <token>`` when ``admin.token_file``
+is set:
 
 * ``GET /readyz`` — 200 when the upstream answers, the audit trail writes and (when
   configured) the store accepts batches; else 503; the JSON body names each check;
@@ -29,7 +30,7 @@ from proxy.state import ServerState, SessionView
 log = logging.getLogger("pgwarden.admin")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OPEN_PATHS = frozenset({"/healthz", "/metrics"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def session_json(session: SessionView, now: float) -> dict[str, Any]:
