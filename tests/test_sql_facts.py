@@ -320,9 +320,19 @@ def corpus_db(pg: Any) -> str:
     return dsn
 
 
-def _server_verdict(conn: psycopg.Connection[Any], sql: str) -> tuple[str | None, list[str]]:
-    """(SQLSTATE or None, command tags) for ``sql`` sent as one simple Query in a rolled-back
-    transaction."""
+_LOCKED_RELATIONS = """
+SELECT DISTINCT c.relname FROM pg_locks l
+JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE l.pid = pg_backend_pid() AND c.relkind IN ('r', 'v', 'm', 'S', 'f', 'p')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+"""
+
+
+def _server_verdict(
+    conn: psycopg.Connection[Any], sql: str
+) -> tuple[str | None, list[str], set[str]]:
+    """(SQLSTATE or None, command tags, user relations locked) for ``sql`` sent as one simple
+    Query in a rolled-back transaction. Locks are the server's own record of what it touched."""
     conn.execute("BEGIN")
     tags: list[str] = []
     try:
@@ -333,9 +343,10 @@ def _server_verdict(conn: psycopg.Connection[Any], sql: str) -> tuple[str | None
                 tags.append(cur.statusmessage)
             if not cur.nextset():
                 break
-        return None, tags
+        locked = {str(row[0]) for row in conn.execute(_LOCKED_RELATIONS).fetchall()}
+        return None, tags, locked
     except psycopg.Error as exc:
-        return exc.sqlstate, tags
+        return exc.sqlstate, tags, set()
     finally:
         conn.execute("ROLLBACK")
 
@@ -346,7 +357,7 @@ _RUNNABLE = [c for c in CORPUS if c.get("server", "run") in ("run", "pg17")]
 @pytest.mark.parametrize("case", _RUNNABLE, ids=_case_id)
 def test_corpus_agrees_with_postgresql(case: dict[str, Any], corpus_db: str) -> None:
     with psycopg.connect(corpus_db, autocommit=True) as conn:
-        sqlstate, tags = _server_verdict(conn, case["sql"])
+        sqlstate, tags, locked = _server_verdict(conn, case["sql"])
     if case.get("server") == "pg17":
         assert sqlstate == "42601", "PG15 should reject PG17+ syntax"
         return
@@ -360,3 +371,9 @@ def test_corpus_agrees_with_postgresql(case: dict[str, Any], corpus_db: str) -> 
         # completion tags carry row counts ("DELETE 0", "SELECT 1"); compare the words
         words = [" ".join(w for w in tag.split() if not w.isdigit()) for tag in tags]
         assert words == expected
+        # Every relation the server locked is one the facts name, unless the facts admit
+        # they cannot see everything (opaque) or the corpus explains the difference.
+        facts = analyze(case["sql"])
+        if not any(s.opaque for s in facts.statements) and "locks_differ" not in case:
+            ours = {r.name for s in facts.statements for r in s.relations}
+            assert locked <= ours, f"server touched {sorted(locked - ours)}"

@@ -407,7 +407,9 @@ class Collector:
     def prepare(self, body: dict[str, Any]) -> None:
         self.prepare_name = str(body.get("name", ""))
         self.prepared_kind = unwrap(body.get("query"))
-        self.note(f"PREPARE {self.prepare_name} stores its body; it runs at EXECUTE")
+        why = f"PREPARE {self.prepare_name} stores its body; it runs at EXECUTE"
+        self.note(why)
+        self.references(body.get("query"), why)  # the server resolves (and locks) them now
 
     def execute(self, body: dict[str, Any]) -> None:
         self.execute_name = str(body.get("name", ""))
@@ -512,7 +514,33 @@ class Collector:
         field = _WRITE_TARGET_FIELDS.get(kind)
         if field is not None:
             self.relation(body.get(field), "write", cte_visible=False)
-        self.note("the body is stored, not run: its statements and calls are not executed now")
+        why = "the body is stored, not run: its statements and calls are not executed now"
+        self.note(why)
+        # The server resolves the names in rule actions, policy expressions and SQL-language
+        # function bodies at creation: list those relations as referenced (read).
+        if kind == "CreateFunctionStmt":
+            for code in _sql_function_bodies(body):
+                self.references(code, why)
+        elif kind != "CreateTrigStmt":
+            self.references(
+                [
+                    body.get("actions"),
+                    body.get("whereClause"),
+                    body.get("qual"),
+                    body.get("with_check"),
+                ],
+                why,
+            )
+
+    def comment(self, body: dict[str, Any]) -> None:
+        objtype = body.get("objtype")
+        parts = _names((body.get("object") or {}).get("List", {}).get("items"))
+        if objtype == "OBJECT_COLUMN":
+            parts = parts[:-1]
+        elif objtype not in RELATION_OBJECTS:
+            return
+        if parts:
+            self.relations[(parts[-2] if len(parts) > 1 else None, parts[-1], "write")] = None
 
     def foreign_table(self, body: dict[str, Any]) -> None:
         base = body.get("base") or {}
@@ -526,6 +554,28 @@ class Collector:
 
 
 Handler = Callable[[Collector, dict[str, Any]], None]
+
+
+def _sql_function_bodies(body: dict[str, Any]) -> list[Any]:
+    """Parsed statements of a LANGUAGE sql function body (string or BEGIN ATOMIC)."""
+    if body.get("sql_body") is not None:
+        return [body["sql_body"]]
+    language, code = None, None
+    for option in body.get("options") or ():
+        elem = option.get("DefElem") if isinstance(option, dict) else None
+        if not isinstance(elem, dict):
+            continue
+        if elem.get("defname") == "language":
+            language = str(elem.get("arg", {}).get("String", {}).get("sval", "")).lower()
+        elif elem.get("defname") == "as":
+            parts = _names((elem.get("arg") or {}).get("List", {}).get("items"))
+            code = parts[0] if len(parts) == 1 else None
+    if language != "sql" or code is None:
+        return []
+    try:
+        return [raw.get("stmt") for raw in parse_json(code)]
+    except Exception:
+        return []  # the server rejects an invalid body (with check_function_bodies on)
 
 
 def _stored_handler(kind: str) -> Handler:
@@ -559,6 +609,8 @@ _HANDLERS: dict[str, Handler] = {
     "ViewStmt": Collector.view,
     "CreateTableAsStmt": Collector.create_table_as,
     "CreateForeignTableStmt": Collector.foreign_table,
+    "CommentStmt": Collector.comment,
+    "SecLabelStmt": Collector.comment,
 }
 for _kind in _STORED_BODIES:
     _HANDLERS[_kind] = _stored_handler(_kind)
