@@ -6,6 +6,8 @@ pg_read_file checks depend on. Facts are immutable, so one cached value is share
 
 from __future__ import annotations
 
+import contextlib
+
 from proxy.sql.extract import analyze, analyze_bytes
 from proxy.sql.facts import ParserSettings, QueryFacts
 
@@ -75,7 +77,9 @@ class FactsCache:
         entries = self._entries
         entries[key] = facts
         if len(entries) > self.max_entries:
-            del entries[next(iter(entries))]
+            # another thread may evict concurrently (large texts are analysed in a pool)
+            with contextlib.suppress(KeyError, RuntimeError, StopIteration):
+                del entries[next(iter(entries))]
 
 
 _cache = FactsCache()
