@@ -129,7 +129,8 @@ def _parse_error_message(exc: Exception) -> str:
     args = exc.args
     message = str(args[0]) if args else str(exc)
     if len(args) > 1 and isinstance(args[1], int):
-        return f"{message} (at character {args[1]})"
+        # pglast gives a 0-based character offset; PostgreSQL reports positions 1-based
+        return f"{message} (at character {args[1] + 1})"
     return message
 
 
