@@ -92,9 +92,11 @@ def _cancel(target: Target, key: tuple[int, bytes]) -> bytes:
         return sock.wait_closed(5)
 
 
-def test_raw_cancel_request(target: Target, pg: Any) -> None:
+@pytest.mark.parametrize("minor", [0, 2], ids=["3.0", "3.2"])
+def test_raw_cancel_request(target: Target, pg: Any, minor: int) -> None:
+    """The key the client got (4 bytes in 3.0, 32 in 3.2 if offered) cancels its statement."""
     app = unique("raw_cancel")
-    with target.raw(extra={"application_name": app}) as conn:
+    with target.raw(extra={"application_name": app}, minor=minor) as conn:
         assert conn.key is not None
         conn.send(rawpg.query("select pg_sleep(30)"))
         wait_until(lambda: _running(pg, app), 5, "pg_sleep to start")
@@ -126,8 +128,20 @@ def test_cancel_with_wrong_key_ignored(target: Target, pg: Any) -> None:
         wait_until(lambda: _running(pg, app), 5, "pg_sleep to start")
         forged = bytes(b ^ 0xFF for b in secret)
         assert _cancel(target, (pid, forged)) == b""
+        assert _cancel(target, (pid, secret + b"\x00")) == b""  # an overlong secret
+        assert _cancel(target, (pid ^ 1, secret)) == b""  # somebody else's pid
         msgs = conn.recv_until("Z", 5)
         assert "E" not in rawpg.types(msgs), f"a forged key cancelled: {rawpg.summary(msgs)}"
+
+
+@pytest.mark.parametrize("secret_len", [0, 3, 300], ids=["empty", "3-bytes", "300-bytes"])
+def test_malformed_cancel_request_gets_no_bytes(target: Target, secret_len: int) -> None:
+    """Postgres never answers on a cancel socket, even for a malformed CancelRequest."""
+    with target.raw() as conn:
+        assert conn.key is not None
+        got = _cancel(target, (conn.key[0], b"k" * secret_len))
+        assert got == b"", f"a {secret_len}-byte cancel secret was answered with {got!r}"
+        assert rawpg.types(conn.simple("select 1")) == "TDCZ"
 
 
 def test_late_cancel_dropped(target: Target, pg: Any) -> None:
