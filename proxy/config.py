@@ -230,6 +230,12 @@ SCHEMA: tuple[Key, ...] = (
     Key("limits.connect_timeout", parse_duration, 10.0, "deadline for connecting to the upstream"),
     Key("limits.cancel_timeout", parse_duration, 2.0, "deadline for forwarding a CancelRequest"),
     Key("limits.max_clients", _positive_int, 10000, "client connections accepted at once"),
+    Key(
+        "limits.facts_cache_entries",
+        _positive_int,
+        10000,
+        "statements whose parsed facts are kept (LRU, by exact text)",
+    ),
     Key("audit.dir", str, "./audit", "directory of the JSONL audit trail", flag="--audit-dir"),
     Key("audit.rotate_size", parse_size, 100 * 1000**2, "rotate the current file past this size"),
     Key("audit.rotate_age", parse_duration, 86400.0, "rotate the current file past this age"),

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from proxy.session import Tracked
     from proxy.wire.messages import Bind
 
+_FORGET_PREPARED = frozenset({"DEALLOCATE ALL", "DISCARD ALL"})
+
 _AUDIT_REFUSAL = Decision(
     action="block",
     intended="block",
@@ -36,6 +38,7 @@ _AUDIT_REFUSAL = Decision(
 
 class Gate:
     def __init__(self, cfg: Config, policy: Policy | None) -> None:
+        facts_cache.configure(cfg["limits.facts_cache_entries"])
         self.policy = policy
         self.generation = 0
         self._text_mode = cfg["audit.statement_text"]
@@ -67,12 +70,19 @@ class Gate:
     ) -> QueryFacts:
         """See through SQL-level ``PREPARE``/``EXECUTE``: remember each PREPARE body in
         ``prepared`` (the session's map) and merge it into later EXECUTEs, in the same message
-        or a later one. Returns ``facts`` itself when nothing changed."""
-        if not any(s.prepare_name or s.execute_name for s in facts.statements):
+        or a later one. Returns ``facts`` itself when nothing changed. (A named DEALLOCATE
+        leaves its entry: a later EXECUTE of it fails on the server anyway, and a new PREPARE
+        of the name replaces it.)"""
+        if not any(
+            s.prepare_name or s.execute_name or s.command in _FORGET_PREPARED
+            for s in facts.statements
+        ):
             return facts
         resolved = []
         changed = False
         for stmt in facts.statements:
+            if stmt.command in _FORGET_PREPARED:
+                prepared.clear()
             if stmt.execute_name and stmt.execute_name in prepared:
                 stmt = extract.resolve_execute(stmt, prepared)
                 changed = True
@@ -107,7 +117,8 @@ class Gate:
         if stmt is not None:
             event["command"] = stmt.command
             event["class"] = stmt.statement_class
-            event["tables"] = [r.qualified for r in stmt.relations]
+            # A table both read and written is listed once.
+            event["tables"] = list(dict.fromkeys(r.qualified for r in stmt.relations))
             event["fingerprint"] = stmt.fingerprint
         else:
             event["command"] = None
@@ -116,7 +127,11 @@ class Gate:
             event["fingerprint"] = None
         event["decision"] = (decision or ALLOW).as_audit()
 
-    def audit_params(self, bind: Bind, mode: str) -> list[Any]:
+    def audit_params(self, bind: Bind, mode: str, facts: QueryFacts | None) -> list[Any]:
+        """Bind parameters as the audit log may see them. ``full`` falls back to the redacted
+        form for statements that may carry credentials (CREATE ROLE … PASSWORD $1, dblink)."""
+        if mode == "full" and redact.statement_may_carry_secrets(facts):
+            mode = "redacted"
         out: list[Any] = []
         formats = bind.param_formats
         for i, value in enumerate(bind.params):

@@ -716,12 +716,13 @@ class Session:
         mode = self.cfg["audit.parameters"]
         if mode == "none":
             portal, statement = m.bind_names(body)
+            tracked = self._prepared.get(statement)
             params = None
         else:
             bind = m.decode_bind(body)
             portal, statement = bind.portal, bind.statement
-            params = self.server.gate.audit_params(bind, mode)
-        tracked = self._prepared.get(statement)
+            tracked = self._prepared.get(statement)
+            params = self.server.gate.audit_params(bind, mode, tracked.facts if tracked else None)
         entry = Pending(K_BIND, tracked)
         entry.started_ns = now_ns
         entry.started_wall = now_wall
