@@ -157,3 +157,39 @@ def test_upstream_unreachable(proxy_factory: Any) -> None:
             )
             conn.wait_closed(3)
         assert proxy.returncode is None
+
+
+def test_copydata_not_capped_by_max_message_size(small_proxy: Any, bystander: r.RawConn) -> None:
+    """CopyData is streamed: a 5 MB CopyData message passes a 1 MB Query/Parse/Bind cap."""
+    table = unique("t_bigcopy")
+    with r.RawConn(small_proxy.host, small_proxy.port, timeout=20) as conn:
+        conn.login()
+        conn.simple(f"create table {table}(v text)")
+        conn.send(r.query(f"copy {table} from stdin"))
+        assert conn.recv().type == "G"
+        row = b"y" * 5_000_000 + b"\n"
+        conn.send(r.copy_data(row), r.copy_done())
+        msgs = conn.recv_until("Z")
+        assert r.summary(msgs) == [("C", "COPY 1"), ("Z", "I")], r.summary(msgs)
+        rows = conn.simple(f"select length(v) from {table}")
+        assert [m.row() for m in rows if m.type == "D"] == [["5000000"]]
+        conn.simple(f"drop table {table}")
+
+
+@pytest.mark.parametrize("kind", ["parse", "bind"])
+def test_parse_bind_over_max_message_size(
+    small_proxy: Any, bystander: r.RawConn, kind: str
+) -> None:
+    with r.RawConn(small_proxy.host, small_proxy.port, timeout=10) as conn:
+        conn.login()
+        if kind == "parse":
+            big = r.parse("select '" + "p" * 1_100_000 + "'")
+        else:
+            big = r.parse("select $1::text", "", [25]) + r.bind("", "", ["b" * 1_100_000])
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            conn.send(big, r.execute(), r.sync())
+        msgs, closed = conn.drain(3)
+        errors = [m for m in msgs if m.type == "E"]
+        assert errors and errors[0].sqlstate in ("08P01", "54000"), r.summary(msgs)
+        assert "D" not in r.types(msgs) and "C" not in r.types(msgs), r.summary(msgs)
+        assert closed

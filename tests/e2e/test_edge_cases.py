@@ -217,3 +217,20 @@ def test_audit_names_statement_and_portal(target: Target) -> None:
     event = events[0]
     assert (event["statement_name"], event["portal"]) == ("named_stmt", "named_portal"), event
     assert event["protocol"] == "extended" and event["tx_status"] == "T", event
+
+
+@pytest.mark.parametrize("kind", [b"S", b"H", b"C", b"D", b"E"])
+def test_small_message_over_limit(target: Target, kind: bytes) -> None:
+    """Sync/Flush/Close/Describe/Execute are small messages: 20 kB of body is a violation."""
+    body = {
+        b"S": b"x" * 20_000,
+        b"H": b"x" * 20_000,
+        b"C": b"S" + b"n" * 20_000 + b"\x00",
+        b"D": b"S" + b"n" * 20_000 + b"\x00",
+        b"E": b"p" * 20_000 + b"\x00\x00\x00\x00\x00",
+    }
+    with target.raw() as conn:
+        conn.send(r.frame(kind, body[kind]))
+        msgs, closed = conn.drain(5)
+    assert closed, r.summary(msgs)
+    assert [m.sqlstate for m in msgs if m.type == "E"] in ([], ["08P01"]), r.summary(msgs)
