@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from tests.e2e.kit import unique, wait_until
+from tests.support import rawpg
 
 pytestmark = pytest.mark.e2e
 
@@ -184,3 +185,38 @@ def _check_query_event(q: dict[str, Any], start: dict[str, Any], kind: str) -> N
         "decision",
     ):
         assert key in q, f"missing {key}: {where}"
+
+
+def test_fire_and_forget_statements_audited(proxy: Any, pg: Any) -> None:
+    """A client sends INSERT and vanishes without reading: whatever committed is audited."""
+    table = unique("t_forget")
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        conn.execute(f"create table {table}(id int)")
+    apps = []
+    for i in range(20):
+        app = unique("forget")
+        apps.append(app)
+        conn = rawpg.RawConn(proxy.host, proxy.port)
+        conn.login(extra={"application_name": app})
+        conn.send(rawpg.query(f"insert into {table} values ({i})"))
+        conn.close()
+    wait_until(
+        lambda: (
+            len([e for e in proxy.events("session_end") if e["application_name"] in apps])
+            == len(apps)
+        ),
+        15,
+        "every vanished session to end",
+    )
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        committed = {row[0] for row in conn.execute(f"select id from {table}")}
+        conn.execute(f"drop table {table}")
+    audited = {
+        int(e["statement"].rsplit("(", 1)[1].rstrip(")"))
+        for e in proxy.events("query")
+        if e["application_name"] in apps
+    }
+    missing = sorted(committed - audited)
+    assert not missing, (
+        f"{len(missing)} of {len(committed)} committed inserts have no audit event: ids {missing}"
+    )
