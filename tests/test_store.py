@@ -27,6 +27,8 @@ from proxy.store.schema import LATEST_VERSION, migrate
 from proxy.store.shipper import StoreShipper
 from tests.support.pgcluster import PgServer
 
+pytestmark = pytest.mark.e2e  # starts its own PostgreSQL clusters
+
 T0 = datetime(2026, 11, 26, 7, 0, tzinfo=UTC)
 
 
