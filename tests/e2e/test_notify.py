@@ -160,3 +160,27 @@ def test_psql_describe_plus(target: Target) -> None:
     finally:
         with target.connect() as conn:
             conn.execute(f"drop table {table}")
+
+
+def test_backend_terminated_mid_statement_audited(target: Target, pg: Any) -> None:
+    app = unique("killed_mid")
+    with target.raw(extra={"application_name": app}) as conn:
+        pid = int(conn.simple("select pg_backend_pid()")[1].row()[0] or 0)
+        conn.send(r.query("select pg_sleep(30)"))
+        with admin(pg) as check:
+            wait_until(
+                lambda: check.execute(
+                    "select 1 from pg_stat_activity where pid = %s and query like %s",
+                    (pid, "%pg_sleep(30)%"),
+                ).fetchone(),
+                5,
+                "pg_sleep to start",
+            )
+            check.execute("select pg_terminate_backend(%s)", (pid,))
+        msgs, closed = conn.drain(5)
+        assert closed and [m.sqlstate for m in msgs if m.type == "E"] == ["57P01"], r.summary(msgs)
+    if target.proxy is None:
+        return
+    events = [e for e in settle(target.proxy, app) if e["type"] == "query"]
+    sleeps = [e for e in events if "pg_sleep(30)" in e["statement"]]
+    assert len(sleeps) == 1 and sleeps[0]["sqlstate"] == "57P01", events
