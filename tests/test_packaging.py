@@ -19,7 +19,6 @@ def test_wheel_ships_policies_and_report_template(tmp_path: Path) -> None:
             "wheel",
             str(ROOT),
             "--no-deps",
-            "--no-build-isolation",
             "-q",
             "-w",
             str(tmp_path),
