@@ -196,10 +196,10 @@ def test_fire_and_forget_statements_audited(proxy: Any, pg: Any) -> None:
     for i in range(20):
         app = unique("forget")
         apps.append(app)
-        conn = rawpg.RawConn(proxy.host, proxy.port)
-        conn.login(extra={"application_name": app})
-        conn.send(rawpg.query(f"insert into {table} values ({i})"))
-        conn.close()
+        raw = rawpg.RawConn(proxy.host, proxy.port)
+        raw.login(extra={"application_name": app})
+        raw.send(rawpg.query(f"insert into {table} values ({i})"))
+        raw.close()  # at once: the reply is never read
     wait_until(
         lambda: (
             len([e for e in proxy.events("session_end") if e["application_name"] in apps])
