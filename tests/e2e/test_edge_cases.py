@@ -234,3 +234,45 @@ def test_small_message_over_limit(target: Target, kind: bytes) -> None:
         msgs, closed = conn.drain(5)
     assert closed, r.summary(msgs)
     assert [m.sqlstate for m in msgs if m.type == "E"] in ([], ["08P01"]), r.summary(msgs)
+
+
+def test_half_closed_client_still_gets_its_reply(target: Target) -> None:
+    """Query, then shutdown(SHUT_WR): Postgres still answers before it sees the EOF."""
+    import socket
+
+    with target.raw() as conn:
+        conn.send(r.query("select 'late reply'"))
+        conn.sock.shutdown(socket.SHUT_WR)
+        msgs, closed = conn.drain(5)
+    assert r.types(msgs) == "TDCZ", r.summary(msgs)
+    assert closed
+
+
+def test_session_byte_counts(target: Target) -> None:
+    """session_end counts exactly the bytes that crossed the client socket."""
+    app = unique("bytes")
+    sent = received = 0
+    with target.raw(login=False) as conn:
+        startup = r.startup({"user": "postgres", "database": "postgres", "application_name": app})
+        conn.send(startup)
+        sent += len(startup)
+        login = conn.recv_until("Z")
+        for request in (
+            r.query("select repeat('b', 5000)"),
+            r.parse("select 1"),
+            r.bind(),
+            r.execute(),
+            r.sync(),
+        ):
+            conn.send(request)
+            sent += len(request)
+        replies = conn.recv_n_ready(2)
+        conn.send(r.terminate())
+        sent += 5
+        conn.wait_closed(5)
+        received = sum(5 + len(m.body) for m in login + replies)
+    if target.proxy is None:
+        return
+    end = next(e for e in settle(target.proxy, app) if e["type"] == "session_end")
+    assert (end["bytes_from_client"], end["bytes_to_client"]) == (sent, received), end
+    assert end["statements"] == 2, end
