@@ -220,3 +220,36 @@ def test_fire_and_forget_statements_audited(proxy: Any, pg: Any) -> None:
     assert not missing, (
         f"{len(missing)} of {len(committed)} committed inserts have no audit event: ids {missing}"
     )
+
+
+def test_login_storm(proxy: Any) -> None:
+    """60 clients connect at once (SCRAM and trust mixed); every one is served and audited."""
+    app = unique("storm")
+
+    async def one(i: int) -> int:
+        user, password = ("alice", "alice-pw") if i % 2 else ("dave", None)
+        conn = await asyncpg.connect(
+            proxy.dsn(user, "app", password),
+            timeout=20,
+            server_settings={"application_name": f"{app}_{i}"},
+        )
+        try:
+            return int(await conn.fetchval("select $1::int", i))
+        finally:
+            await conn.close()
+
+    async def run() -> list[int]:
+        return list(await asyncio.gather(*(one(i) for i in range(60))))
+
+    assert asyncio.run(asyncio.wait_for(run(), 60)) == list(range(60))
+    names = {f"{app}_{i}" for i in range(60)}
+    wait_until(
+        lambda: (
+            len([e for e in proxy.events("session_end") if e["application_name"] in names]) == 60
+        ),
+        15,
+        "60 session_end",
+    )
+    queries = [e for e in proxy.events("query") if e["application_name"] in names]
+    assert sorted(int(e["rows"]) for e in queries) == [1] * 60
+    assert {e["user"] for e in queries} == {"alice", "dave"}
