@@ -426,3 +426,19 @@ def test_raw_half_buffer_prepare_in_pipeline(target: Target) -> None:
         msgs = conn.recv_until("Z")
         assert r.types(msgs) == "12DC" * 40 + "Z"
         assert [m.row()[0] for m in msgs if m.type == "D"] == [str(i) for i in range(40)]
+
+
+def test_psycopg_server_side_prepared(target: Target) -> None:
+    """psycopg prepare=True: one Parse, many Bind/Execute; one event per execution."""
+    app = unique("prepared")
+    with target.connect(application_name=app) as conn:
+        for i in range(5):
+            got = conn.execute("select %s::int * 3 as tripled", (i,), prepare=True).fetchone()
+            assert got == (i * 3,)
+    if target.proxy is None:
+        return
+    events = [e for e in _queries(target, app) if "tripled" in e["statement"]]
+    assert len(events) == 5, events
+    assert all(e["statement_name"] for e in events), "a named statement's name is recorded"
+    assert len({e["statement_name"] for e in events}) == 1, events
+    assert [e["rows"] for e in events] == [1] * 5
