@@ -62,7 +62,8 @@ K_FUNCTION = 9  # FunctionCallResponse (or error), then ReadyForQuery
 K_COPY_END = 10  # marker: where the client's CopyDone/CopyFail sits in the request stream
 
 # Server message types the relay must look at; everything else is forwarded untouched.
-_WATCHED = frozenset(b"CEIsZGHWTtn123VSKRvDd")
+_WATCHED = frozenset(b"CEIsZGHWTtn123VSKRv")
+_DESCRIBES = (K_DESCRIBE_STMT, K_DESCRIBE_PORTAL)
 
 _POISON_SQL = "PGWARDEN BLOCKED STATEMENT /* {} */"
 _BLOCKED_STATEMENT = b"__pgwarden_blocked__"
@@ -173,7 +174,9 @@ class _Side(asyncio.Protocol):
             self.session.server_data(data)
 
     def eof_received(self) -> bool | None:
-        return False  # close the transport; connection_lost follows
+        # A client that half-closes after its last request still gets the replies, as from
+        # PostgreSQL; the server leg closes normally (connection_lost follows).
+        return self.session.client_eof() if self.is_client else False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.is_client:
@@ -240,6 +243,7 @@ class Session:
         self._current: Pending | None = None
         self.ssl_requests = 0
         self.client_tls = False
+        self._client_done = False  # the client closed or half-closed its side
         # Events completed while scanning the current server chunk; they are written to the
         # trail before that chunk is released to the client.
         self._emitted: list[dict[str, Any]] = []
@@ -310,16 +314,41 @@ class Session:
                 reason="login_timeout",
             )
 
+    def client_eof(self) -> bool:
+        """The client will send nothing more. Keep the socket open for the replies still owed
+        (True) or let it close now (False)."""
+        self._client_done = True
+        if self.phase != "ready" or self.upstream is None:
+            return False
+        if self._pending:
+            return True  # the session ends when the last reply has been relayed
+        if self._held:
+            self._end_after_client_left()  # replies are only waiting for their audit write
+            return True
+        return False
+
     def client_lost(self, exc: Exception | None) -> None:
         if self.phase == "closed":
             return
+        self._client_done = True
         if not self._end_reason:
             self._end_reason = "client_disconnected"
+        if self.phase == "ready" and self._pending and self.upstream is not None:
+            # Requests already forwarded run to the end on the server (PostgreSQL itself only
+            # notices a vanished client when it next writes): read their replies so every
+            # statement that ran is audited, then close the server leg.
+            return
         # The server rolls back an open transaction when its connection drops; nothing of a
         # half-received client message has been forwarded.
         if self.upstream is not None:
             self.upstream.abort()
         self._finish()
+
+    def _end_after_client_left(self) -> None:
+        """All replies owed to a departed (or half-closed) client are in: end the session."""
+        if self.upstream is not None:
+            self.upstream.write(m.TERMINATE)
+        self._close_client_after_release()
 
     def server_lost(self, exc: Exception | None) -> None:
         if self.phase == "closed":
@@ -453,7 +482,14 @@ class Session:
                 return
             packet = bytes(self._startup_buf[:length])
             del self._startup_buf[:length]
-            request = parse_startup(packet)
+            try:
+                request = parse_startup(packet)
+            except FrontendProtocolError:
+                if _U32.unpack_from(packet, 4)[0] != c.CANCEL_REQUEST_CODE:
+                    raise
+                # Like PostgreSQL, never write on a cancel socket, even a malformed one.
+                self._close_silently("bad_cancel_request")
+                return
             if isinstance(request, SSLRequest | GSSENCRequest):
                 if self._startup_buf:
                     # Bytes sent before our answer could have been injected by a
@@ -467,14 +503,16 @@ class Session:
                 continue
             if isinstance(request, CancelRequest):
                 self.server.handle_cancel(request)
-                self._end_reason = "cancel_request"
-                assert self.client is not None
-                self.client.close()
-                self.phase = "closed"
-                self.server.session_closed(self)
+                self._close_silently("cancel_request")
                 return
             assert isinstance(request, StartupMessage)
             self._begin_session(request)
+
+    def _close_silently(self, reason: str) -> None:
+        self._end_reason = reason
+        if self.client is not None:
+            self.client.close()
+        self._finish()
 
     def _begin_session(self, startup: StartupMessage) -> None:
         self._startup = startup
@@ -921,24 +959,25 @@ class Session:
         watched = _WATCHED
         unpack = _U32.unpack_from
         now_ns = 0
+        rows = 0  # DataRows seen since the last watched message
+        pending = self._pending
         while end - pos >= 5:
             kind = buf[pos]
             (length,) = unpack(buf, pos + 1)
+            total = length + 1
+            if kind == 68:  # DataRow: the bulk of most replies; count it, pass it through
+                if end - pos < total:
+                    break
+                rows += 1
+                pos += total
+                continue
             if length < 4:
                 raise BackendProtocolError(f"invalid message length {length}")
-            total = length + 1
-            if kind not in watched:
-                if end - pos < total:
-                    break
-                pos += total
-                continue
-            if kind == 68:  # 'D'
-                self._row_count += 1
-                if end - pos < total:
-                    break
-                pos += total
-                continue
-            if kind == 100:  # 'd' CopyData out
+            if kind not in watched or (
+                kind == 84 and not (pending and pending[0].kind in _DESCRIBES)
+            ):
+                # Unwatched, or a RowDescription that starts a result rather than answering
+                # a Describe.
                 if end - pos < total:
                     break
                 pos += total
@@ -949,6 +988,9 @@ class Session:
                 break
             if not now_ns:
                 now_ns = time.perf_counter_ns()
+            if rows:
+                self._row_count += rows
+                rows = 0
             body = buf[pos + 5 : pos + total]
             result = self._server_message(kind, body, now_ns)
             if result is not None:
@@ -959,6 +1001,7 @@ class Session:
                 pieces.append(result)
                 start = pos + total
             pos += total
+        self._row_count += rows
         # Whatever stays incomplete: stream big passthrough messages, buffer the rest.
         rest = end - pos
         stream_now = 0
@@ -978,6 +1021,8 @@ class Session:
             self._emitted = []
         if out or events:
             self._send_client(out, events)
+        if self._client_done and not self._pending and self.phase == "ready":
+            self._end_after_client_left()
 
     def _server_message(self, kind: int, body: bytes, now_ns: int) -> bytes | None:
         """React to one watched server message. Returns None to forward it unchanged, or the
@@ -1352,8 +1397,6 @@ class Session:
         """Write to the client, but only after ``events`` (and any earlier held data's events)
         have reached the audit trail."""
         client = self.client
-        if client is None:
-            return
         if events:
             trail = self.server.trail
             status = chr(self.tx_status)
@@ -1362,9 +1405,11 @@ class Session:
                     event["tx_status"] = status
                 trail.submit(event)
         elif not self._held:
-            if data:
+            if data and client is not None and not client.is_closing():
                 self.bytes_to_client += len(data)
                 client.write(data)
+            return
+        if client is None:
             return
         self._held.append(data)
         self._held_marker += 1
