@@ -172,10 +172,13 @@ def _positive_int(value: Any) -> int:
 
 
 def _sinks(value: Any) -> tuple[Mapping[str, Any], ...]:
-    if isinstance(value, str):
-        import json
+    if isinstance(value, str):  # from a flag or the environment: YAML flow syntax (or JSON)
+        import yaml
 
-        value = json.loads(value)
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"not valid YAML: {exc}") from None
     if not isinstance(value, list | tuple):
         raise ValueError("expected a list of sinks such as [{type: postgres, dsn: ...}]")
     out = []
@@ -390,6 +393,17 @@ def load(
     if out.problems:
         raise ConfigError(out.problems)
     return Config(out.values, str(path or ""))
+
+
+_DSN_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@|(password\s*=\s*)('[^']*'|\S+)", re.I)
+
+
+def display_value(value: Any) -> str:
+    """A config value as shown to people (``--check-config``): DSN passwords hidden."""
+    text = str(value)
+    return _DSN_PASSWORD.sub(
+        lambda m: f"{m.group(1)}***@" if m.group(1) else f"{m.group(2)}***", text
+    )
 
 
 def defaults() -> Config:

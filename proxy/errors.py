@@ -30,8 +30,8 @@ class SourceProblem:
             where += f":{self.line}"
             if self.col:
                 where += f":{self.col}"
-        key = f"{self.key}: " if self.key else ""
-        return f"{where}: {key}{self.message}"
+        key = f"{self.key}: " if self.key and self.key != where else ""
+        return f"{where}: {key}{self.message}" if where else f"{key}{self.message}"
 
 
 class SourceError(PgWardenError):

@@ -9,9 +9,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import secrets
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from proxy.audit.chain import load_hmac_key
 from proxy.identity import Identity
 from proxy.policy.decision import ALLOW, Decision, RuleMatch
 from proxy.sql import cache as facts_cache
@@ -42,7 +44,11 @@ class Gate:
         self.policy = policy
         self.generation = 0
         self._text_mode = cfg["audit.statement_text"]
-        self._param_key = hashlib.sha256(cfg.proxy_id.encode()).digest()
+        # Keyed hashes of redacted parameters: with audit.hmac_key_file the same value hashes
+        # the same across restarts and proxies sharing the key; without it a per-process
+        # random key keeps low-entropy values from being guessed from the trail.
+        key_file = cfg["audit.hmac_key_file"]
+        self._param_key = load_hmac_key(key_file) if key_file else secrets.token_bytes(32)
 
     def swap_policy(self, policy: Policy | None) -> None:
         self.policy = policy

@@ -244,6 +244,8 @@ class Session:
         self.ssl_requests = 0
         self.client_tls = False
         self._client_done = False  # the client closed or half-closed its side
+        self._announced = False  # session_start written: a session_end must follow
+        self._end_error = ""  # why the session failed, for session_end
         # Events completed while scanning the current server chunk; they are written to the
         # trail before that chunk is released to the client.
         self._emitted: list[dict[str, Any]] = []
@@ -393,7 +395,7 @@ class Session:
     def _finish(self) -> None:
         if self.phase == "closed":
             return
-        was_ready = self.phase in ("ready", "closing")
+        was_ready = self._announced
         self.phase = "closed"
         if self._login_timer is not None:
             self._login_timer.cancel()
@@ -412,6 +414,8 @@ class Session:
                 bytes_to_client=self.bytes_to_client,
                 reason=self._end_reason or "closed",
             )
+            if self._end_error:
+                event["error"] = self._end_error
             self.server.trail.submit(event)
         self.server.session_closed(self)
 
@@ -466,6 +470,7 @@ class Session:
                 self._auth_data(data)
         except FrontendProtocolError as exc:
             self.server.state.counters.protocol_errors_client += 1
+            self._end_error = str(exc)
             logger.warning(
                 "session %s: client protocol error from %s: %s",
                 self.session_id,
@@ -713,7 +718,7 @@ class Session:
             if not self._pending and self.tx_status != c.TX_IN_BLOCK:
                 # Idle (or already failed) with nothing in flight: answering locally is exactly
                 # what PostgreSQL would send, and nothing reaches the server.
-                event = self._query_event(entry, None, now_ns, refusal)
+                event = self._refused_event(entry, now_ns, refusal)
                 self._send_client(
                     self._policy_error(refusal) + m.ready_for_query(self.tx_status), [event]
                 )
@@ -828,6 +833,7 @@ class Session:
 
     def _server_protocol_error(self, exc: ProtocolError) -> None:
         self.server.state.counters.protocol_errors_server += 1
+        self._end_error = str(exc)
         logger.error("session %s: upstream protocol error: %s", self.session_id, exc)
         self._fatal(
             c.SQLSTATE_PROTOCOL_VIOLATION,
@@ -908,6 +914,7 @@ class Session:
             self._login_timer.cancel()
             self._login_timer = None
         self._rebuild_base()
+        self._announced = True
         event = self._event("session_start")
         event.update(
             protocol_version=f"3.{self.protocol_minor}",
@@ -1126,7 +1133,7 @@ class Session:
         replacement: bytes | None = None
         if head.block is not None:
             replacement = self._policy_error(head.block)
-            self._emitted.append(self._query_event(head, None, now_ns, head.block))
+            self._emitted.append(self._refused_event(head, now_ns, head.block))
             fields = {}
         if head.kind == K_QUERY:
             if head.block is None:
@@ -1354,16 +1361,16 @@ class Session:
             event["params"] = params
         return event
 
-    def _query_event(
-        self, entry: Pending, tag: str | None, now_ns: int, refusal: Decision
-    ) -> dict[str, Any]:
-        """The event of a statement the proxy refused (it never ran)."""
+    def _refused_event(self, entry: Pending, now_ns: int, refusal: Decision) -> dict[str, Any]:
+        """The one event of a message the proxy refused (nothing of it ran): the statement's
+        own text, or the whole text when the message held several statements."""
         tracked = entry.tracked
         facts = tracked.facts if tracked else None
         stmt = facts.statements[0] if facts is not None and facts.statements else None
         protocol = "simple" if entry.kind == K_QUERY else "extended"
+        single = facts is not None and len(facts.statements) == 1
         event = self._statement_event(
-            tracked.text if tracked else "",
+            stmt.text if single and stmt is not None else (tracked.text if tracked else ""),
             stmt,
             refusal,
             protocol,
@@ -1380,8 +1387,8 @@ class Session:
             None,
             0,
         )
-        if facts is not None and len(facts.statements) > 1:
-            event["statement"] = self.server.gate.audit_text(facts.text, None)
+        if not single:
+            event["command"] = event["class"] = event["fingerprint"] = None
         return event
 
     def _flush_tx_status(self) -> None:

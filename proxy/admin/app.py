@@ -1,11 +1,10 @@
 """The admin HTTP server (aiohttp).
 
 ``GET /healthz``, ``GET /readyz`` and ``GET /metrics`` are open (liveness and readiness probes,
-Prometheus); everything else needs ``Authorization: Bearer <token>`` when ``admin.token_file``
-is set:
+Prometheus). ``/readyz`` answers 200 when the upstream answers, the audit trail writes and
+(when configured) the store accepts batches, else 503; its JSON body names each check.
+Everything else needs ``Authorization: Bearer <token>`` when ``admin.token_file`` is set:
 
-* ``GET /readyz`` — 200 when the upstream answers, the audit trail writes and (when
-  configured) the store accepts batches; else 503; the JSON body names each check;
 * ``GET /sessions`` — the live client sessions;
 * ``POST /sessions/{id}/cancel`` and ``POST /sessions/{id}/terminate``;
 * ``POST /reload`` — reload policies (and alert rules); 200, or 422 with the errors.
@@ -75,9 +74,7 @@ class AdminServer:
             try:
                 endpoint = parse_listen(listen)
             except ValueError as exc:
-                raise ConfigError(
-                    [SourceProblem("admin.listen", 0, 0, str(exc), "admin.listen")]
-                ) from None
+                raise ConfigError([SourceProblem("", 0, 0, str(exc), "admin.listen")]) from None
             self.host, self.port = endpoint.host, endpoint.port
             self.token = load_token(str(cfg["admin.token_file"]), self.host)
         self._runner: web.AppRunner | None = None
@@ -104,7 +101,7 @@ class AdminServer:
         except OSError as exc:
             await runner.cleanup()
             raise ConfigError([SourceProblem(
-                "admin.listen", 0, 0, f"cannot listen on {self.host}:{self.port}: {exc}",
+                "", 0, 0, f"cannot listen on {self.host}:{self.port}: {exc}",
                 "admin.listen",
             )]) from None  # fmt: skip
         self._runner = runner

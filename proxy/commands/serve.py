@@ -32,10 +32,17 @@ def run(args: argparse.Namespace) -> int:
         from proxy.server import load_policies
 
         policy = load_policies(cfg)
+        rules = None
+        if cfg["alerts"]:
+            from proxy.alerts.rules import load_rules
+
+            rules = load_rules(list(cfg["alerts"]))
         for key in config.SCHEMA:
-            print(f"{key.path}: {cfg[key.path]!s}")
+            print(f"{key.path}: {config.display_value(cfg[key.path])}")
         if policy is not None:
-            print(f"policies: {policy.rule_count} rules in {len(policy.files)} files")
+            print(f"# {policy.rule_count} policy rules in {len(policy.files)} files")
+        if rules is not None:
+            print(f"# {len(rules)} alert rules")
         print("configuration ok", file=sys.stderr)
         return 0
     from proxy.server import run_server
