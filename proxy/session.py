@@ -686,14 +686,7 @@ class Session:
                 self._pending.append(Pending(K_COPY_END))
             return raw
         if kind == 70:  # 'F'
-            oid = m.function_oid(body)
-            tracked = Tracked(f"<function call oid={oid}>", None, None)
-            entry = Pending(K_FUNCTION, tracked)
-            entry.started_ns = now_ns
-            entry.started_wall = now_wall
-            self._pending.append(entry)
-            self._pending.append(Pending(K_SYNC))
-            return raw
+            return self._on_function_call(body, raw, now_ns, now_wall)
         if kind == 88:  # 'X'
             self._end_reason = "client_terminated"
             return raw
@@ -730,6 +723,32 @@ class Session:
             return m.query(_POISON_SQL.format(_safe_comment(rule)))
         self._notify_if_asked(decision)
         self._pending.append(entry)
+        return raw
+
+    def _on_function_call(self, body: bytes, raw: bytes, now_ns: int, now_wall: float) -> bytes:
+        gate = self.server.gate
+        facts = gate.function_call_facts(m.function_oid(body))
+        decision = gate.decide(self.identity, facts)
+        tracked = Tracked(facts.text, facts, decision)
+        entry = Pending(K_FUNCTION, tracked)
+        entry.started_ns = now_ns
+        entry.started_wall = now_wall
+        refusal = self._refusal(decision)
+        if refusal is not None:
+            entry.block = refusal
+            if not self._pending and self.tx_status != c.TX_IN_BLOCK:
+                event = self._refused_event(entry, now_ns, refusal)
+                reply = self._policy_error(refusal) + m.ready_for_query(self.tx_status)
+                self._send_client(reply, [event])
+                return b""
+            # A failing Query answers like a failing FunctionCall: ErrorResponse, ReadyForQuery.
+            self._pending.append(entry)
+            self._pending.append(Pending(K_SYNC))
+            rule = refusal.rules[0].id if refusal.rules else "policy"
+            return m.query(_POISON_SQL.format(_safe_comment(rule)))
+        self._notify_if_asked(decision)
+        self._pending.append(entry)
+        self._pending.append(Pending(K_SYNC))
         return raw
 
     def _on_parse(self, body: bytes, raw: bytes, now_ns: int, now_wall: float) -> bytes:
@@ -1367,7 +1386,7 @@ class Session:
         tracked = entry.tracked
         facts = tracked.facts if tracked else None
         stmt = facts.statements[0] if facts is not None and facts.statements else None
-        protocol = "simple" if entry.kind == K_QUERY else "extended"
+        protocol = {K_QUERY: "simple", K_FUNCTION: "function_call"}.get(entry.kind, "extended")
         single = facts is not None and len(facts.statements) == 1
         event = self._statement_event(
             stmt.text if single and stmt is not None else (tracked.text if tracked else ""),

@@ -231,3 +231,31 @@ def test_monitor_mode_records_would_be_blocks_and_runs_them(
     assert event["decision"]["intended"] == "block"
     assert event["decision"]["mode"] == "monitor"
     assert event["command_tag"] == "DELETE 1"
+
+
+def test_function_call_messages_are_judged_by_the_function_they_name(
+    proxy_factory: Any, pg: Any
+) -> None:
+    """The FunctionCall protocol names a function by OID only: lo_import (OID 764) must not
+    slip past a policy that blocks server-file functions for non-admins."""
+    root = Path(__file__).resolve().parents[2]
+    proxy = proxy_factory(policies=[root / "policies" / "default.yaml"])
+    with rawpg.RawConn(proxy.host, proxy.port, 5) as conn:
+        conn.login(user="dave", database="app")
+        conn.send(rawpg.function_call(764, [b"/etc/passwd"]))
+        msgs = conn.recv_until("Z")
+        assert rawpg.types(msgs) == "EZ" and msgs[0].sqlstate == "42501", rawpg.summary(msgs)
+        assert "no-server-file-functions" in msgs[0].fields().get("D", "")
+        # An allowed call still works: int4 abs() is OID 1397.
+        conn.send(rawpg.function_call(1397, [(-5).to_bytes(4, "big", signed=True)]))
+        msgs = conn.recv_until("Z")
+        assert rawpg.types(msgs) == "VZ", rawpg.summary(msgs)
+    events = wait_until(
+        lambda: [e for e in proxy.events("query") if e["protocol"] == "function_call"] or None,
+        5,
+        "function call events",
+    )
+    assert events[0]["statement"] == "<function call oid=764 lo_import>"
+    assert events[0]["decision"]["action"] == "block"
+    assert events[-1]["statement"] == "<function call oid=1397>"
+    assert events[-1]["decision"]["action"] == "flag"  # opaque: not a function we can name
