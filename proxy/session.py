@@ -700,56 +700,45 @@ class Session:
             self._abandon_portal(self._portals.pop(b"", None))
         gate = self.server.gate
         facts = gate.resolve_prepared(gate.inspect(sql, self._settings), self._sql_prepared)
-        decision = gate.decide(self.identity, facts)
-        tracked = Tracked(facts.text, facts, decision)
-        entry = Pending(K_QUERY, tracked)
-        entry.started_ns = now_ns
-        entry.started_wall = now_wall
-        refusal = self._refusal(decision)
-        if refusal is not None:
-            entry.block = refusal
-            if not self._pending and self.tx_status != c.TX_IN_BLOCK:
-                # Idle (or already failed) with nothing in flight: answering locally is exactly
-                # what PostgreSQL would send, and nothing reaches the server.
-                event = self._refused_event(entry, now_ns, refusal)
-                self._send_client(
-                    self._policy_error(refusal) + m.ready_for_query(self.tx_status), [event]
-                )
-                return b""
-            # Inside a transaction (or with replies outstanding): make the server fail in the
-            # same place so its transaction state matches what the client is told.
-            self._pending.append(entry)
-            rule = refusal.rules[0].id if refusal.rules else "policy"
-            return m.query(_POISON_SQL.format(_safe_comment(rule)))
-        self._notify_if_asked(decision)
-        self._pending.append(entry)
-        return raw
+        return self._judge_cycle(K_QUERY, facts, raw, now_ns, now_wall)
 
     def _on_function_call(self, body: bytes, raw: bytes, now_ns: int, now_wall: float) -> bytes:
-        gate = self.server.gate
-        facts = gate.function_call_facts(m.function_oid(body))
-        decision = gate.decide(self.identity, facts)
-        tracked = Tracked(facts.text, facts, decision)
-        entry = Pending(K_FUNCTION, tracked)
+        facts = self.server.gate.function_call_facts(m.function_oid(body))
+        return self._judge_cycle(K_FUNCTION, facts, raw, now_ns, now_wall)
+
+    def _judge_cycle(
+        self, kind: int, facts: QueryFacts, raw: bytes, now_ns: int, now_wall: float
+    ) -> bytes:
+        """Decide a Query or FunctionCall, each answered by its own ReadyForQuery, and return
+        what to forward: the message, a poison Query, or nothing (answered locally)."""
+        decision = self.server.gate.decide(self.identity, facts)
+        entry = Pending(kind, Tracked(facts.text, facts, decision))
         entry.started_ns = now_ns
         entry.started_wall = now_wall
         refusal = self._refusal(decision)
-        if refusal is not None:
+        if refusal is None:
+            self._notify_if_asked(decision)
+            forward = raw
+        elif not self._pending and self.tx_status != c.TX_IN_BLOCK:
+            # Idle (or already failed) with nothing in flight: answering locally is exactly
+            # what PostgreSQL would send, and nothing reaches the server.
             entry.block = refusal
-            if not self._pending and self.tx_status != c.TX_IN_BLOCK:
-                event = self._refused_event(entry, now_ns, refusal)
-                reply = self._policy_error(refusal) + m.ready_for_query(self.tx_status)
-                self._send_client(reply, [event])
-                return b""
-            # A failing Query answers like a failing FunctionCall: ErrorResponse, ReadyForQuery.
-            self._pending.append(entry)
-            self._pending.append(Pending(K_SYNC))
+            event = self._refused_event(entry, now_ns, refusal)
+            self._send_client(
+                self._policy_error(refusal) + m.ready_for_query(self.tx_status), [event]
+            )
+            return b""
+        else:
+            # Inside a transaction (or with replies outstanding): make the server fail in the
+            # same place so its transaction state matches what the client is told. A failing
+            # Query is answered like a failing FunctionCall: ErrorResponse, ReadyForQuery.
+            entry.block = refusal
             rule = refusal.rules[0].id if refusal.rules else "policy"
-            return m.query(_POISON_SQL.format(_safe_comment(rule)))
-        self._notify_if_asked(decision)
+            forward = m.query(_POISON_SQL.format(_safe_comment(rule)))
         self._pending.append(entry)
-        self._pending.append(Pending(K_SYNC))
-        return raw
+        if kind == K_FUNCTION:
+            self._pending.append(Pending(K_SYNC))
+        return forward
 
     def _on_parse(self, body: bytes, raw: bytes, now_ns: int, now_wall: float) -> bytes:
         parse = m.decode_parse(body)
