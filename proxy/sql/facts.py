@@ -63,6 +63,9 @@ class QueryFacts:
     statements: tuple[StatementFacts, ...]  # empty for an empty query
     parse_error: str | None = None  # set when pglast (PostgreSQL's grammar) rejects the text
     unparsable_reason: str | None = None  # e.g. "standard_conforming_strings is off"
+    # Some fact was read from a literal's value (a folded WHERE, set_config's setting name, a DO
+    # body...): texts differing only in literals may have different facts. See proxy.sql.cache.
+    literal_sensitive: bool = False
 
     @property
     def parsable(self) -> bool:

@@ -21,6 +21,9 @@ class _Marker:
 
 NULL: Final = _Marker("NULL")
 UNKNOWN: Final = _Marker("UNKNOWN")
+# "Some literal, value not looked at": the symbolic evaluation of depends_on_literals() gives
+# every constant this value, so a result other than LITERAL holds for all literal values.
+LITERAL: Final = _Marker("LITERAL")
 
 _BOOL_TYPES = frozenset({"bool", "boolean"})
 _INT_TYPES = frozenset({"int2", "int4", "int8", "smallint", "integer", "bigint", "int"})
@@ -33,7 +36,18 @@ def is_trivially_true(where: Any) -> bool:
     """True when the WHERE clause (JSON node, or None for no WHERE) selects every row."""
     if where is None:
         return True
-    return _truth(where) is True
+    return _truth(where, False) is True
+
+
+def depends_on_literals(where: Any) -> bool:
+    """True when some choice of the literals' values could change :func:`is_trivially_true`.
+
+    Evaluates with every constant replaced by LITERAL. Each rule yields a value other than
+    LITERAL only when that value is forced whatever the literals are (UNKNOWN absorbs a
+    comparison, a TRUE absorbs OR, a FALSE absorbs AND...), so a non-LITERAL result is the
+    same for every text that differs only in its literals.
+    """
+    return where is not None and _truth(where, True) is LITERAL
 
 
 def parse_bool(text: str) -> bool | None:
@@ -48,10 +62,10 @@ def parse_bool(text: str) -> bool | None:
     return None
 
 
-def _truth(node: Any) -> Any:
-    """Value of a node in boolean context: True, False, NULL or UNKNOWN."""
-    value = _value(node)
-    if value is True or value is False or value is NULL:
+def _truth(node: Any, sym: bool) -> Any:
+    """Value of a node in boolean context: True, False, NULL or UNKNOWN (or LITERAL)."""
+    value = _value(node, sym)
+    if value is True or value is False or value is NULL or value is LITERAL:
         return value
     if isinstance(value, str):  # an untyped literal is coerced to boolean
         parsed = parse_bool(value)
@@ -59,7 +73,7 @@ def _truth(node: Any) -> Any:
     return UNKNOWN
 
 
-def _value(node: Any) -> Any:
+def _value(node: Any, sym: bool) -> Any:
     if not isinstance(node, dict) or len(node) != 1:
         return UNKNOWN
     ((kind, body),) = node.items()
@@ -67,21 +81,21 @@ def _value(node: Any) -> Any:
         return UNKNOWN
     match kind:
         case "A_Const":
-            return _const(body)
+            return LITERAL if sym else _const(body)
         case "TypeCast":
-            return _cast(_value(body.get("arg")), body.get("typeName"))
+            return _cast(_value(body.get("arg"), sym), body.get("typeName"))
         case "BoolExpr":
-            return _bool_expr(body)
+            return _bool_expr(body, sym)
         case "A_Expr":
-            return _a_expr(body)
+            return _a_expr(body, sym)
         case "NullTest":
-            arg = _value(body.get("arg"))
-            if arg is UNKNOWN:
-                return UNKNOWN
+            arg = _value(body.get("arg"), sym)
+            if arg is UNKNOWN or arg is LITERAL:
+                return arg
             is_null = arg is NULL
             return is_null if body.get("nulltesttype") == "IS_NULL" else not is_null
         case "BooleanTest":
-            return _boolean_test(body)
+            return _boolean_test(body, sym)
     return UNKNOWN
 
 
@@ -105,8 +119,8 @@ def _const(body: dict[str, Any]) -> Any:
 def _cast(value: Any, type_name: Any) -> Any:
     if value is UNKNOWN or not isinstance(type_name, dict):
         return UNKNOWN
-    if value is NULL:
-        return NULL
+    if value is LITERAL or value is NULL:
+        return value
     names = type_name.get("names") or []
     if not names or type_name.get("arrayBounds"):
         return UNKNOWN
@@ -145,9 +159,9 @@ def _cast(value: Any, type_name: Any) -> Any:
     return UNKNOWN
 
 
-def _bool_expr(body: dict[str, Any]) -> Any:
+def _bool_expr(body: dict[str, Any], sym: bool) -> Any:
     op = body.get("boolop")
-    args = [_truth(a) for a in body.get("args") or ()]
+    args = [_truth(a, sym) for a in body.get("args") or ()]
     if op == "NOT_EXPR":
         if len(args) != 1:
             return UNKNOWN
@@ -156,12 +170,16 @@ def _bool_expr(body: dict[str, Any]) -> Any:
     if op == "OR_EXPR":
         if any(v is True for v in args):
             return True
+        if any(v is LITERAL for v in args):
+            return LITERAL
         if all(v is False for v in args):
             return False
         return UNKNOWN if any(v is UNKNOWN for v in args) else NULL
     # AND_EXPR (enum value 0 is omitted from the JSON)
     if any(v is False for v in args):
         return False
+    if any(v is LITERAL for v in args):
+        return LITERAL
     if all(v is True for v in args):
         return True
     return UNKNOWN if any(v is UNKNOWN for v in args) else NULL
@@ -182,7 +200,7 @@ def _same_column(a: Any, b: Any) -> bool:
     return ca is not None and cb is not None and ca.get("fields") == cb.get("fields")
 
 
-def _a_expr(body: dict[str, Any]) -> Any:
+def _a_expr(body: dict[str, Any], sym: bool) -> Any:
     kind = body.get("kind", "AEXPR_OP")
     op = _op_name(body)
     lexpr, rexpr = body.get("lexpr"), body.get("rexpr")
@@ -190,11 +208,13 @@ def _a_expr(body: dict[str, Any]) -> Any:
         if _same_column(lexpr, rexpr):
             # `x = x` is written to look like a filter but keeps every non-null row
             return op in ("=", "<=", ">=")
-        return _compare(op, _value(lexpr), _value(rexpr))
+        return _compare(op, _value(lexpr, sym), _value(rexpr, sym))
     if kind in ("AEXPR_DISTINCT", "AEXPR_NOT_DISTINCT"):
-        left, right = _value(lexpr), _value(rexpr)
+        left, right = _value(lexpr, sym), _value(rexpr, sym)
         if left is UNKNOWN or right is UNKNOWN:
             return UNKNOWN
+        if left is LITERAL or right is LITERAL:
+            return LITERAL
         if left is NULL or right is NULL:
             same: Any = left is right
         else:
@@ -205,14 +225,18 @@ def _a_expr(body: dict[str, Any]) -> Any:
     if kind == "AEXPR_IN" and isinstance(rexpr, dict) and "List" in rexpr:
         rexpr = rexpr["List"].get("items")
     if kind == "AEXPR_IN" and isinstance(rexpr, list) and op in ("=", "<>"):
-        left = _value(lexpr)
-        results = [_compare(op, left, _value(item)) for item in rexpr]
+        left = _value(lexpr, sym)
+        results = [_compare(op, left, _value(item, sym)) for item in rexpr]
         if op == "=":
             if any(r is True for r in results):
                 return True
+            if any(r is LITERAL for r in results):
+                return LITERAL
             return False if all(r is False for r in results) else UNKNOWN
         if any(r is False for r in results):
             return False
+        if any(r is LITERAL for r in results):
+            return LITERAL
         return True if all(r is True for r in results) else UNKNOWN
     return UNKNOWN
 
@@ -249,6 +273,8 @@ def _to_number(text: str) -> float | None:
 def _compare(op: str | None, left: Any, right: Any) -> Any:
     if left is UNKNOWN or right is UNKNOWN:
         return UNKNOWN
+    if left is LITERAL or right is LITERAL:
+        return LITERAL
     if left is NULL or right is NULL:
         return NULL
     pair = _coerce_pair(left, right)
@@ -273,10 +299,10 @@ def _compare(op: str | None, left: Any, right: Any) -> Any:
     return UNKNOWN
 
 
-def _boolean_test(body: dict[str, Any]) -> Any:
-    v = _truth(body.get("arg"))
-    if v is UNKNOWN:
-        return UNKNOWN
+def _boolean_test(body: dict[str, Any], sym: bool) -> Any:
+    v = _truth(body.get("arg"), sym)
+    if v is UNKNOWN or v is LITERAL:
+        return v
     match body.get("booltesttype", "IS_TRUE"):
         case "IS_TRUE":
             return v is True

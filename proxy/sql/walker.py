@@ -17,7 +17,7 @@ from pglast import parser as pg_parser
 
 from proxy.sql.commands import RELATION_OBJECTS, command_tag, statement_class
 from proxy.sql.facts import CopyKind, StatementClass
-from proxy.sql.folding import is_trivially_true, parse_bool
+from proxy.sql.folding import depends_on_literals, is_trivially_true, parse_bool
 
 # Functions that run SQL text given as an argument (or on another server): not analysable.
 DYNAMIC_SQL_FUNCTIONS = frozenset(
@@ -168,6 +168,10 @@ class Collector:
         self.prepare_name: str | None = None
         self.prepared_kind: tuple[str, dict[str, Any]] | None = None
         self.ctes: frozenset[str] = frozenset()
+        # Set when a fact was read from the value of a literal (a constant, a string parsed as
+        # code, a file name...): the facts cache must not share these facts with texts that
+        # differ only in their literals. Err on the side of setting it.
+        self.literal_sensitive = False
 
     # --- entry points -----------------------------------------------------------------------
 
@@ -274,6 +278,8 @@ class Collector:
     def _set_config(self, args: list[Any]) -> None:
         first = unwrap(args[0]) if args else None
         setting: str | None = None
+        if first is not None and first[0] in ("A_Const", "TypeCast"):
+            self.literal_sensitive = True  # the setting name may be a literal
         if first is not None and first[0] == "A_Const" and "sval" in first[1]:
             setting = str(first[1]["sval"].get("sval", "")).lower()
         elif first is not None and first[0] == "TypeCast":
@@ -351,6 +357,8 @@ class Collector:
 
     def _check_where(self, tag: str, body: dict[str, Any]) -> None:
         where = body.get("whereClause")
+        if depends_on_literals(where):
+            self.literal_sensitive = True
         if is_trivially_true(where):
             self.missing_where = True
             how = "without WHERE" if where is None else "with a trivially true WHERE"
@@ -367,6 +375,8 @@ class Collector:
     def merge(self, body: dict[str, Any]) -> None:
         target = _rv_name(body.get("relation") or {})
         all_rows = is_trivially_true(body.get("joinCondition"))
+        if depends_on_literals(body.get("joinCondition")):
+            self.literal_sensitive = True
         for clause in body.get("mergeWhenClauses") or ():
             when = clause.get("MergeWhenClause", {}) if isinstance(clause, dict) else {}
             action = _MERGE_ACTIONS.get(str(when.get("commandType")))
@@ -386,6 +396,8 @@ class Collector:
             elem = option.get("DefElem") if isinstance(option, dict) else None
             if isinstance(elem, dict) and elem.get("defname") == "analyze":
                 analyze = _def_bool(elem)
+                if (unwrap(elem.get("arg")) or ("Boolean",))[0] != "Boolean":
+                    self.literal_sensitive = True  # ANALYZE 0, ANALYZE 'off'...
         found = unwrap(body.get("query"))
         if found is None:
             return
@@ -399,6 +411,7 @@ class Collector:
         inner = Collector()
         inner.ctes = self.ctes
         inner.walk(node)
+        self.literal_sensitive |= inner.literal_sensitive
         for schema, name, _access in inner.relations:
             self.relations[(schema, name, "read")] = None
         if inner.effective or inner.functions:
@@ -425,6 +438,7 @@ class Collector:
             self.mark_opaque(f"CALL runs procedure {name}; its body is not visible")
 
     def do(self, body: dict[str, Any]) -> None:
+        self.literal_sensitive = True  # the body is a string literal parsed as code
         code: str | None = None
         language = "plpgsql"
         for arg in body.get("args") or ():
@@ -444,6 +458,7 @@ class Collector:
         walk_do_block(self, code)
 
     def copy_stmt(self, body: dict[str, Any]) -> None:
+        self.literal_sensitive = True  # COPY FROM '' reads as STDIN in the JSON tree
         is_from = bool(body.get("is_from"))
         if body.get("is_program"):
             self.copy = "program"
@@ -519,6 +534,7 @@ class Collector:
         # The server resolves the names in rule actions, policy expressions and SQL-language
         # function bodies at creation: list those relations as referenced (read).
         if kind == "CreateFunctionStmt":
+            self.literal_sensitive = True  # the language and body are string literals
             for code in _sql_function_bodies(body):
                 self.references(code, why)
         elif kind != "CreateTrigStmt":
