@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pglast import parser as pg_parser
@@ -76,6 +77,13 @@ def python_codec(client_encoding: str) -> str | None:
 
 def analyze_bytes(data: bytes, settings: ParserSettings = _DEFAULT_SETTINGS) -> QueryFacts:
     """Decode wire bytes per the session's client_encoding, then :func:`analyze`."""
+    text = decode(data, settings)
+    return text if isinstance(text, QueryFacts) else analyze(text, settings)
+
+
+def decode(data: bytes, settings: ParserSettings = _DEFAULT_SETTINGS) -> str | QueryFacts:
+    """The text of wire bytes per the session's client_encoding, or the facts saying why it
+    cannot be read."""
     codec = python_codec(settings.client_encoding)
     if codec is None:
         text = data.decode("utf-8", "replace")
@@ -90,11 +98,40 @@ def analyze_bytes(data: bytes, settings: ParserSettings = _DEFAULT_SETTINGS) -> 
             (),
             unparsable_reason=f"text is not valid {settings.client_encoding}",
         )
-    return analyze(text, settings)
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeEvidence:
+    """What the literal-insensitive cache level needs from one analysis, in character offsets.
+
+    ``spans``: each statement's (start, end) as the parser reported them (end None: to the end
+    of the text), before :func:`_slice` strips them. ``constants``: where every ``A_Const``
+    node of the parse trees starts (a negative number starts at its minus sign).
+    """
+
+    spans: tuple[tuple[int, int | None], ...]
+    constants: frozenset[int]
 
 
 def analyze(text: str, settings: ParserSettings = _DEFAULT_SETTINGS) -> QueryFacts:
     """Facts about every statement in ``text``. Never raises."""
+    return _analyze(text, settings, None)
+
+
+def analyze_with_evidence(
+    text: str, settings: ParserSettings = _DEFAULT_SETTINGS
+) -> tuple[QueryFacts, ShapeEvidence | None]:
+    """:func:`analyze`, plus the statement spans and constant positions when the text parsed
+    and no fact depends on a literal's value (otherwise None)."""
+    out: list[ShapeEvidence] = []
+    facts = _analyze(text, settings, out)
+    return facts, (out[0] if out else None)
+
+
+def _analyze(
+    text: str, settings: ParserSettings, evidence: list[ShapeEvidence] | None
+) -> QueryFacts:
     if not settings.standard_conforming_strings:
         return QueryFacts(
             text,
@@ -115,14 +152,43 @@ def analyze(text: str, settings: ParserSettings = _DEFAULT_SETTINGS) -> QueryFac
         return QueryFacts(text, (), unparsable_reason=f"cannot analyse: {type(exc).__name__}")
     try:
         encoded = None if text.isascii() else text.encode("utf-8")
-        statements = tuple(_statement(raw, text, encoded) for raw in raw_statements)
+        sensitive: list[bool] = []
+        statements = tuple(_statement(raw, text, encoded, sensitive) for raw in raw_statements)
+        literal_sensitive = any(sensitive)
+        if evidence is not None and not literal_sensitive:
+            evidence.append(_evidence(raw_statements, encoded))
     except RecursionError:
         return QueryFacts(text, (), unparsable_reason="statement nests too deeply to analyse")
     except Exception as exc:  # a bug here must not let the statement through unexamined
         return QueryFacts(
             text, (), unparsable_reason=f"facts layer failed: {type(exc).__name__}: {exc}"
         )
-    return QueryFacts(text, statements)
+    return QueryFacts(text, statements, literal_sensitive=literal_sensitive)
+
+
+def _evidence(raw_statements: list[dict[str, Any]], encoded: bytes | None) -> ShapeEvidence:
+    def chars(offset: int) -> int:  # libpg_query offsets count UTF-8 bytes
+        return offset if encoded is None else len(encoded[:offset].decode("utf-8", "replace"))
+
+    spans: list[tuple[int, int | None]] = []
+    for raw in raw_statements:
+        start = int(raw.get("stmt_location", 0))
+        length = int(raw.get("stmt_len", 0))
+        spans.append((chars(start), chars(start + length) if length else None))
+    constants: set[int] = set()
+    stack: list[Any] = [raw.get("stmt") for raw in raw_statements]
+    while stack:
+        node = stack.pop()
+        if type(node) is dict:
+            const = node.get("A_Const")
+            if type(const) is dict:
+                # a location missing from the JSON is 0; no statement starts with a constant
+                constants.add(chars(int(const.get("location", 0))))
+            else:
+                stack.extend(v for v in node.values() if type(v) is dict or type(v) is list)
+        elif type(node) is list:
+            stack.extend(node)
+    return ShapeEvidence(tuple(spans), frozenset(constants))
 
 
 def _parse_error_message(exc: Exception) -> str:
@@ -145,7 +211,9 @@ def _slice(raw: dict[str, Any], text: str, encoded: bytes | None) -> str:
     return piece.strip()
 
 
-def _statement(raw: dict[str, Any], text: str, encoded: bytes | None) -> StatementFacts:
+def _statement(
+    raw: dict[str, Any], text: str, encoded: bytes | None, sensitive: list[bool]
+) -> StatementFacts:
     stmt_text = _slice(raw, text, encoded)
     found = unwrap(raw.get("stmt"))
     if found is None:
@@ -154,8 +222,9 @@ def _statement(raw: dict[str, Any], text: str, encoded: bytes | None) -> Stateme
     collector = Collector()
     command = collector.statement(kind, body)
     facts = _facts(collector, stmt_text, command, statement_class(kind, body))
+    sensitive.append(collector.literal_sensitive)
     if collector.prepared_kind is not None:
-        facts = _with_prepared_body(facts, collector.prepared_kind)
+        facts = _with_prepared_body(facts, collector.prepared_kind, sensitive)
     return facts
 
 
@@ -191,11 +260,12 @@ def _facts(
 
 
 def _with_prepared_body(
-    facts: StatementFacts, prepared: tuple[str, dict[str, Any]]
+    facts: StatementFacts, prepared: tuple[str, dict[str, Any]], sensitive: list[bool]
 ) -> StatementFacts:
     kind, body = prepared
     inner = Collector()
     command = inner.statement(kind, body)
+    sensitive.append(inner.literal_sensitive)
     body_facts = _facts(inner, facts.text, command, statement_class(kind, body), facts.fingerprint)
     return _replace(facts, body=body_facts)
 
@@ -242,7 +312,9 @@ def resolve_execute(stmt: StatementFacts, prepared: Mapping[str, StatementFacts]
 __all__ = [
     "analyze",
     "analyze_bytes",
+    "analyze_with_evidence",
     "command_tag",
+    "decode",
     "prepared_body",
     "python_codec",
     "resolve_execute",
