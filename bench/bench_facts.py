@@ -2,7 +2,8 @@
 
 Run: python bench/bench_facts.py [--repeat N]
 Prints best-of-N timings for a typical ~200-character query and a ~20 KB ORM-style query with
-many joins, for cache misses (full analysis) and cache hits (text and wire bytes).
+many joins, for cache misses (full analysis), shape-level hits (same statement, new literals)
+and cache hits (text and wire bytes).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import orjson
 from pglast import parser as pg_parser
 
-from proxy.sql.cache import FactsCache
+from proxy.sql.cache import MAX_SHAPED_LENGTH, FactsCache
 from proxy.sql.extract import analyze
 from proxy.sql.facts import ParserSettings
 from proxy.sql.redact import normalize, redact
@@ -44,6 +45,17 @@ def orm_query(target_bytes: int = 20_000) -> str:
     while len(query) + sum(len(x) + 2 for x in ids) < target_bytes - 120:
         ids.append(str(100_000 + len(ids)))
     return query + ", ".join(ids) + f') AND "{tables[3]}"."flag" = true ORDER BY 1 LIMIT 21'
+
+
+def _bump_integers(query: str, step: int) -> str:
+    """The query with every integer literal token changed (a different value, same kind)."""
+    out, pos = [], 0
+    for token in pg_parser.scan(query):
+        if token.name == "ICONST":
+            out.append(query[pos : token.start])
+            out.append(str(int(query[token.start : token.end + 1]) + step))
+            pos = token.end + 1
+    return "".join(out) + query[pos:]
 
 
 def best_us(fn: Callable[[], object], repeat: int) -> float:
@@ -96,6 +108,27 @@ def main() -> int:
         cache.analyze_bytes(data, settings)
         return lambda: cache.analyze_bytes(bytes(bytearray(data)), settings)
 
+    def hit_shape(q: str) -> Callable[[], object]:
+        # a new text differing only in literals each call (simple protocol, literals inlined)
+        cache = FactsCache()
+        cache.analyze(q, settings)
+        variants = [_bump_integers(q, i) for i in range(1, 2001)]
+        assert all(v != q for v in variants)
+        counter = iter(range(10**9))
+
+        def call() -> object:
+            # refresh the exact-text level so every call misses it and takes the shape path
+            i = next(counter) % len(variants)
+            if i == 0:
+                cache._entries.clear()
+            return cache.analyze(variants[i], settings)
+
+        call()
+        # texts over MAX_SHAPED_LENGTH skip the shape level: this row is then a full analysis
+        assert cache.shape_hits == (1 if len(q) <= MAX_SHAPED_LENGTH else 0)
+        return call
+
+    row("new literals (shape hit if <= 1 KB)", hit_shape)
     row("cache hit (same str)", hit_text)
     row("cache hit (same bytes)", hit_bytes)
     row("cache hit (fresh bytes copy)", hit_fresh_bytes)
