@@ -8,6 +8,7 @@ this layer gives ``unparsable_reason``. Callers fail closed on both.
 from __future__ import annotations
 
 import codecs
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ from pglast import parser as pg_parser
 
 from proxy.sql.commands import command_tag, statement_class
 from proxy.sql.facts import ParserSettings, QueryFacts, Relation, StatementFacts
-from proxy.sql.walker import OPAQUE_MARK, Collector, parse_json, unwrap
+from proxy.sql.walker import OPAQUE_MARK, Collector, load_statements, unwrap
 
 _DEFAULT_SETTINGS = ParserSettings()
 
@@ -145,7 +146,8 @@ def _analyze(
         # the C parser would stop at the NUL and never see what follows it
         return QueryFacts(text, (), unparsable_reason="text contains a NUL character")
     try:
-        raw_statements = parse_json(text)
+        data = pg_parser.parse_sql_json(text)
+        raw_statements = load_statements(data)
     except pg_parser.ParseError as exc:
         return QueryFacts(text, (), parse_error=_parse_error_message(exc))
     except Exception as exc:  # e.g. nesting too deep for the JSON decoder
@@ -156,7 +158,7 @@ def _analyze(
         statements = tuple(_statement(raw, text, encoded, sensitive) for raw in raw_statements)
         literal_sensitive = any(sensitive)
         if evidence is not None and not literal_sensitive:
-            evidence.append(_evidence(raw_statements, encoded))
+            evidence.append(_evidence(raw_statements, data, encoded))
     except RecursionError:
         return QueryFacts(text, (), unparsable_reason="statement nests too deeply to analyse")
     except Exception as exc:  # a bug here must not let the statement through unexamined
@@ -166,7 +168,20 @@ def _analyze(
     return QueryFacts(text, statements, literal_sensitive=literal_sensitive)
 
 
-def _evidence(raw_statements: list[dict[str, Any]], encoded: bytes | None) -> ShapeEvidence:
+# An A_Const in libpg_query's JSON: {"A_Const":{["isnull":true,]["ival":{"ival":5},]"location":N}}
+# (fields at their zero value are omitted). '"A_Const":{' cannot occur inside a JSON string,
+# where quotes are escaped; a form this does not match only loses a location, which keeps the
+# text out of the shape level.
+_A_CONST = re.compile(
+    r'"A_Const":\{(?:"isnull":true,?)?'
+    r'(?:"\w+":\{(?:"\w+":(?:"(?:[^"\\]|\\.)*"|[^{}",]*))?\},?)?'
+    r'(?:"location":(\d+))?\}'
+)
+
+
+def _evidence(
+    raw_statements: list[dict[str, Any]], data: str, encoded: bytes | None
+) -> ShapeEvidence:
     def chars(offset: int) -> int:  # libpg_query offsets count UTF-8 bytes
         return offset if encoded is None else len(encoded[:offset].decode("utf-8", "replace"))
 
@@ -175,20 +190,9 @@ def _evidence(raw_statements: list[dict[str, Any]], encoded: bytes | None) -> Sh
         start = int(raw.get("stmt_location", 0))
         length = int(raw.get("stmt_len", 0))
         spans.append((chars(start), chars(start + length) if length else None))
-    constants: set[int] = set()
-    stack: list[Any] = [raw.get("stmt") for raw in raw_statements]
-    while stack:
-        node = stack.pop()
-        if type(node) is dict:
-            const = node.get("A_Const")
-            if type(const) is dict:
-                # a location missing from the JSON is 0; no statement starts with a constant
-                constants.add(chars(int(const.get("location", 0))))
-            else:
-                stack.extend(v for v in node.values() if type(v) is dict or type(v) is list)
-        elif type(node) is list:
-            stack.extend(node)
-    return ShapeEvidence(tuple(spans), frozenset(constants))
+    # a location missing from the JSON is 0; no statement starts with a constant
+    constants = frozenset(chars(int(m or 0)) for m in _A_CONST.findall(data))
+    return ShapeEvidence(tuple(spans), constants)
 
 
 def _parse_error_message(exc: Exception) -> str:

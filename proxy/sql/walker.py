@@ -86,7 +86,11 @@ _STORED_BODIES = frozenset(
 
 def parse_json(text: str) -> list[dict[str, Any]]:
     """libpg_query parse as JSON statements; raises pglast's ParseError on a syntax error."""
-    data = pg_parser.parse_sql_json(text)
+    return load_statements(pg_parser.parse_sql_json(text))
+
+
+def load_statements(data: str) -> list[dict[str, Any]]:
+    """The statements of libpg_query's JSON parse output."""
     try:
         tree = orjson.loads(data)
     except orjson.JSONDecodeError:
