@@ -13,9 +13,7 @@ in the audit log.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-import os
 import secrets
 import socket
 import struct
@@ -210,7 +208,7 @@ class Session:
         self._server_key: tuple[int, bytes] | None = None
         self.cancel_key: tuple[int, bytes] | None = None
         self._startup_buf = bytearray()
-        self._startup: StartupMessage | None = None
+        self._startup_packet = b""  # what we send upstream (3.0, no _pq_ options)
         self._framer = Framer(
             FrontendProtocolError,
             large_limit=self.cfg["limits.max_message_size"],
@@ -240,7 +238,6 @@ class Session:
         self._end_reason = ""
         self._login_timer: asyncio.TimerHandle | None = None
         self._client_paused_for_audit = False
-        self._current: Pending | None = None
         self.ssl_requests = 0
         self.client_tls = False
         self._client_done = False  # the client closed or half-closed its side
@@ -520,7 +517,6 @@ class Session:
         self._finish()
 
     def _begin_session(self, startup: StartupMessage) -> None:
-        self._startup = startup
         user = startup.get("user")
         if not user:
             raise FrontendProtocolError(
@@ -1443,17 +1439,8 @@ class Session:
             self.client.write(chunk)
 
 
-def constant_time_equal(a: bytes, b: bytes) -> bool:
-    return hmac.compare_digest(a, b)
-
-
 def client_protocol_factory(server: ProxyServer) -> Callable[[], asyncio.Protocol]:
     def factory() -> asyncio.Protocol:
         return _Side(Session(server), True)
 
     return factory
-
-
-def random_pid() -> int:
-    # Positive 31-bit, like a real backend pid (some tools mishandle negative pids).
-    return int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF or 1
