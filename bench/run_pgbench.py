@@ -1,7 +1,8 @@
 """Benchmark pgwarden against PostgreSQL directly and against PgBouncer, in one run.
 
     python bench/run_pgbench.py [--quick] [--duration 15] [--clients 1,8,64]
-        [--modes simple,extended,prepared] [--targets direct,pgbouncer,pgwarden,pgwarden-policy]
+        [--modes simple,extended,prepared]
+        [--targets direct,pgbouncer,pgwarden,pgwarden-policy,pgwarden-store]
         [--rounds 2] [--json out.json]
 
 Starts a throwaway PostgreSQL (proxy.pgrun), PgBouncer in session mode and pgwarden, runs
@@ -40,7 +41,8 @@ from lib.services import BenchSetupError, PgBouncer, PgWarden, Target, tail  # n
 
 from proxy.pgrun import LocalCluster  # noqa: E402
 
-ALL_TARGETS = ("direct", "pgbouncer", "pgwarden", "pgwarden-policy")
+ALL_TARGETS = ("direct", "pgbouncer", "pgwarden", "pgwarden-policy", "pgwarden-store")
+STORE_DATABASE = "pgwarden_store"
 ALL_MODES = ("simple", "extended", "prepared")
 DATABASE = "bench"
 SCALE = 10  # pgbench_accounts holds SCALE * 100,000 rows
@@ -188,6 +190,7 @@ class Bench:
         print(f"starting PostgreSQL (max_connections={max_conn}) ...", file=sys.stderr)
         self.cluster.start()
         self.cluster.create_database(DATABASE, open_to_all=False)
+        self.cluster.create_database(STORE_DATABASE, open_to_all=False)
         direct = Target("direct", self.cluster.host, self.cluster.port, None)
         print(f"pgbench -i -s {SCALE} ...", file=sys.stderr)
         subprocess.run(
@@ -205,9 +208,14 @@ class Bench:
 
     def start_warden(self, name: str, pg_port: int, label: str) -> tuple[Target, PgWarden]:
         policies = (self.args.policy,) if name == report.POLICY else ()
-        warden = PgWarden(
-            name, self.scratch / f"{name}-{label}", pg_port, policies, self.args.pgwarden_arg
-        )
+        extra = list(self.args.pgwarden_arg)
+        if name == report.STORE:
+            assert self.cluster is not None
+            # Central store in a second database of the same cluster: the shipper's COPYs
+            # compete for the same two cores, as they would on a small host.
+            dsn = f"postgresql://{self.cluster.superuser}@127.0.0.1:{pg_port}/{STORE_DATABASE}"
+            extra += ["--audit-sinks", f'[{{type: postgres, dsn: "{dsn}"}}]']
+        warden = PgWarden(name, self.scratch / f"{name}-{label}", pg_port, policies, extra)
         self.wardens.append(warden)
         print(f"  {shlex.join(warden.command())}", file=sys.stderr)
         return warden.start(), warden

@@ -14,6 +14,8 @@ from lib.results import BulkSample, CellSummary, IdleResult, Results, summarize
 
 PGWARDEN = "pgwarden"
 POLICY = "pgwarden-policy"
+STORE = "pgwarden-store"
+MIN_STORE_VS_PLAIN = 0.95  # 8 clients, simple protocol: Postgres sink vs JSONL only
 PGBOUNCER = "pgbouncer"
 DIRECT = "direct"
 
@@ -85,7 +87,7 @@ def pgbench_table(
                     f"{_fmt(cell.audit_bytes_per_tx, '11.0f')}"
                     + (f"  ({cell.errors} failed)" if cell.errors else "")
                 )
-            for proxy in (PGWARDEN, POLICY):
+            for proxy in (PGWARDEN, POLICY, STORE):
                 ratio = _added_ratio(cells, proxy)
                 if ratio is not None:
                     lines.append(f"added p50 {proxy}/pgbouncer: {ratio:.2f}x")
@@ -136,6 +138,11 @@ def target_checks(
         lines.append(
             _tps_check(
                 cells, POLICY, PGWARDEN, MIN_POLICY_VS_PLAIN, "8 clients simple: with policy TPS"
+            )
+        )
+        lines.append(
+            _tps_check(
+                cells, STORE, PGWARDEN, MIN_STORE_VS_PLAIN, "8 clients simple: with store sink TPS"
             )
         )
     else:
