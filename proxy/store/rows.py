@@ -6,6 +6,7 @@ has no column; the columns exist only so the ``logs`` filters can use indexes.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Mapping
 from typing import Any
@@ -63,6 +64,12 @@ def _inet(value: Any) -> str | None:
     """Client addresses that are IPs; ``unix`` (socket clients) and junk stay only in ``event``."""
     if not isinstance(value, str) or not value:
         return None
+    return _canonical_ip(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_ip(value: str) -> str | None:
+    # The same few client addresses recur in every batch: parse each once.
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:

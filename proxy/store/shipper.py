@@ -38,6 +38,7 @@ COMMAND_TIMEOUT = 30.0
 BACKOFF_START = 0.2
 BACKOFF_MAX = 15.0
 IDLE_POLL = 1.0  # re-read the files this often even without a wake-up (belt and braces)
+COALESCE_SECONDS = 0.2  # after shipping, wait this long before looking again
 STAGING_TABLE = "pgwarden_stage"
 
 # Errors that mean "the store is not reachable or not usable right now": retry later.
@@ -142,6 +143,10 @@ class SinkShipper:
                         return
                     if not shipped_any:
                         await self._sleep(IDLE_POLL)
+                    else:
+                        # Let events accumulate: one COPY per interval instead of one per
+                        # loop turn keeps the shipper's cost per event small under load.
+                        await asyncio.sleep(COALESCE_SECONDS)
                 except Exception as exc:
                     if not isinstance(exc, _TRANSIENT):
                         log.exception("audit store shipper failed unexpectedly; retrying")
