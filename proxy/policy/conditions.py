@@ -7,6 +7,7 @@ time zones) is prepared at load time.
 
 from __future__ import annotations
 
+import abc
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -37,7 +38,7 @@ class Ctx:
     now: datetime
 
 
-class Condition:
+class Condition(abc.ABC):
     """One key of a ``when`` / ``unless`` block."""
 
     __slots__ = ("key",)
@@ -49,11 +50,13 @@ class Condition:
     def __init__(self, key: str) -> None:
         self.key = key
 
+    @abc.abstractmethod
     def holds(self, ctx: Ctx) -> bool:
-        raise NotImplementedError
+        """Whether this condition holds for the statement in ``ctx``."""
 
+    @abc.abstractmethod
     def why(self, ctx: Ctx) -> str:
-        raise NotImplementedError
+        """A human explanation of the outcome, for ``policy test``."""
 
 
 def _quoted(values: Iterable[str]) -> str:
