@@ -168,21 +168,9 @@ def _bool_expr(body: dict[str, Any], sym: bool) -> Any:
         v = args[0]
         return (not v) if isinstance(v, bool) else v
     if op == "OR_EXPR":
-        if any(v is True for v in args):
-            return True
-        if any(v is LITERAL for v in args):
-            return LITERAL
-        if all(v is False for v in args):
-            return False
-        return UNKNOWN if any(v is UNKNOWN for v in args) else NULL
+        return _any_true(args, NULL)
     # AND_EXPR (enum value 0 is omitted from the JSON)
-    if any(v is False for v in args):
-        return False
-    if any(v is LITERAL for v in args):
-        return LITERAL
-    if all(v is True for v in args):
-        return True
-    return UNKNOWN if any(v is UNKNOWN for v in args) else NULL
+    return _all_true(args, NULL)
 
 
 def _op_name(body: dict[str, Any]) -> str | None:
@@ -228,16 +216,8 @@ def _a_expr(body: dict[str, Any], sym: bool) -> Any:
         left = _value(lexpr, sym)
         results = [_compare(op, left, _value(item, sym)) for item in rexpr]
         if op == "=":
-            if any(r is True for r in results):
-                return True
-            if any(r is LITERAL for r in results):
-                return LITERAL
-            return False if all(r is False for r in results) else UNKNOWN
-        if any(r is False for r in results):
-            return False
-        if any(r is LITERAL for r in results):
-            return LITERAL
-        return True if all(r is True for r in results) else UNKNOWN
+            return _any_true(results, UNKNOWN)
+        return _all_true(results, UNKNOWN)
     return UNKNOWN
 
 
@@ -317,3 +297,25 @@ def _boolean_test(body: dict[str, Any], sym: bool) -> Any:
         case "IS_NOT_UNKNOWN":
             return v is not NULL
     return UNKNOWN
+
+
+def _any_true(values: list[Any], otherwise: Any) -> Any:
+    """Three-valued OR (also ``x IN (…)``): True wins, then a literal-dependent answer."""
+    if any(v is True for v in values):
+        return True
+    if any(v is LITERAL for v in values):
+        return LITERAL
+    if all(v is False for v in values):
+        return False
+    return UNKNOWN if any(v is UNKNOWN for v in values) else otherwise
+
+
+def _all_true(values: list[Any], otherwise: Any) -> Any:
+    """Three-valued AND (also ``x <> ALL (…)``): False wins, then a literal-dependent answer."""
+    if any(v is False for v in values):
+        return False
+    if any(v is LITERAL for v in values):
+        return LITERAL
+    if all(v is True for v in values):
+        return True
+    return UNKNOWN if any(v is UNKNOWN for v in values) else otherwise
