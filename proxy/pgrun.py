@@ -585,6 +585,22 @@ class LocalCluster(_SqlMixin):
         if user is not None and not user.is_self:
             os.chown(path, user.uid, user.gid)
 
+    def pause(self) -> None:
+        """Stop the server but keep its data directory (an outage a test can end)."""
+        self._pg_ctl("-m", "fast", "stop")
+
+    def resume(self) -> None:
+        """Start the server again on the same data directory and port after :meth:`pause`."""
+        self._pg_ctl("-l", str(self.log_file), "start")
+
+    def _pg_ctl(self, *args: str) -> None:
+        if self.binaries is None or self.base_dir is None:
+            raise ClusterError("the cluster was never started")
+        self._run_as_server(
+            [self.binaries.program("pg_ctl"), "-D", str(self.data_dir), "-w", *args],
+            self.base_dir,
+        )
+
     def _run_as_server(
         self, argv: list[str], cwd: Path, check: bool = True
     ) -> subprocess.CompletedProcess[str]:

@@ -98,3 +98,14 @@ def proxy(pg: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pr
         yield factory()
     finally:
         factory.close()
+
+
+@pytest.fixture(scope="module")
+def store_server() -> Iterator[pgrun.LocalCluster]:
+    """A second PostgreSQL server, just for the central store, that tests may pause."""
+    cluster = pgrun.LocalCluster(binaries=pgrun.find_binaries())
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -244,25 +244,6 @@ def store_dsn(pg: PgServer) -> Iterator[str]:
         asyncio.run(run(f"DROP DATABASE {name} WITH (FORCE)"))
 
 
-@pytest.fixture(scope="module")
-def store_server() -> Iterator[pgrun.LocalCluster]:
-    """A second PostgreSQL server, just for the store, that tests may stop and start."""
-    cluster = pgrun.LocalCluster(binaries=pgrun.find_binaries())
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-def pg_ctl(cluster: pgrun.LocalCluster, *args: str) -> None:
-    assert cluster.binaries is not None and cluster.base_dir is not None
-    cluster._run_as_server(  # the store outage: stop/start the same data directory
-        [cluster.binaries.program("pg_ctl"), "-D", str(cluster.data_dir), "-w", *args],
-        cluster.base_dir,
-    )
-
-
 @asynccontextmanager
 async def shipping(cfg: config.Config, trail: FileTrail) -> AsyncIterator[StoreShipper]:
     shipper = StoreShipper(cfg, trail, trail.proxy_id)
@@ -317,13 +298,13 @@ def test_two_proxies_ship_exactly_once_across_a_store_restart(
             for step in range(6):
                 write_round(30)
                 if step == 1:
-                    pg_ctl(store_server, "-m", "fast", "stop")  # the store goes away
+                    store_server.pause()  # the store goes away
                 if step == 3:
                     trails[1].rotate(compress=True)
             await wait_until(lambda: not ship_a.healthy and not ship_b.healthy)
             assert ship_a.backlog > 0 and ship_b.backlog > 0  # observable, growing
             assert ship_a.stats["errors"] >= 1
-            pg_ctl(store_server, "-l", str(store_server.log_file), "start")
+            store_server.resume()
             total = sum(len(v) for v in written.values())
             await wait_until(lambda: _eq(count_rows(dsn), total))
             await wait_until(lambda: ship_a.healthy and ship_b.healthy and ship_a.backlog == 0)

@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,24 +31,6 @@ alerts:
     by: user
     severity: medium
 """
-
-
-@pytest.fixture(scope="module")
-def store_server() -> Iterator[pgrun.LocalCluster]:
-    cluster = pgrun.LocalCluster(binaries=pgrun.find_binaries())
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-def pg_ctl(cluster: pgrun.LocalCluster, *args: str) -> None:
-    assert cluster.binaries is not None and cluster.base_dir is not None
-    cluster._run_as_server(
-        [cluster.binaries.program("pg_ctl"), "-D", str(cluster.data_dir), "-w", *args],
-        cluster.base_dir,
-    )
 
 
 def store_rows(dsn: str) -> dict[str, list[dict[str, Any]]] | None:
@@ -106,12 +88,12 @@ def test_two_proxies_one_store_with_a_store_restart(
     ]
     for proxy in proxies:
         workload(proxy, 20, "before")
-    pg_ctl(store_server, "-m", "fast", "stop")
+    store_server.pause()
     for proxy in proxies:
         workload(proxy, 20, "during-outage")  # the proxies keep serving
     for proxy in proxies:
         assert proxy.returncode is None
-    pg_ctl(store_server, "-l", str(store_server.log_file), "start")
+    store_server.resume()
     for proxy in proxies:
         workload(proxy, 12, "after")
 
