@@ -38,7 +38,9 @@ def test_check_reports_every_problem_and_exits_1(
     assert code == 1
     assert out == ""
     lines = err.splitlines()
-    assert lines[0] == f"{bad}:3:5: rules[a].action: 'nope' is not one of allow, flag, block"
+    assert lines[0] == (
+        f"{bad}:3:5: rules[a].action: 'nope' is not one of allow, flag, review, block"
+    )
     assert lines[1].startswith(f"{bad}:4:27: rules[a].when.client_addrs: bad CIDR '300.0.0.0/8'")
     assert len(lines) == 2
 
@@ -174,7 +176,7 @@ def test_bad_cases_file_exits_2_with_positions(
     code, out, err = run(capsys, "policy", "test", "--policy", str(DEFAULT), "--cases", str(cases))
     assert (code, out) == (2, "")
     assert err.splitlines() == [
-        f"{cases}:3:5: cases[case-1]: expect must be one of allow, flag, block",
+        f"{cases}:3:5: cases[case-1]: expect must be one of allow, flag, review, block",
         f"{cases}:4:5: cases[case-2]: case needs sql: a string",
         f"{cases}:5:5: cases[case-2]: unknown case key 'usr'; did you mean 'user'?",
     ]

@@ -64,7 +64,7 @@ def test_unknown_keys_everywhere_with_suggestion(tmp_path: Path) -> None:
     )
     assert problems(f) == [
         f"{f}:2:1: unknown top-level key 'defualts'; did you mean 'defaults'?",
-        f"{f}:4:5: rules[a]: rule has no action (allow, flag or block)",
+        f"{f}:4:5: rules[a]: rule has no action (allow, flag, review or block)",
         f"{f}:5:5: rules[a]: unknown rule key 'acton'; did you mean 'action'?",
         f"{f}:7:7: rules[a].when: unknown condition key 'comands'; did you mean 'commands'?",
     ]

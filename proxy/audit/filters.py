@@ -22,7 +22,7 @@ import orjson
 from proxy.audit.timeparse import iso_z, parse_time
 
 EVENT_TYPES = ("session_start", "query", "session_end", "auth_failure", "alert")
-ACTIONS = ("allow", "flag", "block")
+ACTIONS = ("allow", "flag", "review", "block")
 _GLOB_CHARS = frozenset("*?[")
 
 Check = Callable[[dict[str, Any]], bool]

@@ -25,9 +25,9 @@ from typing import Any, cast
 from proxy import yamlsrc
 from proxy.errors import SourceError, SourceProblem
 from proxy.identity import Identity
-from proxy.policy.decision import Action
+from proxy.policy.decision import ACTIONS, Action, Decision
 from proxy.policy.engine import Explanation, Policy
-from proxy.policy.rules import ACTIONS, Problems, check_keys
+from proxy.policy.validate import Problems, check_keys
 from proxy.sql.facts import QueryFacts
 
 IDENTITY_KEYS = ("user", "database", "application", "client_addr", "at")
@@ -64,11 +64,19 @@ class CaseResult:
 
     @property
     def action(self) -> Action:
-        return self.explanation.decision.action
+        """What the policy decides; a review stays ``review`` even where this proxy enforces
+        it as a block (a case tests the policy, not whether the session can hold)."""
+        return case_action(self.explanation.decision)
 
     @property
     def rule_ids(self) -> tuple[str, ...]:
         return tuple(r.id for r in self.explanation.decision.rules)
+
+
+def case_action(decision: Decision) -> Action:
+    if decision.review is not None and decision.mode == "enforce":
+        return "review"
+    return decision.action
 
 
 def parse_time(text: str) -> datetime:
@@ -209,8 +217,9 @@ def run_case(policy: Policy, case: Case, analyze: Analyzer) -> CaseResult:
     explanation = policy.explain(case.identity, analyze(case.sql), case.at)
     decision = explanation.decision
     failures: list[str] = []
-    if decision.action != case.expect:
-        failures.append(f"expected {case.expect}, got {decision.action}")
+    action = case_action(decision)
+    if action != case.expect:
+        failures.append(f"expected {case.expect}, got {action}")
     if case.expect_rules is not None:
         got = {r.id for r in decision.rules}
         if not case.expect_rules and got:

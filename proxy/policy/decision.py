@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-Action = Literal["allow", "flag", "block"]
+if TYPE_CHECKING:
+    from proxy.policy.review import ReviewSpec
+
+Action = Literal["allow", "flag", "review", "block"]
 Severity = Literal["low", "medium", "high", "critical"]
 Mode = Literal["enforce", "monitor"]
 
-ACTION_STRENGTH: dict[str, int] = {"allow": 0, "flag": 1, "block": 2}
+ACTIONS: tuple[Action, ...] = ("allow", "flag", "review", "block")
+# `review` holds a statement until people approve it: stronger than flag, weaker than block.
+ACTION_STRENGTH: dict[str, int] = {"allow": 0, "flag": 1, "review": 2, "block": 3}
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,12 +26,16 @@ class RuleMatch:
     message: str = ""
     sqlstate: str = "42501"
     notify: bool = False
+    review: ReviewSpec | None = None  # review rules only
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
     """``action`` is what the proxy does (in monitor mode a would-be block is ``flag``);
-    ``intended`` is what enforce mode would have done."""
+    ``intended`` is what enforce mode would have done. A ``review`` decision carries the
+    deciding rule's :class:`ReviewSpec`; while the proxy cannot hold statements for approval
+    (see :data:`proxy.policy.engine.HOLDING_WIRED`) the same decision is enforced as ``block``
+    with ``intended`` ``review`` and the spec still attached."""
 
     action: Action
     rules: tuple[RuleMatch, ...] = ()
@@ -36,16 +45,20 @@ class Decision:
     message: str = ""  # client-facing error / notice text for block and notify
     sqlstate: str = "42501"
     notify: bool = False
+    review: ReviewSpec | None = None
     facts_summary: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def as_audit(self) -> dict[str, Any]:
         """The ``decision`` object of a query audit event."""
-        return {
+        out: dict[str, Any] = {
             "action": self.action,
             "intended": self.intended,
             "mode": self.mode,
             "rules": [{"id": r.id, "action": r.action, "severity": r.severity} for r in self.rules],
         }
+        if self.review is not None:
+            out["review_rule"] = self.review.rule_id
+        return out
 
 
 ALLOW = Decision(action="allow", reason="no policy loaded")

@@ -1,7 +1,7 @@
 """The policy engine: a loaded, immutable set of rules and the pure ``evaluate`` on the hot path.
 
 Combining: every rule whose ``when`` holds and whose ``unless`` does not contributes; the
-strongest action wins (block > flag > allow). A statement no rule matches gets
+strongest action wins (block > review > flag > allow). A statement no rule matches gets
 ``defaults.action``. A message with several statements is decided per statement and takes the
 strongest outcome, so one blocked statement blocks the whole message.
 
@@ -25,6 +25,14 @@ from proxy.policy.hours import aware
 from proxy.sql.facts import QueryFacts, StatementFacts
 
 SEVERITY_RANK: dict[str, int] = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+# Whether `pgwarden serve` holds `review` statements for approval. The live session does not
+# yet (the lead wires it in proxy/session.py, see docs/approvals.md), so the server loads its
+# policy with holding off and every review is enforced as a block with a message saying so.
+HOLDING_WIRED = False
+NOT_HELD_SUFFIX = (
+    " (this statement needs approval, and this pgwarden cannot hold statements for approval "
+    "yet: refused)"
+)
 DEFAULT_BLOCK_MESSAGE = "statement not allowed by the pgwarden policy (no rule allows it)"
 _NO_TIME = datetime(2000, 1, 1, tzinfo=UTC)  # `now` for policies without `hours` rules
 # Cache bounds: at most _IDENTITIES x _SHAPES candidate lists (a few MB at worst); the oldest
@@ -58,6 +66,7 @@ class Defaults:
     search_path: tuple[str, ...] | None = None
     message: str = ""  # client message when defaults.action blocks
     source: str = ""  # "file:line" of the defaults block ("" when built in)
+    break_glass: tuple[str, ...] = ()  # groups that may force-approve any review
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +129,10 @@ class Policy:
     files: tuple[Path, ...]  # every policy file read, includes too
     watch_paths: tuple[Path, ...] = ()  # files plus included directories (new files appear there)
     uses_time: bool = False
+    # False: a `review` decision is enforced as `block` (the safe answer while the session
+    # cannot hold a statement); True: it is `review`, and the caller must hold the statement.
+    holding: bool = False
+    groups: tuple[tuple[str, frozenset[str]], ...] = ()  # top-level `groups:` of the files
     _candidates: dict[tuple[Any, ...], dict[tuple[Any, ...], tuple[_Candidate, ...]]] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -280,9 +293,16 @@ class Policy:
     ) -> Decision:
         mode = self.defaults.mode
         action: Action = intended
-        if mode == "monitor" and intended == "block":
+        suffix = ""
+        if mode == "monitor" and intended in ("block", "review"):
             action = "flag"
-            reason = f"monitor mode, would block: {reason}"
+            reason = f"monitor mode, would {intended}: {reason}"
+        elif intended == "review" and not self.holding:
+            action = "block"
+            reason = f"{reason}; enforced as block: this proxy cannot hold statements yet"
+            suffix = NOT_HELD_SUFFIX
+        # Monitor mode holds nothing, so its would-be review carries no request to make.
+        review = chosen.review if action != "flag" and chosen is not None else None
         notify = (
             action == "flag"
             and mode == "enforce"
@@ -290,15 +310,17 @@ class Policy:
         )
         if notify and chosen is not None and not chosen.notify:
             chosen = next(r for r in rules if r.notify and r.action == "flag")
+        message = (chosen.message if chosen is not None else "") + suffix
         return Decision(
             action=action,
             rules=rules,
             mode=mode,
             intended=intended,
             reason=reason,
-            message=chosen.message if chosen is not None else "",
+            message=message,
             sqlstate=chosen.sqlstate if chosen is not None else "42501",
             notify=notify,
+            review=review,
         )
 
     def _unparsable(self, facts: QueryFacts) -> Decision:

@@ -15,14 +15,10 @@ from typing import Any
 
 from proxy import yamlsrc
 from proxy.errors import PolicyError, SourceError, SourceProblem
-from proxy.policy.engine import Defaults, Policy, Rule
-from proxy.policy.rules import (
-    TOP_KEYS,
-    Problems,
-    check_keys,
-    compile_defaults,
-    compile_rule,
-)
+from proxy.policy.engine import HOLDING_WIRED, Defaults, Policy, Rule
+from proxy.policy.review import ReviewCompiler, compile_groups
+from proxy.policy.rules import TOP_KEYS, compile_defaults, compile_rule
+from proxy.policy.validate import Problems, check_keys
 
 POLICY_SUFFIXES = (".yaml", ".yml")
 
@@ -118,8 +114,12 @@ class _Loader:
                 self.add_path(target, (container, key), (*stack, real))
 
 
-def load_policy(paths: Sequence[str | Path]) -> Policy:
-    """Read, validate and compile the policy; raises :class:`PolicyError` with every problem."""
+def load_policy(paths: Sequence[str | Path], *, holding: bool = HOLDING_WIRED) -> Policy:
+    """Read, validate and compile the policy; raises :class:`PolicyError` with every problem.
+
+    ``holding``: whether the caller holds ``review`` statements for approval; when it does not,
+    a review decision is enforced as ``block`` (see :data:`proxy.policy.engine.HOLDING_WIRED`).
+    """
     loader = _Loader()
     for raw in paths:
         loader.add_path(Path(raw), None, ())
@@ -131,6 +131,21 @@ def load_policy(paths: Sequence[str | Path]) -> Policy:
         compiled = compile_defaults(problems, container["defaults"], f"{container.file}:{line}")
         if compiled is not None:
             defaults = compiled
+    groups: dict[str, frozenset[str]] = {}
+    group_sites: dict[str, str] = {}
+    for document in loader.documents:
+        if "groups" in document:
+            groups.update(compile_groups(problems, document, group_sites))
+    reviews = ReviewCompiler(problems, groups, defaults.break_glass)
+    if loader.defaults_at is not None and defaults.break_glass:
+        block = loader.defaults_at[0]["defaults"]
+        listed = block["break_glass"]
+        sites = (
+            [(listed, i, name) for i, name in enumerate(listed) if isinstance(name, str)]
+            if isinstance(listed, list)
+            else [(block, "break_glass", listed)]
+        )
+        reviews.resolve(sites, "defaults.break_glass")
     rules: list[Rule] = []
     first_seen: dict[str, str] = {}
     for document in loader.documents:
@@ -150,7 +165,7 @@ def load_policy(paths: Sequence[str | Path]) -> Policy:
                     )
                     continue
                 first_seen[rule_id] = f"{document.file}:{line}:{col}"
-            rule = compile_rule(problems, entries, index, defaults.search_path, len(rules))
+            rule = compile_rule(problems, entries, index, defaults.search_path, len(rules), reviews)
             if rule is not None:
                 rules.append(rule)
     if loader.problems:
@@ -170,4 +185,6 @@ def load_policy(paths: Sequence[str | Path]) -> Policy:
         files=tuple(loader.files),
         watch_paths=(*loader.files, *loader.dirs),
         uses_time=uses_time,
+        holding=holding,
+        groups=tuple(sorted(groups.items())),
     )

@@ -75,6 +75,7 @@ def explanation_json(explanation: Explanation) -> dict[str, Any]:
         "reason": decision.reason,
         "message": decision.message,
         "sqlstate": decision.sqlstate if decision.intended != "allow" else None,
+        "review": decision.review.as_json() if decision.review is not None else None,
         "rules": rules,
         "exempted": [
             {"id": t.rule.id, "source": t.rule.source, "statement": t.statement + 1}
@@ -122,10 +123,14 @@ def explanation_text(explanation: Explanation) -> str:
     decision = explanation.decision
     facts = explanation.facts
     head = decision.action.upper()
-    if decision.action != decision.intended:
+    if decision.action != decision.intended and decision.mode == "monitor":
         head += f" (monitor mode; enforce would {decision.intended})"
+    elif decision.action != decision.intended:
+        head += f" (the policy asks for {decision.intended}; this proxy cannot hold statements yet)"
     lines = [f"decision: {head}", f"reason:   {decision.reason}"]
-    if (decision.intended == "block" or decision.notify) and decision.message:
+    if decision.review is not None:
+        lines.append(f"review:   {decision.review.describe()}")
+    if (decision.intended in ("block", "review") or decision.notify) and decision.message:
         lines.append(f"message:  {decision.message}  [SQLSTATE {decision.sqlstate}]")
     lines.append("")
     if not facts.parsable:
@@ -140,11 +145,11 @@ def explanation_text(explanation: Explanation) -> str:
         lines.append("matched rules:")
         for t in matched:
             where = f" (statement {t.statement + 1})" if facts.multi_statement else ""
-            lines.append(f"  {t.rule.action:<5}  {t.rule.id}  [{t.rule.severity}]  {t.rule.source}")
+            lines.append(f"  {t.rule.action:<6} {t.rule.id}  [{t.rule.severity}]  {t.rule.source}")
             lines.append(f"         why{where}: {t.why}")
     pseudo = [m for m in decision.rules if m.id in ("default", "unparsable")]
     for m in pseudo:
-        lines.append(f"  {m.action:<5}  {m.id}  [{m.severity}]  {m.source}")
+        lines.append(f"  {m.action:<6} {m.id}  [{m.severity}]  {m.source}")
     if not matched and not pseudo:
         lines.append("matched rules: none (defaults.action allow)")
     exempted = [t for t in explanation.traces if t.when_holds and t.exempted]

@@ -6,14 +6,12 @@ key or list item, labelled by rule id, so ``pgwarden policy check`` shows them a
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 from collections.abc import Callable
 from typing import Any, cast
 
 from proxy import yamlsrc
-from proxy.errors import SourceProblem
 from proxy.policy.conditions import (
     Access,
     Classes,
@@ -32,7 +30,7 @@ from proxy.policy.conditions import (
     StatementFlag,
     Tables,
 )
-from proxy.policy.decision import Action, Mode, RuleMatch, Severity
+from proxy.policy.decision import ACTIONS, Action, Mode, RuleMatch, Severity
 from proxy.policy.engine import Defaults, Rule
 from proxy.policy.hours import HoursError, HoursWindow, parse_hours
 from proxy.policy.names import (
@@ -42,8 +40,13 @@ from proxy.policy.names import (
     compile_name_globs,
     compile_qualified,
 )
+from proxy.policy.review import ReviewCompiler, ReviewSpec
+from proxy.policy.validate import Problems, check_keys
+from proxy.policy.validate import bool_value as _bool
+from proxy.policy.validate import one_of as _one_of
+from proxy.policy.validate import string_list as _string_list
 
-ACTIONS = ("allow", "flag", "block")
+DEFAULT_ACTIONS = ("allow", "flag", "block")  # defaults.action: a review needs approvers
 SEVERITIES = ("low", "medium", "high", "critical")
 MODES = ("enforce", "monitor")
 CLASSES = ("read", "write", "ddl", "role", "function", "misc")
@@ -51,8 +54,8 @@ COPY_KINDS = ("program", "file", "stdin", "stdout")
 ACCESS = ("read", "write")
 RESERVED_IDS = ("unparsable", "default")
 
-TOP_KEYS = ("version", "defaults", "include", "rules")
-DEFAULT_KEYS = ("action", "on_unparsable", "mode", "search_path", "message")
+TOP_KEYS = ("version", "defaults", "include", "groups", "rules")
+DEFAULT_KEYS = ("action", "on_unparsable", "mode", "search_path", "message", "break_glass")
 RULE_KEYS = (
     "id",
     "description",
@@ -63,6 +66,7 @@ RULE_KEYS = (
     "message",
     "sqlstate",
     "notify",
+    "review",
 )
 CONDITION_KEYS = (
     "users",
@@ -88,61 +92,6 @@ _IDENTITY_ATTRS = {"users": "user", "databases": "database", "applications": "ap
 _FLAG_ATTRS = {"missing_where": "missing_where", "opaque": "opaque", "role_change": "role_change"}
 
 
-class Problems:
-    """Collects problems for one file."""
-
-    def __init__(self, out: list[SourceProblem]) -> None:
-        self.out = out
-
-    def at(self, container: Any, key: Any, message: str, path: str = "") -> None:
-        self.out.append(yamlsrc.problem(container, key, message, path=path))
-
-
-def check_keys(
-    problems: Problems, data: Any, allowed: tuple[str, ...], path: str, what: str
-) -> None:
-    for key in data:
-        if key not in allowed:
-            hint = difflib.get_close_matches(str(key), allowed, n=1)
-            tip = f"; did you mean {hint[0]!r}?" if hint else f" (known: {', '.join(allowed)})"
-            problems.at(data, key, f"unknown {what} key {key!r}{tip}", path)
-
-
-def _one_of(
-    problems: Problems, data: Any, key: str, choices: tuple[str, ...], path: str
-) -> str | None:
-    value = data[key]
-    if not isinstance(value, str) or value not in choices:
-        problems.at(data, key, f"{value!r} is not one of {', '.join(choices)}", path)
-        return None
-    return value
-
-
-def _string_list(problems: Problems, data: Any, key: str, path: str) -> list[tuple[Any, Any, str]]:
-    """A string or a list of strings, each with where it was written: (container, key, text)."""
-    value = data[key]
-    if isinstance(value, str):
-        return [(data, key, value)]
-    if isinstance(value, list) and value:
-        out = []
-        for i, item in enumerate(value):
-            if isinstance(item, str):
-                out.append((value, i, item))
-            else:
-                problems.at(value, i, f"expected a string, got {type(item).__name__}", path)
-        return out
-    problems.at(data, key, "expected a string or a non-empty list of strings", path)
-    return []
-
-
-def _bool(problems: Problems, data: Any, key: str, path: str) -> bool | None:
-    value = data[key]
-    if not isinstance(value, bool):
-        problems.at(data, key, f"expected true or false, got {value!r}", path)
-        return None
-    return value
-
-
 def compile_defaults(problems: Problems, data: Any, source: str) -> Defaults | None:
     if not isinstance(data, dict):
         problems.at(data, None, "defaults must be a mapping")
@@ -153,8 +102,9 @@ def compile_defaults(problems: Problems, data: Any, source: str) -> Defaults | N
     mode: Mode = "enforce"
     search_path: tuple[str, ...] | None = None
     message = ""
+    break_glass: tuple[str, ...] = ()
     if "action" in data:
-        action = cast(Action, _one_of(problems, data, "action", ACTIONS, "defaults.action"))
+        action = cast(Action, _one_of(problems, data, "action", DEFAULT_ACTIONS, "defaults.action"))
     if "on_unparsable" in data:
         on_unparsable = cast(
             Action,
@@ -176,7 +126,10 @@ def compile_defaults(problems: Problems, data: Any, source: str) -> Defaults | N
             message = data["message"]
         else:
             problems.at(data, "message", "expected a string", "defaults.message")
-    return Defaults(action, on_unparsable, mode, search_path, message, source)
+    if "break_glass" in data:
+        items = _string_list(problems, data, "break_glass", "defaults.break_glass")
+        break_glass = tuple(text for _c, _k, text in items)
+    return Defaults(action, on_unparsable, mode, search_path, message, source, break_glass)
 
 
 def _schema_name(text: str) -> str:
@@ -196,6 +149,7 @@ def compile_rule(
     index: int,
     search_path: tuple[str, ...] | None,
     load_index: int,
+    reviews: ReviewCompiler | None = None,
 ) -> Rule | None:
     data = rules[index]
     line, _col = yamlsrc.where(rules, index)
@@ -214,7 +168,7 @@ def compile_rule(
         problems.at(data, "id", f"id {rule_id!r} is reserved for pgwarden's own decisions", path)
     action: Any = None
     if "action" not in data:
-        problems.at(rules, index, "rule has no action (allow, flag or block)", path)
+        problems.at(rules, index, "rule has no action (allow, flag, review or block)", path)
     else:
         action = _one_of(problems, data, "action", ACTIONS, f"{path}.action")
     severity: Any = "medium"
@@ -234,14 +188,27 @@ def compile_rule(
         notify = bool(_bool(problems, data, "notify", f"{path}.notify"))
         if notify and action is not None and action != "flag":
             problems.at(data, "notify", "notify applies only to flag rules", path)
+    source = f"{data.file}:{line}" if isinstance(data, yamlsrc.MarkedDict) else str(line)
+    review: ReviewSpec | None = None
+    if action == "review":
+        if "review" not in data:
+            problems.at(rules, index, "a review rule needs review: {approvers: …}", path)
+        elif isinstance(rule_id, str):
+            compiler = reviews or ReviewCompiler(problems, {}, ())
+            review = compiler.compile(data, rule_id, path, source)
+    elif "review" in data and action is not None:
+        problems.at(data, "review", "review settings apply only to action: review", path)
     when = _clause(problems, data, "when", path, search_path) if "when" in data else Clause(())
     unless = _clause(problems, data, "unless", path, search_path) if "unless" in data else None
     if len(problems.out) != errors_before or when is None or action is None:
         return None
     if not message:
-        verb = {"block": "blocked", "flag": "flagged", "allow": "allowed"}[action]
-        message = description or f"statement {verb} by pgwarden policy rule {rule_id}"
-    source = f"{data.file}:{line}" if isinstance(data, yamlsrc.MarkedDict) else str(line)
+        verb = {"block": "blocked", "flag": "flagged", "allow": "allowed"}.get(action)
+        message = description or (
+            f"statement {verb} by pgwarden policy rule {rule_id}"
+            if verb
+            else f"statement needs approval under pgwarden policy rule {rule_id}"
+        )
     match = RuleMatch(
         cast(str, rule_id),
         cast(Action, action),
@@ -250,6 +217,7 @@ def compile_rule(
         message,
         sqlstate,
         notify,
+        review,
     )
     return Rule(
         cast(str, rule_id),

@@ -31,7 +31,7 @@ from pglast import parser as pg_parser
 
 from proxy.audit.timeparse import iso_z, parse_ts
 from proxy.identity import Identity
-from proxy.policy.decision import Decision
+from proxy.policy.decision import ACTIONS, Decision
 from proxy.sql.facts import QueryFacts
 
 ChangeKind = Literal[
@@ -43,7 +43,6 @@ CHANGE_KINDS: tuple[ChangeKind, ...] = (
     "no_longer_blocked",
     "no_longer_flagged",
 )
-ACTIONS = ("allow", "flag", "block")
 NotJudged = Literal["no_statement", "unparsable"]
 NOT_JUDGED_REASONS: dict[str, str] = {
     "no_statement": "statement text not recorded (audit.statement_text: none)",
