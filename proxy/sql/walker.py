@@ -18,6 +18,7 @@ from pglast import parser as pg_parser
 from proxy.sql.commands import RELATION_OBJECTS, command_tag, statement_class
 from proxy.sql.facts import CopyKind, StatementClass
 from proxy.sql.folding import depends_on_literals, is_trivially_true, parse_bool
+from proxy.sql.regclass import call_arguments, is_regclass_cast, relation_of, string_constant
 
 # Functions that run SQL text given as an argument (or on another server): not analysable.
 DYNAMIC_SQL_FUNCTIONS = frozenset(
@@ -277,7 +278,26 @@ class Collector:
                 self._set_config(body.get("args") or [])
             elif base in DYNAMIC_SQL_FUNCTIONS:
                 self.mark_opaque(f"{name}() runs SQL the proxy cannot see")
+            for arg, access in call_arguments(base, body.get("args") or []):
+                self.regclass_literal(arg, access)
         self.walk_except(body, ("funcname",))
+
+    def type_cast(self, body: dict[str, Any]) -> None:
+        if is_regclass_cast(body):
+            self.regclass_literal(body.get("arg"), "read")
+        self.walk(body.get("arg"))
+
+    def regclass_literal(self, node: Any, access: str) -> None:
+        """A string naming a relation (regclass): the server resolves it when it runs."""
+        text = string_constant(node)
+        if text is None:
+            return
+        self.literal_sensitive = True  # the relation's name is the literal's value
+        found = relation_of(text)
+        if found is None:
+            self.note(f"regclass {text!r} names a relation by OID or not at all")
+            return
+        self.relations[(found[0], found[1], access)] = None
 
     def _set_config(self, args: list[Any]) -> None:
         first = unwrap(args[0]) if args else None
@@ -609,6 +629,7 @@ def _target_handler(kind: str) -> Handler:
 _HANDLERS: dict[str, Handler] = {
     "RangeVar": Collector.range_var,
     "FuncCall": Collector.func_call,
+    "TypeCast": Collector.type_cast,
     "A_Indirection": Collector.a_indirection,
     "SelectStmt": Collector.select,
     "InsertStmt": Collector.insert,
