@@ -50,6 +50,9 @@ class ShipperLike(Protocol):
     @property
     def stats(self) -> dict[str, float]: ...
 
+    @property
+    def conflicts(self) -> tuple[str, ...]: ...
+
 
 class _LiveCollector(Collector):
     """Values read on scrape from the server state, the trail and the shipper."""
@@ -132,6 +135,12 @@ class _LiveCollector(Collector):
                 "pgwarden_store_healthy",
                 "1 when the store accepted the last batch",
                 float(shipper.healthy),
+            )
+            yield _gauge(
+                "pgwarden_store_identity_conflicts",
+                "other trails shipping under this proxy_id, or holding other records under this"
+                " trail's id (each is logged; see /readyz)",
+                s.get("identity_conflicts", 0.0),
             )
             yield _counter(
                 "pgwarden_store_shipped_events",

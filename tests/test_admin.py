@@ -62,6 +62,7 @@ class FakeShipper:
         self.healthy = True
         self.backlog = 7
         self.stats = {"shipped": 40.0, "batches": 2.0, "errors": 1.0, "ship_seconds": 0.25}
+        self.conflicts: tuple[str, ...] = ()
 
 
 def make_state() -> ServerState:
@@ -214,6 +215,22 @@ def test_readyz_names_the_failing_check(tmp_path: Path) -> None:
             assert "pgwarden_store_backlog_events 7.0" in text
             assert "pgwarden_store_healthy 0.0" in text
             assert "pgwarden_store_shipped_events_total 40.0" in text
+
+    asyncio.run(main())
+
+
+def test_readyz_warns_about_identity_conflicts_without_failing(tmp_path: Path) -> None:
+    async def main() -> None:
+        shipper = FakeShipper()
+        shipper.conflicts = ("proxy_id 'vm' is also shipped by another trail",)
+        shipper.stats["identity_conflicts"] = 1.0
+        async with admin(tmp_path, shipper=shipper) as (_server, client, base):
+            async with client.get(f"{base}/readyz") as r:
+                body = await r.json()
+                assert r.status == 200 and body["ready"] is True
+                assert body["warnings"] == list(shipper.conflicts)
+            async with client.get(f"{base}/metrics") as r:
+                assert "pgwarden_store_identity_conflicts 1.0" in await r.text()
 
     asyncio.run(main())
 

@@ -358,6 +358,7 @@ def test_fsync_interval_syncs_in_the_background(
 
     async def main() -> None:
         trail = make_trail(tmp_path, audit__fsync="interval", audit__fsync_interval="50ms")
+        synced.clear()  # opening synced the new trail id file once
         released: list[bool] = []
         trail.submit(event(1))
         trail.when_written(lambda: released.append(True))

@@ -35,7 +35,7 @@ async def _load(dsn: str, events: list[dict[str, Any]]) -> None:
         )
         await conn.executemany(
             f"INSERT INTO audit_events ({', '.join(COLUMNS)}) VALUES ({values})",
-            [event_row(e) for e in events],
+            [event_row(e, f"trail-of-{e['proxy_id']}") for e in events],
         )
     finally:
         await conn.close()

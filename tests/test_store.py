@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import os
 import random
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -22,8 +24,9 @@ import pytest
 from proxy import config, pgrun
 from proxy.audit.filters import EventFilter
 from proxy.audit.reader import iter_events
+from proxy.store import shipper as shipper_module
 from proxy.store.query import build_query, iter_store_events
-from proxy.store.schema import LATEST_VERSION, migrate
+from proxy.store.schema import LATEST_VERSION, MIGRATIONS, migrate
 from proxy.store.shipper import StoreShipper
 from tests.support.pgcluster import PgServer
 
@@ -55,7 +58,9 @@ class FileTrail:
             for event in events:
                 self.seq += 1
                 record = {**event, "proxy_id": self.proxy_id, "seq": self.seq}
-                record["prev_hash"], record["hash"] = "0" * 64, f"{self.seq:064x}"
+                # A hash of the content, so two trails with equal seqs differ as real ones do.
+                record["prev_hash"] = "0" * 64
+                record["hash"] = hashlib.sha256(orjson.dumps(record)).hexdigest()
                 handle.write(orjson.dumps(record) + b"\n")
                 written.append(record)
         for fn in self.listeners:
@@ -261,7 +266,7 @@ def test_migrations_are_applied_once_even_by_concurrent_proxies(store_dsn: str) 
             found = await asyncio.gather(*(migrate(c, "race") for c in conns))
             assert sorted(found) == [0, LATEST_VERSION, LATEST_VERSION]
             rows = await conns[0].fetch("SELECT version FROM race.pgwarden_schema_version")
-            assert [r[0] for r in rows] == [LATEST_VERSION]
+            assert [r[0] for r in rows] == [m.version for m in MIGRATIONS]
             assert await migrate(conns[0], "race") == LATEST_VERSION
             await conns[0].execute("INSERT INTO race.pgwarden_schema_version VALUES (99, 'future')")
             with pytest.raises(Exception, match="newer than this pgwarden"):
@@ -351,6 +356,7 @@ def test_a_torn_last_line_waits_until_it_is_complete(tmp_path: Path, store_dsn: 
     async def main() -> None:
         trail.write(make_events(3, random.Random(1)))
         record = {**make_events(1, random.Random(2))[0], "proxy_id": trail.proxy_id, "seq": 4}
+        record["prev_hash"], record["hash"] = f"{3:064x}", f"{4:064x}"
         line = orjson.dumps(record) + b"\n"
         async with shipping(cfg, trail) as shipper:
             with (trail.directory / "audit.jsonl").open("ab") as handle:
@@ -504,3 +510,107 @@ def test_a_deleted_file_is_reported_as_a_gap_and_the_rest_is_shipped(
 
     asyncio.run(main())
     assert any("expected seq 11, found 21" in r.getMessage() for r in caplog.records)
+
+
+async def stored_by_trail(dsn: str, proxy_id: str) -> dict[str, list[dict[str, Any]]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT trail_id, event::text FROM audit_events WHERE proxy_id = $1"
+            " ORDER BY trail_id, seq, ts",
+            proxy_id,
+        )
+    finally:
+        await conn.close()
+    out: dict[str, list[dict[str, Any]]] = {}
+    for trail_id, text in rows:
+        out.setdefault(trail_id, []).append(orjson.loads(text))
+    return out
+
+
+def test_two_trails_under_one_proxy_id_are_both_stored_and_reported(
+    tmp_path: Path, store_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two proxies on one host with default settings: same proxy_id, same seqs, different
+    trails. Version 1 of the store kept only the first event of each seq."""
+    monkeypatch.setattr(shipper_module, "HEARTBEAT_SECONDS", 0.1)
+    proxy_id = f"host-{uuid.uuid4().hex[:6]}"
+    trails = [FileTrail(tmp_path / name, proxy_id) for name in ("blue", "green")]
+    rng = random.Random(11)
+    written = {t.directory.name: t.write(make_events(60, rng)) for t in trails}
+
+    async def main() -> None:
+        cfgs = [store_config(t.directory, store_dsn, batch_size=16) for t in trails]
+        async with shipping(cfgs[0], trails[0]) as a, shipping(cfgs[1], trails[1]) as b:
+            await wait_until(lambda: a.stats["shipped"] == 60 and b.stats["shipped"] == 60)
+            for trail in trails:
+                written[trail.directory.name] += trail.write(make_events(15, rng))
+            await wait_until(lambda: a.backlog == 0 and b.backlog == 0)
+            await wait_until(lambda: a.conflicts and b.conflicts)
+            assert b.trail_id in a.conflicts[0] and a.trail_id in b.conflicts[0]
+            assert a.stats["identity_conflicts"] == 1.0
+            by_trail = await stored_by_trail(store_dsn, proxy_id)
+            assert by_trail == {
+                a.trail_id: written["blue"],
+                b.trail_id: written["green"],
+            }
+
+    asyncio.run(main())
+
+
+def test_a_copied_audit_directory_never_loses_either_trail(
+    tmp_path: Path, store_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two trails that share one trail id (a directory copied with its audit.id) and whose
+    records diverge after seq 40: the store keeps every record of both."""
+    rng = random.Random(12)
+    original = FileTrail(tmp_path / "original", f"copy-{uuid.uuid4().hex[:6]}")
+    common = original.write(make_events(40, rng))
+
+    async def main() -> None:
+        cfg = store_config(original.directory, store_dsn)
+        async with shipping(cfg, original) as first:
+            await wait_until(lambda: first.stats["shipped"] == 40)
+        shutil.copytree(original.directory, tmp_path / "copy")
+        copy = FileTrail(tmp_path / "copy", original.proxy_id)
+        copy.seq = original.seq
+        mine = original.write(make_events(30, rng))  # the store will hold seq 1..70
+        theirs = copy.write(make_events(20, rng))  # 41..60, other records
+        async with shipping(cfg, original) as again:
+            await wait_until(lambda: again.stats["shipped"] == 30)
+        copy_cfg = store_config(copy.directory, store_dsn)
+        async with shipping(copy_cfg, copy) as shipper:
+            assert shipper.trail_id == first.trail_id
+            await wait_until(lambda: shipper.backlog == 0 and shipper.healthy)
+            assert shipper.conflicts and "copied audit directory" in shipper.conflicts[0]
+        by_trail = await stored_by_trail(store_dsn, original.proxy_id)
+        stored_events = by_trail[first.trail_id]
+        key = lambda e: (e["seq"], e["hash"])  # noqa: E731
+        assert sorted(stored_events, key=key) == sorted(common + mine + theirs, key=key)
+
+    asyncio.run(main())
+    assert any("two trails share one identity" in r.getMessage() for r in caplog.records)
+
+
+def test_version_1_rows_are_kept_as_legacy_trails(store_dsn: str) -> None:
+    async def main() -> None:
+        conn = await asyncpg.connect(store_dsn)
+        try:
+            await conn.execute("CREATE SCHEMA v1")
+            await conn.execute(
+                "CREATE TABLE v1.pgwarden_schema_version (version integer PRIMARY KEY,"
+                " description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            await conn.execute(MIGRATIONS[0].sql.format(schema='"v1"'))
+            await conn.execute("INSERT INTO v1.pgwarden_schema_version VALUES (1, 'v1')")
+            await conn.execute(
+                "INSERT INTO v1.audit_events (proxy_id, seq, ts, type, event)"
+                """ VALUES ('old-host', 1, now(), 'query', '{"hash": "abc"}')"""
+            )
+            assert await migrate(conn, "v1") == 1
+            row = await conn.fetchrow("SELECT trail_id, hash FROM v1.audit_events")
+            assert tuple(row) == ("legacy:old-host", "abc")
+        finally:
+            await conn.close()
+
+    asyncio.run(main())

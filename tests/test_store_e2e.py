@@ -63,6 +63,26 @@ def poll(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
         time.sleep(0.1)  # polling interval
 
 
+def store_by_trail(dsn: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The store's events by (proxy_id, trail_id), each trail in seq order."""
+
+    async def fetch() -> dict[tuple[str, str], list[dict[str, Any]]]:
+        conn = await asyncpg.connect(dsn, timeout=5)
+        try:
+            rows = await conn.fetch(
+                "SELECT proxy_id, trail_id, event::text FROM audit_events"
+                " ORDER BY proxy_id, trail_id, seq"
+            )
+        finally:
+            await conn.close()
+        out: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for proxy_id, trail_id, text in rows:
+            out.setdefault((proxy_id, trail_id), []).append(json.loads(text))
+        return out
+
+    return asyncio.run(fetch())
+
+
 def workload(proxy: ProxyProcess, rounds: int, tag: str) -> None:
     with psycopg.connect(proxy.dsn(database="app"), autocommit=True, application_name=tag) as c:
         for i in range(rounds):
@@ -131,3 +151,59 @@ def test_two_proxies_one_store_with_a_store_restart(
     assert len(replayed[0]["events"]) == 3
     for proxy in proxies:
         proxy.stop()
+
+
+def test_two_proxies_with_default_settings_keep_both_trails_in_the_store(
+    proxy_factory: Callable[..., ProxyProcess], store_server: pgrun.LocalCluster
+) -> None:
+    """Same host, default proxy_id (the host name), one store that restarts in the middle:
+    the store holds exactly the union of both trails, and the shared proxy_id is reported."""
+    dsn = store_server.dsn(database="postgres")
+    asyncio.run(_drop_store_tables(dsn))
+    sinks = json.dumps([{"type": "postgres", "dsn": dsn, "batch_size": 10}])
+    proxies = [proxy_factory("--audit-sinks", sinks) for _ in range(2)]
+    for proxy in proxies:
+        workload(proxy, 12, "before")
+    store_server.pause()
+    for proxy in proxies:
+        workload(proxy, 12, "while-the-store-is-down")
+    store_server.resume()
+    for proxy in proxies:
+        workload(proxy, 8, "after")
+
+    trails = {(p.audit_dir / "audit.id").read_text().strip(): p for p in proxies}
+    assert len(trails) == 2  # each directory got its own identity
+
+    def caught_up() -> bool:
+        try:
+            rows = store_by_trail(dsn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return False
+        counts = {trail: len(events) for (_p, trail), events in rows.items()}
+        return counts == {t: len(p.events()) for t, p in trails.items()}
+
+    poll(caught_up)
+    rows = store_by_trail(dsn)
+    proxy_ids = {p.events()[0]["proxy_id"] for p in proxies}
+    assert len(proxy_ids) == 1  # the same default proxy_id: the case version 1 merged
+    for (proxy_id, trail_id), events in rows.items():
+        recorded = trails[trail_id].events()
+        assert proxy_id in proxy_ids
+        assert events == recorded  # the union, exactly: nothing lost, nothing twice
+        starts = [e for e in recorded if e["type"] == "session_start"]
+        assert starts and {e["trail_id"] for e in starts} == {trail_id}
+    warned = [p for p in proxies if "is also shipped by another trail" in p.stderr_text()]
+    assert warned  # at least the one that connected second; the other at its next heartbeat
+    for proxy in proxies:
+        proxy.stop()
+
+
+async def _drop_store_tables(dsn: str) -> None:
+    """The module-scoped store server may hold an earlier test's rows: start empty."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "DROP TABLE IF EXISTS audit_events, pgwarden_trails, pgwarden_schema_version"
+        )
+    finally:
+        await conn.close()

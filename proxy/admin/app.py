@@ -159,9 +159,12 @@ class AdminServer:
             checks["store"] = bool(self.shipper.healthy)
         ready = all(checks.values())
         failed = [name for name, ok in checks.items() if not ok]
-        return web.json_response(
-            {"ready": ready, "checks": checks, "failed": failed}, status=200 if ready else 503
-        )
+        body: dict[str, object] = {"ready": ready, "checks": checks, "failed": failed}
+        if self.shipper is not None and self.shipper.conflicts:
+            # Loud but not "not ready": both trails are stored in full, and taking every
+            # proxy of a misnamed pair out of service would turn a naming problem into an outage.
+            body["warnings"] = list(self.shipper.conflicts)
+        return web.json_response(body, status=200 if ready else 503)
 
     async def sessions(self, request: web.Request) -> web.Response:
         now = time.time()

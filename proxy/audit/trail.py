@@ -39,6 +39,7 @@ from proxy.audit.jsonl import (
 )
 from proxy.audit.recovery import inspect_current, last_rotated_record, state_of
 from proxy.audit.timeparse import parse_ts
+from proxy.audit.trailid import load_or_create
 from proxy.config import Config
 from proxy.errors import AuditError
 
@@ -81,6 +82,7 @@ class AuditTrail:
         self.fsync_interval: float = cfg["audit.fsync_interval"]
         self.queue_max: int = cfg["audit.queue_max"]
         self.hmac_key_file: str = cfg["audit.hmac_key_file"]
+        self.trail_id = ""  # set by open(): see proxy.audit.trailid
         self.stats = TrailStats()
         self._chainer = Chainer()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -133,6 +135,7 @@ class AuditTrail:
         if not os.access(self.directory, os.W_OK | os.X_OK):
             raise AuditError(f"audit directory {str(self.directory)!r} is not writable")
         key = load_hmac_key(self.hmac_key_file) if self.hmac_key_file else None
+        self.trail_id = load_or_create(self.directory)
         for leftover in self.directory.glob("*.gz.tmp"):
             leftover.unlink(missing_ok=True)  # a gzip interrupted by a crash
         current = inspect_current(self.directory)
@@ -208,6 +211,9 @@ class AuditTrail:
         """Queue ``event`` (the trail owns the dict from now on) and give it its ``seq``."""
         self._seq += 1
         event["seq"] = self._seq
+        if event.get("type") == "session_start":
+            # Which trail a session's events are in, for a reader of the merged store.
+            event["trail_id"] = self.trail_id
         self._queue.append(event)
         if self._flush_handle is None and self._retry_handle is None:
             loop = self._loop or asyncio._get_running_loop()

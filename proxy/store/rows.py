@@ -15,6 +15,7 @@ import orjson
 
 # Column order of the staging table and of the tuples built by :func:`event_row`.
 COLUMNS: tuple[str, ...] = (
+    "trail_id",
     "proxy_id",
     "seq",
     "ts",
@@ -34,6 +35,7 @@ COLUMNS: tuple[str, ...] = (
     "duration_ms",
     "fingerprint",
     "statement",
+    "hash",
     "event",
 )
 
@@ -107,8 +109,9 @@ def event_json(event: Mapping[str, Any], raw: str | None = None) -> str:
     return text
 
 
-def event_row(event: Mapping[str, Any], raw: str | None = None) -> tuple[Any, ...]:
-    """One staging-table row for ``event`` (``raw`` is its JSON line, reused when given)."""
+def event_row(event: Mapping[str, Any], trail_id: str, raw: str | None = None) -> tuple[Any, ...]:
+    """One staging-table row for ``event`` of the trail ``trail_id`` (``raw`` is its JSON
+    line, reused when given)."""
     decision = event.get("decision")
     action = rules = None
     if isinstance(decision, Mapping):
@@ -117,6 +120,7 @@ def event_row(event: Mapping[str, Any], raw: str | None = None) -> tuple[Any, ..
         if isinstance(rule_list, list):
             rules = [str(r.get("id")) for r in rule_list if isinstance(r, Mapping) and r.get("id")]
     return (
+        trail_id,
         str(event["proxy_id"]),
         int(event["seq"]),
         str(event["ts"]),
@@ -136,5 +140,6 @@ def event_row(event: Mapping[str, Any], raw: str | None = None) -> tuple[Any, ..
         _float(event.get("duration_ms")),
         _text(event.get("fingerprint")),
         _text(event.get("statement")),
+        str(event["hash"]),
         event_json(event, raw),
     )

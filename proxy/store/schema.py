@@ -67,6 +67,34 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX audit_events_rules ON {schema}.audit_events USING gin (rules);
         """,
     ),
+    Migration(
+        2,
+        "events keyed by trail identity and hash; pgwarden_trails registry",
+        # Version 1 keyed rows by (proxy_id, seq): two trails under one proxy_id (two proxies
+        # on a host, a blue/green restart) collided and half their events were dropped. Rows
+        # from then keep their proxy_id as a legacy trail id. With the hash in the key, a row
+        # is skipped only when the very same record is already stored.
+        """
+        ALTER TABLE {schema}.audit_events ADD COLUMN trail_id text, ADD COLUMN hash text;
+        UPDATE {schema}.audit_events
+           SET trail_id = 'legacy:' || proxy_id, hash = coalesce(event->>'hash', '');
+        ALTER TABLE {schema}.audit_events
+            ALTER COLUMN trail_id SET NOT NULL, ALTER COLUMN hash SET NOT NULL;
+        ALTER TABLE {schema}.audit_events DROP CONSTRAINT audit_events_pkey;
+        ALTER TABLE {schema}.audit_events ADD PRIMARY KEY (trail_id, seq, hash);
+        DROP INDEX {schema}.audit_events_ts;
+        CREATE INDEX audit_events_ts ON {schema}.audit_events (ts, trail_id, seq);
+        CREATE INDEX audit_events_proxy ON {schema}.audit_events (proxy_id, ts);
+        CREATE TABLE {schema}.pgwarden_trails (
+            trail_id   text        PRIMARY KEY,
+            proxy_id   text        NOT NULL,
+            hostname   text        NOT NULL,
+            first_seen timestamptz NOT NULL DEFAULT now(),
+            last_seen  timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX pgwarden_trails_proxy ON {schema}.pgwarden_trails (proxy_id, last_seen);
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

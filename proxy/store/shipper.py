@@ -1,12 +1,18 @@
 """Ship the local JSONL audit trail into the central PostgreSQL store: in order, exactly once.
 
 The trail files are the durable record; the shipper holds no copy of the stream that a crash
-could lose. On start (and after every reconnect) it asks the store for ``max(seq)`` of its
-``proxy_id`` and reads the files from the next seq (:class:`~proxy.store.tail.TrailTail`);
-then the trail's listener only wakes it up when new lines are on disk. Each batch is COPYed
-into a temporary staging table and moved with ``INSERT … SELECT … ON CONFLICT (proxy_id, seq)
-DO NOTHING`` in one transaction, so a batch whose commit acknowledgement was lost is simply
-skipped the second time.
+could lose. Rows are keyed by the trail's own identity (:mod:`proxy.audit.trailid`), never by
+``proxy_id``, which two trails may share. On start (and after every reconnect) it asks the store
+for ``max(seq)`` of its trail, checks that the stored record at that seq is the local one, and
+reads the files from the next seq (:class:`~proxy.store.tail.TrailTail`); then the trail's
+listener only wakes it up when new lines are on disk. Each batch is COPYed into a temporary
+staging table and moved with ``INSERT … SELECT … ON CONFLICT (trail_id, seq, hash) DO
+NOTHING`` in one transaction, so a batch whose commit acknowledgement was lost is simply
+skipped the second time, and a different record is never mistaken for one already stored.
+
+Two trails that claim one identity (a copied audit directory) or one ``proxy_id`` (two
+proxies on a host with default settings) are stored side by side and reported loudly: a log
+line, ``pgwarden_store_identity_conflicts`` and a warning in ``/readyz``.
 
 A store outage never stops the proxy: the shipper retries with exponential back-off, logs
 once when the store goes away and once when it is back, and the backlog (events on disk not
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +32,7 @@ from typing import Any, Protocol
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
+from proxy.audit.trailid import load_or_create
 from proxy.errors import StoreError
 from proxy.store import rows as rowmod
 from proxy.store.schema import migrate, quote_schema
@@ -40,6 +48,9 @@ BACKOFF_MAX = 15.0
 IDLE_POLL = 1.0  # re-read the files this often even without a wake-up (belt and braces)
 COALESCE_SECONDS = 0.2  # after shipping, wait this long before looking again
 STAGING_TABLE = "pgwarden_stage"
+HEARTBEAT_SECONDS = 30.0  # how often a shipper marks its trail as alive in pgwarden_trails
+# Another trail of the same proxy_id seen this recently ships at the same time as this one.
+CONCURRENT_WINDOW = "2 minutes"
 
 # Errors that mean "the store is not reachable or not usable right now": retry later.
 _TRANSIENT: tuple[type[BaseException], ...] = (
@@ -85,7 +96,7 @@ def _insert_sql(schema: str) -> str:
     return (
         f"INSERT INTO {quote_schema(schema)}.audit_events ({columns})"
         f" SELECT {select} FROM {STAGING_TABLE} ORDER BY seq"
-        " ON CONFLICT (proxy_id, seq) DO NOTHING"
+        " ON CONFLICT (trail_id, seq, hash) DO NOTHING"
     )
 
 
@@ -97,11 +108,13 @@ def _staging_sql() -> str:
 class SinkShipper:
     """Ships one proxy's trail into one store database."""
 
-    def __init__(self, sink: SinkConfig, audit_dir: str, proxy_id: str) -> None:
+    def __init__(self, sink: SinkConfig, audit_dir: str, proxy_id: str, trail_id: str) -> None:
         self.sink = sink
         self.proxy_id = proxy_id
+        self.trail_id = trail_id
+        self.audit_dir = audit_dir
         self.tail = TrailTail(audit_dir)
-        self.store_seq = 0  # the highest seq the store is known to hold for proxy_id
+        self.store_seq = 0  # the highest seq the store is known to hold for trail_id
         self.trail_seq = 0  # the highest seq the trail is known to have written
         self.healthy = False
         self.shipped = 0
@@ -111,6 +124,10 @@ class SinkShipper:
         self.gaps = 0
         self.ship_seconds = 0.0
         self.last_error = ""
+        # Other trails that ship under this proxy_id right now, or that hold different
+        # records under this trail id: each is logged once and kept for metrics and /readyz.
+        self.conflicts: dict[str, str] = {}
+        self._heartbeat_at = 0.0
         self._conn: asyncpg.Connection | None = None
         self._wake = asyncio.Event()
         self._closing = False
@@ -138,6 +155,8 @@ class SinkShipper:
                     if self._conn is None:
                         await self._connect()
                     shipped_any = await self._ship_available()
+                    if time.monotonic() - self._heartbeat_at >= HEARTBEAT_SECONDS:
+                        await self._heartbeat()
                     backoff = BACKOFF_START
                     if self._closing:
                         return
@@ -171,16 +190,31 @@ class SinkShipper:
         try:
             await migrate(conn, self.sink.schema)
             await conn.execute(_staging_sql())
-            stored = await conn.fetchval(
-                f"SELECT coalesce(max(seq), 0) FROM {quote_schema(self.sink.schema)}.audit_events"
-                " WHERE proxy_id = $1",
-                self.proxy_id,
+            rows = await conn.fetch(
+                f"SELECT seq, hash FROM {quote_schema(self.sink.schema)}.audit_events"
+                " WHERE trail_id = $1 AND seq = (SELECT max(seq)"
+                f" FROM {quote_schema(self.sink.schema)}.audit_events WHERE trail_id = $1)",
+                self.trail_id,
             )
+            stored = int(rows[0]["seq"]) if rows else 0
+            if stored and not await asyncio.to_thread(
+                self._local_matches, stored, {r["hash"] for r in rows}
+            ):
+                self._conflict(
+                    f"trail:{self.trail_id}",
+                    f"the store holds other records than this trail under its trail id"
+                    f" {self.trail_id} (seq {stored}): two trails share one identity (a copied"
+                    f" audit directory?); give one of them a new {self.audit_dir}/audit.id."
+                    " Shipping this whole trail again, side by side, nothing is dropped",
+                )
+                stored = 0
+            self._conn = conn
+            await self._heartbeat()
         except BaseException:
+            self._conn = None
             await conn.close(timeout=2)
             raise
-        self._conn = conn
-        self.store_seq = int(stored)
+        self.store_seq = stored
         # Always resume from what the store holds: after an unacknowledged commit this skips
         # what already landed, after a store restore it re-sends what went missing.
         self.tail.reset(self.store_seq)
@@ -205,6 +239,54 @@ class SinkShipper:
             await self._ship(batch)
             shipped_any = True
 
+    def _local_matches(self, seq: int, hashes: set[str]) -> bool:
+        """Whether the store's record(s) at ``seq`` include this trail's; True when the local
+        files no longer hold ``seq`` (retention removed it) and so cannot tell."""
+        probe = TrailTail(self.audit_dir, seq - 1)
+        try:
+            lines = probe.read(1)
+        except TrailGap as gap:
+            return gap.found > seq  # pruned before seq: cannot tell, trust the store
+        finally:
+            probe.close()
+        if not lines:
+            return False  # the store is ahead of this trail: it holds someone else's records
+        return lines[0].event.get("hash") in hashes
+
+    async def _heartbeat(self) -> None:
+        """Mark this trail alive and look for other trails shipping under our proxy_id."""
+        assert self._conn is not None
+        schema = quote_schema(self.sink.schema)
+        await self._conn.execute(
+            f"INSERT INTO {schema}.pgwarden_trails (trail_id, proxy_id, hostname)"
+            " VALUES ($1, $2, $3) ON CONFLICT (trail_id) DO UPDATE"
+            " SET proxy_id = excluded.proxy_id, hostname = excluded.hostname, last_seen = now()",
+            self.trail_id,
+            self.proxy_id,
+            socket.gethostname(),
+        )
+        others = await self._conn.fetch(
+            f"SELECT trail_id, hostname FROM {schema}.pgwarden_trails"
+            " WHERE proxy_id = $1 AND trail_id <> $2"
+            f" AND last_seen > now() - interval '{CONCURRENT_WINDOW}'",
+            self.proxy_id,
+            self.trail_id,
+        )
+        self._heartbeat_at = time.monotonic()
+        for row in others:
+            self._conflict(
+                f"proxy:{row['trail_id']}",
+                f"proxy_id {self.proxy_id!r} is also shipped by another trail"
+                f" ({row['trail_id']} on host {row['hostname']!r}) at the same time as this one"
+                f" ({self.trail_id}): both are stored in full, but readers grouping by proxy_id"
+                " see them as one proxy; give each proxy its own proxy_id",
+            )
+
+    def _conflict(self, key: str, message: str) -> None:
+        if key not in self.conflicts:
+            log.error("audit store %s: %s", self._where(), message)
+        self.conflicts[key] = message
+
     def _read_batch(self) -> list[TrailLine]:
         while True:
             try:
@@ -221,7 +303,7 @@ class SinkShipper:
         records = []
         for line in batch:
             try:
-                records.append(rowmod.event_row(line.event, line.raw))
+                records.append(rowmod.event_row(line.event, self.trail_id, line.raw))
             except (KeyError, ValueError, TypeError) as exc:
                 self.rejected += 1
                 log.error("audit event seq %s not shippable: %s", line.event.get("seq"), exc)
@@ -235,7 +317,7 @@ class SinkShipper:
                     await self._copy([record])
                 except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
                     self.rejected += 1
-                    log.error("audit store rejected event seq %s: %s", record[1], exc)
+                    log.error("audit store rejected event seq %s: %s", record[2], exc)
         self.ship_seconds += time.perf_counter() - started
         self.batches += 1
         self.shipped += len(records)
@@ -290,7 +372,9 @@ class StoreShipper:
         self.proxy_id = proxy_id
         self.fail_closed = bool(cfg["audit.fail_closed"])
         configs = [SinkConfig.from_mapping(s) for s in cfg["audit.sinks"]]
-        self.sinks = [SinkShipper(c, str(cfg["audit.dir"]), proxy_id) for c in configs]
+        audit_dir = str(cfg["audit.dir"])
+        self.trail_id = load_or_create(audit_dir)
+        self.sinks = [SinkShipper(c, audit_dir, proxy_id, self.trail_id) for c in configs]
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -334,6 +418,11 @@ class StoreShipper:
         return all(sink.healthy for sink in self.sinks)
 
     @property
+    def conflicts(self) -> tuple[str, ...]:
+        """Identity conflicts found in any store (see :class:`SinkShipper`), as messages."""
+        return tuple(sorted({m for sink in self.sinks for m in sink.conflicts.values()}))
+
+    @property
     def backlog(self) -> int:
         """Events written to the local trail and not yet in the store (worst sink)."""
         written = 0
@@ -357,6 +446,7 @@ class StoreShipper:
             "errors": float(sum(s.errors for s in self.sinks)),
             "rejected": float(sum(s.rejected for s in self.sinks)),
             "gaps": float(sum(s.gaps for s in self.sinks)),
+            "identity_conflicts": float(len(self.conflicts)),
             "ship_seconds": sum(s.ship_seconds for s in self.sinks),
             "backlog": float(self.backlog),
             "healthy": float(self.healthy),
