@@ -189,6 +189,15 @@ def _sinks(value: Any) -> tuple[Mapping[str, Any], ...]:
     return tuple(out)
 
 
+# Mode names are libpq's sslmode / PgBouncer's client_tls_sslmode. Upstream ``allow`` is left
+# out: it means "retry with TLS after a failed plaintext login", which a proxy cannot replay.
+TLS_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+UPSTREAM_TLS_MODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
+TLS_PROTOCOLS = ("TLSv1.2", "TLSv1.3")
+CERT_IDENTITY_SOURCES = ("cn", "san-dns", "san-email", "san-uri")
+AUTH_MODES = ("passthrough", "proxy", "cert")
+
+
 @dataclass(frozen=True, slots=True)
 class Key:
     path: str  # dotted
@@ -270,6 +279,46 @@ SCHEMA: tuple[Key, ...] = (
     Key("audit.sinks", _sinks, (), "extra sinks, e.g. [{type: postgres, dsn: ...}]"),
     Key("admin.listen", str, "127.0.0.1:9187", "admin HTTP listener (HOST:PORT; empty: off)"),
     Key("admin.token_file", str, "", "file holding the admin API bearer token"),
+    # TLS and authentication (issue 11): checked as a whole by proxy.tls.settings.
+    Key(
+        "client_tls.mode",
+        _choice(*TLS_MODES),
+        "disable",
+        "TLS towards clients: disable, allow, prefer, require, verify-ca, verify-full",
+    ),
+    Key("client_tls.cert_file", str, "", "certificate (chain) pgwarden presents to clients"),
+    Key("client_tls.key_file", str, "", "private key of client_tls.cert_file (mode 0600)"),
+    Key("client_tls.ca_file", str, "", "CA bundle that client certificates must chain to"),
+    Key("client_tls.min_protocol", _choice(*TLS_PROTOCOLS), "TLSv1.2", "oldest TLS version"),
+    Key("client_tls.ciphers", str, "", "OpenSSL cipher list for TLS 1.2 (empty: Python's)"),
+    Key("client_tls.direct", parse_bool, True, "accept direct TLS (PostgreSQL 17 sslnegotiation)"),
+    Key(
+        "client_tls.identity",
+        _choice(*CERT_IDENTITY_SOURCES),
+        "cn",
+        "client-certificate field naming the user: cn, san-dns, san-email, san-uri",
+    ),
+    Key(
+        "upstream_tls.mode",
+        _choice(*UPSTREAM_TLS_MODES),
+        "disable",
+        "TLS towards PostgreSQL: disable, prefer, require, verify-ca, verify-full",
+    ),
+    Key("upstream_tls.ca_file", str, "", "CA bundle for the server (empty: the system bundle)"),
+    Key("upstream_tls.cert_file", str, "", "client certificate pgwarden presents upstream"),
+    Key("upstream_tls.key_file", str, "", "private key of upstream_tls.cert_file (mode 0600)"),
+    Key(
+        "upstream_tls.server_name", str, "", "name the server certificate must show (default: host)"
+    ),
+    Key("upstream_tls.min_protocol", _choice(*TLS_PROTOCOLS), "TLSv1.2", "oldest TLS version"),
+    Key("upstream_tls.direct", parse_bool, False, "direct TLS without SSLRequest (PostgreSQL 17+)"),
+    Key(
+        "auth.mode",
+        _choice(*AUTH_MODES),
+        "passthrough",
+        "who authenticates clients: passthrough (the server), proxy (users file), cert",
+    ),
+    Key("auth.users_file", str, "", "SCRAM verifiers for auth.mode=proxy (pgwarden users add)"),
 )
 
 _BY_PATH = {k.path: k for k in SCHEMA}

@@ -28,6 +28,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config.load(args)
+    from proxy import tls
+
+    tls.load(cfg)  # certificate, key and CA files are checked before anything starts
+    tls.refuse_unwired(cfg)
     if args.check_config:
         from proxy.server import load_policies
 
