@@ -99,3 +99,20 @@ class StoreError(AuditError):
 
 class PostgresNotFoundError(PgWardenError):
     """No PostgreSQL server binaries (initdb, pg_ctl) and no Docker engine were found."""
+
+
+class ApprovalError(PgWardenError):
+    """An approval step was refused (unknown request, approver not allowed, already decided).
+
+    ``status`` is the HTTP status the admin API answers with."""
+
+    status = 409
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class ApproversFileError(SourceError):
+    """The approvers (per-person tokens) file is invalid."""

@@ -21,7 +21,17 @@ import orjson
 
 from proxy.audit.timeparse import iso_z, parse_time
 
-EVENT_TYPES = ("session_start", "query", "session_end", "auth_failure", "alert")
+EVENT_TYPES = (
+    "session_start",
+    "query",
+    "session_end",
+    "auth_failure",
+    "alert",
+    "review_requested",
+    "review_decided",
+    "review_expired",
+    "review_withdrawn",
+)
 ACTIONS = ("allow", "flag", "review", "block")
 _GLOB_CHARS = frozenset("*?[")
 

@@ -71,17 +71,20 @@ class ReviewSpec:
             names |= members
         return tuple(sorted(names))
 
+    def describe_timeout(self) -> str:
+        return duration_text(self.timeout)
+
     def describe(self) -> str:
         """One line for ``policy test`` and notices: who, how many, how long."""
         who = [f"group {g}" for g, _m in self.groups] + sorted(self.users)
         text = (
             f"{self.approvals} approval{'s' if self.approvals != 1 else ''} from "
-            f"{', '.join(who)} within {_seconds(self.timeout)}"
+            f"{', '.join(who)} within {duration_text(self.timeout)}"
         )
         if self.reason_required:
             text += ", reason required"
         if self.mode == "ticket":
-            text += f", ticket mode (valid {_seconds(self.ticket_valid)} once approved)"
+            text += f", ticket mode (valid {duration_text(self.ticket_valid)} once approved)"
         return text
 
     def as_json(self) -> dict[str, Any]:
@@ -103,12 +106,13 @@ def _in_any(groups: Groups, name: str, member_of: frozenset[str]) -> bool:
     return any(name in members or group in member_of for group, members in groups)
 
 
-def _seconds(value: float) -> str:
-    if value >= 3600 and value % 3600 == 0:
-        return f"{int(value // 3600)}h"
-    if value >= 60 and value % 60 == 0:
-        return f"{int(value // 60)}m"
-    return f"{value:g}s"
+def duration_text(value: float) -> str:
+    """``10m``, ``4m59s``, ``1h30m``, ``0s``: durations as people write them."""
+    total = round(value)
+    hours, rest = divmod(total, 3600)
+    minutes, seconds = divmod(rest, 60)
+    text = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "")
+    return text + (f"{seconds}s" if seconds or not text else "")
 
 
 class ReviewCompiler:

@@ -1,0 +1,1 @@
+"""Human approval of single statements: requests, votes, outcomes, and their audit records."""
