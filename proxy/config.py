@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 from proxy import yamlsrc
 from proxy.errors import ConfigError, SourceError, SourceProblem
+from proxy.hints import closest, did_you_mean
 
 _SIZE_UNITS = {
     "": 1,
@@ -323,6 +324,37 @@ SCHEMA: tuple[Key, ...] = (
 
 _BY_PATH = {k.path: k for k in SCHEMA}
 _SECTIONS = {k.path.split(".")[0] for k in SCHEMA if "." in k.path}
+_BY_ENV = {k.env_name: k for k in SCHEMA}
+# PGWARDEN_* variables read by something other than the schema (not "unknown").
+OTHER_VARIABLES = frozenset({"PGWARDEN_CONFIG", "PGWARDEN_PG_BIN", "PGWARDEN_TEST_DSN"})
+
+
+def _unknown_key_message(name: str, section: str = "") -> str:
+    """ "unknown key" with the likeliest intended key, in the file's own spelling."""
+    if section:
+        subs = [k.path.split(".", 1)[1] for k in SCHEMA if k.path.startswith(section + ".")]
+        hint = closest(name, subs)
+        return f"unknown key; did you mean {section}.{hint}?" if hint else "unknown key"
+    hint = closest(name, sorted({k.path.split(".")[0] for k in SCHEMA}))
+    if hint is not None:
+        return f"unknown key; did you mean {hint}?"
+    # A key of a section written at the top level (``login_timeout:`` for limits.login_timeout).
+    leaves = {k.path.split(".", 1)[1]: k.path for k in SCHEMA if "." in k.path}
+    leaf = closest(name, leaves)
+    if leaf is None:
+        return "unknown key"
+    section_name = leaves[leaf].split(".")[0]
+    return f"unknown key; did you mean {leaves[leaf]} ({leaf}: under {section_name}:)?"
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One warning per ``PGWARDEN_*`` variable that no key (or tool) reads."""
+    out = []
+    for name in sorted(environ):
+        if name.startswith("PGWARDEN_") and name not in _BY_ENV and name not in OTHER_VARIABLES:
+            tip = did_you_mean(name, [*_BY_ENV, *OTHER_VARIABLES])
+            out.append(f"${name} matches no configuration key and is ignored{tip}")
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +363,7 @@ class Config:
 
     values: Mapping[str, Any]
     source: str = ""  # the config file, if any
+    warnings: tuple[str, ...] = ()  # problems that do not stop a start (unknown variables)
 
     def __getitem__(self, path: str) -> Any:
         return self.values[path]
@@ -353,7 +386,7 @@ class Config:
         for name, value in changes.items():
             path = name.replace("__", ".")
             values[path] = _BY_PATH[path].parse(value)
-        return Config(values, self.source)
+        return Config(values, self.source, self.warnings)
 
 
 @dataclass(slots=True)
@@ -384,15 +417,15 @@ def _walk_file(data: Any, file: str, out: _Collector) -> None:
                 sline, scol = yamlsrc.where(value, sub)
                 key = _BY_PATH.get(f"{name}.{sub}")
                 if key is None:
-                    out.problems.append(
-                        SourceProblem(file, sline, scol, "unknown key", f"{name}.{sub}")
-                    )
+                    message = _unknown_key_message(str(sub), name)
+                    out.problems.append(SourceProblem(file, sline, scol, message, f"{name}.{sub}"))
                 else:
                     out.set(key, subvalue, (file, sline, scol))
         elif name in _BY_PATH:
             out.set(_BY_PATH[name], value, (file, line, col))
         else:
-            out.problems.append(SourceProblem(file, line, col, "unknown key", str(name)))
+            message = _unknown_key_message(str(name))
+            out.problems.append(SourceProblem(file, line, col, message, str(name)))
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -441,7 +474,7 @@ def load(
                 out.set(key, raw, (key.flag_name, 0, 0))
     if out.problems:
         raise ConfigError(out.problems)
-    return Config(out.values, str(path or ""))
+    return Config(out.values, str(path or ""), tuple(unknown_variables(environ)))
 
 
 _DSN_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@|(password\s*=\s*)('[^']*'|\S+)", re.I)

@@ -319,6 +319,8 @@ def run_loop(main: Coroutine[Any, Any, int]) -> int:
 def run_server(cfg: Config) -> int:
     """Blocking entry point used by ``pgwarden serve`` and ``pgwarden demo``."""
     diagnostics.configure(cfg["log_format"], cfg["log_level"])
+    for warning in cfg.warnings:
+        logger.warning("%s", warning)
     try:
         return run_loop(serve(cfg))
     except PgWardenError as exc:

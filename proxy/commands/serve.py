@@ -33,22 +33,32 @@ def run(args: argparse.Namespace) -> int:
     tls.load(cfg)  # certificate, key and CA files are checked before anything starts
     tls.refuse_unwired(cfg)
     if args.check_config:
-        from proxy.server import load_policies
-
-        policy = load_policies(cfg)
-        rules = None
-        if cfg["alerts"]:
-            from proxy.alerts.rules import load_rules
-
-            rules = load_rules(list(cfg["alerts"]))
-        for key in config.SCHEMA:
-            print(f"{key.path}: {config.display_value(cfg[key.path])}")
-        if policy is not None:
-            print(f"# {policy.rule_count} policy rules in {len(policy.files)} files")
-        if rules is not None:
-            print(f"# {len(rules)} alert rules")
-        print("configuration ok", file=sys.stderr)
-        return 0
+        return check_config(cfg)
     from proxy.server import run_server
 
     return run_server(cfg)
+
+
+def check_config(cfg: config.Config) -> int:
+    """Exit 2 with one line per problem that would stop ``serve``; else print the values."""
+    from proxy import preflight
+    from proxy.server import load_policies
+
+    findings = preflight.check(cfg)
+    for warning in findings.warnings:
+        print(f"pgwarden: warning: {warning}", file=sys.stderr)
+    findings.raise_problems()
+    policy = load_policies(cfg)
+    rules = None
+    if cfg["alerts"]:
+        from proxy.alerts.rules import load_rules
+
+        rules = load_rules(list(cfg["alerts"]))
+    for key in config.SCHEMA:
+        print(f"{key.path}: {config.display_value(cfg[key.path])}")
+    if policy is not None:
+        print(f"# {policy.rule_count} policy rules in {len(policy.files)} files")
+    if rules is not None:
+        print(f"# {len(rules)} alert rules")
+    print("configuration ok", file=sys.stderr)
+    return 0

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 from proxy import yamlsrc
 from proxy.errors import SourceProblem
+from proxy.hints import did_you_mean
 
 
 class Problems:
@@ -24,8 +24,7 @@ def check_keys(
 ) -> None:
     for key in data:
         if key not in allowed:
-            hint = difflib.get_close_matches(str(key), allowed, n=1)
-            tip = f"; did you mean {hint[0]!r}?" if hint else f" (known: {', '.join(allowed)})"
+            tip = did_you_mean(str(key), allowed) or f" (known: {', '.join(allowed)})"
             problems.at(data, key, f"unknown {what} key {key!r}{tip}", path)
 
 

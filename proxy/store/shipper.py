@@ -87,7 +87,29 @@ class SinkConfig:
             raise StoreError("audit sink batch_size must be at least 1")
         schema = str(raw.get("schema", "public"))
         quote_schema(schema)  # validates
-        return cls(str(raw["dsn"]), batch_size, schema)
+        dsn = str(raw["dsn"])
+        check_dsn(dsn)
+        return cls(dsn, batch_size, schema)
+
+
+def check_dsn(dsn: str) -> None:
+    """Raise StoreError unless ``dsn`` is a connection URI the store client can use (asyncpg
+    takes ``postgresql://`` URIs only, not libpq's ``key=value`` strings)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(dsn)
+        for host_port in parts.netloc.rsplit("@", 1)[-1].split(","):  # multi-host URIs
+            _host, sep, number = host_port.rpartition(":")
+            if sep and number and not number.isdigit() and "]" not in number:
+                raise ValueError(f"invalid port {number!r}")
+    except ValueError as exc:
+        raise StoreError(f"the store dsn is not a valid URI: {exc}") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise StoreError(
+            "the store dsn must be a URI such as postgresql://user@host:5432/db"
+            f" (got {'scheme ' + repr(parts.scheme) if parts.scheme else 'no scheme'})"
+        )
 
 
 def _insert_sql(schema: str) -> str:
