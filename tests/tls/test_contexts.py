@@ -214,3 +214,11 @@ def test_holder_reload_swaps_and_keeps_old_on_failure(pki: TestPKI, tmp_path: Pa
     assert problems and "client_tls.cert_file: cannot load certificate" in problems[0]
     assert holder.current is second and holder.reload_failures == 1
     kept_server.write(b"still alive")  # the old session's TLS object still works
+
+
+def test_python_completes_without_alpn_when_the_offer_lacks_postgresql(pki: TestPKI) -> None:
+    """Why sniff.alpn_refusal reads the ClientHello: the handshake alone does not refuse."""
+    client = _libpq_like(pki)
+    client.set_alpn_protocols(["h2"])
+    server, _ = handshake(contexts.client_context(_client_leg(pki)), client)
+    assert server.selected_alpn_protocol() is None
