@@ -278,6 +278,25 @@ SCHEMA: tuple[Key, ...] = (
         "refuse new statements while no durable sink accepts records",
     ),
     Key("audit.sinks", _sinks, (), "extra sinks, e.g. [{type: postgres, dsn: ...}]"),
+    Key(
+        "audit.retention",
+        parse_duration,
+        0.0,
+        "remove rotated files older than this, after a chained pruned event (0: keep all)",
+    ),
+    Key(
+        "audit.anchor_interval",
+        parse_duration,
+        60.0,
+        "how often the chain head is published to the anchors below",
+    ),
+    Key(
+        "audit.anchor_syslog",
+        str,
+        "",
+        "publish the chain head to syslog: 'local' (/dev/log), a socket path or HOST:PORT (UDP)",
+    ),
+    Key("audit.anchor_webhook", str, "", "publish the chain head by POSTing JSON to this URL"),
     Key("admin.listen", str, "127.0.0.1:9187", "admin HTTP listener (HOST:PORT; empty: off)"),
     Key("admin.token_file", str, "", "file holding the admin API bearer token"),
     # TLS and authentication (issue 11): checked as a whole by proxy.tls.settings.

@@ -276,6 +276,12 @@ async def _start_extras(cfg: Config, server: ProxyServer, trail: AuditTrail) -> 
         await shipper.start()
         started.append(shipper)
         server.central_store = shipper
+    from proxy.audit.anchor import AnchorPublisher
+
+    if AnchorPublisher.wanted(cfg):
+        publisher = AnchorPublisher(cfg, trail, cfg.proxy_id)
+        await publisher.start()
+        started.append(publisher)
     if cfg["alerts"]:
         from proxy.alerts.engine import AlertEngine
 

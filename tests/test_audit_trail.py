@@ -88,7 +88,9 @@ def test_one_write_per_loop_turn_and_callbacks_in_order(tmp_path: Path) -> None:
     assert [orjson.loads(line)["seq"] for line in lines] == list(range(1, 104))
     assert verify_trail(tmp_path).ok
     # audit.head names the newest record written: cutting records off the end shows.
-    assert read_head(tmp_path) == (103, orjson.loads(lines[-1])["hash"])
+    head = read_head(tmp_path)
+    assert head is not None and (head.seq, head.hash) == (103, orjson.loads(lines[-1])["hash"])
+    assert head.mac is None  # a MAC only with audit.hmac_key_file
 
 
 def test_listener_failure_is_logged_and_writing_continues(

@@ -72,6 +72,22 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def sealed_line(record: dict[str, Any]) -> bytes:
+    """The exact line the writer produces for ``record`` (which carries its ``hash``).
+
+    ``verify`` compares every line with this: a line that parses to the same record but is
+    spelled differently (JSON escapes, a duplicate key, spacing, key order) is an edit, because
+    readers that match on bytes (grep, ``logs``) and readers that parse would disagree on it.
+    """
+    body = canonical(record)
+    return b"".join((body[:-1], b',"hash":"', str(record.get("hash")).encode(), b'"}\n'))
+
+
+def head_mac(key: bytes, seq: int, digest: str) -> str:
+    """The MAC that makes ``audit.head`` unforgeable without the key."""
+    return hmac.digest(key, f"pgwarden audit.head {seq} {digest}".encode(), "sha256").hex()
+
+
 def load_hmac_key(path: str | Path) -> bytes:
     """The HMAC key from ``audit.hmac_key_file`` (surrounding whitespace ignored)."""
     try:

@@ -27,6 +27,7 @@ EVENT_TYPES = (
     "session_end",
     "auth_failure",
     "alert",
+    "pruned",
     "review_requested",
     "review_decided",
     "review_expired",

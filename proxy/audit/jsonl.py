@@ -80,17 +80,32 @@ def trail_files(directory: str | Path, *, include_current: bool = True) -> list[
     return files
 
 
-def read_head(directory: str | Path) -> tuple[int, str] | None:
-    """(seq, hash) from ``audit.head``: the last record the writer reported written."""
+@dataclass(frozen=True, slots=True)
+class Head:
+    """``audit.head``: the newest record the writer reported written. ``mac`` is set when
+    the trail is HMAC-keyed (see :func:`proxy.audit.chain.head_mac`)."""
+
+    seq: int
+    hash: str
+    mac: str | None = None
+
+
+def read_head(directory: str | Path) -> Head | None:
+    """The contents of ``audit.head``, or None when it is missing or unreadable."""
     try:
         raw = (Path(directory) / HEAD).read_bytes()
     except OSError:
         return None
     try:
         head = orjson.loads(raw)
-        return int(head["seq"]), str(head["hash"])
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        mac = head.get("mac")
+        return Head(int(head["seq"]), str(head["hash"]), str(mac) if mac is not None else None)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return None
+
+
+def head_exists(directory: str | Path) -> bool:
+    return (Path(directory) / HEAD).exists()
 
 
 def open_binary(path: Path) -> IO[bytes]:

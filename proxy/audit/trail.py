@@ -28,11 +28,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from proxy.audit.chain import Chainer, load_hmac_key
+import orjson
+
+from proxy.audit.chain import HMAC_SHA256, Chainer, head_mac, load_hmac_key
 from proxy.audit.housekeeping import compress, fsync_quietly, retire
 from proxy.audit.jsonl import (
     CURRENT,
     HEAD,
+    iter_raw_lines,
     read_head,
     rotated_name,
     trail_files,
@@ -47,7 +50,7 @@ log = logging.getLogger("pgwarden.audit")
 
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
 HEAD_INTERVAL = 0.1  # seconds audit.head may lag behind the trail
-_HEAD_SIZE = 128  # audit.head is rewritten in place at a fixed size: no truncation needed
+_HEAD_SIZE = 256  # audit.head is rewritten in place at a fixed size: no truncation needed
 _RETRY_FIRST = 0.05
 _RETRY_MAX = 5.0
 _ERROR_LOG_EVERY = 30.0
@@ -83,6 +86,10 @@ class AuditTrail:
         self.queue_max: int = cfg["audit.queue_max"]
         self.hmac_key_file: str = cfg["audit.hmac_key_file"]
         self.trail_id = ""  # set by open(): see proxy.audit.trailid
+        self.retention: float = cfg["audit.retention"]
+        self._key: bytes | None = None
+        self._retention_due = False
+        self._pruning = False  # a pruned record is on its way; its files go once it is written
         self.stats = TrailStats()
         self._chainer = Chainer()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -134,7 +141,7 @@ class AuditTrail:
             ) from None
         if not os.access(self.directory, os.W_OK | os.X_OK):
             raise AuditError(f"audit directory {str(self.directory)!r} is not writable")
-        key = load_hmac_key(self.hmac_key_file) if self.hmac_key_file else None
+        key = self._key = load_hmac_key(self.hmac_key_file) if self.hmac_key_file else None
         self.trail_id = load_or_create(self.directory)
         for leftover in self.directory.glob("*.gz.tmp"):
             leftover.unlink(missing_ok=True)  # a gzip interrupted by a crash
@@ -155,6 +162,13 @@ class AuditTrail:
         else:
             last = last_rotated_record(self.directory)
         state = state_of(last)
+        if key is None and last is not None and last.get("chain") == HMAC_SHA256:
+            # The chain mode never goes down: continuing a keyed trail with plain SHA-256
+            # would be exactly the downgrade a forger wants.
+            raise AuditError(
+                f"the audit trail in {str(self.directory)!r} is HMAC-keyed (seq "
+                f"{state.last_seq}); set audit.hmac_key_file to its key to continue it"
+            )
         self._check_head(state.last_seq)
         self._chainer = Chainer(key, state.last_seq, state.last_hash)
         self._seq = self._written_seq = self._synced_seq = state.last_seq
@@ -165,6 +179,9 @@ class AuditTrail:
             self._file_first_seq = int(current.first_record["seq"])
             self._file_started = _epoch(current.first_record.get("ts"))
         self._open_head()
+        # A head exists from the first start on, so `verify` can treat a missing one as removed.
+        self._write_head()
+        self._retention_due = self.retention > 0
         if self.compress_rotated:
             for trail_file in trail_files(self.directory, include_current=False):
                 if not trail_file.gzipped:
@@ -172,13 +189,13 @@ class AuditTrail:
 
     def _check_head(self, last_seq: int) -> None:
         head = read_head(self.directory)
-        if head is not None and head[0] > last_seq:
+        if head is not None and head.seq > last_seq:
             log.warning(
                 "%s says seq %d was written but the trail ends at seq %d: records were lost "
                 "(a crash before they reached the disk, or the files were truncated); "
                 "`pgwarden verify` reports this as truncated",
                 self.directory / HEAD,
-                head[0],
+                head.seq,
                 last_seq,
             )
 
@@ -278,6 +295,9 @@ class AuditTrail:
             self._out_last_seq = queue[-1]["seq"]
         if self._out_events and self._fd >= 0:
             self._write_out()
+        if self._retention_due and not self._out_events:
+            self._retention_due = False
+            self._apply_retention()
 
     def _write_out(self) -> None:
         started = time.perf_counter()
@@ -359,7 +379,10 @@ class AuditTrail:
         if self._head_fd < 0 or self._head_seq == self._written_seq:
             return
         self._head_seq = self._written_seq
-        text = f'{{"seq":{self._written_seq},"hash":"{self._written_hash}"}}'
+        text = f'{{"seq":{self._written_seq},"hash":"{self._written_hash}"'
+        if self._key is not None:
+            text += f',"mac":"{head_mac(self._key, self._written_seq, self._written_hash)}"'
+        text += "}"
         # The head is an extra anchor; a failure here does not undo the trail write.
         with contextlib.suppress(OSError):
             os.pwrite(self._head_fd, text.ljust(_HEAD_SIZE - 1).encode() + b"\n", 0)
@@ -424,11 +447,67 @@ class AuditTrail:
         sync = self.fsync_mode != "none"
         self._sync_pool.submit(retire, old_fd, sync, str(self.directory) if sync else None)
         self.stats.rotations += 1
+        self._retention_due = self.retention > 0
         log.info("audit file rotated to %s", target.name)
         try:
             self._open_current()
         except AuditError as exc:
             self._write_failed(OSError(errno.EIO, str(exc)))
+
+    # --- retention ---------------------------------------------------------------------------
+
+    @property
+    def head(self) -> tuple[int, str]:
+        """(seq, hash) of the newest record written: what an external anchor publishes."""
+        return self._written_seq, self._written_hash
+
+    def _apply_retention(self) -> None:
+        """Remove rotated files older than ``audit.retention``, oldest first, after a chained
+        ``pruned`` event says what goes: `verify` accepts a missing start of the trail only
+        when such an event accounts for exactly the removed records."""
+        if self._pruning:
+            return
+        rotated = trail_files(self.directory, include_current=False)
+        cutoff = datetime.now(UTC).timestamp() - self.retention
+        doomed = []
+        for trail_file in rotated:
+            if trail_file.rotated_at is None or trail_file.rotated_at.timestamp() > cutoff:
+                break
+            doomed.append(trail_file)
+        if not doomed:
+            return
+        after = rotated[len(doomed)] if len(doomed) < len(rotated) else None
+        following = after.path if after is not None else self.directory / CURRENT
+        first_kept = _first_record(following)
+        if first_kept is None:
+            if after is not None:  # (an empty current file just means: try after a write)
+                log.error(
+                    "retention: cannot read the first record of %s; nothing pruned", following
+                )
+            return
+        event = {
+            "v": 1,
+            "type": "pruned",
+            "proxy_id": self.proxy_id,
+            "ts": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "files": [f.path.name for f in doomed],
+            "first_seq": doomed[0].first_seq,
+            "last_seq": int(first_kept["seq"]) - 1,
+            "last_hash": str(first_kept.get("prev_hash")),
+        }
+        self._pruning = True
+        self.submit(event)
+        self.when_written(lambda: self._remove_pruned(doomed))
+
+    def _remove_pruned(self, doomed: list[Any]) -> None:
+        self._pruning = False
+        for trail_file in doomed:
+            for path in (trail_file.path, trail_file.path.with_name(trail_file.path.name + ".gz")):
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:
+                    log.error("retention: cannot remove %s: %s", path, exc.strerror)
+        log.info("retention: pruned %d audit file(s) older than audit.retention", len(doomed))
 
     # --- failure and recovery -----------------------------------------------------------------
 
@@ -534,6 +613,16 @@ class AuditTrail:
     def _shutdown_pools(self) -> None:
         self._sync_pool.shutdown(wait=True)
         self._gzip_pool.shutdown(wait=True)
+
+
+def _first_record(path: Path) -> dict[str, Any] | None:
+    for raw in iter_raw_lines(path):
+        try:
+            record = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        return record if isinstance(record, dict) and "seq" in record else None
+    return None
 
 
 def _epoch(ts: Any) -> float:

@@ -3,12 +3,24 @@
 Kinds of damage (the first one found is reported; verification stops there):
 
 * ``edited`` -- a record's hash does not match its content, or its ``hash`` no longer matches
-  the ``prev_hash`` of the record after it (changed and re-hashed), or it is not JSON;
+  the ``prev_hash`` of the record after it (changed and re-hashed), or it is not JSON, or the
+  line is not byte for byte the canonical encoding of what it parses to (JSON escapes,
+  duplicate keys, spacing, key order: parsers and grep would read different things);
+* ``downgraded`` -- a record is not HMAC-keyed where it must be: after the trail's first keyed
+  record, or anywhere when a key is given (the chain mode never goes down);
 * ``deleted`` -- records are missing inside a file (a gap in ``seq``);
 * ``inserted`` -- a record whose ``seq`` / ``prev_hash`` do not belong where it stands;
 * ``reordered`` -- the missing ``seq`` turns up a little later: records were moved;
 * ``missing-file`` -- records are missing across a file boundary (a rotated file is gone);
-* ``truncated`` -- the trail ends before the last record ``audit.head`` says was written.
+* ``truncated`` -- the trail ends before the last record ``audit.head`` (or an anchor) says
+  was written;
+* ``head`` -- ``audit.head`` is missing (one is written from the first start on) or, with a
+  key, its MAC does not match;
+* ``anchor`` -- a record differs from the chain head published to an external anchor.
+
+Records missing from the start of the trail are accepted only when they are whole files and a
+chained ``pruned`` record (written by ``audit.retention``) names exactly the removed range and
+the last removed hash.
 
 A torn last line of a file (a crash mid-write) is a *warning*: it is not part of the chain,
 and the writer continued from the last intact record.
@@ -17,18 +29,39 @@ and the writer continued from the last intact record.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from proxy.audit.chain import GENESIS, HMAC_SHA256, SHA256, canonical, hasher
-from proxy.audit.jsonl import HEAD, TrailFile, iter_raw_lines, read_head, trail_files
+from proxy.audit.anchor import Anchor
+from proxy.audit.chain import (
+    GENESIS,
+    HMAC_SHA256,
+    SHA256,
+    canonical,
+    hasher,
+    head_mac,
+    sealed_line,
+)
+from proxy.audit.jsonl import HEAD, TrailFile, head_exists, iter_raw_lines, read_head, trail_files
+from proxy.audit.trailid import read_trail_id
 from proxy.errors import AuditError
 
-KINDS = ("edited", "deleted", "inserted", "reordered", "missing-file", "truncated", "torn")
+KINDS = (
+    "edited",
+    "downgraded",
+    "deleted",
+    "inserted",
+    "reordered",
+    "missing-file",
+    "truncated",
+    "head",
+    "anchor",
+    "torn",
+)
 LOOKAHEAD = 1000  # records searched ahead to tell a reordering from a deletion
 
 
@@ -89,6 +122,7 @@ class _Record:
     line: int
     first_in_file: bool
     data: dict[str, Any]
+    raw: bytes
 
     @property
     def seq(self) -> int:
@@ -151,7 +185,7 @@ class _Scanner:
             and isinstance(data.get("hash"), str)
         )
         if intact:
-            return _Record(trail_file, lineno, False, data)
+            return _Record(trail_file, lineno, False, data, raw)
         if last:
             self.warnings.append(
                 Finding(
@@ -202,20 +236,29 @@ def verify_trail(
     key: bytes | None = None,
     *,
     allow_pruned: bool = False,
+    anchors: Iterable[Anchor] = (),
 ) -> VerifyResult:
-    """Verify every file of the trail in ``directory``; see the module docstring."""
+    """Verify every file of the trail in ``directory``; see the module docstring.
+
+    ``allow_pruned`` also accepts whole oldest files removed without a ``pruned`` record (by
+    hand, before ``audit.retention``), as a warning. ``anchors`` are chain heads published
+    elsewhere; every one must match the trail. Raises :class:`AuditError` for bad input: no
+    such directory, keyed records without a key.
+    """
     base = Path(directory)
     if not base.is_dir():
         raise AuditError(f"no audit directory at {str(base)!r}")
     files = trail_files(base)
     scanner = _Scanner(files)
-    checker = _Checker(key, allow_pruned)
+    checker = _Checker(key, allow_pruned, _own_anchors(base, anchors))
     try:
         problem = checker.run(scanner)
     except _Unreadable as exc:
         problem = exc.finding
     if problem is None:
-        problem = _check_head(base, checker, scanner.warnings)
+        problem = checker.finish(scanner.warnings)
+    if problem is None:
+        problem = _check_head(base, checker, key, scanner.warnings)
     return VerifyResult(
         records=checker.count,
         first_seq=checker.first_seq,
@@ -227,7 +270,7 @@ def verify_trail(
 
 
 class _Checker:
-    def __init__(self, key: bytes | None, allow_pruned: bool) -> None:
+    def __init__(self, key: bytes | None, allow_pruned: bool, anchors: Iterable[Anchor]) -> None:
         self.sha = hasher(None)
         self.keyed = hasher(key) if key is not None else None
         self.allow_pruned = allow_pruned
@@ -235,11 +278,19 @@ class _Checker:
         self.prev_hash = GENESIS
         self.count = 0
         self.first_seq: int | None = None
+        self.first: _Record | None = None
         self.last: _Record | None = None
+        self.first_keyed: _Record | None = None
+        self.keyed_verified = 0
+        # The missing start of the trail, until a pruned record accounts for it.
+        self.unproven_start: _Record | None = None
+        self.anchors: dict[int, list[Anchor]] = {}
+        for anchor in anchors:
+            self.anchors.setdefault(anchor.seq, []).append(anchor)
 
-    def hash_ok(self, record: _Record) -> bool:
+    def hash_ok(self, record: _Record, scanner: _Scanner) -> bool:
         data = record.data
-        kind = data.get("chain", SHA256)
+        kind = data.get("chain")
         if kind == SHA256:
             digest = self.sha
         elif kind == HMAC_SHA256:
@@ -251,35 +302,136 @@ class _Checker:
             digest = self.keyed
         else:
             return False
-        return bool(digest(canonical(data)) == data["hash"])
+        ok = bool(digest(canonical(data)) == data["hash"])
+        if ok and kind == HMAC_SHA256:
+            self.keyed_verified += 1
+        return ok
 
     def run(self, scanner: _Scanner) -> Finding | None:
         while (record := scanner.pop()) is not None:
-            if self.count == 0 and self.allow_pruned:
-                self.expected = record.seq
-                self.prev_hash = str(record.data.get("prev_hash"))
+            if self.count == 0 and record.seq != 1:
+                problem = self.pruned_start(record)
+                if problem is not None:
+                    return problem
             problem = self.check(record, scanner)
             if problem is not None:
                 return problem
             self.accept(record)
         return None
 
+    def pruned_start(self, record: _Record) -> Finding | None:
+        """The trail starts after seq 1: acceptable only at the start of a whole file, and
+        only if a pruned record later says so (or ``--allow-pruned`` for files removed by hand)."""
+        named = record.file.first_seq
+        if not record.first_in_file or (named is not None and named != record.seq):
+            return None  # the ordinary gap checks name it (deleted from the start of a file)
+        self.expected = record.seq
+        self.prev_hash = str(record.data.get("prev_hash"))
+        self.unproven_start = record
+        return None
+
     def accept(self, record: _Record) -> None:
-        if self.first_seq is None:
+        if self.first is None:
+            self.first = record
             self.first_seq = record.seq
         self.count += 1
         self.expected = record.seq + 1
         self.prev_hash = record.data["hash"]
         self.last = record
+        data = record.data
+        if self.first_keyed is None and data.get("chain") == HMAC_SHA256:
+            self.first_keyed = record
+        start = self.unproven_start
+        if (
+            start is not None
+            and data.get("type") == "pruned"
+            and data.get("last_seq") == start.seq - 1
+            and data.get("last_hash") == start.data.get("prev_hash")
+        ):
+            self.unproven_start = None
+
+    def anchored(self, record: _Record) -> Finding | None:
+        for anchor in self.anchors.get(record.seq, ()):
+            if anchor.hash != record.data["hash"]:
+                return _finding(
+                    "anchor",
+                    record,
+                    f"the record differs from the chain head published to {anchor.source}"
+                    f"{' at ' + anchor.ts if anchor.ts else ''}: the trail was rewritten",
+                )
+        return None
+
+    def finish(self, warnings: list[Finding]) -> Finding | None:
+        """Checks that need the whole trail: the start, the chain mode, the anchors."""
+        start = self.unproven_start
+        if start is not None:
+            missing = "seq 1" if start.seq == 2 else f"seq 1..{start.seq - 1}"
+            if not self.allow_pruned:
+                return _finding(
+                    "missing-file",
+                    start,
+                    f"{missing} missing before {start.file.path.name}, and no pruned record "
+                    "accounts for them: files were removed by hand (pass --allow-pruned if "
+                    "that was retention) or the start of the trail was cut off",
+                )
+            warnings.append(
+                _finding(
+                    "missing-file",
+                    start,
+                    f"{missing} missing: accepted because of --allow-pruned (no pruned record "
+                    "proves they were removed by retention)",
+                )
+            )
+        if self.keyed is not None and self.first is not None:
+            if self.first_keyed is None:
+                return _finding(
+                    "downgraded",
+                    self.first,
+                    "no record carries an HMAC although a key was given: the trail was written "
+                    "without audit.hmac_key_file, or rewritten without the key",
+                )
+            if self.first_keyed.seq != self.first_seq:
+                warnings.append(
+                    _finding(
+                        "downgraded",
+                        self.first_keyed,
+                        f"records before seq {self.first_keyed.seq} are not keyed (written "
+                        "before audit.hmac_key_file was set): the key does not protect them",
+                    )
+                )
+        last = self.last
+        if last is not None:
+            beyond = [a for seq, items in self.anchors.items() if seq > last.seq for a in items]
+            if beyond:
+                newest = max(beyond, key=lambda a: a.seq)
+                return Finding(
+                    "truncated",
+                    last.file.path.name,
+                    last.line + 1,
+                    last.seq + 1,
+                    f"{newest.source} says seq {newest.seq} was written but the trail ends at "
+                    f"seq {last.seq}: seq {last.seq + 1}..{newest.seq} are missing",
+                )
+        return None
 
     def check(self, record: _Record, scanner: _Scanner) -> Finding | None:
         seq = record.seq
         expected = self.expected
-        own_ok = self.hash_ok(record)
+        if record.raw != sealed_line(record.data):
+            return _finding(
+                "edited",
+                record,
+                "the line is not in the writer's canonical form (JSON escapes, a duplicate "
+                "key, spacing or key order changed): it was edited",
+            )
+        downgrade = self.downgraded(record)
+        if downgrade is not None:
+            return downgrade
+        own_ok = self.hash_ok(record, scanner)
         linked = record.data.get("prev_hash") == self.prev_hash
         if seq == expected:
             if own_ok and linked:
-                return None
+                return self.anchored(record)
             following = scanner.peek(0)
             if following is not None and following.seq == seq:
                 return _finding(
@@ -304,6 +456,22 @@ class _Checker:
                 f"seq {seq} comes after seq {expected - 1}: this record does not belong here",
             )
         return self.gap(record, scanner, own_ok)
+
+    def downgraded(self, record: _Record) -> Finding | None:
+        kind = record.data.get("chain")
+        if kind == HMAC_SHA256:
+            return None
+        if self.keyed is not None and kind == SHA256 and self.first_keyed is None:
+            return None  # a plain start before the key was set: warned about in finish()
+        if self.first_keyed is not None or (self.keyed is not None and kind is None):
+            return _finding(
+                "downgraded",
+                record,
+                f"the record is not HMAC-keyed (chain {kind!r}) where the trail is keyed"
+                + (f" since {self.first_keyed.where}" if self.first_keyed else "")
+                + ": rewritten without the key",
+            )
+        return None
 
     def gap(self, record: _Record, scanner: _Scanner, own_ok: bool) -> Finding:
         seq, expected = record.seq, self.expected
@@ -349,33 +517,65 @@ class _Checker:
         return _finding("deleted", record, f"{missing} deleted before this record")
 
 
-def _check_head(base: Path, checker: _Checker, warnings: list[Finding]) -> Finding | None:
+def _own_anchors(base: Path, anchors: Iterable[Anchor]) -> list[Anchor]:
+    """The anchors published for this trail (by ``audit.id``); an error when anchors were
+    given and none is this trail's, so a replaced ``audit.id`` cannot dodge them."""
+    given = list(anchors)
+    if not given:
+        return []
+    trail_id = read_trail_id(base)
+    own = [a for a in given if a.trail_id == trail_id]
+    if not own:
+        raise AuditError(
+            f"none of the {len(given)} anchors is for this trail (audit.id {trail_id}): "
+            "wrong anchor source, or audit.id was replaced"
+        )
+    return own
+
+
+def _check_head(
+    base: Path, checker: _Checker, key: bytes | None, warnings: list[Finding]
+) -> Finding | None:
     head = read_head(base)
     last = checker.last
     last_seq = last.seq if last else 0
     if head is None:
-        warnings.append(
-            Finding(
-                "truncated",
-                HEAD,
-                0,
-                None,
-                "no audit.head: records cut off the end of the newest file cannot be detected",
-            )
+        if head_exists(base):
+            return Finding("head", HEAD, 0, None, "audit.head is not readable: it was altered")
+        return Finding(
+            "head",
+            HEAD,
+            0,
+            None,
+            "audit.head is missing (the writer creates it at its first start): it was "
+            "removed, so records cut off the end of the newest file could go unnoticed",
         )
-        return None
-    head_seq, head_hash = head
-    if head_seq > last_seq:
+    if key is not None and (head.mac is None or head.mac != head_mac(key, head.seq, head.hash)):
+        return Finding(
+            "head",
+            HEAD,
+            0,
+            head.seq,
+            "audit.head does not carry a valid MAC for this key: it was rewritten",
+        )
+    if key is None and head.mac is not None and checker.first_keyed is None and last is not None:
+        return _finding(
+            "downgraded",
+            last,
+            "audit.head carries a MAC, so the writer had an HMAC key, but no record is keyed: "
+            "the trail was rewritten without the key",
+        )
+    if head.seq > last_seq:
         name = last.file.path.name if last else HEAD
         return Finding(
             "truncated",
             name,
             (last.line + 1) if last else 0,
             last_seq + 1,
-            f"audit.head says seq {head_seq} was written but the trail ends at seq {last_seq}:"
-            f" seq {last_seq + 1}..{head_seq} are missing",
+            f"audit.head says seq {head.seq} was written but the trail ends at seq {last_seq}:"
+            f" seq {last_seq + 1}..{head.seq} are missing",
         )
-    if last is not None and head_seq == last_seq and head_hash != last.data["hash"]:
+    if last is not None and head.seq == last_seq and head.hash != last.data["hash"]:
         return _finding("edited", last, "the newest record's hash differs from audit.head")
     return None
 

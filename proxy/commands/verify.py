@@ -1,4 +1,5 @@
-"""``pgwarden verify DIR``: check the audit trail's hash chain (exit 0 intact, 1 damaged)."""
+"""``pgwarden verify DIR``: check the audit trail's hash chain (exit 0 intact, 1 damaged, 2 bad
+input: no trail, keyed records without a key, a key that matches no record)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 
 import orjson
 
+from proxy.audit.anchor import load_anchors
 from proxy.audit.chain import load_hmac_key
 from proxy.audit.verify import verify_trail
 
@@ -33,7 +35,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--allow-pruned",
         action="store_true",
-        help="the oldest rotated files were removed on purpose: start from the first present",
+        help="accept whole oldest files removed by hand, without the pruned record that "
+        "audit.retention writes (a warning, not ok-by-proof)",
+    )
+    parser.add_argument(
+        "--anchor",
+        action="append",
+        default=[],
+        metavar="SOURCE",
+        help="check against chain heads published elsewhere: a file holding anchor messages "
+        "(syslog, webhook receiver) or the central store's postgresql:// DSN (repeatable)",
+    )
+    parser.add_argument(
+        "--store-schema",
+        default="public",
+        metavar="NAME",
+        help="schema of the central store for --anchor DSN (default: public)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
@@ -41,7 +58,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     key = load_hmac_key(args.hmac_key_file) if args.hmac_key_file else None
-    result = verify_trail(args.directory, key, allow_pruned=args.allow_pruned)
+    anchors = [a for spec in args.anchor for a in load_anchors(spec, args.store_schema)]
+    result = verify_trail(args.directory, key, allow_pruned=args.allow_pruned, anchors=anchors)
     if args.json:
         sys.stdout.write(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2).decode())
         sys.stdout.write("\n")
