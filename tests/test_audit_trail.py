@@ -386,7 +386,8 @@ def test_hmac_trail_verifies_only_with_the_key(tmp_path: Path) -> None:
     asyncio.run(main())
     assert all(e["chain"] == "hmac-sha256" for e in iter_events(audit))
     assert verify_trail(audit, b"s3cret").ok
-    assert not verify_trail(audit, b"wrong").ok
+    with pytest.raises(AuditError, match="wrong key"):
+        verify_trail(audit, b"wrong")
     with pytest.raises(AuditError, match="--hmac-key-file"):
         verify_trail(audit)
     bad = config.defaults().replace(

@@ -194,3 +194,44 @@ def test_a_removed_audit_head_is_damage(trail_dir: Path) -> None:
     current.write_bytes(b"".join(lines_of(current)[:-1]))
     result = verify_trail(trail_dir)
     assert result.problem is not None and result.problem.kind == "head"
+
+
+def test_an_empty_directory_is_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["verify", str(tmp_path / "empty")]) == 2
+    assert "no audit trail files" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("not a trail\n")
+    assert cli.main(["verify", str(other)]) == 2
+
+
+def test_a_key_that_matches_no_record_says_wrong_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = tmp_path / "audit"
+    key_file = tmp_path / "key"
+    key_file.write_bytes(b"the-real-key")
+    cfg = config.defaults().replace(
+        audit__dir=str(directory), audit__fsync="none", audit__hmac_key_file=str(key_file)
+    )
+    trail = AuditTrail(cfg, "p1")
+    trail.open()
+    for n in range(5):
+        trail.submit({"v": 1, "type": "query", "ts": "2026-11-26T07:40:00.000000Z", "n": n})
+    trail.close()
+    wrong = tmp_path / "wrong"
+    wrong.write_bytes(b"not-the-key")
+    assert cli.main(["verify", str(directory), "--hmac-key-file", str(wrong)]) == 2
+    err = capsys.readouterr().err
+    assert "wrong key?" in err and "edited" not in err
+    assert cli.main(["verify", str(directory), "--hmac-key-file", str(key_file)]) == 0
+    # With the right key, one edited record is still an edit, not a wrong key.
+    current = directory / CURRENT
+    lines = lines_of(current)
+    lines[2] = lines[2].replace(b'"n":2', b'"n":7')
+    current.write_bytes(b"".join(lines))
+    assert cli.main(["verify", str(directory), "--hmac-key-file", str(key_file)]) == 1
+    assert "FAILED: edited: audit.jsonl:3" in capsys.readouterr().out

@@ -63,6 +63,7 @@ KINDS = (
     "torn",
 )
 LOOKAHEAD = 1000  # records searched ahead to tell a reordering from a deletion
+_WRONG_KEY_PROBE = 50  # keyed records tried before a failing first one means "wrong key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,12 +244,16 @@ def verify_trail(
     ``allow_pruned`` also accepts whole oldest files removed without a ``pruned`` record (by
     hand, before ``audit.retention``), as a warning. ``anchors`` are chain heads published
     elsewhere; every one must match the trail. Raises :class:`AuditError` for bad input: no
-    such directory, keyed records without a key.
+    such directory, no trail files, keyed records without a key, a key that matches none.
     """
     base = Path(directory)
     if not base.is_dir():
         raise AuditError(f"no audit directory at {str(base)!r}")
     files = trail_files(base)
+    if not files:
+        raise AuditError(
+            f"no audit trail files in {str(base)!r} (expected audit.jsonl or audit-*.jsonl[.gz])"
+        )
     scanner = _Scanner(files)
     checker = _Checker(key, allow_pruned, _own_anchors(base, anchors))
     try:
@@ -303,9 +308,30 @@ class _Checker:
         else:
             return False
         ok = bool(digest(canonical(data)) == data["hash"])
-        if ok and kind == HMAC_SHA256:
-            self.keyed_verified += 1
+        if kind == HMAC_SHA256:
+            if ok:
+                self.keyed_verified += 1
+            elif self.keyed_verified == 0 and not self._key_matches_any(scanner):
+                raise AuditError(
+                    f"the HMAC key matches no record of the trail (first keyed record at "
+                    f"{record.where}): wrong key?"
+                )
         return ok
+
+    def _key_matches_any(self, scanner: _Scanner) -> bool:
+        """Whether any of the next keyed records verifies: if none does, the key is wrong
+        (reporting every record as edited would point at the wrong problem)."""
+        assert self.keyed is not None
+        tried = 0
+        for index in range(LOOKAHEAD):
+            ahead = scanner.peek(index)
+            if ahead is None or tried >= _WRONG_KEY_PROBE:
+                break
+            if ahead.data.get("chain") == HMAC_SHA256:
+                tried += 1
+                if self.keyed(canonical(ahead.data)) == ahead.data["hash"]:
+                    return True
+        return False
 
     def run(self, scanner: _Scanner) -> Finding | None:
         while (record := scanner.pop()) is not None:
