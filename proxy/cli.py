@@ -24,6 +24,7 @@ COMMANDS = {
     "report": "proxy.commands.report",
     "verify": "proxy.commands.verify",
     "alerts": "proxy.commands.alerts",
+    "approvals": "proxy.commands.approvals",
 }
 COMMAND_MODULES = tuple(COMMANDS.values())
 

@@ -299,6 +299,19 @@ SCHEMA: tuple[Key, ...] = (
     Key("audit.anchor_webhook", str, "", "publish the chain head by POSTing JSON to this URL"),
     Key("admin.listen", str, "127.0.0.1:9187", "admin HTTP listener (HOST:PORT; empty: off)"),
     Key("admin.token_file", str, "", "file holding the admin API bearer token"),
+    Key(
+        "approvals.approvers_file",
+        str,
+        "",
+        "people who may review (name, token hash, groups, role); empty: nobody can decide",
+    ),
+    Key(
+        "approvals.console_url",
+        str,
+        "",
+        "console address in notices and notifications (default: http://admin.listen)",
+    ),
+    Key("approvals.explain_dsn", str, "", "connection EXPLAIN runs on when an approver asks"),
     # TLS and authentication (issue 11): checked as a whole by proxy.tls.settings.
     Key(
         "client_tls.mode",

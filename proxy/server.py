@@ -13,6 +13,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from proxy import diagnostics
+from proxy.approvals.broker import ApprovalBroker, console_url
 from proxy.config import Config
 from proxy.errors import PgWardenError, SourceError
 from proxy.gate import Gate
@@ -51,6 +52,8 @@ class ProxyServer:
         self.state = ServerState(proxy_id=self.proxy_id, started_at=time.time())
         self.state.reload = self.reload
         self.state.upstream_ok = self.upstream_reachable
+        self.approvals = ApprovalBroker(self.proxy_id, trail.submit, console_url=console_url(cfg))
+        self.state.approvals = self.approvals
         self.upstream_tls = False
         self.sessions: dict[str, Session] = {}
         self._cancel_keys: dict[int, Session] = {}
@@ -217,6 +220,7 @@ class ProxyServer:
         self._closing = True
         for server in self._servers:
             server.close()
+        self.approvals.close()  # no request survives: denied now, and recorded
         deadline = time.monotonic() + grace
         while self.sessions and time.monotonic() < deadline:
             for session in list(self.sessions.values()):

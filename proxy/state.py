@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from proxy.identity import Identity
+
+if TYPE_CHECKING:
+    from proxy.approvals.broker import ApprovalBroker
 
 
 class SessionView(Protocol):
@@ -73,4 +76,6 @@ class ServerState:
     reload: Callable[[], Awaitable[ReloadResult]] | None = None
     # Set by the server: True when the upstream accepted a TCP/Unix connection recently.
     upstream_ok: Callable[[], Awaitable[bool]] | None = None
+    # Set by the server: the approval requests of this process.
+    approvals: ApprovalBroker | None = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -202,3 +202,60 @@ def test_hanging_receiver_times_out_without_blocking_the_loop(tmp_path: Path) ->
             await engine.aclose()
 
     asyncio.run(main())
+
+
+def test_review_requests_reach_slack_with_approve_and_deny_links(tmp_path: Path) -> None:
+    from proxy.approvals.broker import ApprovalBroker
+    from proxy.approvals.model import Approver
+    from proxy.identity import Identity
+    from proxy.policy.review import ReviewSpec
+
+    async def main() -> None:
+        receiver = Receiver()
+        async with serve(receiver) as url:
+            path = tmp_path / "review-alerts.yaml"
+            path.write_text(
+                textwrap.dedent(
+                    f"""\
+                    version: 1
+                    alerts:
+                      - id: approvals-needed
+                        filter: {{type: [review_requested, review_decided]}}
+                        condition: each_event
+                        destinations: [{{webhook: {{url: "{url}", format: slack}}}}]
+                    """
+                )
+            )
+            engine = AlertEngine.from_files([path], webhook_backoff=0.01)
+            trail = RecordingTrail()
+            engine.attach(trail, now=lambda: T0)
+            broker = ApprovalBroker("edge-1", trail.submit, console_url="https://pgw.example")
+            spec = ReviewSpec(
+                "review-deletes",
+                frozenset({"carol"}),
+                (),
+                break_glass=(("oncall", frozenset({"dave"})),),
+            )
+            who = Identity("alice", "prod", session_id="s-9")
+            request = broker.request(
+                spec, text="DELETE FROM orders", identity=who, statement="DELETE FROM orders"
+            )
+            broker.decide(request.id, Approver("dave"), True, "incident 7", break_glass=True)
+            trail.written(list(trail.submitted))  # the trail hands written events to listeners
+            await engine.drain()
+            page = f"https://pgw.example/console/reviews/{request.id}"
+            texts = [body["text"] for _ctype, body in receiver.requests]
+            assert texts == [
+                "[pgwarden MEDIUM] approvals-needed: alice asks to run on prod: DELETE FROM "
+                f"orders (request {request.id}, rule review-deletes, 1 approval(s) needed) "
+                f"approve: {page}?verdict=approve deny: {page}?verdict=deny",
+                "[pgwarden MEDIUM] approvals-needed: BREAK-GLASS: dave force-approved request "
+                f"{request.id} of alice (rule review-deletes): incident 7",
+            ]
+            alerts = [e for e in trail.submitted if e["type"] == "alert"]
+            assert alerts[0]["request_id"] == request.id
+            assert alerts[0]["links"]["deny"] == f"{page}?verdict=deny"
+            assert (alerts[1]["break_glass"], alerts[1]["requester"]) == (True, "alice")
+            await engine.aclose()
+
+    asyncio.run(main())

@@ -314,3 +314,38 @@ def test_the_deadline_timer_expires_without_anyone_calling() -> None:
         assert events[-1]["type"] == "review_expired"
 
     asyncio.run(scenario())
+
+
+def test_a_proxy_shutdown_denies_pending_requests_and_records_it(tmp_path: Any) -> None:
+    from proxy import config
+    from proxy.server import ProxyServer
+
+    class Trail:
+        healthy = True
+
+        def __init__(self) -> None:
+            self.events: list[dict[str, Any]] = []
+
+        def submit(self, event: dict[str, Any]) -> None:
+            self.events.append(event)
+
+    async def scenario() -> None:
+        trail = Trail()
+        cfg = config.defaults().replace(audit__dir=str(tmp_path))
+        server = ProxyServer(cfg, trail, None)  # type: ignore[arg-type]
+        assert server.state.approvals is server.approvals
+        request = server.approvals.request(SPEC, text=TEXT, identity=ALICE, statement=TEXT)
+        waiter = asyncio.ensure_future(server.approvals.wait(request.id))
+        await asyncio.sleep(0)
+        await server.shutdown(0)
+        outcome = await asyncio.wait_for(waiter, 1)
+        assert outcome.request.state is RequestState.DENIED and not outcome.forward
+        last = trail.events[-1]
+        assert (last["type"], last["by_pgwarden"], last["request_id"]) == (
+            "review_decided",
+            True,
+            request.id,
+        )
+        assert last["reason"] == "pgwarden stopped while the request was pending"
+
+    asyncio.run(scenario())

@@ -8,6 +8,8 @@ Everything else needs ``Authorization: Bearer <token>`` when ``admin.token_file`
 * ``GET /sessions`` — the live client sessions;
 * ``POST /sessions/{id}/cancel`` and ``POST /sessions/{id}/terminate``;
 * ``POST /reload`` — reload policies (and alert rules); 200, or 422 with the errors.
+
+``/approvals…`` authenticates per person (see :mod:`proxy.admin.approvals`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from proxy.admin import approvals
 from proxy.admin.auth import bearer_ok, load_token
+from proxy.approvals.people import People, load_people
 from proxy.config import parse_listen
 from proxy.errors import ConfigError, SourceProblem
 from proxy.metrics import Metrics, ShipperLike, TrailLike
@@ -30,6 +34,8 @@ log = logging.getLogger("pgwarden.admin")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Paths that authenticate each person themselves (personal tokens, console login).
+SELF_AUTH_PREFIXES = (approvals.PREFIX,)
 
 
 def session_json(session: SessionView, now: float) -> dict[str, Any]:
@@ -77,6 +83,9 @@ class AdminServer:
                 raise ConfigError([SourceProblem("", 0, 0, str(exc), "admin.listen")]) from None
             self.host, self.port = endpoint.host, endpoint.port
             self.token = load_token(str(cfg["admin.token_file"]), self.host)
+        people_file = str(cfg["approvals.approvers_file"])
+        self.people = load_people(people_file) if people_file else People()
+        self.approvals = approvals.ApprovalsApi(state.approvals, self.people, self.token)
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
@@ -88,6 +97,7 @@ class AdminServer:
         app.router.add_post("/sessions/{id}/cancel", self.cancel)
         app.router.add_post("/sessions/{id}/terminate", self.terminate)
         app.router.add_post("/reload", self.reload)
+        self.approvals.add_routes(app)
         return app
 
     async def start(self) -> None:
@@ -119,7 +129,11 @@ class AdminServer:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self.token is None or request.path in OPEN_PATHS:
+        if (
+            self.token is None
+            or request.path in OPEN_PATHS
+            or request.path.startswith(SELF_AUTH_PREFIXES)
+        ):
             return await handler(request)
         ok, reason = bearer_ok(request.headers.get("Authorization"), self.token)
         if not ok:

@@ -24,6 +24,15 @@ log = logging.getLogger("pgwarden.alerts")
 
 MAX_EVENT_SEQS = 50  # seqs listed in an alert event
 _STATEMENT_PREVIEW = 200
+# Fields of an approval step copied into its alert: (event key, alert key).
+_REVIEW_FIELDS = (
+    ("request_id", "request_id"),
+    ("rule", "review_rule"),
+    ("user", "requester"),
+    ("database", "review_database"),
+    ("statement", "statement"),
+    ("links", "links"),
+)
 
 
 class TrailLike(Protocol):
@@ -150,6 +159,11 @@ class AlertEngine:
                 group if rule.by else None,
                 hit.seqs,
             )
+        if rule.condition == "each_event":
+            summary = review_summary(event) or f"{event.get('type')} event"
+            if rule.description:
+                summary += f" ({rule.description})"
+            return self._alert(rule, event, at, summary, None, None, (seq,))
         assert state.seen is not None
         if state.learn_until is None:
             state.learn_until = at + rule.learn_for
@@ -177,7 +191,7 @@ class AlertEngine:
         group: str | None,
         seqs: Sequence[int],
     ) -> dict[str, Any]:
-        return {
+        alert = {
             "v": 1,
             "type": "alert",
             "ts": iso(at),
@@ -195,6 +209,13 @@ class AlertEngine:
             "group": group,
             "events": list(seqs[-MAX_EVENT_SEQS:]),
         }
+        if str(event.get("type", "")).startswith("review_"):
+            # Approvers act on these: the request, what it runs, and where to decide.
+            for key, name in _REVIEW_FIELDS:
+                if event.get(key) is not None:
+                    alert[name] = event[key]
+            alert["break_glass"] = bool(event.get("break_glass"))
+        return alert
 
     # -- live wiring ---------------------------------------------------------------------
 
@@ -260,6 +281,38 @@ class AlertEngine:
         for sender in list(self._senders.values()):
             await sender.aclose()
         self._senders.clear()
+
+
+def review_summary(event: dict[str, Any]) -> str:
+    """One line for people about an approval step ("" for other events)."""
+    kind = event.get("type")
+    rid, rule, user = event.get("request_id"), event.get("rule"), event.get("user")
+    if kind == "review_requested":
+        statement = " ".join(str(event.get("statement") or "(text not recorded)").split())
+        links = event.get("links") if isinstance(event.get("links"), dict) else {}
+        text = (
+            f"{user} asks to run on {event.get('database')}: {statement[:_STATEMENT_PREVIEW]} "
+            f"(request {rid}, rule {rule}, {event.get('approvals_needed')} approval(s) needed)"
+        )
+        if links:
+            text += f" approve: {links.get('approve')} deny: {links.get('deny')}"
+        return text
+    if kind == "review_decided":
+        who = event.get("approver") or "pgwarden"
+        verb = "approved" if event.get("verdict") == "approve" else "denied"
+        reason = f": {event['reason']}" if event.get("reason") else ""
+        if event.get("break_glass"):
+            return (
+                f"BREAK-GLASS: {who} force-approved request {rid} of {user} (rule {rule}){reason}"
+            )
+        return (
+            f"{who} {verb} request {rid} of {user} (rule {rule}), now {event.get('state')}{reason}"
+        )
+    if kind == "review_expired":
+        return f"request {rid} of {user} (rule {rule}) expired without a decision"
+    if kind == "review_withdrawn":
+        return f"request {rid} of {user} (rule {rule}) withdrawn: {event.get('reason')}"
+    return ""
 
 
 def _pair(event: dict[str, Any]) -> tuple[str, str]:

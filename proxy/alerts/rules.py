@@ -42,7 +42,7 @@ GROUP_KEYS = {
     "session_id": "session_id",
     "fingerprint": "fingerprint",
 }
-CONDITIONS = ("new_fingerprint",)
+CONDITIONS = ("new_fingerprint", "each_event")  # each_event: fire for every matching event
 # The `pgwarden logs` vocabulary (EventFilter fields; `type` is EventFilter.types).
 STRING_KEYS = (
     "type",
@@ -101,7 +101,7 @@ class AlertRule:
     source: str  # "file:line" of the rule
     description: str = ""
     threshold: Threshold | None = None
-    condition: str | None = None  # "new_fingerprint"
+    condition: str | None = None  # "new_fingerprint" or "each_event"
     by: str | None = None  # a GROUP_KEYS key
     cooldown: float = 0.0
     severity: str = "medium"
@@ -320,14 +320,14 @@ def _rule(
     by = raw.get("by")
     if by is not None:
         if condition is not None:
-            out.add(raw, "by", "by applies to thresholds; new_fingerprint groups by user", path)
+            out.add(raw, "by", "by applies to thresholds only", path)
         elif by not in GROUP_KEYS:
             out.add(raw, "by", f"by must be one of {', '.join(GROUP_KEYS)}", path)
 
     default_cooldown = threshold.window if threshold else 0.0
     cooldown = _duration(raw.get("cooldown", default_cooldown), raw, "cooldown", path, out)
     learn_for = _duration(raw.get("learn_for", 0), raw, "learn_for", path, out)
-    if "learn_for" in raw and condition is None and threshold is not None:
+    if "learn_for" in raw and condition != "new_fingerprint" and (condition or threshold):
         out.add(raw, "learn_for", "learn_for applies to condition: new_fingerprint", path)
 
     severity = raw.get("severity", "medium")

@@ -30,6 +30,15 @@ SQLSTATE_CANCELLED = "57014"  # query_canceled, like a cancelled statement
 Submit = Callable[[dict[str, Any]], Any]
 
 
+def console_url(cfg: Any) -> str:
+    """Where people open a request: ``approvals.console_url``, else the admin listener."""
+    explicit = str(cfg["approvals.console_url"]).strip()
+    if explicit:
+        return explicit.rstrip("/")
+    listen = str(cfg["admin.listen"]).strip()
+    return f"http://{listen}" if listen else ""
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     sqlstate: str
