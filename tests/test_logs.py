@@ -145,7 +145,14 @@ def test_rule_and_table_filters(audit: Path, capsys: pytest.CaptureFixture[str])
 
 def test_missing_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["logs", str(tmp_path / "nope")]) == 2
-    assert "no audit directory" in capsys.readouterr().err
+    assert "no audit directory at" in capsys.readouterr().err
+
+
+def test_an_empty_directory_is_an_error_except_to_follow(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["logs", str(tmp_path)]) == 2
+    assert "no audit trail in" in capsys.readouterr().err
 
 
 def test_broken_pipe_is_quiet(tmp_path: Path) -> None:

@@ -193,4 +193,4 @@ def test_sql_and_cases_are_exclusive(capsys: pytest.CaptureFixture[str]) -> None
         str(DEFAULT_CASES),
         "SELECT 1",
     )
-    assert code == 2 and "either SQL or --cases" in err
+    assert code == 2 and "one of SQL, -f FILE or --cases" in err

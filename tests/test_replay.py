@@ -276,7 +276,7 @@ def test_bad_policy_is_bad_input(
     with pytest.raises(PolicyError) as raised:
         replay(capsys, "--policy", str(broken), str(trail), *WINDOW)
     assert "broken.yaml:4" in str(raised.value)
-    with pytest.raises(PgWardenError, match="audit directory not found"):
+    with pytest.raises(PgWardenError, match="no audit directory at"):
         replay(capsys, "--policy", str(setup[1]), str(tmp_path / "missing"))
     with pytest.raises(SystemExit) as usage:
         replay(capsys, str(trail))  # --policy is required

@@ -360,7 +360,7 @@ def test_html_report_renders_in_a_real_browser(html_report: Path, tmp_path: Path
 
 def test_missing_directory_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(tmp_path / "nope")]) == 2
-    assert "audit directory not found" in capsys.readouterr().err
+    assert "no audit directory at" in capsys.readouterr().err
     assert main(["report", str(tmp_path)]) == 2
     assert "no audit trail" in capsys.readouterr().err
 

@@ -87,3 +87,25 @@ def test_store_and_directory_together_is_bad_input(
 ) -> None:
     assert main(["report", str(tmp_path), "--store", store]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def _logs(capsys: pytest.CaptureFixture[str], *args: str) -> list[dict[str, Any]]:
+    capsys.readouterr()
+    assert main(["logs", *WINDOW, "--format", "json", *args]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_logs_reads_the_store_like_the_directory(
+    store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trail = rt.write_trail(tmp_path / "audit", rt.scenario(), rotate_every=50)
+    key = lambda e: (e["ts"], e["proxy_id"], e["seq"])  # noqa: E731
+    from_files = sorted(_logs(capsys, str(trail), "--user", "bob"), key=key)
+    from_store = _logs(capsys, "--store", store, "--user", "bob")
+    assert from_files and from_store == from_files
+    # `--store` without a DSN reads the store sink of the config given with -c.
+    cfg = tmp_path / "pgwarden.yaml"
+    cfg.write_text(f"audit:\n  sinks:\n    - type: postgres\n      dsn: {store}\n")
+    assert _logs(capsys, "-c", str(cfg), "--store", "--user", "bob") == from_store
+    assert main(["logs", "--store", store, "--follow"]) == 2
+    assert "cannot follow the store" in capsys.readouterr().err

@@ -8,7 +8,8 @@ from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    from proxy.review.source import add_source_arguments
+    from proxy.commands.options import add_format_argument
+    from proxy.review.source import add_source_arguments, add_store_arguments
 
     parser = subparsers.add_parser(
         "alerts",
@@ -36,14 +37,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     test.add_argument("--rules", "-r", action="append", required=True, metavar="PATH",
                       help="alert-rule file or directory (repeatable)")  # fmt: skip
-    test.add_argument(
-        "--store",
-        metavar="DSN",
-        help="read events from the central audit store instead of a directory",
-    )
-    test.add_argument("--store-schema", default="public", metavar="NAME",
-                      help="schema of the store tables (default public)")  # fmt: skip
-    test.add_argument("--json", action="store_true", help="one JSON alert event per line")
+    add_store_arguments(test)
+    add_format_argument(test, ("text", "json"), "text", "output format (json: one alert per line)")
     add_source_arguments(test)
     test.set_defaults(func=run_test)
 
@@ -72,10 +67,10 @@ def run_test(args: argparse.Namespace) -> int:
     rules = load_rules(args.rules)
     fired = []
     for alert in replay(rules, open_events(args, EventFilter.from_args(args))):
-        if args.json:
+        if args.format == "json":
             sys.stdout.write(orjson.dumps(alert).decode() + "\n")
         fired.append(alert)
-    if not args.json:
+    if args.format != "json":
         if fired:
             print(format_table(fired))
         print(f"{len(fired)} alert(s) would have fired", file=sys.stderr)

@@ -15,10 +15,12 @@ from typing import Any
 import orjson
 
 from proxy.audit import render
-from proxy.audit.filters import EventFilter, add_filter_arguments
+from proxy.audit.filters import EventFilter
 from proxy.audit.reader import follow, iter_raw
 from proxy.audit.recovery import inspect_current, last_rotated_record
-from proxy.errors import AuditError
+from proxy.commands.options import add_format_argument
+from proxy.errors import PgWardenError
+from proxy.review.source import add_source_arguments, add_store_arguments, audit_dir, store_target
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,34 +30,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Show audit events from an audit directory, oldest first. All filters "
         "must hold; repeating a filter flag means 'any of these values'.",
     )
-    parser.add_argument("directory", nargs="?", metavar="DIR", help="audit directory")
-    parser.add_argument(
-        "--audit-dir",
-        dest="audit_dir",
-        metavar="DIR",
-        help="audit directory (default: $PGWARDEN_AUDIT_DIR or ./audit)",
+    add_format_argument(
+        parser,
+        ("table", "text", "json", "csv"),
+        None,
+        "output format (text is table; default: table on a terminal, json otherwise)",
     )
-    parser.add_argument(
-        "--format",
-        choices=("table", "json", "csv"),
-        help="output format (default: table on a terminal, json otherwise)",
-    )
+    add_store_arguments(parser)
     parser.add_argument(
         "--follow", "-f", action="store_true", help="keep printing new events as they arrive"
     )
     parser.add_argument(
         "--limit", "-n", type=int, metavar="N", help="only the newest N matching events"
     )
-    add_filter_arguments(parser)
+    add_source_arguments(parser)
     parser.set_defaults(func=run)
-
-
-def audit_directory(args: argparse.Namespace) -> Path:
-    chosen = args.directory or args.audit_dir or os.environ.get("PGWARDEN_AUDIT_DIR", "./audit")
-    path = Path(chosen)
-    if not path.is_dir():
-        raise AuditError(f"no audit directory at {str(path)!r} (pass DIR or --audit-dir)")
-    return path
 
 
 def _matching(directory: Path, flt: EventFilter) -> Iterator[tuple[bytes, dict[str, Any]]]:
@@ -108,23 +97,31 @@ class _Output:
             self.binary.flush()
 
 
+def _from_store(dsn: str, schema: str, flt: EventFilter) -> Iterator[tuple[bytes, dict[str, Any]]]:
+    from proxy.store.query import iter_store_events
+
+    for event in iter_store_events(dsn, flt, schema=schema):
+        yield orjson.dumps(event) + b"\n", event
+
+
 def run(args: argparse.Namespace) -> int:
-    directory = audit_directory(args)
     flt = EventFilter.from_args(args)
-    fmt = args.format or ("table" if sys.stdout.isatty() else "json")
+    store = store_target(args)
+    if store is not None and args.follow:
+        raise PgWardenError("--follow reads the local trail; it cannot follow the store")
+    # An empty directory is fine to follow (the proxy has not written yet), not to search.
+    directory = None if store else audit_dir(args, require_trail=not args.follow)
+    fmt = {"text": "table", None: "table" if sys.stdout.isatty() else "json"}.get(
+        args.format, args.format
+    )
     out = _Output(fmt)
     try:
         out.start()
-        end = _trail_end(directory) if args.follow else 0
-        printed = _history(directory, flt, out, args.limit)
-        if args.follow:
-            # Events written while the history was read are either printed already (seq <=
-            # printed) or come after `end`; `follow` resumes after the larger of the two.
-            for event in follow(directory, after_seq=max(end, printed or 0)):
-                if flt.matches(event):
-                    raw = orjson.dumps(event) + b"\n" if fmt == "json" else b""
-                    out.write(raw, event)
-                    out.flush()
+        if directory is None:
+            assert store is not None
+            _history(_from_store(*store, flt), out, args.limit)
+        else:
+            _from_trail(directory, flt, out, args.limit, args.follow)
         out.flush()
     except BrokenPipeError:
         # The reader (`| head`) went away: not an error. Point stdout at /dev/null so the
@@ -135,9 +132,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _history(directory: Path, flt: EventFilter, out: _Output, limit: int | None) -> int | None:
+def _from_trail(
+    directory: Path, flt: EventFilter, out: _Output, limit: int | None, keep_following: bool
+) -> None:
+    end = _trail_end(directory) if keep_following else 0
+    printed = _history(_matching(directory, flt), out, limit)
+    if not keep_following:
+        return
+    # Events written while the history was read are either printed already (seq <= printed)
+    # or come after `end`; `follow` resumes after the larger of the two.
+    for event in follow(directory, after_seq=max(end, printed or 0)):
+        if flt.matches(event):
+            raw = orjson.dumps(event) + b"\n" if out.fmt == "json" else b""
+            out.write(raw, event)
+            out.flush()
+
+
+def _history(
+    matching: Iterator[tuple[bytes, dict[str, Any]]], out: _Output, limit: int | None
+) -> int | None:
     """Print the matching events already in the trail; return the seq of the last printed."""
-    matching = _matching(directory, flt)
     if limit is not None:
         matching = iter(deque(matching, maxlen=max(limit, 0)))
     last_seq: int | None = None

@@ -6,8 +6,10 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from proxy.commands.options import add_format_argument
 from proxy.commands.policy_replay import register_replay
 from proxy.errors import SourceError
 
@@ -75,7 +77,14 @@ def register_test(policy_subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("--client-addr", help="client IP address, or 'unix' (default: 127.0.0.1)")
     parser.add_argument("--at", metavar="ISO-TIME", help="evaluate at this time (no offset: UTC)")
     parser.add_argument("--cases", metavar="CASES.yaml", help="run the cases in this file")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--file",
+        "-f",
+        dest="sql_file",
+        metavar="FILE",
+        help="read the SQL from FILE ('-': standard input) instead of the SQL argument",
+    )
+    add_format_argument(parser, ("text", "json"), "text", "output format (json: machine-readable)")
     parser.add_argument("sql", nargs="?", metavar="SQL", help="the SQL text to evaluate")
     parser.set_defaults(func=run_test)
 
@@ -102,9 +111,11 @@ def run_test(args: argparse.Namespace) -> int:
     from proxy.policy import cases as policy_cases
     from proxy.policy.loader import load_policy
 
-    if (args.cases is None) == (args.sql is None):
-        print("pgwarden policy test: give either SQL or --cases FILE", file=sys.stderr)
+    given = [x for x in (args.cases, args.sql, args.sql_file) if x is not None]
+    if len(given) != 1:
+        print("pgwarden policy test: give one of SQL, -f FILE or --cases FILE", file=sys.stderr)
         return 2
+    as_json = args.format == "json"
     try:
         policy = load_policy(args.policy)
     except SourceError as exc:
@@ -116,7 +127,7 @@ def run_test(args: argparse.Namespace) -> int:
         except SourceError as exc:
             _print_problems(exc)
             return 2
-        return _run_cases(policy, cases, as_json=args.json)
+        return _run_cases(policy, cases, as_json=as_json)
     try:
         at = policy_cases.parse_time(args.at) if args.at else None
     except ValueError:
@@ -127,13 +138,27 @@ def run_test(args: argparse.Namespace) -> int:
     )
     from proxy.policy import render
 
-    facts = policy_cases.default_analyzer()(args.sql)
+    sql = args.sql if args.sql is not None else _read_sql(args.sql_file)
+    facts = policy_cases.default_analyzer()(sql)
     explanation = policy.explain(identity, facts, at)
-    if args.json:
+    if as_json:
         print(json.dumps(render.explanation_json(explanation), indent=2))
     else:
         sys.stdout.write(render.explanation_text(explanation))
     return 0
+
+
+def _read_sql(path: str) -> str:
+    """The SQL of ``-f``: a file's text, or standard input for ``-``."""
+    from proxy.errors import PgWardenError
+
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise PgWardenError(f"cannot read SQL from {path!r}: {reason}") from None
 
 
 def _run_cases(policy: Policy, cases: Sequence[Case], *, as_json: bool) -> int:

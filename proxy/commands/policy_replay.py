@@ -10,6 +10,8 @@ import argparse
 import sys
 from typing import Any
 
+from proxy.commands.options import add_format_argument
+
 FORMATS = ("text", "json")
 
 
@@ -35,7 +37,7 @@ def register_replay(policy_subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     add_source_arguments(parser)
     add_store_arguments(parser)
-    parser.add_argument("--format", choices=FORMATS, default="text", help="output format")
+    add_format_argument(parser, FORMATS, "text")
     parser.add_argument(
         "--examples",
         type=_count,

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from proxy.commands.options import add_format_argument
+
 if TYPE_CHECKING:
     from proxy.review.report import Report
 
@@ -26,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     add_source_arguments(parser)
     add_store_arguments(parser)
-    parser.add_argument("--format", choices=FORMATS, default="text", help="output format")
+    add_format_argument(parser, FORMATS, "text")
     parser.add_argument(
         "--output", "-o", metavar="FILE", help="write to FILE instead of standard output"
     )

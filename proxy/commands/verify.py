@@ -4,7 +4,6 @@ input: no trail, keyed records without a key, a key that matches no record)."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import orjson
@@ -12,6 +11,8 @@ import orjson
 from proxy.audit.anchor import load_anchors
 from proxy.audit.chain import load_hmac_key
 from proxy.audit.verify import verify_trail
+from proxy.commands.options import add_format_argument
+from proxy.review.source import add_location_arguments, audit_dir, hmac_key_file
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,15 +23,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "a record was edited, deleted, inserted, reordered, a rotated file is missing or the "
         "trail was truncated (the first problem is named with its file and line).",
     )
+    add_location_arguments(parser)
     parser.add_argument(
-        "directory",
-        nargs="?",
-        default=os.environ.get("PGWARDEN_AUDIT_DIR", "./audit"),
-        metavar="DIR",
-        help="audit directory (default: $PGWARDEN_AUDIT_DIR or ./audit)",
-    )
-    parser.add_argument(
-        "--hmac-key-file", metavar="FILE", help="key file when the trail is HMAC-chained"
+        "--hmac-key-file",
+        metavar="FILE",
+        help="key file when the trail is HMAC-chained (default: audit.hmac_key_file of the config)",
     )
     parser.add_argument(
         "--allow-pruned",
@@ -52,15 +49,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="NAME",
         help="schema of the central store for --anchor DSN (default: public)",
     )
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_format_argument(parser, ("text", "json"), "text")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    key = load_hmac_key(args.hmac_key_file) if args.hmac_key_file else None
+    key_file = hmac_key_file(args)
+    key = load_hmac_key(key_file) if key_file else None
     anchors = [a for spec in args.anchor for a in load_anchors(spec, args.store_schema)]
-    result = verify_trail(args.directory, key, allow_pruned=args.allow_pruned, anchors=anchors)
-    if args.json:
+    directory = audit_dir(args, require_trail=False)
+    result = verify_trail(directory, key, allow_pruned=args.allow_pruned, anchors=anchors)
+    if args.format == "json":
         sys.stdout.write(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2).decode())
         sys.stdout.write("\n")
     else:

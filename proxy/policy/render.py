@@ -89,8 +89,13 @@ def explanation_json(explanation: Explanation) -> dict[str, Any]:
 def pretty_sql(text: str) -> str:
     """SQL laid out for reading; sqlparse is used for display only, never for decisions."""
     import sqlparse
+    from sqlparse.exceptions import SQLParseError
 
-    formatted = sqlparse.format(text.strip(), reindent=True, keyword_case="upper")
+    try:
+        formatted = sqlparse.format(text.strip(), reindent=True, keyword_case="upper")
+    except SQLParseError:
+        # sqlparse refuses very large statements (a DoS guard); show them as written.
+        return text.strip()
     return str(formatted).strip() or text.strip()
 
 

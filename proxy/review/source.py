@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,30 +26,60 @@ from proxy.review.report import seen_fingerprints, split_history
 DEFAULT_WINDOW = timedelta(days=7)
 
 
-def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+FROM_CONFIG = "<from the config>"  # `--store` without a DSN: the config's store sink
+
+
+def add_location_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the trail is: ``DIR`` or ``--audit-dir``, else ``-c/--config``'s ``audit.dir``."""
     parser.add_argument(
         "directory", nargs="?", metavar="DIR", help="audit directory (same as --audit-dir)"
     )
     parser.add_argument(
         "--audit-dir",
         metavar="DIR",
-        help="audit directory (default: $PGWARDEN_AUDIT_DIR, else the config default ./audit)",
+        help="audit directory (default: audit.dir of the config and $PGWARDEN_AUDIT_DIR, "
+        "else ./audit)",
     )
+    parser.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        help="pgwarden configuration whose audit.dir, audit.hmac_key_file and store sink are "
+        "used (default: $PGWARDEN_CONFIG)",
+    )
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    add_location_arguments(parser)
     add_filter_arguments(parser)
 
 
-def audit_dir(args: argparse.Namespace) -> Path:
+def review_config(args: argparse.Namespace) -> config.Config:
+    """The configuration the review command was pointed at (file < environment), loaded once."""
+    loaded = getattr(args, "_review_config", None)
+    if isinstance(loaded, config.Config):
+        return loaded
+    loaded = config.load(None, config_file=getattr(args, "config", None))
+    args._review_config = loaded
+    return loaded
+
+
+def audit_dir(args: argparse.Namespace, *, require_trail: bool = True) -> Path:
     """The directory to read; :class:`PgWardenError` (exit 2) when it holds no trail."""
     if args.directory and args.audit_dir and args.directory != args.audit_dir:
         raise PgWardenError("give the audit directory once: DIR or --audit-dir, not both")
-    key = next(k for k in config.SCHEMA if k.path == "audit.dir")
-    chosen = args.directory or args.audit_dir or os.environ.get(key.env_name) or key.default
+    chosen = args.directory or args.audit_dir or review_config(args)["audit.dir"]
     path = Path(chosen)
     if not path.is_dir():
-        raise PgWardenError(f"audit directory not found: {path}")
-    if not trail_files(path):
+        raise PgWardenError(f"no audit directory at {str(path)!r}")
+    if require_trail and not trail_files(path):
         raise PgWardenError(f"no audit trail in {path} (expected audit.jsonl or rotated files)")
     return path
+
+
+def hmac_key_file(args: argparse.Namespace) -> str:
+    """``--hmac-key-file``, else the config's ``audit.hmac_key_file`` ("" for none)."""
+    return str(getattr(args, "hmac_key_file", None) or review_config(args)["audit.hmac_key_file"])
 
 
 def window_filter(args: argparse.Namespace, now: datetime | None = None) -> EventFilter:
@@ -108,15 +137,33 @@ def select_events(
 def add_store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store",
+        nargs="?",
+        const=FROM_CONFIG,
         metavar="DSN",
-        help="read events from the central audit store (PostgreSQL) instead of a directory",
+        help="read events from the central audit store (PostgreSQL) instead of a directory; "
+        "without a DSN, the store sink of the config",
     )
     parser.add_argument(
         "--store-schema",
-        default="public",
         metavar="NAME",
-        help="schema of the store tables (default public)",
+        help="schema of the store tables (default: the sink's, else public)",
     )
+
+
+def store_target(args: argparse.Namespace) -> tuple[str, str] | None:
+    """(dsn, schema) of the store to read, or None to read the directory."""
+    dsn = getattr(args, "store", None)
+    if not dsn:
+        return None
+    if args.directory or args.audit_dir:
+        raise PgWardenError("read events from a directory or --store, not both")
+    schema = "public"
+    if dsn == FROM_CONFIG:
+        sinks = review_config(args)["audit.sinks"]
+        if not sinks:
+            raise PgWardenError("--store without a DSN needs a config with an audit.sinks store")
+        dsn, schema = str(sinks[0]["dsn"]), str(sinks[0].get("schema", "public"))
+    return dsn, args.store_schema or schema
 
 
 def open_events(
@@ -127,14 +174,12 @@ def open_events(
     ``history`` as in :func:`select_events`; from the store it is one extra query for the query
     events before the window (the store has no cheaper "distinct fingerprints" view yet).
     """
-    dsn = getattr(args, "store", None)
-    if not dsn:
+    target = store_target(args)
+    if target is None:
         return select_events(audit_dir(args), selection, history=history)
-    if args.directory or args.audit_dir:
-        raise PgWardenError("read events from a directory or --store, not both")
     from proxy.store.query import iter_store_events
 
-    schema = args.store_schema
+    dsn, schema = target
     if history is not None and selection.since is not None:
         earlier = EventFilter(types=("query",), until=selection.since)
         history.update(
