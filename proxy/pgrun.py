@@ -37,7 +37,7 @@ from urllib.parse import quote
 
 from proxy.errors import PgWardenError, PostgresNotFoundError
 
-AuthMethod = Literal["trust", "scram-sha-256", "md5", "password", "reject"]
+AuthMethod = Literal["trust", "scram-sha-256", "md5", "password", "cert", "reject"]
 
 SERVER_PROGRAMS = ("initdb", "pg_ctl", "postgres")
 INSTALL_HINT = (
@@ -158,6 +158,7 @@ class Role:
     auth: AuthMethod = "trust"
     password: str | None = None
     superuser: bool = False
+    tls_only: bool = False  # only over TLS (``hostssl``); plaintext and the Unix socket: reject
 
     def create_sql(self) -> str:
         # md5 in pg_hba.conf only means md5 when the stored secret is an md5 hash; a SCRAM
@@ -289,12 +290,36 @@ def _hba_lines(
     ]
     lines += [f"host all {quote_ident(superuser)} {addr} trust" for addr in addresses]
     for role in roles:
-        lines.append(f"local all {quote_ident(role.name)} {role.auth}")
-        lines += [f"host all {quote_ident(role.name)} {addr} {role.auth}" for addr in addresses]
+        name = quote_ident(role.name)
+        if role.tls_only:
+            lines.append(f"local all {name} reject")
+            lines += [f"hostssl all {name} {addr} {role.auth}" for addr in addresses]
+            lines += [f"hostnossl all {name} {addr} reject" for addr in addresses]
+            continue
+        lines.append(f"local all {name} {role.auth}")
+        lines += [f"host all {name} {addr} {role.auth}" for addr in addresses]
     # Roles created later (by a test, by a demo user) authenticate like on a stock install.
     lines.append(f"local all all {others}")
     lines += [f"host all all {addr} {others}" for addr in addresses]
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTLS:
+    """Certificate, key and CA bundle (for client certificates) of a cluster with ssl=on."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+
+    def settings(self) -> dict[str, str]:
+        # Copied into the data directory (the server's OS user must own the key).
+        return {
+            "ssl": "on",
+            "ssl_cert_file": "server.crt",
+            "ssl_key_file": "server.key",
+            "ssl_ca_file": "root.crt",
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,7 +398,9 @@ class LocalCluster(_SqlMixin):
         settings: Mapping[str, str] | None = None,
         start_timeout: float = 60.0,
         others: AuthMethod = "scram-sha-256",
+        tls: ServerTLS | None = None,
     ) -> None:
+        self.tls = tls  # ssl=on with these files; None: no TLS
         self.superuser = superuser
         self.roles = tuple(roles)
         self.others = others  # how roles not in ``roles`` authenticate
@@ -441,6 +468,7 @@ class LocalCluster(_SqlMixin):
         try:
             self._prepare_dirs()
             self._initdb()
+            self._install_tls()
             self._write_hba()
             self._start_server()
             self.create_roles(self.roles)
@@ -512,6 +540,19 @@ class LocalCluster(_SqlMixin):
             self._base,
         )
 
+    def _install_tls(self) -> None:
+        if self.tls is None:
+            return
+        for source, name, mode in (
+            (self.tls.cert_file, "server.crt", 0o644),
+            (self.tls.key_file, "server.key", 0o600),
+            (self.tls.ca_file, "root.crt", 0o644),
+        ):
+            target = self.data_dir / name
+            target.write_bytes(source.read_bytes())
+            os.chmod(target, mode)
+            self._give_to_server(target)
+
     def _write_hba(self) -> None:
         addresses = ["127.0.0.1/32", "::1/128"]
         if self.host not in ("127.0.0.1", "localhost", "::1"):
@@ -530,6 +571,8 @@ class LocalCluster(_SqlMixin):
         }
         if not self.durable:
             settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
+        if self.tls is not None:
+            settings.update(self.tls.settings())
         settings.update(self.settings)
         conf = self.data_dir / "pgwarden.conf"
         conf.write_text("".join(f"{k} = {quote_literal(v)}\n" for k, v in settings.items()))
@@ -753,9 +796,15 @@ class ContainerCluster(_SqlMixin):
 
 
 def start_cluster(
-    *, superuser: str = "postgres", roles: Sequence[Role] = (), durable: bool = False
+    *,
+    superuser: str = "postgres",
+    roles: Sequence[Role] = (),
+    durable: bool = False,
+    tls: ServerTLS | None = None,
 ) -> LocalCluster | ContainerCluster:
-    """A running cluster from local binaries, else Docker, else :class:`PostgresNotFoundError`."""
+    """A running cluster from local binaries, else Docker, else :class:`PostgresNotFoundError`.
+
+    ``tls`` turns ssl=on in a local cluster; the Docker fallback runs without TLS."""
     try:
         binaries = find_binaries()
     except PostgresNotFoundError:
@@ -763,7 +812,7 @@ def start_cluster(
             raise
         return ContainerCluster(superuser=superuser, roles=roles).start()
     return LocalCluster(
-        superuser=superuser, roles=roles, binaries=binaries, durable=durable
+        superuser=superuser, roles=roles, binaries=binaries, durable=durable, tls=tls
     ).start()
 
 

@@ -114,21 +114,32 @@ def test_large_startup_option(target: Target) -> None:
     assert rows == [[value]]
 
 
-def test_ssl_request_answered_n(target: Target) -> None:
-    with target.raw(login=False) as conn:
+# The suite's PostgreSQL runs with ssl=on (it answers 'S'); the shared proxy has
+# client_tls.mode=disable. These two describe that proxy, so they are proxy-only.
+
+
+def test_ssl_request_answered_n(proxy: Any) -> None:
+    with rawpg.RawConn(proxy.host, proxy.port) as conn:
         conn.send(rawpg.ssl_request())
         assert conn.recv_bytes(1, 5) == b"N"
         conn.login()
         assert rawpg.types(conn.simple("select 1")) == "TDCZ"
 
 
-def test_sslmode_prefer_works_require_fails(target: Target) -> None:
-    with psycopg.connect(target.dsn(sslmode="prefer"), connect_timeout=5) as conn:
+def test_direct_postgres_answers_s(pg: Any) -> None:
+    """The other half: the suite's server does offer TLS (so TLS tests exercise it)."""
+    with rawpg.RawConn(pg.host, pg.port) as conn:
+        conn.send(rawpg.ssl_request())
+        assert conn.recv_bytes(1, 5) == b"S"
+
+
+def test_sslmode_prefer_works_require_fails(proxy: Any) -> None:
+    with psycopg.connect(proxy.dsn() + "?sslmode=prefer", connect_timeout=5) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
         assert conn.pgconn.ssl_in_use is False
     started = time.monotonic()
     with pytest.raises(psycopg.OperationalError) as err:
-        psycopg.connect(target.dsn(sslmode="require"), connect_timeout=5)
+        psycopg.connect(proxy.dsn() + "?sslmode=require", connect_timeout=5)
     assert time.monotonic() - started < 4, "sslmode=require must fail at once, not time out"
     assert "SSL" in str(err.value), str(err.value)
 
@@ -137,6 +148,14 @@ def test_bytes_after_ssl_request_close_connection(target: Target) -> None:
     """Plaintext pipelined behind SSLRequest may be injected by a MITM (CVE-2021-3935)."""
     with target.raw(login=False) as conn:
         conn.send(rawpg.ssl_request() + rawpg.startup({"user": "postgres"}))
+        if not target.is_proxy:
+            # The suite's PostgreSQL has ssl=on: it answers 'S' and then waits for a TLS
+            # ClientHello (its buffered-plaintext check runs after the handshake); the
+            # plaintext startup is never served either way.
+            assert conn.recv_bytes(1, 5) == b"S"
+            with pytest.raises((rawpg.Timeout, rawpg.Closed)):
+                conn.recv_bytes(1, 1)
+            return
         got = conn.wait_closed(5)
     assert got[:1] in (b"", b"N", b"E"), f"unexpected answer to SSLRequest: {got[:40]!r}"
     rest = got[1:] if got[:1] == b"N" else got  # refusing before answering 'N' is fine too

@@ -5,6 +5,11 @@ uses) or, when ``$PGWARDEN_TEST_DSN`` names one, an existing server. The roles a
 database every test may rely on are created in both cases (on an existing server: when they
 are missing and the DSN's user may create them).
 
+The suite-started cluster runs with ``ssl=on`` (certificates from a throwaway CA, see
+``pg.tls``), and two roles may only log in over TLS: ``tess`` (SCRAM) and ``cecil``
+(client certificate, ``pg.tls.cecil_cert``). Clients that do not ask for TLS get plaintext
+as before; libpq's default ``sslmode=prefer`` gets TLS when connecting directly.
+
 Only the suite-started cluster controls ``pg_hba.conf``; on an existing server the roles exist
 but authenticate however that server says. Tests that assert a specific authentication method
 carry the ``needs_managed_cluster`` mark.
@@ -13,6 +18,8 @@ carry the ``needs_managed_cluster`` mark.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -21,6 +28,7 @@ import pytest
 
 from proxy import pgrun
 from proxy.errors import PostgresNotFoundError
+from tests.support.tlspair import TestPKI, make_pki
 
 SUPERUSER = "postgres"
 APP_DATABASE = "app"
@@ -29,6 +37,8 @@ TEST_ROLES: tuple[pgrun.Role, ...] = (
     pgrun.Role("bob", "md5", "bob-pw"),
     pgrun.Role("carol", "password", "carol-pw"),
     pgrun.Role("dave", "trust"),
+    pgrun.Role("tess", "scram-sha-256", "tess-pw", tls_only=True),
+    pgrun.Role("cecil", "cert", tls_only=True),
 )
 PASSWORDS: dict[str, str] = {r.name: r.password for r in TEST_ROLES if r.password is not None}
 DSN_ENV = "PGWARDEN_TEST_DSN"
@@ -51,6 +61,7 @@ class PgServer:
     bin_dir: Path | None
     managed: bool  # True: started by the suite, pg_hba.conf is ours
     superuser_password: str | None = None
+    tls: TestPKI | None = None  # the server's CA and certificates when it has ssl=on
     _cluster: pgrun.LocalCluster | pgrun.ContainerCluster | None = None
 
     def dsn(
@@ -65,6 +76,8 @@ class PgServer:
         cluster, self._cluster = self._cluster, None
         if cluster is not None:
             cluster.stop()
+        if self.tls is not None:
+            shutil.rmtree(self.tls.directory, ignore_errors=True)
 
 
 def start() -> PgServer:
@@ -72,11 +85,18 @@ def start() -> PgServer:
     external = os.environ.get(DSN_ENV)
     if external:
         return _use_existing(external)
-    cluster = pgrun.start_cluster(superuser=SUPERUSER, roles=TEST_ROLES)
+    pki = make_pki(Path(tempfile.mkdtemp(prefix="pgwarden-tls-")))
+    server_tls = pgrun.ServerTLS(pki.server_cert, pki.server_key, pki.ca_file)
+    try:
+        cluster = pgrun.start_cluster(superuser=SUPERUSER, roles=TEST_ROLES, tls=server_tls)
+    except BaseException:
+        shutil.rmtree(pki.directory, ignore_errors=True)
+        raise
     try:
         cluster.create_database(APP_DATABASE)
     except BaseException:
         cluster.stop()
+        shutil.rmtree(pki.directory, ignore_errors=True)
         raise
     return PgServer(
         host=cluster.host,
@@ -85,6 +105,7 @@ def start() -> PgServer:
         unix_dir=cluster.unix_dir,
         bin_dir=cluster.bin_dir,
         managed=True,
+        tls=pki if isinstance(cluster, pgrun.LocalCluster) else None,
         _cluster=cluster,
     )
 

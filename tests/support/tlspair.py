@@ -21,6 +21,8 @@ class TestPKI:
     client_cert: Path  # CN alice, SAN email alice@example.org, DNS alice.example.org
     client_key: Path
     other_ca_file: Path  # a CA that signed nothing here
+    cecil_cert: Path  # CN cecil: the suite's certificate-authenticated role
+    cecil_key: Path
 
 
 def make_pki(directory: Path) -> TestPKI:
@@ -37,7 +39,19 @@ def make_pki(directory: Path) -> TestPKI:
         client=True,
     ).write(directory, "alice")
     other = ThrowawayCA("unrelated CA").write_ca(directory, "other-ca")
-    return TestPKI(directory, ca, ca_file, server_cert, server_key, client_cert, client_key, other)
+    cecil_cert, cecil_key = ca.issue("cecil", server=False, client=True).write(directory, "cecil")
+    return TestPKI(
+        directory,
+        ca,
+        ca_file,
+        server_cert,
+        server_key,
+        client_cert,
+        client_key,
+        other,
+        cecil_cert,
+        cecil_key,
+    )
 
 
 def handshake(
