@@ -9,7 +9,8 @@ Everything else needs ``Authorization: Bearer <token>`` when ``admin.token_file`
 * ``POST /sessions/{id}/cancel`` and ``POST /sessions/{id}/terminate``;
 * ``POST /reload`` — reload policies (and alert rules); 200, or 422 with the errors.
 
-``/approvals…`` authenticates per person (see :mod:`proxy.admin.approvals`).
+``/approvals…`` authenticates per person (see :mod:`proxy.admin.approvals`), and ``/console…``
+is the web console with its own login (see :mod:`proxy.console.app`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ log = logging.getLogger("pgwarden.admin")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 # Paths that authenticate each person themselves (personal tokens, console login).
-SELF_AUTH_PREFIXES = (approvals.PREFIX,)
+SELF_AUTH_PREFIXES = (approvals.PREFIX, "/console")
 
 
 def session_json(session: SessionView, now: float) -> dict[str, Any]:
@@ -86,6 +87,16 @@ class AdminServer:
         people_file = str(cfg["approvals.approvers_file"])
         self.people = load_people(people_file) if people_file else People()
         self.approvals = approvals.ApprovalsApi(state.approvals, self.people, self.token)
+        from proxy.console.app import Console
+
+        self.console = Console(
+            audit_dir=str(cfg["audit.dir"]),
+            broker=state.approvals,
+            people=self.people,
+            admin_token=self.token,
+            host=self.host,
+            explain_dsn=str(cfg["approvals.explain_dsn"]),
+        )
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
@@ -98,6 +109,7 @@ class AdminServer:
         app.router.add_post("/sessions/{id}/terminate", self.terminate)
         app.router.add_post("/reload", self.reload)
         self.approvals.add_routes(app)
+        self.console.add_routes(app)
         return app
 
     async def start(self) -> None:

@@ -90,6 +90,8 @@ class ApprovalBook:
             created_at=now,
             deadline=now + spec.timeout,
             fingerprint=fingerprint,
+            text=text,
+            params=params,
         )
         self._store(request)
         return request, [ReviewRequested(request)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
 
@@ -111,6 +111,10 @@ class Request:
     reason: str = ""  # why it ended (the denier's reason, "timed out", "client cancelled", …)
     ticket_until: float | None = None  # ticket mode, once approved: last moment it may run
     ticket_used: bool = False
+    # The exact text and parameters, in memory only (never in the trail or the API), for an
+    # EXPLAIN an approver asks for.
+    text: str = field(default="", repr=False, compare=False)
+    params: tuple[bytes | None, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def requester(self) -> str:

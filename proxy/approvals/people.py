@@ -60,6 +60,9 @@ class People:
                 found = person
         return found
 
+    def by_name(self, name: str) -> Approver | None:
+        return next((p for _h, p in self.entries if p.name == name), None)
+
     def names(self) -> tuple[str, ...]:
         return tuple(sorted({p.name for _h, p in self.entries}))
 

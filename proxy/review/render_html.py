@@ -52,7 +52,7 @@ def render_html(report: Report) -> str:
         ),
         latency_chart=svg.latency_chart(report.latency_bins),
         nav=" ".join(f'<a href="#{escape(tb.key)}">{escape(tb.title)}</a>' for tb in tables),
-        sections="\n".join(_section(tb) for tb in tables),
+        sections="\n".join(section_html(tb) for tb in tables),
         generated_at=escape(fmt_ts(report.generated_at)),
     )
 
@@ -69,7 +69,8 @@ def _header(report: Report) -> str:
     return f"<dl>{items}</dl>"
 
 
-def _section(table: Table) -> str:
+def section_html(table: Table) -> str:
+    """One report table as an HTML section (every value escaped)."""
     parts = [f'<section id="{escape(table.key)}"><h2>{escape(table.title)}</h2>']
     if table.note:
         parts.append(f'<p class="note">{escape(table.note)}</p>')

@@ -1,0 +1,420 @@
+"""The web console, served by the admin listener under ``/console``.
+
+Server-rendered pages (Jinja2, autoescaped), plain HTML forms, one stylesheet, no script at
+all: the Content-Security-Policy forbids scripts, frames and foreign form targets. Pages:
+
+* ``/console/`` — overview: the report's charts and top tables for the last hours;
+* ``/console/statements`` — search with the ``pgwarden logs`` filters, newest first, paginated;
+* ``/console/events/{seq}`` — one full audit record;
+* ``/console/sessions/{id}`` — one session's timeline;
+* ``/console/reviews`` and ``/console/reviews/{id}`` — the review queue, a request with its
+  votes, similar past statements, EXPLAIN on request, approve/deny forms.
+
+Reading the trail is blocking I/O and runs in a worker thread. Votes go through the same
+:class:`~proxy.approvals.broker.ApprovalBroker` rules as the CLI and the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import jinja2
+from aiohttp import web
+from markupsafe import Markup
+
+from proxy.admin.auth import is_loopback
+from proxy.approvals.broker import ApprovalBroker
+from proxy.approvals.model import Request as ApprovalRequest
+from proxy.approvals.model import RequestState
+from proxy.approvals.people import People
+from proxy.console import explain
+from proxy.console.auth import COOKIE, LIFETIME, LOGIN_COOKIE, Gatekeeper, Login, Signer
+from proxy.console.data import FIELDS, FilterError, TrailReader, filter_from_form, with_page
+from proxy.errors import ApprovalError
+from proxy.review import svg
+from proxy.review.render_html import section_html
+from proxy.review.tables import report_tables, summary_items
+
+log = logging.getLogger("pgwarden.console")
+
+PREFIX = "/console"
+CSP = (
+    "default-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+OVERVIEW_HOURS = (1, 6, 24, 168)
+MAX_FORM = 64 * 1024
+
+
+class Console:
+    def __init__(
+        self,
+        *,
+        audit_dir: str,
+        broker: ApprovalBroker | None,
+        people: People,
+        admin_token: str | None,
+        host: str,
+        explain_dsn: str = "",
+        signer: Signer | None = None,
+    ) -> None:
+        self.gate = Gatekeeper(people, admin_token, signer or Signer())
+        self.reader = TrailReader(audit_dir)
+        self.broker = broker
+        self.explain_dsn = explain_dsn
+        # Nobody can log in and the listener is reachable from elsewhere: refuse to serve.
+        self.refused = self.gate.open and not is_loopback(host)
+        self.env = jinja2.Environment(
+            loader=jinja2.PackageLoader("proxy.console", "templates"),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
+        self.env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False)
+        self.env.globals["url"] = _url
+        self.css = resources.files("proxy.console").joinpath("static/console.css").read_bytes()
+
+    def add_routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_get(PREFIX, self._to_root)
+        r.add_get(PREFIX + "/", self._page(self.overview))
+        r.add_get(PREFIX + "/login", self.login_page)
+        r.add_post(PREFIX + "/login", self.login_post)
+        r.add_post(PREFIX + "/logout", self._page(self.logout, post=True))
+        r.add_get(PREFIX + "/static/console.css", self.stylesheet)
+        r.add_get(PREFIX + "/statements", self._page(self.statements))
+        r.add_get(PREFIX + "/events/{seq:[0-9]+}", self._page(self.event))
+        r.add_get(PREFIX + "/sessions/{id}", self._page(self.session))
+        r.add_get(PREFIX + "/reviews", self._page(self.reviews))
+        r.add_get(PREFIX + "/reviews/{id}", self._page(self.review))
+        r.add_post(PREFIX + "/reviews/{id}/decide", self._page(self.decide, post=True))
+        r.add_post(PREFIX + "/reviews/{id}/explain", self._page(self.explain, post=True))
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    Handler = Callable[[web.Request, Login, dict[str, str]], Awaitable[web.StreamResponse]]
+
+    def _page(self, handler: Handler, post: bool = False) -> Callable[..., Any]:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            if self.refused:
+                return self._plain(
+                    403,
+                    "the console is off: this listener is not on loopback and nobody can log in "
+                    "(set admin.token_file and approvals.approvers_file)",
+                )
+            login = self.gate.login(request.cookies.get(COOKIE))
+            if login is None:
+                target = request.path_qs if request.method == "GET" else PREFIX + "/"
+                raise web.HTTPSeeOther(PREFIX + "/login?" + urlencode({"next": target}))
+            form: dict[str, str] = {}
+            if post:
+                form = await self._form(request)
+                if not self._same_origin(request) or form.get("csrf") != self.gate.signer.csrf(
+                    login.nonce
+                ):
+                    log.warning(
+                        "console: refused a %s without a valid CSRF token from %s",
+                        request.path,
+                        request.remote,
+                    )
+                    return self._plain(403, "this form has expired or came from another site")
+            response = await handler(request, login, form)
+            response.headers.update(SECURITY_HEADERS)
+            return response
+
+        return wrapped
+
+    async def _form(self, request: web.Request) -> dict[str, str]:
+        if request.content_length is not None and request.content_length > MAX_FORM:
+            raise web.HTTPRequestEntityTooLarge(
+                max_size=MAX_FORM, actual_size=request.content_length
+            )
+        data = await request.post()
+        return {k: v for k, v in data.items() if isinstance(v, str)}
+
+    def _same_origin(self, request: web.Request) -> bool:
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return True  # no Origin (older browsers, curl): the CSRF token decides
+        return urlsplit(origin).netloc == request.host
+
+    def _plain(self, status: int, text: str) -> web.Response:
+        response = web.Response(status=status, text=text + "\n")
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    def render(self, name: str, login: Login | None, status: int = 200, **ctx: Any) -> web.Response:
+        template = self.env.get_template(name)
+        html = template.render(
+            login=login,
+            csrf=self.gate.signer.csrf(login.nonce) if login is not None else "",
+            pending=len(self.broker.book.pending()) if self.broker is not None else 0,
+            **ctx,
+        )
+        response = web.Response(status=status, text=html, content_type="text/html")
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    async def _blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    async def _to_root(self, request: web.Request) -> web.Response:
+        raise web.HTTPSeeOther(PREFIX + "/")
+
+    async def stylesheet(self, request: web.Request) -> web.Response:
+        response = web.Response(body=self.css, content_type="text/css")
+        response.headers.update(SECURITY_HEADERS)
+        response.headers["Cache-Control"] = "max-age=3600"
+        return response
+
+    # --- login ---------------------------------------------------------------------------
+
+    async def login_page(
+        self, request: web.Request, error: str = "", status: int = 200
+    ) -> web.Response:
+        cookie, form_value = self.gate.signer.login_nonce()
+        response = self.render(
+            "login.html",
+            None,
+            status=status,
+            error=error,
+            login_nonce=form_value,
+            next=_safe_next(request.query.get("next", "")),
+            open=self.gate.open,
+        )
+        response.set_cookie(
+            LOGIN_COOKIE,
+            cookie,
+            httponly=True,
+            samesite="Strict",
+            path=PREFIX,
+            secure=request.secure,
+        )
+        return response
+
+    async def login_post(self, request: web.Request) -> web.StreamResponse:
+        form = await self._form(request)
+        if not self._same_origin(request) or not self.gate.signer.login_ok(
+            request.cookies.get(LOGIN_COOKIE), form.get("login_nonce", "")
+        ):
+            return await self.login_page(request, "the login form expired; try again", 403)
+        found = self.gate.check_token(form.get("token", ""))
+        if found is None:
+            log.warning("console: failed login from %s", request.remote)
+            await asyncio.sleep(0.5)  # slows guessing; tokens are long anyway
+            return await self.login_page(request, "unknown token", 401)
+        person, via = found
+        log.info("console: %s logged in from %s", person.name, request.remote)
+        response = _redirect(_safe_next(form.get("next", "")) or PREFIX + "/")
+        response.set_cookie(
+            COOKIE,
+            self.gate.signer.sign(person.name, via, time.time()),
+            httponly=True,
+            samesite="Strict",
+            path=PREFIX,
+            secure=request.secure,
+            max_age=int(LIFETIME),
+        )
+        response.del_cookie(LOGIN_COOKIE, path=PREFIX)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    async def logout(
+        self, request: web.Request, login: Login, form: dict[str, str]
+    ) -> web.StreamResponse:
+        response = _redirect(PREFIX + "/login")
+        response.del_cookie(COOKIE, path=PREFIX)
+        return response
+
+    # --- pages ---------------------------------------------------------------------------
+
+    async def overview(
+        self, request: web.Request, login: Login, form: dict[str, str]
+    ) -> web.Response:
+        try:
+            hours = float(request.query.get("hours", "24"))
+        except ValueError:
+            hours = 24.0
+        hours = min(max(hours, 0.25), 24 * 31)
+        report = await self._blocking(self.reader.overview, hours)
+        return self.render(
+            "overview.html",
+            login,
+            hours=hours,
+            choices=OVERVIEW_HOURS,
+            cards=summary_items(report),
+            timeline=Markup(svg.timeline_chart(report.timeline, report.timeline_bucket_seconds)),
+            latency=Markup(svg.latency_chart(report.latency_bins)),
+            tables=[Markup(section_html(t)) for t in report_tables(report)[:4]],
+        )
+
+    async def statements(
+        self, request: web.Request, login: Login, form: dict[str, str]
+    ) -> web.Response:
+        query = {k: v for k, v in request.query.items()}
+        error = ""
+        try:
+            page = max(int(query.get("page", "0") or 0), 0)
+        except ValueError:
+            page = 0
+        try:
+            selection = filter_from_form(query)
+        except FilterError as exc:
+            error = str(exc)
+            result = None
+        else:
+            result = await self._blocking(self.reader.search, selection, page)
+        return self.render(
+            "statements.html",
+            login,
+            status=400 if error else 200,
+            fields=[name for name, _f, _r in FIELDS],
+            query=query,
+            error=error,
+            result=result,
+            older=urlencode(with_page(query, page + 1)),
+            newer=urlencode(with_page(query, page - 1)) if page else "",
+        )
+
+    async def event(self, request: web.Request, login: Login, form: dict[str, str]) -> web.Response:
+        seq = int(request.match_info["seq"])
+        found = await self._blocking(self.reader.event, seq)
+        if found is None:
+            return self.render("error.html", login, status=404, message=f"no event with seq {seq}")
+        return self.render("event.html", login, event=found)
+
+    async def session(
+        self, request: web.Request, login: Login, form: dict[str, str]
+    ) -> web.Response:
+        session_id = request.match_info["id"]
+        events = await self._blocking(self.reader.session, session_id)
+        if not events:
+            return self.render(
+                "error.html", login, status=404, message=f"no events for session {session_id}"
+            )
+        first = events[0]
+        return self.render("session.html", login, session_id=session_id, events=events, first=first)
+
+    async def reviews(
+        self, request: web.Request, login: Login, form: dict[str, str]
+    ) -> web.Response:
+        requests = list(self.broker.book) if self.broker is not None else []
+        pending = [r for r in requests if r.state is RequestState.PENDING]
+        decided = [r for r in requests if r.state is not RequestState.PENDING][:100]
+        return self.render("reviews.html", login, queue=pending, decided=decided, now=time.time())
+
+    def _find(self, request: web.Request, login: Login) -> ApprovalRequest | web.Response:
+        """The request the URL names, or the error page saying why there is none."""
+        if self.broker is None:
+            return self.render("error.html", login, status=503, message="approvals are not running")
+        try:
+            return self.broker.book.get(request.match_info["id"])
+        except ApprovalError as exc:
+            return self.render("error.html", login, status=exc.status, message=str(exc))
+
+    async def review(
+        self,
+        request: web.Request,
+        login: Login,
+        form: dict[str, str],
+        *,
+        message: str = "",
+        error: str = "",
+        status: int = 200,
+        plan: explain.Plan | None = None,
+    ) -> web.Response:
+        found = self._find(request, login)
+        if isinstance(found, web.Response):
+            return found
+        similar = await self._blocking(self.reader.similar, found.fingerprint)
+        person = login.person
+        return self.render(
+            "review.html",
+            login,
+            status=status,
+            r=found,
+            similar=similar,
+            verdict=request.query.get("verdict", ""),
+            message=message or request.query.get("done", ""),
+            error=error,
+            plan=plan,
+            explain_refusal=explain.why_not(found, self.explain_dsn),
+            may_decide=person.role == "approver"
+            and found.spec.allows(person.name, person.groups)
+            and person.name != found.requester,
+            may_break_glass=person.role == "approver"
+            and found.spec.may_break_glass(person.name, person.groups)
+            and person.name != found.requester,
+            now=time.time(),
+        )
+
+    async def decide(
+        self, request: web.Request, login: Login, form: dict[str, str]
+    ) -> web.StreamResponse:
+        if self.broker is None:
+            return self.render("error.html", login, status=503, message="approvals are not running")
+        request_id = request.match_info["id"]
+        verdict = form.get("verdict")
+        if verdict not in ("approve", "deny"):
+            return await self.review(
+                request, login, form, error="choose approve or deny", status=400
+            )
+        try:
+            decided = self.broker.decide(
+                request_id,
+                login.person,
+                verdict == "approve",
+                form.get("reason", ""),
+                break_glass=form.get("break_glass") == "on",
+            )
+        except ApprovalError as exc:
+            log.warning(
+                "console: %s refused for %s on %s: %s", verdict, login.person.name, request_id, exc
+            )
+            return await self.review(request, login, form, error=str(exc), status=exc.status)
+        past = "approved" if verdict == "approve" else "denied"
+        log.info("console: %s %s %s", login.person.name, past, request_id)
+        done = f"you {past} this request; it is now {decided.state.value}"
+        raise web.HTTPSeeOther(f"{PREFIX}/reviews/{request_id}?" + urlencode({"done": done}))
+
+    async def explain(
+        self, request: web.Request, login: Login, form: dict[str, str]
+    ) -> web.Response:
+        found = self._find(request, login)
+        if isinstance(found, web.Response):
+            return found
+        log.info("console: %s asked for EXPLAIN of %s", login.person.name, found.id)
+        plan = await explain.explain(found, self.explain_dsn)
+        return await self.review(request, login, form, plan=plan)
+
+
+def _redirect(location: str) -> web.Response:
+    """A 303 that can carry cookies (raising HTTPSeeOther cannot, portably)."""
+    response = web.Response(status=303, headers={"Location": location})
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def _url(path: str, **params: Any) -> str:
+    query = urlencode({k: v for k, v in params.items() if v not in (None, "")})
+    return PREFIX + path + (f"?{query}" if query else "")
+
+
+def _safe_next(target: str) -> str:
+    """Only console paths: never an open redirect to another site."""
+    if target.startswith(PREFIX + "/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return ""
