@@ -17,6 +17,7 @@ from proxy.approvals.broker import ApprovalBroker, console_url
 from proxy.config import Config
 from proxy.errors import PgWardenError, SourceError
 from proxy.gate import Gate
+from proxy.sql import redact
 from proxy.state import ReloadResult, ServerState
 from proxy.wire.startup import CancelRequest, encode_cancel
 
@@ -244,7 +245,7 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> int:
     from proxy.audit.trail import AuditTrail
 
     policy = load_policies(cfg)
-    trail = AuditTrail(cfg, cfg.proxy_id)
+    trail = AuditTrail(cfg, cfg.proxy_id, scrub=redact.scrub_event)
     trail.open()
     server = ProxyServer(cfg, trail, policy)
     extras = await _start_extras(cfg, server, trail)

@@ -29,6 +29,7 @@ from proxy.approvals.people import People, load_people
 from proxy.config import parse_listen
 from proxy.errors import ConfigError, SourceProblem
 from proxy.metrics import Metrics, ShipperLike, TrailLike
+from proxy.sql.redact import redact
 from proxy.state import ServerState, SessionView
 
 log = logging.getLogger("pgwarden.admin")
@@ -50,7 +51,8 @@ def session_json(session: SessionView, now: float) -> dict[str, Any]:
         "client_addr": ident.client_addr,
         "client_port": ident.client_port,
         "state": session.state,
-        "current_statement": session.current_statement,
+        # The session redacts already; again here, so no SessionView can leak one.
+        "current_statement": redact(current) if (current := session.current_statement) else current,
         "statement_age_seconds": round(now - started, 6) if started is not None else None,
         "backend_pid": session.backend_pid,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(session.started_at)),

@@ -75,8 +75,13 @@ Listener = Callable[[list[dict[str, Any]]], None]
 class AuditTrail:
     """The local JSONL audit trail of one proxy (see the module docstring)."""
 
-    def __init__(self, cfg: Config, proxy_id: str) -> None:
+    def __init__(
+        self, cfg: Config, proxy_id: str, scrub: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
         self.directory = Path(cfg["audit.dir"])
+        # Redaction at the sink boundary for what the session cannot redact earlier (error
+        # texts); proxy.sql.redact.scrub_event, passed in by the server (audit imports no SQL).
+        self._scrub = scrub
         self.proxy_id = proxy_id
         self.rotate_size: int = cfg["audit.rotate_size"]
         self.rotate_age: float = cfg["audit.rotate_age"]
@@ -231,6 +236,8 @@ class AuditTrail:
         if event.get("type") == "session_start":
             # Which trail a session's events are in, for a reader of the merged store.
             event["trail_id"] = self.trail_id
+        if self._scrub is not None and event.get("error"):
+            self._scrub(event)
         self._queue.append(event)
         if self._flush_handle is None and self._retry_handle is None:
             loop = self._loop or asyncio._get_running_loop()

@@ -17,6 +17,7 @@ from pglast import parser as pg_parser
 
 from proxy.sql.commands import command_tag, statement_class
 from proxy.sql.facts import ParserSettings, QueryFacts, Relation, StatementFacts
+from proxy.sql.redact import redact_error
 from proxy.sql.walker import OPAQUE_MARK, Collector, load_statements, unwrap
 
 _DEFAULT_SETTINGS = ParserSettings()
@@ -149,7 +150,10 @@ def _analyze(
         data = pg_parser.parse_sql_json(text)
         raw_statements = load_statements(data)
     except pg_parser.ParseError as exc:
-        return QueryFacts(text, (), parse_error=_parse_error_message(exc))
+        # The message quotes the text near the error: an unterminated PASSWORD literal is
+        # the secret itself, and the message reaches records, decisions and clients' logs.
+        message = redact_error(_parse_error_message(exc), statement=text)
+        return QueryFacts(text, (), parse_error=message)
     except Exception as exc:  # e.g. nesting too deep for the JSON decoder
         return QueryFacts(text, (), unparsable_reason=f"cannot analyse: {type(exc).__name__}")
     try:
