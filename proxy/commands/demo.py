@@ -24,7 +24,7 @@ from proxy import config, pgrun
 
 DEMO_DATABASE = "demo"
 DEMO_USER = pgrun.Role("alice", "scram-sha-256", "alice-pw")
-DEFAULT_ADMIN_PORT = 9187
+DEFAULT_ADMIN_LISTEN = "127.0.0.1:9187"
 
 DEMO_SQL = """
 CREATE TABLE customers (
@@ -67,6 +67,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         default="127.0.0.1:6432",
         metavar="HOST:PORT",
         help="where the proxy listens (default 127.0.0.1:6432)",
+    )
+    parser.add_argument(
+        "--admin-listen",
+        default=DEFAULT_ADMIN_LISTEN,
+        metavar="HOST:PORT",
+        help=f"where the admin API listens (default {DEFAULT_ADMIN_LISTEN}; '' turns it off)",
     )
     parser.add_argument(
         "--policy",
@@ -113,27 +119,37 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def run(args: argparse.Namespace) -> int:
+def _free_endpoint(flag: str, text: str) -> config.Endpoint | None:
+    """The address of ``flag``, or None (after saying why) when it is invalid or taken."""
     try:
-        listen = config.parse_listen(args.listen)
+        endpoint = config.parse_listen(text)
     except ValueError as exc:
-        print(f"pgwarden demo: --listen: {exc}", file=sys.stderr)
-        return 2
-    if not _port_free(listen.host, listen.port):
+        print(f"pgwarden demo: {flag}: {exc}", file=sys.stderr)
+        return None
+    if not _port_free(endpoint.host, endpoint.port):
         print(
-            f"pgwarden demo: {listen.host}:{listen.port} is in use; pick another with "
-            "--listen 127.0.0.1:PORT",
+            f"pgwarden demo: {endpoint.host}:{endpoint.port} is in use; pick another with "
+            f"{flag} 127.0.0.1:PORT",
             file=sys.stderr,
         )
+        return None
+    return endpoint
+
+
+def run(args: argparse.Namespace) -> int:
+    listen = _free_endpoint("--listen", args.listen)
+    if listen is None:
         return 2
+    admin: config.Endpoint | None = None
+    if args.admin_listen.strip():
+        admin = _free_endpoint("--admin-listen", args.admin_listen)
+        if admin is None:
+            return 2
     if args.policy:
         policies = [str(p) for p in args.policy]
     else:
         found = default_policy()
         policies = [str(found)] if found else []
-    admin_port = (
-        DEFAULT_ADMIN_PORT if _port_free("127.0.0.1", DEFAULT_ADMIN_PORT) else pgrun.free_port()
-    )
 
     from proxy.server import run_server  # before the cluster: a broken install fails fast
 
@@ -154,9 +170,9 @@ def run(args: argparse.Namespace) -> int:
             listen=f"{listen.host}:{listen.port}",
             audit__dir=str(audit_dir),
             policies=policies,
-            admin__listen=f"127.0.0.1:{admin_port}",
+            admin__listen=str(admin) if admin else "",
         )
-        welcome = _welcome(cluster, listen, audit_dir, policies, admin_port, args.policy is None)
+        welcome = _welcome(cluster, listen, audit_dir, policies, admin, args.policy is None)
         announcer = threading.Thread(
             target=_announce_when_listening,
             args=(listen, welcome, served),
@@ -202,7 +218,7 @@ def _welcome(
     listen: config.Endpoint,
     audit_dir: Path,
     policies: list[str],
-    admin_port: int,
+    admin: config.Endpoint | None,
     policy_defaulted: bool,
 ) -> str:
     host = _client_host(listen)
@@ -225,7 +241,11 @@ def _welcome(
         "",
         f"Audit log: {audit_dir}/audit.jsonl",
         f"    pgwarden logs --audit-dir {audit_dir}",
-        f"Admin API: http://127.0.0.1:{admin_port}/healthz  /metrics",
+        (
+            f"Admin API: http://{_client_host(admin)}:{admin.port}/healthz  /metrics"
+            if admin
+            else "Admin API: off"
+        ),
         "Press Ctrl-C to stop; the demo database is deleted on exit.",
         "",
     ]

@@ -62,10 +62,15 @@ def test_protocol_3_0(target: Target) -> None:
 
 
 def test_protocol_3_2(target: Target) -> None:
-    """PG15 answers 3.2 with NegotiateProtocolVersion(3.0); the proxy relays or offers 3.2."""
+    """PG15-17 answer 3.2 with NegotiateProtocolVersion(3.0), PG18 accepts it; the proxy
+    relays or offers 3.2."""
     negotiated = _check_negotiation(_startup(target, 2), 2, [])
     if target.name == "direct":
-        assert negotiated == 0, "PostgreSQL 15 only speaks 3.0"
+        with target.connect() as conn:
+            major = conn.info.server_version // 10000
+        assert negotiated == (2 if major >= 18 else 0), (
+            f"PostgreSQL {major} negotiated 3.{negotiated}"
+        )
 
 
 @pytest.mark.parametrize(
