@@ -66,3 +66,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # `pgwarden logs | head` closes our stdout early; that is not an error.
         return 0
+    except OSError as exc:
+        # A file that cannot be read or written, a full disk, a refused connection: the
+        # operator needs the reason and the path, not a traceback.
+        print(f"pgwarden: {os_error_text(exc)}", file=sys.stderr)
+        return 2
+
+
+def os_error_text(exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    if exc.filename is not None:
+        target = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else exc.filename
+        return f"{target}: {reason}"
+    return reason

@@ -113,3 +113,25 @@ def test_policy_test_reads_sql_from_a_file_or_stdin(
     assert code == 0 and json.loads(out)["facts"]["statements"][0]["command"] == "DELETE"
     code, _out, err = run(capsys, "policy", "test", "--policy", policy, "-f", "/nonexistent.sql")
     assert code == 2 and "cannot read SQL from '/nonexistent.sql'" in err
+
+
+def test_an_unwritable_report_path_fails_before_any_reading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The directory does not exist either: the output is checked first, before the work.
+    code, out, err = run(capsys, "report", str(tmp_path / "no-trail"), "-o", "/nonexistent/r.html")
+    assert code == 2 and out == ""
+    assert (
+        err
+        == "pgwarden: cannot write the report to '/nonexistent/r.html': No such file or directory\n"
+    )
+
+
+def test_os_errors_are_one_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "audit.jsonl").mkdir()  # a trail "file" that cannot be read
+    for command in (["logs"], ["report"], ["verify"]):
+        code, _out, err = run(capsys, *command, str(tmp_path))
+        assert code == 2
+        assert err == f"pgwarden: {tmp_path / 'audit.jsonl'}: Is a directory\n", command

@@ -36,7 +36,8 @@ def iter_lines(directory: str | Path) -> Iterator[RawLine]:
             yield RawLine(trail_file, lineno, raw)
 
 
-def _files_for(directory: str | Path, since: datetime | None) -> list[TrailFile]:
+def files_for(directory: str | Path, since: datetime | None) -> list[TrailFile]:
+    """The trail files that can hold events at or after ``since``, oldest first."""
     files = trail_files(directory)
     if since is None:
         return files
@@ -63,7 +64,7 @@ def iter_raw(
     read: set[int] = set()
     dedupe = False  # only after a rotation raced with us: then parse to skip what we had
     while True:
-        for trail_file in _files_for(directory, since):
+        for trail_file in files_for(directory, since):
             first = trail_file.first_seq
             if first is not None:
                 if first in read:
@@ -78,7 +79,7 @@ def iter_raw(
                 newest = raw
                 yield raw
             last_seq = max(last_seq, _seq_of(newest) or 0)
-        fresh = [f for f in _files_for(directory, since) if f.first_seq not in read]
+        fresh = [f for f in files_for(directory, since) if f.first_seq not in read]
         if not any(f.first_seq is not None for f in fresh):
             return  # no rotation happened while we read the current file
         dedupe = True

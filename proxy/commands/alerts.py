@@ -66,7 +66,13 @@ def run_test(args: argparse.Namespace) -> int:
 
     rules = load_rules(args.rules)
     fired = []
-    for alert in replay(rules, open_events(args, EventFilter.from_args(args))):
+    events = open_events(
+        args,
+        EventFilter.from_args(args),
+        progress_desc="alerts test",
+        streams_to_stdout=args.format == "json",
+    )
+    for alert in replay(rules, events):
         if args.format == "json":
             sys.stdout.write(orjson.dumps(alert).decode() + "\n")
         fired.append(alert)

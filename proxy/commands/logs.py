@@ -20,6 +20,7 @@ from proxy.audit.reader import follow, iter_raw
 from proxy.audit.recovery import inspect_current, last_rotated_record
 from proxy.commands.options import add_format_argument
 from proxy.errors import PgWardenError
+from proxy.review.progress import estimate_records, progress, wanted
 from proxy.review.source import add_source_arguments, add_store_arguments, audit_dir, store_target
 
 
@@ -51,7 +52,9 @@ def _matching(directory: Path, flt: EventFilter) -> Iterator[tuple[bytes, dict[s
     loads = orjson.loads
     prefilter = flt.prefilter
     matches = flt.matches
-    for raw in iter_raw(directory, since=flt.since, until=flt.until):
+    total = estimate_records(directory, flt.since) if wanted(streams_to_stdout=True) else None
+    lines = iter_raw(directory, since=flt.since, until=flt.until)
+    for raw in progress(lines, total=total, desc="logs", streams_to_stdout=True):
         if not prefilter(raw):
             continue
         try:

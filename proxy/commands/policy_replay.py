@@ -57,7 +57,7 @@ def run_replay(args: argparse.Namespace) -> int:
     selection = window_filter(args)
     policy = load_policy(args.replay_policies)
     replayer = Replayer(policy, analyze, examples=args.examples)
-    replayer.add_all(open_events(args, selection))
+    replayer.add_all(open_events(args, selection, progress_desc="policy replay"))
     result = replayer.result(
         policies=args.replay_policies,
         since=selection.since,

@@ -48,10 +48,12 @@ def run(args: argparse.Namespace) -> int:
     from proxy.review.report import ReportBuilder
     from proxy.review.source import describe, open_events, window_filter
 
+    if args.output:
+        check_writable(Path(args.output))  # before minutes of reading, not after
     selection = window_filter(args)
     known: set[str] | None = set() if args.first_seen else None
     builder = ReportBuilder(top=args.top, known_fingerprints=known)
-    builder.add_all(open_events(args, selection, history=known))
+    builder.add_all(open_events(args, selection, history=known, progress_desc="report"))
     report = builder.build(
         since=selection.since, until=selection.until, filters=describe(selection)
     )
@@ -62,6 +64,22 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def check_writable(path: Path) -> None:
+    """Raise PgWardenError unless ``path`` can be written (a new file is removed again)."""
+    from proxy.errors import PgWardenError
+
+    existed = path.exists()
+    try:
+        with path.open("ab"):
+            pass
+    except OSError as exc:
+        raise PgWardenError(
+            f"cannot write the report to {str(path)!r}: {exc.strerror or exc}"
+        ) from None
+    if not existed:
+        path.unlink(missing_ok=True)
 
 
 def render(report: Report, fmt: str) -> str:

@@ -116,19 +116,33 @@ def describe(selection: EventFilter) -> tuple[str, ...]:
 
 
 def select_events(
-    directory: Path, selection: EventFilter, *, history: set[str] | None = None
+    directory: Path,
+    selection: EventFilter,
+    *,
+    history: set[str] | None = None,
+    progress_desc: str = "",
+    streams_to_stdout: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """The events of the trail that the selection keeps, in trail order.
 
     With ``history``, the trail is read from its very beginning and the fingerprints of query
     events before ``selection.since`` are added to that set (all users, all databases: a shape
     is "new" when nobody ran it before). Without it, files wholly before the window are skipped.
+    With ``progress_desc``, a terminal shows a bar of the records read (:mod:`.progress`).
     """
     matches = selection.matches
-    if history is not None and selection.since is not None:
-        events = split_history(iter_events(directory), selection.since, history)
+    whole = history is not None and selection.since is not None
+    read = iter_events(directory, since=None if whole else selection.since, until=selection.until)
+    if progress_desc:
+        from proxy.review.progress import estimate_records, progress
+
+        total = estimate_records(directory, None if whole else selection.since)
+        read = progress(read, total=total, desc=progress_desc, streams_to_stdout=streams_to_stdout)
+    if whole:
+        assert history is not None and selection.since is not None
+        events: Iterator[dict[str, Any]] = split_history(read, selection.since, history)
     else:
-        events = iter_events(directory, since=selection.since, until=selection.until)
+        events = read
     for event in events:
         if matches(event):
             yield event
@@ -167,7 +181,12 @@ def store_target(args: argparse.Namespace) -> tuple[str, str] | None:
 
 
 def open_events(
-    args: argparse.Namespace, selection: EventFilter, *, history: set[str] | None = None
+    args: argparse.Namespace,
+    selection: EventFilter,
+    *,
+    history: set[str] | None = None,
+    progress_desc: str = "",
+    streams_to_stdout: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """The selected events from the directory or, with ``--store``, from the central store.
 
@@ -176,7 +195,13 @@ def open_events(
     """
     target = store_target(args)
     if target is None:
-        return select_events(audit_dir(args), selection, history=history)
+        return select_events(
+            audit_dir(args),
+            selection,
+            history=history,
+            progress_desc=progress_desc,
+            streams_to_stdout=streams_to_stdout,
+        )
     from proxy.store.query import iter_store_events
 
     dsn, schema = target
@@ -185,4 +210,11 @@ def open_events(
         history.update(
             seen_fingerprints(iter_store_events(dsn, earlier, schema=schema), selection.since)
         )
-    return iter_store_events(dsn, selection, schema=schema)
+    events = iter_store_events(dsn, selection, schema=schema)
+    if progress_desc:
+        from proxy.review.progress import progress
+
+        events = progress(
+            events, total=None, desc=progress_desc, streams_to_stdout=streams_to_stdout
+        )
+    return events
