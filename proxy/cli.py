@@ -25,6 +25,7 @@ COMMANDS = {
     "verify": "proxy.commands.verify",
     "alerts": "proxy.commands.alerts",
     "approvals": "proxy.commands.approvals",
+    "users": "proxy.commands.users",
 }
 COMMAND_MODULES = tuple(COMMANDS.values())
 

@@ -79,6 +79,17 @@ class BackendProtocolError(ProtocolError):
     """The upstream server sent something invalid."""
 
 
+class AuthenticationError(PgWardenError):
+    """A login is refused: send FATAL with ``sqlstate``, ``str(self)`` and ``detail``.
+
+    The default is PostgreSQL's answer to a wrong password (28P01)."""
+
+    def __init__(self, message: str, sqlstate: str = "28P01", detail: str = "") -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.detail = detail
+
+
 class UpstreamError(PgWardenError):
     """The upstream PostgreSQL server cannot be reached or failed."""
 
