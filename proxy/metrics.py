@@ -39,6 +39,8 @@ class TrailLike(Protocol):
 
     def add_listener(self, fn: Callable[[list[dict[str, Any]]], None]) -> None: ...
 
+    def submit(self, event: dict[str, Any]) -> None: ...
+
 
 class ShipperLike(Protocol):
     @property

@@ -142,7 +142,9 @@ def test_health_readiness_and_metrics_are_open_everything_else_needs_the_token(
                 assert r.status == 200
         messages = [r.getMessage() for r in caplog.records]
         assert len(messages) == 6
-        assert "refused GET /sessions from 127.0.0.1: missing Authorization header" in messages[0]
+        assert (
+            "auth_failed GET /sessions from 127.0.0.1: missing Authorization header" in messages[0]
+        )
         assert "wrong token" in messages[1]
         assert "not a Bearer token" in messages[2]
         assert not any(TOKEN in m or "wrong-token" in m for m in messages)
@@ -235,15 +237,22 @@ def test_readyz_warns_about_identity_conflicts_without_failing(tmp_path: Path) -
     asyncio.run(main())
 
 
-def test_without_a_token_only_loopback_is_allowed(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with (
-            admin(tmp_path, token=None) as (_server, client, base),
-            client.get(f"{base}/sessions") as r,
-        ):
-            assert r.status == 200
+def test_without_a_token_file_a_token_is_generated_and_kept(tmp_path: Path) -> None:
+    generated = tmp_path / "a" / "admin.token"
 
-    asyncio.run(main())
+    async def main() -> str:
+        async with admin(tmp_path, token=None) as (server, client, base):
+            assert server.token_path == str(generated)
+            async with client.get(f"{base}/sessions") as r:
+                assert r.status == 401  # no open admin API, even on loopback
+            token = generated.read_text().strip()
+            async with client.get(f"{base}/sessions", headers=auth(token)) as r:
+                assert r.status == 200
+        return token
+
+    first = asyncio.run(main())
+    assert len(first) >= 32 and oct(generated.stat().st_mode & 0o777) == "0o600"
+    assert asyncio.run(main()) == first  # the next start keeps it
     base = config.defaults().replace(audit__dir=str(tmp_path / "a"))
     trail = AuditTrail(base, "p")
     for listen in ("0.0.0.0:9187", "10.1.2.3:9187", ":9187"):

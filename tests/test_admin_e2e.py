@@ -22,7 +22,9 @@ pytestmark = pytest.mark.e2e
 
 
 def http(proxy: ProxyProcess, path: str, method: str = "GET") -> tuple[int, bytes]:
-    request = urllib.request.Request(proxy.admin_url(path), method=method)
+    request = urllib.request.Request(
+        proxy.admin_url(path), method=method, headers=proxy.admin_headers()
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, response.read()

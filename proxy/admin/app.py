@@ -1,9 +1,10 @@
 """The admin HTTP server (aiohttp).
 
-``GET /healthz``, ``GET /readyz`` and ``GET /metrics`` are open (liveness and readiness probes,
-Prometheus). ``/readyz`` answers 200 when the upstream answers, the audit trail writes and
-(when configured) the store accepts batches, else 503; its JSON body names each check.
-Everything else needs ``Authorization: Bearer <token>`` when ``admin.token_file`` is set:
+``GET /healthz``, ``GET /readyz`` and ``GET /metrics`` need no token (liveness and readiness
+probes, Prometheus). ``/readyz`` answers 200 when the upstream answers, the audit trail writes
+and (when configured) the store accepts batches, else 503; its JSON body names each check.
+Everything else needs ``Authorization: Bearer <token>`` (see :mod:`proxy.admin.auth`: a token
+is generated at the first start when ``admin.token_file`` is not set):
 
 * ``GET /sessions`` — the live client sessions;
 * ``POST /sessions/{id}/cancel`` and ``POST /sessions/{id}/terminate``;
@@ -11,6 +12,11 @@ Everything else needs ``Authorization: Bearer <token>`` when ``admin.token_file`
 
 ``/approvals…`` authenticates per person (see :mod:`proxy.admin.approvals`), and ``/console…``
 is the web console with its own login (see :mod:`proxy.console.app`).
+
+Before any of that, every request but the two probes must name the listener in ``Host`` and
+carry no foreign ``Origin`` (:mod:`proxy.admin.origin`); failed authentication is rate-limited
+per client address; and every state-changing call and every read of statement text is an
+``admin`` event in the audit trail, with the caller.
 """
 
 from __future__ import annotations
@@ -18,13 +24,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.admin import approvals
-from proxy.admin.auth import bearer_ok, load_token
+from proxy.admin.auth import FailureLimiter, bearer_ok, resolve_token
+from proxy.admin.origin import allowed_hosts, refusal
 from proxy.approvals.people import People, load_people
 from proxy.config import parse_listen
 from proxy.errors import ConfigError, SourceProblem
@@ -36,6 +44,8 @@ log = logging.getLogger("pgwarden.admin")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Probes answer whatever name they were sent to (load balancers, kubelets use addresses).
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 # Paths that authenticate each person themselves (personal tokens, console login).
 SELF_AUTH_PREFIXES = (approvals.PREFIX, "/console")
 
@@ -79,13 +89,20 @@ class AdminServer:
         self.host = ""
         self.port = 0
         self.token: str | None = None
+        self.token_path = ""
+        self._token_generated = False
+        self._allowed: frozenset[str] | None = frozenset()
+        self._failures = FailureLimiter()
+        self._refusals = FailureLimiter()  # bounds the audit events of refused requests
         if self.enabled:
             try:
                 endpoint = parse_listen(listen)
             except ValueError as exc:
                 raise ConfigError([SourceProblem("", 0, 0, str(exc), "admin.listen")]) from None
             self.host, self.port = endpoint.host, endpoint.port
-            self.token = load_token(str(cfg["admin.token_file"]), self.host)
+            source = resolve_token(str(cfg["admin.token_file"]), self.host, str(cfg["audit.dir"]))
+            self.token, self.token_path = source.token, source.path
+            self._token_generated = source.generated
         people_file = str(cfg["approvals.approvers_file"])
         self.people = load_people(people_file) if people_file else People()
         self.approvals = approvals.ApprovalsApi(state.approvals, self.people, self.token)
@@ -102,7 +119,7 @@ class AdminServer:
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._auth])
+        app = web.Application(middlewares=[self._guard, self._auth])
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics_page)
         app.router.add_get("/readyz", self.readyz)
@@ -131,8 +148,12 @@ class AdminServer:
         self._runner = runner
         address = runner.addresses[0]
         self.port = int(address[1])
-        log.info("admin API listening on %s:%d%s", self.host, self.port,
-                 "" if self.token else " (no token: loopback only)")  # fmt: skip
+        self._allowed = allowed_hosts(self.host, self.port)
+        if self._token_generated:
+            log.warning("admin API: generated a token in %s (mode 0600); send it as "
+                        "'Authorization: Bearer <token>'", self.token_path)  # fmt: skip
+        log.info("admin API listening on %s:%d (token in %s)", self.host, self.port,
+                 self.token_path)  # fmt: skip
 
     async def aclose(self) -> None:
         runner, self._runner = self._runner, None
@@ -142,6 +163,18 @@ class AdminServer:
     # --- middleware --------------------------------------------------------------------
 
     @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in PROBE_PATHS:
+            return await handler(request)
+        reason = refusal(request.headers.get("Host"), request.headers.get("Origin"), self._allowed)
+        if not reason and request.headers.get("Sec-Fetch-Site") == "cross-site":
+            reason = "cross-site request (Sec-Fetch-Site)"
+        if reason:
+            self._refused(request, "refused", reason)
+            return web.json_response({"error": "forbidden", "reason": reason}, status=403)
+        return await handler(request)
+
+    @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if (
             self.token is None
@@ -149,21 +182,50 @@ class AdminServer:
             or request.path.startswith(SELF_AUTH_PREFIXES)
         ):
             return await handler(request)
+        address = request.remote or ""
+        wait = self._failures.blocked(address)
+        if wait:
+            self._refused(request, "rate_limited", "too many failed authentications")
+            return web.json_response(
+                {"error": "too many failed authentications"},
+                status=429,
+                headers={"Retry-After": str(int(wait) + 1)},
+            )
         ok, reason = bearer_ok(request.headers.get("Authorization"), self.token)
         if not ok:
-            log.warning(
-                "admin API: refused %s %s from %s: %s",
-                request.method,
-                request.path,
-                request.remote,
-                reason,
-            )
+            self._failures.failed(address)
+            self._refused(request, "auth_failed", reason)
             return web.json_response(
                 {"error": "unauthorized"},
                 status=401,
                 headers={"WWW-Authenticate": 'Bearer realm="pgwarden"'},
             )
         return await handler(request)
+
+    # --- the audit trail -----------------------------------------------------------------
+
+    def _audit(self, request: web.Request, action: str, **fields: Any) -> None:
+        """An ``admin`` event: who (address, user agent; the token holder) did what."""
+        event: dict[str, Any] = {
+            "v": 1,
+            "type": "admin",
+            "proxy_id": self.state.proxy_id,
+            "ts": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "action": action,
+            "method": request.method,
+            "path": request.path,
+            "client_addr": request.remote,
+            "user_agent": request.headers.get("User-Agent"),
+            **fields,
+        }
+        self.trail.submit(event)
+
+    def _refused(self, request: web.Request, action: str, reason: str) -> None:
+        log.warning("admin API: %s %s %s from %s: %s", action, request.method, request.path,
+                    request.remote, reason)  # fmt: skip
+        # At most a few events per address and minute: a scan must not fill the disk.
+        if self._refusals.failed(request.remote or "") <= self._refusals.limit:
+            self._audit(request, action, caller=None, reason=reason)
 
     # --- handlers ----------------------------------------------------------------------
 
@@ -198,25 +260,37 @@ class AdminServer:
         now = time.time()
         items = [session_json(s, now) for s in list(self.state.sessions.values())]
         items.sort(key=lambda item: (item["started_at"], item["session_id"]))
+        # A read of statement text: recorded, with the sessions whose statements were shown.
+        shown = [item["session_id"] for item in items if item["current_statement"]]
+        self._audit(request, "sessions", caller="admin-token", sessions=len(items),
+                    statements_of=shown)  # fmt: skip
         return web.json_response(items)
 
-    def _session(self, request: web.Request) -> SessionView:
-        session = self.state.sessions.get(request.match_info["id"])
+    def _session(self, request: web.Request, action: str) -> SessionView:
+        target = request.match_info["id"]
+        session = self.state.sessions.get(target)
         if session is None:
+            self._audit(request, action, caller="admin-token", target_session=target,
+                        result="no such session")  # fmt: skip
             raise web.HTTPNotFound(
                 text='{"error": "no such session"}', content_type="application/json"
             )
         return session
 
     async def cancel(self, request: web.Request) -> web.Response:
-        session = self._session(request)
+        session = self._session(request, "cancel")
         cancelled = await session.cancel()
+        self._audit(request, "cancel", caller="admin-token", target_session=session.session_id,
+                    target_user=session.identity.user,
+                    result="sent" if cancelled else "nothing running")  # fmt: skip
         log.info("admin API: cancel of session %s from %s: %s", session.session_id,
                  request.remote, "sent" if cancelled else "nothing running")  # fmt: skip
         return web.json_response({"session_id": session.session_id, "cancelled": cancelled})
 
     async def terminate(self, request: web.Request) -> web.Response:
-        session = self._session(request)
+        session = self._session(request, "terminate")
+        self._audit(request, "terminate", caller="admin-token", target_session=session.session_id,
+                    target_user=session.identity.user, result="terminated")  # fmt: skip
         session.terminate(f"terminated by administrator (admin API, {request.remote})")
         log.info("admin API: terminated session %s from %s", session.session_id, request.remote)
         return web.json_response({"session_id": session.session_id, "terminated": True})
@@ -227,6 +301,8 @@ class AdminServer:
             return web.json_response({"ok": False, "errors": ["reload is not available"]},
                                      status=503)  # fmt: skip
         result = await reload()
+        self._audit(request, "reload", caller="admin-token",
+                    result="ok" if result.ok else "failed", errors=len(result.errors))  # fmt: skip
         body = {
             "ok": result.ok,
             "errors": list(result.errors),

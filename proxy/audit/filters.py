@@ -28,6 +28,7 @@ EVENT_TYPES = (
     "auth_failure",
     "alert",
     "pruned",
+    "admin",
     "review_requested",
     "review_decided",
     "review_expired",

@@ -58,7 +58,10 @@ def _admin_sessions_during(proxy: ProxyProcess, sql: str) -> str:
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not done.is_set():
-            with urllib.request.urlopen(proxy.admin_url("/sessions"), timeout=5) as response:
+            request = urllib.request.Request(
+                proxy.admin_url("/sessions"), headers=proxy.admin_headers()
+            )
+            with urllib.request.urlopen(request, timeout=5) as response:
                 body = response.read().decode()
             if "pg_sleep" in body:
                 seen = body

@@ -252,6 +252,12 @@ class ProxyProcess:
     def admin_url(self, path: str = "/") -> str:
         return f"http://{self.host}:{self.admin_port}{path}"
 
+    def admin_headers(self) -> dict[str, str]:
+        """The Authorization header for the token the proxy generated in its audit directory
+        (a test that passes --admin-token-file uses its own)."""
+        token = (self.audit_dir / "admin.token").read_text().strip()
+        return {"Authorization": f"Bearer {token}"}
+
     # --- audit ---------------------------------------------------------------------------
 
     def events(self, type: str | None = None) -> list[Event]:
