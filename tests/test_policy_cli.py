@@ -26,7 +26,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 def test_check_ok(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "policy", "check", str(DEFAULT))
-    assert (code, out, err) == (0, "ok: 9 rules in 1 files\n", "")
+    assert (code, out, err) == (0, "ok: 10 rules in 1 files\n", "")
 
 
 def test_check_reports_every_problem_and_exits_1(
@@ -56,9 +56,9 @@ def test_test_human_output_explains_the_decision(capsys: pytest.CaptureFixture[s
     )
     assert code == 0
     assert out.startswith("decision: BLOCK\n")
-    assert "no-unbounded-writes  [high]  " + f"{DEFAULT}:19" in out
+    assert "no-unbounded-writes  [high]  " + f"{DEFAULT}:21" in out
     assert "why: commands: command DELETE matches 'UPDATE', 'DELETE' (inside SELECT)" in out
-    assert "missing_where: an UPDATE/DELETE has no WHERE clause or a trivially true one" in out
+    assert "missing_where: a write has no condition that limits its rows" in out
 
 
 def test_test_json_output(capsys: pytest.CaptureFixture[str]) -> None:
@@ -79,9 +79,9 @@ def test_test_json_output(capsys: pytest.CaptureFixture[str]) -> None:
     assert [(r["id"], r["action"], r["statement"]) for r in doc["rules"]] == [
         ("flag-truncate-drop", "flag", 2)
     ]
-    assert doc["rules"][0]["source"] == f"{DEFAULT}:68"
+    assert doc["rules"][0]["source"] == f"{DEFAULT}:79"
     assert doc["exempted"] == [
-        {"id": "no-server-file-functions", "source": f"{DEFAULT}:30", "statement": 1}
+        {"id": "no-server-file-functions", "source": f"{DEFAULT}:32", "statement": 1}
     ]
     statements = doc["facts"]["statements"]
     assert [s["command"] for s in statements] == ["SELECT", "TRUNCATE TABLE"]

@@ -310,8 +310,8 @@ class StatementFlag(Condition):
 
 _FLAG_WORDS = {
     "missing_where": (
-        "an UPDATE/DELETE has no WHERE clause or a trivially true one",
-        "every UPDATE/DELETE has a real WHERE clause",
+        "a write has no condition that limits its rows",
+        "every write has a condition that limits its rows",
     ),
     "opaque": ("contains dynamic SQL that cannot be analysed", "no dynamic SQL"),
     "role_change": ("changes the current role", "does not change the current role"),

@@ -116,9 +116,16 @@ class ShapeEvidence:
     constants: frozenset[int]
 
 
-def analyze(text: str, settings: ParserSettings = _DEFAULT_SETTINGS) -> QueryFacts:
-    """Facts about every statement in ``text``. Never raises."""
-    return _analyze(text, settings, None)
+def analyze(
+    text: str,
+    settings: ParserSettings = _DEFAULT_SETTINGS,
+    params: Mapping[int, Any] | None = None,
+) -> QueryFacts:
+    """Facts about every statement in ``text``. Never raises.
+
+    ``params`` maps ``$n`` to the value the server will use (see :mod:`proxy.sql.params`);
+    without it parameter-dependent facts are judged strictly and marked ``param_sensitive``."""
+    return _analyze(text, settings, None, params)
 
 
 def analyze_with_evidence(
@@ -127,12 +134,35 @@ def analyze_with_evidence(
     """:func:`analyze`, plus the statement spans and constant positions when the text parsed
     and no fact depends on a literal's value (otherwise None)."""
     out: list[ShapeEvidence] = []
-    facts = _analyze(text, settings, out)
+    facts = _analyze(text, settings, out, None)
     return facts, (out[0] if out else None)
 
 
+class _Run:
+    """What one analysis learns beyond the statements' facts."""
+
+    __slots__ = ("literal_sensitive", "params", "unparsable")
+
+    def __init__(self, params: Mapping[int, Any] | None) -> None:
+        self.params = params
+        self.literal_sensitive = False
+        self.unparsable: str | None = None
+
+    def collector(self) -> Collector:
+        return Collector(self.params)
+
+    def absorb(self, collector: Collector) -> None:
+        # parameter-dependent facts stay out of the shape level too (it would drop the flag)
+        self.literal_sensitive |= collector.literal_sensitive or collector.param_sensitive
+        if collector.unparsable is not None and self.unparsable is None:
+            self.unparsable = collector.unparsable
+
+
 def _analyze(
-    text: str, settings: ParserSettings, evidence: list[ShapeEvidence] | None
+    text: str,
+    settings: ParserSettings,
+    evidence: list[ShapeEvidence] | None,
+    params: Mapping[int, Any] | None,
 ) -> QueryFacts:
     if not settings.standard_conforming_strings:
         return QueryFacts(
@@ -158,9 +188,11 @@ def _analyze(
         return QueryFacts(text, (), unparsable_reason=f"cannot analyse: {type(exc).__name__}")
     try:
         encoded = None if text.isascii() else text.encode("utf-8")
-        sensitive: list[bool] = []
-        statements = tuple(_statement(raw, text, encoded, sensitive) for raw in raw_statements)
-        literal_sensitive = any(sensitive)
+        run = _Run(params)
+        statements = tuple(_statement(raw, text, encoded, run) for raw in raw_statements)
+        literal_sensitive = run.literal_sensitive
+        if run.unparsable is not None:
+            return QueryFacts(text, (), unparsable_reason=run.unparsable)
         if evidence is not None and not literal_sensitive:
             evidence.append(_evidence(raw_statements, data, encoded))
     except RecursionError:
@@ -219,20 +251,18 @@ def _slice(raw: dict[str, Any], text: str, encoded: bytes | None) -> str:
     return piece.strip()
 
 
-def _statement(
-    raw: dict[str, Any], text: str, encoded: bytes | None, sensitive: list[bool]
-) -> StatementFacts:
+def _statement(raw: dict[str, Any], text: str, encoded: bytes | None, run: _Run) -> StatementFacts:
     stmt_text = _slice(raw, text, encoded)
     found = unwrap(raw.get("stmt"))
     if found is None:
         raise ValueError("statement without a node")
     kind, body = found
-    collector = Collector()
+    collector = run.collector()
     command = collector.statement(kind, body)
     facts = _facts(collector, stmt_text, command, statement_class(kind, body))
-    sensitive.append(collector.literal_sensitive)
+    run.absorb(collector)
     if collector.prepared_kind is not None:
-        facts = _with_prepared_body(facts, collector.prepared_kind, sensitive)
+        facts = _with_prepared_body(facts, collector.prepared_kind, run)
     return facts
 
 
@@ -264,16 +294,17 @@ def _facts(
         prepare_name=collector.prepare_name,
         execute_name=collector.execute_name,
         notes=tuple(collector.notes),
+        param_sensitive=collector.param_sensitive,
     )
 
 
 def _with_prepared_body(
-    facts: StatementFacts, prepared: tuple[str, dict[str, Any]], sensitive: list[bool]
+    facts: StatementFacts, prepared: tuple[str, dict[str, Any]], run: _Run
 ) -> StatementFacts:
     kind, body = prepared
-    inner = Collector()
+    inner = run.collector()
     command = inner.statement(kind, body)
-    sensitive.append(inner.literal_sensitive)
+    run.absorb(inner)
     body_facts = _facts(inner, facts.text, command, statement_class(kind, body), facts.fingerprint)
     return _replace(facts, body=body_facts)
 
@@ -301,6 +332,10 @@ def resolve_execute(stmt: StatementFacts, prepared: Mapping[str, StatementFacts]
     body = prepared.get(name)
     if body is None:
         return stmt
+    if body.param_sensitive:  # EXECUTE's arguments are facts too (PREPARE p(bool) … WHERE $1)
+        from proxy.sql.params import bind_prepared_body, execute_arguments
+
+        body = bind_prepared_body(body, execute_arguments(stmt))
     relations = dict.fromkeys((*stmt.relations, *body.relations))
     own_notes = tuple(n for n in stmt.notes if not n.startswith(f"EXECUTE {name}:"))
     return _replace(

@@ -41,9 +41,7 @@ class StatementFacts:
     classes: frozenset[StatementClass]  # statement_class plus the classes of hidden commands
     relations: tuple[Relation, ...]
     functions: frozenset[str]  # called functions, lower-cased, schema-qualified when written so
-    missing_where: (
-        bool  # UPDATE/DELETE (anywhere inside) without WHERE or with a trivially true one
-    )
+    missing_where: bool  # a write (anywhere inside) without a condition that limits its rows
     copy: CopyKind | None
     role_change: bool  # SET ROLE, SET SESSION AUTHORIZATION, set_config('role', …), RESET ROLE
     opaque: bool  # dynamic SQL that cannot be analysed statically
@@ -53,6 +51,9 @@ class StatementFacts:
     notes: tuple[str, ...] = field(default=())  # human-readable explanations for `policy test`
     # For a SQL-level PREPARE: the facts of the stored body (what EXECUTE will run).
     body: StatementFacts | None = None
+    # Some fact depends on a $n parameter's value (WHERE $1, nextval($1), set_config($1, …)):
+    # judged strictly without values; proxy.sql.params re-judges with the bound ones.
+    param_sensitive: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,14 @@ class QueryFacts:
     @property
     def parsable(self) -> bool:
         return self.parse_error is None and self.unparsable_reason is None
+
+    @property
+    def param_sensitive(self) -> bool:
+        """Facts of some statement (or PREPARE body) depend on parameter values."""
+        return any(
+            s.param_sensitive or (s.body is not None and s.body.param_sensitive)
+            for s in self.statements
+        )
 
     @property
     def multi_statement(self) -> bool:

@@ -1,11 +1,38 @@
-"""Constant folding of WHERE clauses, just enough to spot trivially true conditions.
+"""Does a WHERE (or MERGE join) condition limit the rows of its target? See docs/policies.md.
 
-Works on libpg_query's JSON parse tree. Three-valued logic as in SQL; anything that depends on
-data, parameters, collations or functions is UNKNOWN, so a real condition is never folded away.
+**Definition.** A condition *limits the rows* when it references a column of the target row
+in a way that can be false (or null) for some row. Everything else is *row-independent*: its
+value is the same for every target row, so if it can be true it selects every row — whether it
+is ``true``, ``now() > '2000-01-01'``, ``(SELECT true)``, ``EXISTS (SELECT 1)``, a parameter, a
+condition on another FROM item only, or a volatile call like ``random() < 2``. A row-independent
+condition that folds to false or null touches no row and so limits (to nothing).
+
+A condition that mentions the target can still be true for every row: comparisons of an
+expression with itself (``id = orders.id``, ``lower(x) >= lower(x)``) are folded to true (they
+are false only where the expression is null), and boolean combinations of comparisons are
+checked by enumerating their truth table (``id > 0 OR id <= 0 OR id IS NULL``). That check
+is sound (it never calls a real filter a tautology) but not complete: data-dependent and
+function-wrapped tautologies exist without end, which is what a runtime row limit is for.
+
+**Target columns.** A column reference is the target's when it is qualified by the target's
+name (or its alias, when it has one), or unqualified while the statement has no other FROM
+item (``UPDATE … FROM``, ``DELETE … USING``, MERGE's source). Inside a subquery, an unqualified
+name refers to the subquery's own FROM items when it has any, and a qualifier is the target's
+only when no FROM item of the subquery takes that name. So with other FROM items in scope,
+target columns must be qualified to count.
+
+Evaluation is abstract: each sub-expression is a concrete constant, ``NULL``, ``LIT`` (some
+literal, value not looked at — for the shape cache), ``RI`` (row-independent, value unknown) or
+``ROW`` (depends on the target row); a condition's truth is the *set* of outcomes it can have
+(``T``, ``F``, ``N``, ``RI``, ``ROW``), so a result that depends on a literal's (or a
+parameter's) value shows as a set mixing limiting and non-limiting outcomes.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 
@@ -20,34 +47,62 @@ class _Marker:
 
 
 NULL: Final = _Marker("NULL")
-UNKNOWN: Final = _Marker("UNKNOWN")
-# "Some literal, value not looked at": the symbolic evaluation of depends_on_literals() gives
-# every constant this value, so a result other than LITERAL holds for all literal values.
-LITERAL: Final = _Marker("LITERAL")
+LIT: Final = _Marker("LIT")  # a literal whose value is not looked at
+RI: Final = _Marker("RI")  # row-independent, value unknown
+ROW: Final = _Marker("ROW")  # depends on the target row
+
+# Outcomes of a condition for one row (or for all rows, for RI): true, false, null, unknown but
+# the same for every row, depends on the row.
+T: Final = "T"
+F: Final = "F"
+N: Final = "N"
+_LIMITING = frozenset({F, N, "ROW"})
+_ROW_OUT = "ROW"
+_RI_OUT = "RI"
+Truth = frozenset[str]
 
 _BOOL_TYPES = frozenset({"bool", "boolean"})
 _INT_TYPES = frozenset({"int2", "int4", "int8", "smallint", "integer", "bigint", "int"})
 _NUM_TYPES = frozenset({"numeric", "decimal", "float4", "float8", "real"})
-_TEXT_TYPES = frozenset({"text", "varchar", "bpchar", "char", "name"})
 _COMPARISONS = frozenset({"=", "<>", "!=", "<", "<=", ">", ">="})
+_SELF_TRUE = frozenset({"=", "<=", ">="})
+# Negatable row-dependent predicates: (kind, operator) -> (atom kind, negated)
+_NEGATABLE: dict[tuple[str, str], tuple[str, bool]] = {
+    ("AEXPR_BETWEEN", "BETWEEN"): ("between", False),
+    ("AEXPR_NOT_BETWEEN", "NOT BETWEEN"): ("between", True),
+    ("AEXPR_BETWEEN_SYM", "BETWEEN SYMMETRIC"): ("between_sym", False),
+    ("AEXPR_NOT_BETWEEN_SYM", "NOT BETWEEN SYMMETRIC"): ("between_sym", True),
+    ("AEXPR_IN", "="): ("in", False),
+    ("AEXPR_IN", "<>"): ("in", True),
+    ("AEXPR_LIKE", "~~"): ("like", False),
+    ("AEXPR_LIKE", "!~~"): ("like", True),
+    ("AEXPR_ILIKE", "~~*"): ("ilike", False),
+    ("AEXPR_ILIKE", "!~~*"): ("ilike", True),
+    ("AEXPR_SIMILAR", "~"): ("similar", False),
+    ("AEXPR_SIMILAR", "!~"): ("similar", True),
+    ("AEXPR_OP", "~"): ("regex", False),
+    ("AEXPR_OP", "!~"): ("regex", True),
+    ("AEXPR_OP", "~*"): ("iregex", False),
+    ("AEXPR_OP", "!~*"): ("iregex", True),
+}
+_MAX_ASSIGNMENTS = 4096
+_NULL_CONST = (("A_Const", (("isnull", True),)),)
 
 
-def is_trivially_true(where: Any) -> bool:
-    """True when the WHERE clause (JSON node, or None for no WHERE) selects every row."""
-    if where is None:
-        return True
-    return _truth(where, False) is True
+@dataclass(frozen=True, slots=True)
+class Target:
+    """How column references name the target row: qualifiers that are the target (its alias if
+    it has one, else its name), and whether unqualified names are the target's."""
 
+    qualifiers: frozenset[str]
+    unqualified: bool
 
-def depends_on_literals(where: Any) -> bool:
-    """True when some choice of the literals' values could change :func:`is_trivially_true`.
-
-    Evaluates with every constant replaced by LITERAL. Each rule yields a value other than
-    LITERAL only when that value is forced whatever the literals are (UNKNOWN absorbs a
-    comparison, a TRUE absorbs OR, a FALSE absorbs AND...), so a non-LITERAL result is the
-    same for every text that differs only in its literals.
-    """
-    return where is not None and _truth(where, True) is LITERAL
+    @classmethod
+    def of(cls, relation: Any, other_from_items: bool) -> Target:
+        rv = relation if isinstance(relation, dict) else {}
+        alias = (rv.get("alias") or {}).get("aliasname")
+        name = alias if alias else rv.get("relname")
+        return cls(frozenset({str(name)}) if name else frozenset(), not other_from_items)
 
 
 def parse_bool(text: str) -> bool | None:
@@ -62,46 +117,583 @@ def parse_bool(text: str) -> bool | None:
     return None
 
 
-def _truth(node: Any, sym: bool) -> Any:
-    """Value of a node in boolean context: True, False, NULL or UNKNOWN (or LITERAL)."""
-    value = _value(node, sym)
-    if value is True or value is False or value is NULL or value is LITERAL:
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """``limits``: the condition limits the rows for the values used. ``literal_sensitive``:
+    another choice of literal values could change that; ``param_sensitive``: so could the
+    values of ``$n`` parameters (judged as unknown row-independent values when unbound)."""
+
+    limits: bool
+    literal_sensitive: bool
+    param_sensitive: bool
+
+
+def judge(condition: Any, target: Target, params: Mapping[int, Any] | None = None) -> Judgement:
+    """Judge a WHERE/ON condition (JSON node; None = no condition: never limits)."""
+    if condition is None:
+        return Judgement(False, False, False)
+    ev = _Evaluator(target, params, False, False)
+    limits = _limits(ev, condition)
+    literal = _mixed(_Evaluator(target, params, True, False), condition)
+    if not literal and _ROW_OUT in ev.truth(condition) and _may_be_tautology(condition):
+        # the truth table's atoms are keyed by their literals (id > 0 OR id <= 0 ...)
+        literal = _has_literal(condition)
+    param = params is None and _mixed(_Evaluator(target, None, False, True), condition)
+    return Judgement(limits, literal, param)
+
+
+def constant_value(node: Any) -> Any:
+    """The value of a constant expression (a literal, a cast literal, a folded comparison):
+    bool, int, float or str, None for NULL, :data:`RI` when it is not a known constant."""
+    value = _Evaluator(Target(frozenset(), False), None, False, False).value(node)
+    if value is NULL:
+        return None
+    return value if isinstance(value, (bool, int, float, str)) else RI
+
+
+def limits_rows(condition: Any, target: Target, params: Mapping[int, Any] | None = None) -> bool:
+    return condition is not None and _limits(_Evaluator(target, params, False, False), condition)
+
+
+def _limits(ev: _Evaluator, condition: Any) -> bool:
+    outcomes = ev.truth(condition)
+    if not outcomes <= _LIMITING:
+        return False
+    if _ROW_OUT in outcomes and _may_be_tautology(condition):
+        return not _tautology(ev, condition)
+    return True
+
+
+def _mixed(ev: _Evaluator, condition: Any) -> bool:
+    """True when the symbolic outcomes include both limiting and non-limiting ones."""
+    outcomes = ev.truth(condition)
+    return bool(outcomes & _LIMITING) and bool(outcomes - _LIMITING)
+
+
+def _may_be_tautology(node: Any) -> bool:
+    """Only OR and NOT (and IS [NOT] tests) can combine row-dependent parts into a tautology."""
+    if isinstance(node, dict):
+        boolexpr = node.get("BoolExpr")
+        if isinstance(boolexpr, dict) and boolexpr.get("boolop") in ("OR_EXPR", "NOT_EXPR"):
+            return True
+        if "BooleanTest" in node:
+            return True
+        return any(_may_be_tautology(v) for v in node.values() if isinstance(v, (dict, list)))
+    if isinstance(node, list):
+        return any(_may_be_tautology(v) for v in node)
+    return False
+
+
+# --- target references ---------------------------------------------------------------------
+
+
+def _field_names(fields: Any) -> list[str] | None:
+    out: list[str] = []
+    for item in fields or ():
+        s = item.get("String") if isinstance(item, dict) else None
+        if not isinstance(s, dict):
+            return None  # A_Star: t.* — a whole-row reference
+        out.append(str(s.get("sval", "")))
+    return out
+
+
+def _from_names(select: dict[str, Any]) -> tuple[set[str], bool]:
+    """Names the FROM items of a SELECT take, and whether it has any."""
+    names: set[str] = set()
+    items = select.get("fromClause") or []
+
+    def visit(node: Any) -> None:
+        if not isinstance(node, dict):
+            return
+        for kind, body in node.items():
+            if not isinstance(body, dict):
+                continue
+            alias = (body.get("alias") or {}).get("aliasname")
+            if kind == "RangeVar":
+                names.add(str(alias or body.get("relname", "")))
+            elif kind in ("RangeSubselect", "RangeFunction", "RangeTableFunc", "JoinExpr"):
+                if alias:
+                    names.add(str(alias))
+                if kind == "JoinExpr":
+                    visit(body.get("larg"))
+                    visit(body.get("rarg"))
+
+    for item in items:
+        visit(item)
+    return names, bool(items)
+
+
+def _mentions_target(node: Any, target: Target, shadow: frozenset[str], has_from: bool) -> bool:
+    if isinstance(node, list):
+        return any(_mentions_target(v, target, shadow, has_from) for v in node)
+    if not isinstance(node, dict):
+        return False
+    if len(node) == 1:
+        ((kind, body),) = node.items()
+        if kind == "ColumnRef" and isinstance(body, dict):
+            return _is_target_column(body, target, shadow, has_from)
+        if kind == "SelectStmt" and isinstance(body, dict):
+            names, has = _from_names(body)
+            inner = shadow | names
+            return any(
+                _mentions_target(v, target, inner, has_from or has)
+                for v in body.values()
+                if isinstance(v, (dict, list))
+            )
+        if kind in ("A_Const", "ParamRef"):
+            return False
+    return any(
+        _mentions_target(v, target, shadow, has_from)
+        for v in node.values()
+        if isinstance(v, (dict, list))
+    )
+
+
+def _is_target_column(
+    body: dict[str, Any], target: Target, shadow: frozenset[str], has_from: bool
+) -> bool:
+    fields = _field_names(body.get("fields"))
+    if fields is None:  # t.* or *: the whole row
+        raw = body.get("fields") or []
+        if len(raw) == 1:
+            return target.unqualified and not has_from
+        names = _field_names(raw[:-1]) or []
+        return bool(names) and names[-1] in target.qualifiers and names[-1] not in shadow
+    if len(fields) == 1:
+        return target.unqualified and not has_from
+    qualifier = fields[-2]
+    return qualifier in target.qualifiers and qualifier not in shadow
+
+
+def _canonical(node: Any, target: Target, mask_literals: bool = False) -> Any:
+    """A hashable form of an expression: locations dropped, target columns by name only
+    (with ``mask_literals``, every literal's value too)."""
+    if isinstance(node, list):
+        return tuple(_canonical(v, target, mask_literals) for v in node)
+    if not isinstance(node, dict):
+        return node
+    if len(node) == 1:
+        column = node.get("ColumnRef")
+        if isinstance(column, dict):
+            fields = _field_names(column.get("fields"))
+            if fields and _is_target_column(column, target, frozenset(), False):
+                return ("target-column", fields[-1])
+        const = node.get("A_Const")
+        if mask_literals and isinstance(const, dict) and _is_literal(const):
+            return ("literal",)
+    return tuple(
+        sorted(
+            (k, _canonical(v, target, mask_literals)) for k, v in node.items() if k != "location"
+        )
+    )
+
+
+def _is_literal(const: dict[str, Any]) -> bool:
+    """A constant token's value (TRUE/FALSE/NULL are keywords, fixed in the shape key)."""
+    return not const.get("isnull") and "boolval" not in const
+
+
+def _has_literal(node: Any) -> bool:
+    if isinstance(node, list):
+        return any(_has_literal(v) for v in node)
+    if not isinstance(node, dict):
+        return False
+    const = node.get("A_Const")
+    if len(node) == 1 and isinstance(const, dict):
+        return _is_literal(const)
+    return any(_has_literal(v) for v in node.values() if isinstance(v, (dict, list)))
+
+
+# --- evaluation ----------------------------------------------------------------------------
+
+
+Env = Callable[[Any, Any], Truth | None]
+
+
+class _Evaluator:
+    """Abstract evaluation of expressions (see the module docstring)."""
+
+    __slots__ = ("env", "params", "sym_literals", "sym_params", "target")
+
+    def __init__(
+        self,
+        target: Target,
+        params: Mapping[int, Any] | None,
+        sym_literals: bool,
+        sym_params: bool,
+        env: Env | None = None,
+    ) -> None:
+        self.target = target
+        self.params = params
+        self.sym_literals = sym_literals
+        self.sym_params = sym_params
+        self.env = env
+
+    def mentions(self, node: Any) -> bool:
+        return _mentions_target(node, self.target, frozenset(), False)
+
+    # value of an expression
+
+    def value(self, node: Any) -> Any:
+        if not isinstance(node, dict) or len(node) != 1:
+            return ROW if self.mentions(node) else RI
+        ((kind, body),) = node.items()
+        if not isinstance(body, dict):
+            return RI
+        match kind:
+            case "A_Const":
+                if body.get("isnull"):
+                    return NULL
+                if self.sym_literals and _is_literal(body):
+                    return LIT
+                return _const(body)
+            case "ParamRef":
+                return self._param(int(body.get("number", 0)))
+            case "TypeCast":
+                return _cast(self.value(body.get("arg")), body.get("typeName"))
+            case "ColumnRef":
+                return ROW if _is_target_column(body, self.target, frozenset(), False) else RI
+            case "BoolExpr" | "A_Expr" | "NullTest" | "BooleanTest":
+                return _truth_value(self.truth(node))
+            case "CurrentOfExpr":
+                return ROW
+        return ROW if self.mentions(node) else RI
+
+    def _param(self, number: int) -> Any:
+        if self.sym_params:
+            return LIT
+        if self.params is None or number not in self.params:
+            return RI
+        value = self.params[number]
+        return NULL if value is None else value
+
+    # truth of a condition
+
+    def truth(self, node: Any) -> Truth:
+        if self.env is not None:
+            found = self.env(node, self)
+            if found is not None:
+                return found
+        if isinstance(node, dict) and len(node) == 1:
+            ((kind, body),) = node.items()
+            if isinstance(body, dict):
+                match kind:
+                    case "BoolExpr":
+                        return self._bool_expr(body)
+                    case "A_Expr":
+                        return self._a_expr(body)
+                    case "NullTest":
+                        return self._null_test(body)
+                    case "BooleanTest":
+                        return _map(self.truth(body.get("arg")), _BOOLEAN_TESTS[_test(body)])
+        return _as_truth(self.value(node))
+
+    def _bool_expr(self, body: dict[str, Any]) -> Truth:
+        op = body.get("boolop")
+        args = [self.truth(a) for a in body.get("args") or ()]
+        if op == "NOT_EXPR":
+            return _map(args[0], _NOT) if len(args) == 1 else frozenset({_RI_OUT})
+        return _fold(op == "OR_EXPR", args)  # AND_EXPR is enum 0: omitted in JSON
+
+    def _null_test(self, body: dict[str, Any]) -> Truth:
+        value = self.value(body.get("arg"))
+        is_null = body.get("nulltesttype") == "IS_NULL"
+        if value is ROW:
+            return frozenset({_ROW_OUT})
+        if value is RI:
+            return frozenset({_RI_OUT})
+        if value is LIT:
+            return frozenset({T, F})
+        return frozenset({T if (value is NULL) == is_null else F})
+
+    def _a_expr(self, body: dict[str, Any]) -> Truth:
+        kind = body.get("kind", "AEXPR_OP")
+        op = _op_name(body)
+        lexpr, rexpr = body.get("lexpr"), body.get("rexpr")
+        if kind == "AEXPR_OP" and op in _COMPARISONS:
+            same = self._same(lexpr, rexpr)
+            if same is True:
+                return frozenset({T if op in _SELF_TRUE else F})
+            truth = _compare(op, self.value(lexpr), self.value(rexpr))
+            return truth | {T if op in _SELF_TRUE else F} if same is LIT else truth
+        if kind in ("AEXPR_DISTINCT", "AEXPR_NOT_DISTINCT"):
+            same = self._same(lexpr, rexpr)
+            truth = frozenset({T}) if same is True else self._not_distinct(lexpr, rexpr)
+            if same is LIT:
+                truth = truth | {T}
+            return _map(truth, _NOT) if kind == "AEXPR_DISTINCT" else truth
+        if kind == "AEXPR_IN" and op in ("=", "<>"):
+            items = (
+                rexpr["List"].get("items") if isinstance(rexpr, dict) and "List" in rexpr else rexpr
+            )
+            if isinstance(items, list):
+                left = self.value(lexpr)
+                # x IN (…) is an OR of equalities, x NOT IN (…) an AND of inequalities
+                return _fold(op == "=", [_compare(op, left, self.value(i)) for i in items])
+        return _as_truth(ROW if self.mentions(body) else RI)
+
+    def _same(self, lexpr: Any, rexpr: Any) -> Any:
+        """True: the two sides are one expression. LIT (symbolic literals): they are one
+        expression for some literal values only. False otherwise."""
+        target = self.target
+        if not self.sym_literals:
+            return _canonical(lexpr, target) == _canonical(rexpr, target)
+        if _canonical(lexpr, target, True) != _canonical(rexpr, target, True):
+            return False
+        return LIT if _has_literal(lexpr) else True
+
+    def _not_distinct(self, lexpr: Any, rexpr: Any) -> Truth:
+        left, right = self.value(lexpr), self.value(rexpr)
+        if left is ROW or right is ROW:
+            return frozenset({_ROW_OUT})
+        if left is RI or right is RI:
+            return frozenset({_RI_OUT})
+        if left is LIT or right is LIT:
+            return frozenset({T, F})
+        if left is NULL or right is NULL:
+            return frozenset({T if left is right else F})
+        same = _compare("=", left, right)
+        return same if same <= {T, F} else frozenset({_RI_OUT})
+
+
+# --- tautologies over row-dependent atoms --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Atom:
+    key: Any
+    negated: bool
+    columns: frozenset[Any]  # target columns whose null makes the atom null
+    null_test: bool  # x IS NULL on a target column: two-valued, tied to the column
+
+
+def _atom(node: Any, ev: _Evaluator) -> _Atom | None:
+    """The row-dependent predicate ``node`` is, if it is one the truth table can vary."""
+    if not isinstance(node, dict) or len(node) != 1:
+        return None
+    ((kind, body),) = node.items()
+    if not isinstance(body, dict) or kind in ("BoolExpr", "BooleanTest"):
+        return None
+    if not ev.mentions(node):
+        return None
+    target = ev.target
+    columns = frozenset(_target_columns(node, target))
+    if kind == "NullTest":
+        arg = _canonical(body.get("arg"), target)
+        negated = body.get("nulltesttype") != "IS_NULL"
+        if isinstance(arg, tuple) and arg[:1] == ("target-column",):
+            return _Atom(("null", arg), negated, frozenset({arg}), True)
+        return _Atom(("null", arg), negated, frozenset(), False)
+    if kind == "A_Expr":
+        op = _op_name(body) or ""
+        lhs, rhs = _canonical(body.get("lexpr"), target), _canonical(body.get("rexpr"), target)
+        akind = body.get("kind", "AEXPR_OP")
+        if akind in ("AEXPR_DISTINCT", "AEXPR_NOT_DISTINCT") and _NULL_CONST in (lhs, rhs):
+            # x IS [NOT] DISTINCT FROM NULL is x IS [NOT] NULL
+            arg = rhs if lhs == _NULL_CONST else lhs
+            negated = akind == "AEXPR_DISTINCT"
+            if isinstance(arg, tuple) and arg[:1] == ("target-column",):
+                return _Atom(("null", arg), negated, frozenset({arg}), True)
+            return _Atom(("null", arg), negated, frozenset(), False)
+        if akind in ("AEXPR_OP", "AEXPR_DISTINCT", "AEXPR_NOT_DISTINCT") and lhs == rhs:
+            return None  # a comparison with itself: the evaluator folds it
+        if akind == "AEXPR_OP" and op in _COMPARISONS:
+            base, negated, swap = _normal_comparison(op, lhs, rhs)
+            a, b = (rhs, lhs) if swap else (lhs, rhs)
+            return _Atom(("cmp", base, a, b), negated, columns, False)
+        negatable = _NEGATABLE.get((str(akind), op))
+        if negatable is not None:
+            return _Atom((negatable[0], lhs, rhs), negatable[1], columns, False)
+    return _Atom(("expr", _canonical(node, target)), False, columns, False)
+
+
+def _normal_comparison(op: str, lhs: Any, rhs: Any) -> tuple[str, bool, bool]:
+    """(base operator in =, <, <=; negated; operands swapped) for ``lhs op rhs``."""
+    ordered = repr(lhs) <= repr(rhs)
+    match op:
+        case "=":
+            return "=", False, not ordered
+        case "<>" | "!=":
+            return "=", True, not ordered
+        case "<":
+            return ("<", False, False) if ordered else ("<=", True, True)
+        case "<=":
+            return ("<=", False, False) if ordered else ("<", True, True)
+        case ">":
+            return ("<=", True, False) if ordered else ("<", False, True)
+        case _:  # ">="
+            return ("<", True, False) if ordered else ("<=", False, True)
+
+
+def _target_columns(node: Any, target: Target) -> Iterator[Any]:
+    if isinstance(node, list):
+        for v in node:
+            yield from _target_columns(v, target)
+    elif isinstance(node, dict):
+        column = node.get("ColumnRef")
+        if len(node) == 1 and isinstance(column, dict):
+            canonical = _canonical(node, target)
+            if isinstance(canonical, tuple) and canonical[:1] == ("target-column",):
+                yield canonical
+            return
+        if len(node) == 1 and "SelectStmt" in node:
+            return  # a subquery's own columns never null the outer atom
+        for v in node.values():
+            if isinstance(v, (dict, list)):
+                yield from _target_columns(v, target)
+
+
+def _tautology(ev: _Evaluator, condition: Any) -> bool:
+    """True when every assignment of the row-dependent atoms makes ``condition`` select the
+    row (or a row-independent unknown)."""
+    found: dict[int, _Atom | None] = {}  # by node identity: the tree is not changed meanwhile
+
+    def collect(node: Any, inner: _Evaluator) -> Truth | None:
+        atom = found.get(id(node), _UNSEEN)
+        if atom is _UNSEEN:
+            atom = found[id(node)] = _atom(node, inner)
+        return None if atom is None else frozenset({_ROW_OUT})
+
+    _Evaluator(ev.target, ev.params, False, False, collect).truth(condition)
+    atoms = {a.key: a for a in found.values() if a is not None}
+    plain = [key for key, a in atoms.items() if not a.null_test]
+    columns = sorted({c for a in atoms.values() for c in a.columns}, key=repr)
+    if 2 ** (len(plain) + len(columns)) > _MAX_ASSIGNMENTS:
+        return False  # too big to enumerate: assume it limits
+    for nulls in itertools.product((False, True), repeat=len(columns)):
+        for values in itertools.product((False, True), repeat=len(plain)):
+            assignment = _Assignment(
+                found, dict(zip(columns, nulls, strict=True)), dict(zip(plain, values, strict=True))
+            )
+            outcomes = _Evaluator(ev.target, ev.params, False, False, assignment).truth(condition)
+            if outcomes & _LIMITING:
+                return False
+    return True
+
+
+_UNSEEN: Final[Any] = object()
+
+
+class _Assignment:
+    """One row of the truth table: which target columns are null, and each atom's value."""
+
+    __slots__ = ("atoms", "null_of", "value_of")
+
+    def __init__(
+        self, atoms: dict[int, _Atom | None], null_of: dict[Any, bool], value_of: dict[Any, bool]
+    ) -> None:
+        self.atoms = atoms
+        self.null_of = null_of
+        self.value_of = value_of
+
+    def __call__(self, node: Any, inner: _Evaluator) -> Truth | None:
+        atom = self.atoms.get(id(node))
+        if atom is None:
+            return None
+        if atom.null_test:
+            (column,) = atom.columns
+            return frozenset({T if self.null_of[column] != atom.negated else F})
+        if any(self.null_of.get(c, False) for c in atom.columns):
+            return frozenset({N})
+        return frozenset({T if self.value_of[atom.key] != atom.negated else F})
+
+
+# --- three-valued connectives over outcomes --------------------------------------------------
+
+_NOT = {T: F, F: T, N: N, _RI_OUT: _RI_OUT, _ROW_OUT: _ROW_OUT}
+_BOOLEAN_TESTS: dict[str, dict[str, str]] = {
+    "IS_TRUE": {T: T, F: F, N: F},
+    "IS_NOT_TRUE": {T: F, F: T, N: T},
+    "IS_FALSE": {T: F, F: T, N: F},
+    "IS_NOT_FALSE": {T: T, F: F, N: T},
+    "IS_UNKNOWN": {T: F, F: F, N: T},
+    "IS_NOT_UNKNOWN": {T: T, F: T, N: F},
+}
+
+
+def _test(body: dict[str, Any]) -> str:
+    return str(body.get("booltesttype", "IS_TRUE"))
+
+
+def _fold(is_or: bool, parts: list[Truth]) -> Truth:
+    """Three-valued OR (or AND) of conditions, over every combination of their outcomes."""
+    combine = _or if is_or else _and
+    result: Truth = frozenset({F if is_or else T})
+    for part in parts:
+        result = frozenset(combine(a, b) for a in result for b in part)
+    return result
+
+
+def _map(truth: Truth, table: Mapping[str, str]) -> Truth:
+    return frozenset(table.get(t, t) for t in truth)
+
+
+def _or(a: str, b: str) -> str:
+    if a == T or b == T:
+        return T
+    if a == F:
+        return b
+    if b == F:
+        return a
+    if _RI_OUT in (a, b):
+        return _RI_OUT  # the same unknown for every row: may select them all
+    if _ROW_OUT in (a, b):
+        return _ROW_OUT
+    return N
+
+
+def _and(a: str, b: str) -> str:
+    if a == F or b == F:
+        return F
+    if a == T:
+        return b
+    if b == T:
+        return a
+    if N in (a, b):
+        return N  # null or false for every row: touches nothing
+    if _ROW_OUT in (a, b):
+        return _ROW_OUT
+    return _RI_OUT
+
+
+def _as_truth(value: Any) -> Truth:
+    """Outcomes of a value used as a condition."""
+    if value is ROW:
+        return frozenset({_ROW_OUT})
+    if value is RI:
+        return frozenset({_RI_OUT})
+    if value is NULL:
+        return frozenset({N})
+    if value is LIT:
+        return frozenset({T, F})
+    if isinstance(value, frozenset):
         return value
+    if isinstance(value, bool):
+        return frozenset({T if value else F})
     if isinstance(value, str):  # an untyped literal is coerced to boolean
         parsed = parse_bool(value)
-        return UNKNOWN if parsed is None else parsed
-    return UNKNOWN
+        return frozenset({_RI_OUT}) if parsed is None else frozenset({T if parsed else F})
+    return frozenset({_RI_OUT})
 
 
-def _value(node: Any, sym: bool) -> Any:
-    if not isinstance(node, dict) or len(node) != 1:
-        return UNKNOWN
-    ((kind, body),) = node.items()
-    if not isinstance(body, dict):
-        return UNKNOWN
-    match kind:
-        case "A_Const":
-            return LITERAL if sym else _const(body)
-        case "TypeCast":
-            return _cast(_value(body.get("arg"), sym), body.get("typeName"))
-        case "BoolExpr":
-            return _bool_expr(body, sym)
-        case "A_Expr":
-            return _a_expr(body, sym)
-        case "NullTest":
-            arg = _value(body.get("arg"), sym)
-            if arg is UNKNOWN or arg is LITERAL:
-                return arg
-            is_null = arg is NULL
-            return is_null if body.get("nulltesttype") == "IS_NULL" else not is_null
-        case "BooleanTest":
-            return _boolean_test(body, sym)
-    return UNKNOWN
+def _truth_value(truth: Truth) -> Any:
+    """A condition's outcomes as a value for an enclosing expression."""
+    if len(truth) == 1:
+        (only,) = truth
+        if only in (T, F):
+            return only == T
+        if only == N:
+            return NULL
+        return ROW if only == _ROW_OUT else RI
+    if _ROW_OUT in truth:
+        return ROW
+    return LIT if truth <= {T, F, N} else RI
+
+
+# --- constants -----------------------------------------------------------------------------
 
 
 def _const(body: dict[str, Any]) -> Any:
-    if body.get("isnull"):
-        return NULL
     if "boolval" in body:
         return bool(body["boolval"].get("boolval", False))
     if "ival" in body:
@@ -110,20 +702,20 @@ def _const(body: dict[str, Any]) -> Any:
         try:
             return float(body["fval"].get("fval", "0"))
         except ValueError:
-            return UNKNOWN
+            return RI
     if "sval" in body:
         return str(body["sval"].get("sval", ""))
-    return UNKNOWN
+    return RI
 
 
 def _cast(value: Any, type_name: Any) -> Any:
-    if value is UNKNOWN or not isinstance(type_name, dict):
-        return UNKNOWN
-    if value is LITERAL or value is NULL:
+    if not isinstance(type_name, dict):
+        return RI
+    if value is RI or value is ROW or value is LIT or value is NULL:
         return value
     names = type_name.get("names") or []
     if not names or type_name.get("arrayBounds"):
-        return UNKNOWN
+        return RI
     target = names[-1].get("String", {}).get("sval", "")
     if target in _BOOL_TYPES:
         if isinstance(value, bool):
@@ -132,19 +724,19 @@ def _cast(value: Any, type_name: Any) -> Any:
             return value != 0
         if isinstance(value, str):
             parsed = parse_bool(value)
-            return UNKNOWN if parsed is None else parsed
-        return UNKNOWN
+            return RI if parsed is None else parsed
+        return RI
     if target in _INT_TYPES:
         if isinstance(value, bool):
-            return UNKNOWN  # only bool -> int4 exists; keep it simple
+            return RI  # only bool -> int4 exists; keep it simple
         if isinstance(value, int):
             return value
         if isinstance(value, str):
             try:
                 return int(value.strip())
             except ValueError:
-                return UNKNOWN
-        return UNKNOWN
+                return RI
+        return RI
     if target in _NUM_TYPES:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -152,25 +744,11 @@ def _cast(value: Any, type_name: Any) -> Any:
             try:
                 return float(value.strip())
             except ValueError:
-                return UNKNOWN
-        return UNKNOWN
+                return RI
+        return RI
     if target in ("text", "varchar") and isinstance(value, str):
         return value
-    return UNKNOWN
-
-
-def _bool_expr(body: dict[str, Any], sym: bool) -> Any:
-    op = body.get("boolop")
-    args = [_truth(a, sym) for a in body.get("args") or ()]
-    if op == "NOT_EXPR":
-        if len(args) != 1:
-            return UNKNOWN
-        v = args[0]
-        return (not v) if isinstance(v, bool) else v
-    if op == "OR_EXPR":
-        return _any_true(args, NULL)
-    # AND_EXPR (enum value 0 is omitted from the JSON)
-    return _all_true(args, NULL)
+    return RI
 
 
 def _op_name(body: dict[str, Any]) -> str | None:
@@ -179,46 +757,6 @@ def _op_name(body: dict[str, Any]) -> str | None:
         return None
     last = names[-1].get("String", {}).get("sval")
     return last if isinstance(last, str) else None
-
-
-def _same_column(a: Any, b: Any) -> bool:
-    if not (isinstance(a, dict) and isinstance(b, dict)):
-        return False
-    ca, cb = a.get("ColumnRef"), b.get("ColumnRef")
-    return ca is not None and cb is not None and ca.get("fields") == cb.get("fields")
-
-
-def _a_expr(body: dict[str, Any], sym: bool) -> Any:
-    kind = body.get("kind", "AEXPR_OP")
-    op = _op_name(body)
-    lexpr, rexpr = body.get("lexpr"), body.get("rexpr")
-    if kind == "AEXPR_OP" and op in _COMPARISONS:
-        if _same_column(lexpr, rexpr):
-            # `x = x` is written to look like a filter but keeps every non-null row
-            return op in ("=", "<=", ">=")
-        return _compare(op, _value(lexpr, sym), _value(rexpr, sym))
-    if kind in ("AEXPR_DISTINCT", "AEXPR_NOT_DISTINCT"):
-        left, right = _value(lexpr, sym), _value(rexpr, sym)
-        if left is UNKNOWN or right is UNKNOWN:
-            return UNKNOWN
-        if left is LITERAL or right is LITERAL:
-            return LITERAL
-        if left is NULL or right is NULL:
-            same: Any = left is right
-        else:
-            same = _compare("=", left, right)
-            if not isinstance(same, bool):
-                return UNKNOWN
-        return (not same) if kind == "AEXPR_DISTINCT" else same
-    if kind == "AEXPR_IN" and isinstance(rexpr, dict) and "List" in rexpr:
-        rexpr = rexpr["List"].get("items")
-    if kind == "AEXPR_IN" and isinstance(rexpr, list) and op in ("=", "<>"):
-        left = _value(lexpr, sym)
-        results = [_compare(op, left, _value(item, sym)) for item in rexpr]
-        if op == "=":
-            return _any_true(results, UNKNOWN)
-        return _all_true(results, UNKNOWN)
-    return UNKNOWN
 
 
 def _coerce_pair(left: Any, right: Any) -> tuple[Any, Any] | None:
@@ -250,72 +788,34 @@ def _to_number(text: str) -> float | None:
         return None
 
 
-def _compare(op: str | None, left: Any, right: Any) -> Any:
-    if left is UNKNOWN or right is UNKNOWN:
-        return UNKNOWN
-    if left is LITERAL or right is LITERAL:
-        return LITERAL
+def _compare(op: str | None, left: Any, right: Any) -> Truth:
+    if left is ROW or right is ROW:
+        return frozenset({_ROW_OUT})
+    if left is RI or right is RI:
+        return frozenset({_RI_OUT})
     if left is NULL or right is NULL:
-        return NULL
+        return frozenset({N})
+    if left is LIT or right is LIT:
+        return frozenset({T, F})
     pair = _coerce_pair(left, right)
     if pair is None:
-        return UNKNOWN
+        return frozenset({_RI_OUT})
     a, b = pair
     if isinstance(a, str) and op not in ("=", "<>", "!="):
-        return UNKNOWN  # ordering of strings depends on the collation
+        return frozenset({_RI_OUT})  # ordering of strings depends on the collation
     match op:
         case "=":
-            return a == b
+            result = a == b
         case "<>" | "!=":
-            return a != b
+            result = a != b
         case "<":
-            return a < b
+            result = a < b
         case "<=":
-            return a <= b
+            result = a <= b
         case ">":
-            return a > b
+            result = a > b
         case ">=":
-            return a >= b
-    return UNKNOWN
-
-
-def _boolean_test(body: dict[str, Any], sym: bool) -> Any:
-    v = _truth(body.get("arg"), sym)
-    if v is UNKNOWN or v is LITERAL:
-        return v
-    match body.get("booltesttype", "IS_TRUE"):
-        case "IS_TRUE":
-            return v is True
-        case "IS_NOT_TRUE":
-            return v is not True
-        case "IS_FALSE":
-            return v is False
-        case "IS_NOT_FALSE":
-            return v is not False
-        case "IS_UNKNOWN":
-            return v is NULL
-        case "IS_NOT_UNKNOWN":
-            return v is not NULL
-    return UNKNOWN
-
-
-def _any_true(values: list[Any], otherwise: Any) -> Any:
-    """Three-valued OR (also ``x IN (…)``): True wins, then a literal-dependent answer."""
-    if any(v is True for v in values):
-        return True
-    if any(v is LITERAL for v in values):
-        return LITERAL
-    if all(v is False for v in values):
-        return False
-    return UNKNOWN if any(v is UNKNOWN for v in values) else otherwise
-
-
-def _all_true(values: list[Any], otherwise: Any) -> Any:
-    """Three-valued AND (also ``x <> ALL (…)``): False wins, then a literal-dependent answer."""
-    if any(v is False for v in values):
-        return False
-    if any(v is LITERAL for v in values):
-        return LITERAL
-    if all(v is True for v in values):
-        return True
-    return UNKNOWN if any(v is UNKNOWN for v in values) else otherwise
+            result = a >= b
+        case _:
+            return frozenset({_RI_OUT})
+    return frozenset({T if result else F})

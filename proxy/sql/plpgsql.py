@@ -34,8 +34,10 @@ def walk_do_block(collector: Collector, code: str) -> None:
         tag = tag[:-1] + "w$"
     try:
         functions = orjson.loads(pg_parser.parse_plpgsql_json(f"DO {tag}{code}{tag}"))
-    except Exception as exc:  # the server rejects a block it cannot compile, but be safe
-        collector.mark_opaque(f"DO block could not be analysed: {exc}")
+    except Exception as exc:
+        # libpg_query compiles PL/pgSQL without a catalog, so it rejects blocks the server
+        # runs (DECLARE x orders[]): what cannot be analysed follows on_unparsable.
+        collector.unparsable = f"DO block cannot be compiled for analysis: {exc}"
         return
     _walk(collector, functions)
 
@@ -66,7 +68,7 @@ def _expression(collector: Collector, expr: dict[str, Any]) -> None:
     elif mode in _RAW_PARSE_PLPGSQL_ASSIGN:
         value = _assigned_value(query)
         if value is None:
-            collector.mark_opaque(f"DO block assignment not understood: {query[:60]}")
+            collector.unparsable = f"DO block assignment not understood: {query[:60]}"
             return
         sql = "SELECT " + value
     elif mode == _RAW_PARSE_DEFAULT:
@@ -76,7 +78,7 @@ def _expression(collector: Collector, expr: dict[str, Any]) -> None:
     try:
         statements = parse_json(sql)
     except Exception:
-        collector.mark_opaque(f"DO block statement not understood: {query[:60]}")
+        collector.unparsable = f"DO block statement not understood: {query[:60]}"
         return
     for raw in statements:
         found = unwrap(raw.get("stmt"))

@@ -9,30 +9,26 @@ Walking the JSON (parsed by orjson) is several times faster than building pglast
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 from pglast import parser as pg_parser
 
+from proxy.sql import catalog
 from proxy.sql.commands import RELATION_OBJECTS, command_tag, statement_class
 from proxy.sql.facts import CopyKind, StatementClass
-from proxy.sql.folding import depends_on_literals, is_trivially_true, parse_bool
+from proxy.sql.folding import Judgement, Target, judge, parse_bool
 from proxy.sql.regclass import call_arguments, is_regclass_cast, relation_of, string_constant
 
 # Functions that run SQL text given as an argument (or on another server): not analysable.
-DYNAMIC_SQL_FUNCTIONS = frozenset(
-    {
-        "query_to_xml",
-        "query_to_xmlschema",
-        "query_to_xml_and_xmlschema",
-        "ts_stat",
-        "dblink",
-        "dblink_exec",
-        "dblink_send_query",
-        "dblink_open",
-    }
-)
+# Built-ins come from the catalog (proxy/sql/catalog); dblink is an extension, not in it.
+DYNAMIC_SQL_FUNCTIONS = catalog.DYNAMIC_SQL_FUNCTIONS | {
+    "dblink",
+    "dblink_exec",
+    "dblink_send_query",
+    "dblink_open",
+}
 # Node types that cannot contain a relation, a call or a statement: the walk skips them.
 _LEAVES = frozenset(
     {
@@ -157,9 +153,13 @@ def _rv_name(rv: dict[str, Any]) -> str:
 
 
 class Collector:
-    """Accumulates facts while walking; one per analysed top-level statement."""
+    """Accumulates facts while walking; one per analysed top-level statement.
 
-    def __init__(self) -> None:
+    ``params``: values of ``$n`` parameters (Bind values, EXECUTE arguments) when known; facts
+    read from a parameter's value are then judged with it (see :mod:`proxy.sql.params`)."""
+
+    def __init__(self, params: Mapping[int, Any] | None = None) -> None:
+        self.params = params
         self.effective: dict[str, None] = {}
         self.classes: set[StatementClass] = set()
         self.relations: dict[tuple[str | None, str, str], None] = {}
@@ -177,6 +177,13 @@ class Collector:
         # code, a file name...): the facts cache must not share these facts with texts that
         # differ only in their literals. Err on the side of setting it.
         self.literal_sensitive = False
+        # Set when a fact depends on a $n parameter's value: re-judge with the bound values.
+        self.param_sensitive = False
+        # Set when part of the statement cannot be analysed the way the server will run it
+        # (a DO block libpg_query's PL/pgSQL compiler rejects): the policy's on_unparsable.
+        self.unparsable: str | None = None
+        # Columns pinned to literals by the WHERE of the SELECT being walked (name = 'x').
+        self.pinned: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     # --- entry points -----------------------------------------------------------------------
 
@@ -262,6 +269,13 @@ class Collector:
         if cte_visible and schema is None and name in self.ctes:
             return
         self.relations[(str(schema) if schema else None, name, access)] = None
+        # pg_catalog is searched first unless search_path names it later: unqualified system
+        # view names are taken as the system views.
+        calls = catalog.VIEW_FUNCTIONS.get((str(schema or "pg_catalog"), name))
+        if calls and schema in (None, "pg_catalog"):
+            for call in sorted(calls):
+                self.functions[call] = None
+            self.note(f"reading {name} calls {', '.join(sorted(calls))}()")
 
     def range_var(self, body: dict[str, Any]) -> None:
         self.relation(body, "read")
@@ -290,6 +304,11 @@ class Collector:
     def regclass_literal(self, node: Any, access: str) -> None:
         """A string naming a relation (regclass): the server resolves it when it runs."""
         text = string_constant(node)
+        param = unwrap(node)
+        if text is None and param is not None and param[0] == "ParamRef":
+            self.param_sensitive = True
+            value = (self.params or {}).get(int(param[1].get("number", 0)))
+            text = value if isinstance(value, str) else None
         if text is None:
             return
         self.literal_sensitive = True  # the relation's name is the literal's value
@@ -300,22 +319,39 @@ class Collector:
         self.relations[(found[0], found[1], access)] = None
 
     def _set_config(self, args: list[Any]) -> None:
-        first = unwrap(args[0]) if args else None
-        setting: str | None = None
-        if first is not None and first[0] in ("A_Const", "TypeCast"):
-            self.literal_sensitive = True  # the setting name may be a literal
-        if first is not None and first[0] == "A_Const" and "sval" in first[1]:
-            setting = str(first[1]["sval"].get("sval", "")).lower()
-        elif first is not None and first[0] == "TypeCast":
-            inner = unwrap(first[1].get("arg"))
-            if inner is not None and inner[0] == "A_Const" and "sval" in inner[1]:
-                setting = str(inner[1]["sval"].get("sval", "")).lower()
-        if setting is None:
+        settings = self._setting_names(args[0] if args else None)
+        if settings is None:
             self.role_change = True
             self.note("set_config() with a computed setting name may change the role")
-        elif setting in _ROLE_SETTINGS:
-            self.role_change = True
-            self.note(f"set_config('{setting}', …) changes the current role")
+            return
+        for setting in settings:
+            if setting in _ROLE_SETTINGS:
+                self.role_change = True
+                self.note(f"set_config('{setting}', …) changes the current role")
+
+    def _setting_names(self, node: Any) -> tuple[str, ...] | None:
+        """The setting names set_config's first argument can have; None: cannot tell."""
+        found = unwrap(node)
+        if found is not None and found[0] == "TypeCast":
+            found = unwrap(found[1].get("arg"))
+        if found is None:
+            return None
+        kind, body = found
+        if kind == "A_Const" and "sval" in body:
+            self.literal_sensitive = True  # the setting name is a literal's value
+            return (str(body["sval"].get("sval", "")).lower(),)
+        if kind == "ParamRef":
+            self.param_sensitive = True
+            value = (self.params or {}).get(int(body.get("number", 0)))
+            return (value.lower(),) if isinstance(value, str) else None
+        if kind == "ColumnRef":
+            # pg_dump: set_config(name, …) FROM pg_settings WHERE name = 'restrict_…'
+            fields = tuple(_names(body.get("fields")))
+            pinned = self.pinned.get(fields)
+            if pinned is not None:
+                self.literal_sensitive = True
+                return tuple(v.lower() for v in pinned)
+        return None
 
     def a_indirection(self, body: dict[str, Any]) -> None:
         for item in body.get("indirection") or ():
@@ -349,6 +385,8 @@ class Collector:
 
     def select(self, body: dict[str, Any]) -> None:
         saved = self.ctes
+        saved_pinned = self.pinned
+        self.pinned = _pinned_columns(body.get("whereClause"))
         self._with(body.get("withClause"))
         into = body.get("intoClause")
         if isinstance(into, dict):
@@ -362,6 +400,7 @@ class Collector:
                 self.select(arm)
         self.walk_except(body, ("withClause", "intoClause", "larg", "rarg"))
         self.ctes = saved
+        self.pinned = saved_pinned
 
     def _dml(self, tag: str, body: dict[str, Any], skip: tuple[str, ...]) -> None:
         saved = self.ctes
@@ -376,31 +415,49 @@ class Collector:
         conflict = body.get("onConflictClause")
         if isinstance(conflict, dict) and conflict.get("action") == "ONCONFLICT_UPDATE":
             self.effective["UPDATE"] = None
-            self.note(f"INSERT … ON CONFLICT DO UPDATE updates {_rv_name(body['relation'])}")
+            target = _rv_name(body["relation"])
+            self.note(f"INSERT … ON CONFLICT DO UPDATE updates {target}")
+            source = (body.get("selectStmt") or {}).get("SelectStmt")
+            if source is None or "valuesLists" in source:
+                self.note("the rows it may update are at most the VALUES rows written")
+            else:
+                # An upsert of a query's rows can update every row: its DO UPDATE is an
+                # UPDATE, limited only by its own WHERE.
+                verdict = self._judge(conflict.get("whereClause"), body.get("relation"), False)
+                if not verdict.limits:
+                    self.missing_where = True
+                    self.note(
+                        f"ON CONFLICT DO UPDATE of a query's rows may update every row of {target}"
+                    )
         self._dml("INSERT", body, ())
 
-    def _check_where(self, tag: str, body: dict[str, Any]) -> None:
-        where = body.get("whereClause")
-        if depends_on_literals(where):
+    def _judge(self, condition: Any, relation: Any, other_from_items: bool) -> Judgement:
+        verdict = judge(condition, Target.of(relation, other_from_items), self.params)
+        if verdict.literal_sensitive:
             self.literal_sensitive = True
-        if is_trivially_true(where):
+        if verdict.param_sensitive:
+            self.param_sensitive = True
+        return verdict
+
+    def _check_where(self, tag: str, body: dict[str, Any], other_from_items: bool) -> None:
+        where = body.get("whereClause")
+        if not self._judge(where, body.get("relation"), other_from_items).limits:
             self.missing_where = True
-            how = "without WHERE" if where is None else "with a trivially true WHERE"
+            how = "without WHERE" if where is None else "with a WHERE that does not limit the rows"
             self.note(f"{tag} on {_rv_name(body.get('relation') or {})} {how}")
 
     def update(self, body: dict[str, Any]) -> None:
-        self._check_where("UPDATE", body)
+        self._check_where("UPDATE", body, bool(body.get("fromClause")))
         self._dml("UPDATE", body, ())
 
     def delete(self, body: dict[str, Any]) -> None:
-        self._check_where("DELETE", body)
+        self._check_where("DELETE", body, bool(body.get("usingClause")))
         self._dml("DELETE", body, ())
 
     def merge(self, body: dict[str, Any]) -> None:
         target = _rv_name(body.get("relation") or {})
-        all_rows = is_trivially_true(body.get("joinCondition"))
-        if depends_on_literals(body.get("joinCondition")):
-            self.literal_sensitive = True
+        relation = body.get("relation")
+        join_limits = self._judge(body.get("joinCondition"), relation, True).limits
         for clause in body.get("mergeWhenClauses") or ():
             when = clause.get("MergeWhenClause", {}) if isinstance(clause, dict) else {}
             action = _MERGE_ACTIONS.get(str(when.get("commandType")))
@@ -408,10 +465,18 @@ class Collector:
                 continue
             self.effective[action] = None
             self.note(f"MERGE action {action} on {target}")
-            matched = when.get("matchKind", "MERGE_WHEN_MATCHED") == "MERGE_WHEN_MATCHED"
-            if all_rows and matched and action != "INSERT" and "condition" not in when:
+            if action == "INSERT":
+                continue
+            kind = when.get("matchKind", "MERGE_WHEN_MATCHED")
+            # MATCHED: the target rows the join matches; NOT MATCHED BY SOURCE: those it
+            # does not — either way only the join (for MATCHED) and the action's condition
+            # limit the target rows.
+            limited = self._judge(when.get("condition"), relation, True).limits
+            if kind == "MERGE_WHEN_MATCHED":
+                limited = limited or join_limits
+            if not limited:
                 self.missing_where = True
-                self.note(f"MERGE {action} on {target} matches every row")
+                self.note(f"MERGE {action} on {target} may touch every row")
         self._dml("MERGE", body, ())
 
     def explain(self, body: dict[str, Any]) -> None:
@@ -455,11 +520,15 @@ class Collector:
         self.walk(body.get("params"))
 
     def call(self, body: dict[str, Any]) -> None:
+        # Judged like SELECT f(): a call of a named routine whose body is not visible here
+        # (function rules match it; its creation was flagged as DDL).
         funccall = body.get("funccall")
         if isinstance(funccall, dict):
             self.func_call(funccall)
             name = ".".join(_names(funccall.get("funcname")))
-            self.mark_opaque(f"CALL runs procedure {name}; its body is not visible")
+            self.note(
+                f"CALL runs procedure {name} (like any function call, its body is not visible)"
+            )
 
     def do(self, body: dict[str, Any]) -> None:
         self.literal_sensitive = True  # the body is a string literal parsed as code
@@ -594,6 +663,33 @@ class Collector:
 
 
 Handler = Callable[[Collector, dict[str, Any]], None]
+
+
+def _pinned_columns(where: Any) -> dict[tuple[str, ...], tuple[str, ...]]:
+    """Columns a WHERE pins to string literals: top-level AND conjuncts ``col = 'x'`` or
+    ``col IN ('x', 'y')`` (in a row the SELECT returns, the column has one of those values)."""
+    found = unwrap(where)
+    if found is None:
+        return {}
+    kind, body = found
+    if kind == "BoolExpr" and body.get("boolop", "AND_EXPR") == "AND_EXPR":
+        out: dict[tuple[str, ...], tuple[str, ...]] = {}
+        for arg in body.get("args") or ():
+            out.update(_pinned_columns(arg))
+        return out
+    if kind != "A_Expr" or _names(body.get("name")) != ["="]:
+        return {}
+    column = unwrap(body.get("lexpr"))
+    if column is None or column[0] != "ColumnRef":
+        return {}
+    rexpr = body.get("rexpr")
+    items = rexpr["List"].get("items") if isinstance(rexpr, dict) and "List" in rexpr else [rexpr]
+    if body.get("kind", "AEXPR_OP") not in ("AEXPR_OP", "AEXPR_IN"):
+        return {}
+    values = [string_constant(item) for item in items or ()]
+    if not values or any(v is None for v in values):
+        return {}
+    return {tuple(_names(column[1].get("fields"))): tuple(v for v in values if v is not None)}
 
 
 def _sql_function_bodies(body: dict[str, Any]) -> list[Any]:
