@@ -13,7 +13,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from proxy import __version__
+from proxy.buildinfo import version_line
 from proxy.errors import PgWardenError, SourceError
 
 COMMANDS = {
@@ -37,7 +37,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         prog="pgwarden",
         description="PostgreSQL query-auditing proxy: audit every statement, enforce policies.",
     )
-    parser.add_argument("--version", action="version", version=f"pgwarden {__version__}")
+    parser.add_argument("--version", action="version", version=version_line())
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in COMMANDS.items():
         if only is None or name == only:

@@ -21,6 +21,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from proxy.buildinfo import build_info
 from proxy.state import ServerState
 
 # Seconds; a proxy's statements range from sub-millisecond point reads to minutes of DDL.
@@ -69,6 +70,12 @@ class _LiveCollector(Collector):
         yield _gauge(
             "pgwarden_start_time_seconds", "when this proxy started (unix time)", state.started_at
         )
+        info = build_info()
+        build = GaugeMetricFamily(
+            "pgwarden_build_info", "always 1; the labels say which build runs", labels=list(info)
+        )
+        build.add_metric(list(info.values()), 1.0)
+        yield build
         for name, doc, value in (
             ("connections", "client connections accepted", c.connections_total),
             (

@@ -12,9 +12,10 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from proxy import diagnostics
+from proxy import diagnostics, sdnotify
 from proxy.approvals.broker import ApprovalBroker, console_url
-from proxy.config import Config
+from proxy.buildinfo import version_line
+from proxy.config import Config, display_value
 from proxy.errors import PgWardenError, SourceError
 from proxy.gate import Gate
 from proxy.sql import redact
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("pgwarden.server")
 
 _CANCEL_CONCURRENCY = 32
+_WAIT_REPORT_FIRST = 1.0  # shutdown names the sessions it waits for after this long ...
+_WAIT_REPORT_EVERY = 5.0  # ... and again this often
 
 
 def load_policies(cfg: Config) -> Policy | None:
@@ -168,12 +171,15 @@ class ProxyServer:
         )
         self._servers.append(server)
         addrs = ", ".join(str(s.getsockname()[:2]) for s in server.sockets)
+        sinks = [display_value(s.get("dsn", "")) for s in self.cfg["audit.sinks"]]
         logger.info(
-            "pgwarden listening on %s, upstream %s, audit dir %s, policies: %s",
+            "%s listening on %s, upstream %s, audit dir %s, policies: %s, store: %s",
+            version_line(),
             addrs,
             self.cfg.upstream,
             self.cfg["audit.dir"],
             ", ".join(self.cfg["policies"]) or "none",
+            ", ".join(sinks) or "none",
         )
 
     def bound_port(self) -> int:
@@ -216,19 +222,29 @@ class ProxyServer:
                 if result.ok and policy is not None:
                     watcher = PolicyWatcher(policy.watch_paths)
 
-    async def shutdown(self, grace: float) -> None:
-        """Stop accepting, let running statements finish (up to ``grace``), close sessions."""
+    async def shutdown(self, grace: float, now: asyncio.Event | None = None) -> None:
+        """Stop accepting, let running statements finish (up to ``grace``, or until ``now`` is
+        set by a second signal), then close every session with 57P01."""
         self._closing = True
         for server in self._servers:
             server.close()
         self.approvals.close()  # no request survives: denied now, and recorded
-        deadline = time.monotonic() + grace
+        started = time.monotonic()
+        deadline = started + grace
+        next_report = started + _WAIT_REPORT_FIRST
         while self.sessions and time.monotonic() < deadline:
             for session in list(self.sessions.values()):
                 if session.state not in ("active", "copy", "connecting", "auth"):
                     session.terminate("shutdown")
             if not self.sessions:
                 break
+            if now is not None and now.is_set():
+                logger.warning("second signal: stopping now, %d sessions get 57P01",
+                               len(self.sessions))  # fmt: skip
+                break
+            if time.monotonic() >= next_report:
+                next_report += _WAIT_REPORT_EVERY
+                self._report_waiting(deadline - time.monotonic())
             await asyncio.sleep(0.05)
         for session in list(self.sessions.values()):
             session.terminate("shutdown")
@@ -238,6 +254,33 @@ class ProxyServer:
             task.cancel()
         with contextlib.suppress(Exception):
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _report_waiting(self, left: float) -> None:
+        now = time.time()
+        waiting = []
+        for session in list(self.sessions.values()):
+            ident = session.identity
+            started = session.statement_started
+            running = f" {now - started:.0f}s" if started is not None else ""
+            text = session.current_statement or ""
+            text = f": {text[:60]}{'…' if len(text) > 60 else ''}" if text else ""
+            who = f"{session.session_id} {ident.user}@{ident.database}"
+            waiting.append(f"{who} ({session.state}{running}{text})")
+        logger.warning(
+            "shutting down: waiting up to %.0fs more for %d sessions: %s; a second SIGINT or "
+            "SIGTERM stops now",
+            max(left, 0.0),
+            len(waiting),
+            "; ".join(waiting),
+        )
+
+
+async def _reload_notified(server: ProxyServer) -> None:
+    sdnotify.reloading()
+    try:
+        await server.reload()
+    finally:
+        sdnotify.notify("READY=1", "STATUS=serving")
 
 
 async def serve(cfg: Config, ready: asyncio.Event | None = None) -> int:
@@ -254,14 +297,23 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: server.spawn(server.reload()))
+    loop.add_signal_handler(signal.SIGHUP, lambda: server.spawn(_reload_notified(server)))
     if cfg["policies"]:
         server.spawn(server.watch_policy_files())
     if ready is not None:
         ready.set()
+    sdnotify.notify("READY=1", "STATUS=serving")
     await stop.wait()
-    logger.info("shutting down: waiting up to %.0fs for running statements", cfg["shutdown_grace"])
-    await server.shutdown(cfg["shutdown_grace"])
+    sdnotify.notify("STOPPING=1", "STATUS=shutting down")
+    now = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, now.set)  # a second signal: stop now
+    logger.info(
+        "shutting down: waiting up to %.0fs for running statements (a second SIGINT or SIGTERM "
+        "stops now)",
+        cfg["shutdown_grace"],
+    )
+    await server.shutdown(cfg["shutdown_grace"], now)
     for extra in reversed(extras):
         with contextlib.suppress(Exception):
             await extra.aclose()

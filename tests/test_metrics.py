@@ -97,3 +97,32 @@ def test_each_metrics_object_has_its_own_registry(tmp_path: Path) -> None:
     key = ("pgwarden_statements_total", (("action", "allow"), ("class", "read")))
     assert samples(first)[key] == 1
     assert key not in samples(second)
+
+
+def test_build_info_names_the_running_build(tmp_path: Path) -> None:
+    import platform
+    from importlib import metadata
+
+    import proxy
+
+    cfg = config.defaults().replace(audit__dir=str(tmp_path))
+    metrics = Metrics(ServerState(proxy_id="m", started_at=time.time()), AuditTrail(cfg, "a"))
+    labels = (
+        ("pglast", metadata.version("pglast")),
+        ("python", platform.python_version()),
+        ("version", proxy.__version__),
+    )
+    assert samples(metrics)[("pgwarden_build_info", labels)] == 1.0
+
+
+def test_version_flag_and_start_up_line_name_the_same_build(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from proxy.buildinfo import version_line
+
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout.strip() == version_line()
+    assert version_line().startswith("pgwarden 0.") and "pglast" in version_line()

@@ -18,6 +18,7 @@ import pytest
 
 from proxy import pgrun
 from proxy.alerts.engine import parse_ts
+from proxy.buildinfo import version_line
 from tests.support.proxyproc import ProxyProcess
 
 pytestmark = pytest.mark.e2e
@@ -192,6 +193,8 @@ def test_two_proxies_with_default_settings_keep_both_trails_in_the_store(
         assert events == recorded  # the union, exactly: nothing lost, nothing twice
         starts = [e for e in recorded if e["type"] == "session_start"]
         assert starts and {e["trail_id"] for e in starts} == {trail_id}
+    started = proxies[0].stderr_text()  # the start-up line names the build and the sinks
+    assert f"{version_line()} listening on" in started and f"store: {dsn}" in started
     warned = [p for p in proxies if "is also shipped by another trail" in p.stderr_text()]
     assert warned  # at least the one that connected second; the other at its next heartbeat
     for proxy in proxies:

@@ -62,3 +62,49 @@ def test_grace_period_bounds_the_wait(proxy_factory: Any) -> None:
     assert closed and msgs[-1].sqlstate == "57P01", rawpg.summary(msgs)
     assert proxy.stop(timeout=10) == 0
     assert time.monotonic() - started < 6
+
+
+def test_a_second_signal_stops_now_and_names_what_it_waited_for(proxy_factory: Any) -> None:
+    proxy = proxy_factory("--shutdown-grace", "60s")
+    conn = rawpg.RawConn(proxy.host, proxy.port, 10)
+    conn.login(extra={"application_name": "long-report"})
+    conn.send(rawpg.query("select pg_sleep(30)"))
+    time.sleep(0.3)  # let the statement reach the server
+    proxy.signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while "more for 1 sessions" not in proxy.stderr_text():
+        assert time.monotonic() < deadline, proxy.stderr_text()
+        time.sleep(0.05)
+    waiting = [line for line in proxy.stderr_text().splitlines() if "more for 1 sessions" in line]
+    assert waiting and "(active" in waiting[0] and "select pg_sleep(30)" in waiting[0]
+    started = time.monotonic()
+    proxy.signal(signal.SIGINT)  # the operator presses Ctrl-C again
+    msgs, closed = conn.drain(10)
+    conn.close()
+    assert closed and msgs[-1].sqlstate == "57P01", rawpg.summary(msgs)
+    assert proxy.stop(timeout=10) == 0
+    assert time.monotonic() - started < 5  # not the 60 s grace
+    assert "second signal: stopping now, 1 sessions get 57P01" in proxy.stderr_text()
+    end = [e for e in proxy.events("session_end") if e["application_name"] == "long-report"]
+    assert end and end[0]["reason"] == "shutdown"
+
+
+def test_readiness_and_stopping_are_told_to_systemd(proxy_factory: Any, tmp_path: Any) -> None:
+    import socket
+
+    path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(path))
+    listener.settimeout(20)
+    try:
+        proxy = proxy_factory(env={"NOTIFY_SOCKET": str(path)})
+        assert listener.recv(4096).decode().split("\n") == ["READY=1", "STATUS=serving"]
+        proxy.signal(signal.SIGHUP)
+        reloading = listener.recv(4096).decode().split("\n")
+        assert reloading[0] == "RELOADING=1" and reloading[1].startswith("MONOTONIC_USEC=")
+        assert listener.recv(4096).decode().split("\n") == ["READY=1", "STATUS=serving"]
+        proxy.signal(signal.SIGTERM)
+        assert listener.recv(4096).decode().split("\n") == ["STOPPING=1", "STATUS=shutting down"]
+        assert proxy.stop(timeout=10) == 0
+    finally:
+        listener.close()
