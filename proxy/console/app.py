@@ -53,7 +53,7 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # "no-referrer" makes Chrome send Origin: null
     "Cache-Control": "no-store",
 }
 OVERVIEW_HOURS = (1, 6, 24, 168)
