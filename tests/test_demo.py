@@ -65,6 +65,8 @@ def test_demo_serves_sample_data_and_cleans_up(tmp_path: Path, keep_audit: bool)
         # The printed command works as soon as it is printed, through the proxy, on the data.
         with psycopg.connect(psql_url, connect_timeout=5, application_name="demo-test") as conn:
             assert conn.execute("SELECT count(*) FROM customers").fetchone() == (5,)
+            # the demo's PostgreSQL runs with TLS (its throwaway CA, proxy/commands/demo_tls.py)
+            assert conn.execute("SHOW ssl").fetchone() == ("on",)
         alice = f"postgresql://alice:alice-pw@127.0.0.1:{port}/demo"
         with psycopg.connect(alice, connect_timeout=5) as conn:
             assert conn.execute("SELECT count(*) FROM orders").fetchone() == (50,)

@@ -21,6 +21,8 @@ from types import FrameType
 from typing import Any
 
 from proxy import config, pgrun
+from proxy.commands.demo_tls import DemoTLS
+from proxy.commands.demo_tls import served as tls_served
 
 DEMO_DATABASE = "demo"
 DEMO_USER = pgrun.Role("alice", "scram-sha-256", "alice-pw")
@@ -160,9 +162,10 @@ def run(args: argparse.Namespace) -> int:
     previous_sigterm = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     cluster: pgrun.LocalCluster | pgrun.ContainerCluster | None = None
     served = threading.Event()  # set once run_server has returned
+    demo_tls = DemoTLS.create()
     try:
         _say("pgwarden demo: starting a throwaway PostgreSQL ...")
-        cluster = pgrun.start_cluster(roles=[DEMO_USER])
+        cluster = pgrun.start_cluster(roles=[DEMO_USER], tls=demo_tls.server_tls())
         cluster.create_database(DEMO_DATABASE)
         cluster.execute(DEMO_SQL, database=DEMO_DATABASE)
         cfg = config.defaults().replace(
@@ -172,7 +175,19 @@ def run(args: argparse.Namespace) -> int:
             policies=policies,
             admin__listen=str(admin) if admin else "",
         )
-        welcome = _welcome(cluster, listen, audit_dir, policies, admin, args.policy is None)
+        tls_on = tls_served()
+        if tls_on:
+            upstream_tls = isinstance(cluster, pgrun.LocalCluster) and cluster.tls is not None
+            cfg = cfg.replace(**demo_tls.config_changes(upstream_tls))
+        welcome = _welcome(
+            cluster,
+            listen,
+            audit_dir,
+            policies,
+            admin,
+            args.policy is None,
+            demo_tls if tls_on else None,
+        )
         announcer = threading.Thread(
             target=_announce_when_listening,
             args=(listen, welcome, served),
@@ -188,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
         served.set()
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # finish cleaning up first
         _cleanup(cluster, audit_dir, keep_audit)
+        demo_tls.remove()
         signal.signal(signal.SIGTERM, previous_sigterm)
 
 
@@ -220,6 +236,7 @@ def _welcome(
     policies: list[str],
     admin: config.Endpoint | None,
     policy_defaulted: bool,
+    demo_tls: DemoTLS | None = None,
 ) -> str:
     host = _client_host(listen)
     url = pgrun.libpq_url(host, listen.port, cluster.superuser, DEMO_DATABASE)
@@ -237,6 +254,11 @@ def _welcome(
         "pgwarden is listening. Connect through it with:",
         f'    psql "{url}"',
         f'    psql "{alice}"    # a password user',
+        *(
+            [f'    psql "{demo_tls.verify_full_url(url)}"    # TLS, certificate checked']
+            if demo_tls
+            else []
+        ),
         "Try: SELECT * FROM customers;  SELECT sum(amount) FROM orders;  DELETE FROM orders;",
         "",
         f"Audit log: {audit_dir}/audit.jsonl",

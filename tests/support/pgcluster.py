@@ -105,7 +105,7 @@ def start() -> PgServer:
         unix_dir=cluster.unix_dir,
         bin_dir=cluster.bin_dir,
         managed=True,
-        tls=pki if isinstance(cluster, pgrun.LocalCluster) else None,
+        tls=pki if isinstance(cluster, pgrun.LocalCluster) and cluster.tls else None,
         _cluster=cluster,
     )
 
