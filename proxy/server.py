@@ -20,6 +20,7 @@ from proxy.errors import PgWardenError, SourceError
 from proxy.gate import Gate
 from proxy.sql import redact
 from proxy.state import ReloadResult, ServerState
+from proxy.tls import load as load_tls
 from proxy.wire.startup import CancelRequest, encode_cancel
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ class ProxyServer:
         self.proxy_id = cfg.proxy_id
         self.trail = trail
         self.gate = Gate(cfg, policy)
+        # Certificates for both legs; sessions take tls.current when they start.
+        self.tls = load_tls(cfg)
         self.state = ServerState(proxy_id=self.proxy_id, started_at=time.time())
         self.state.reload = self.reload
         self.state.upstream_ok = self.upstream_reachable
@@ -207,7 +210,10 @@ class ProxyServer:
         self.state.counters.policy_reloads += 1
         files = tuple(str(f) for f in policy.files) if policy is not None else ()
         logger.info("policy reloaded: %s", ", ".join(files) or "no policy")
-        return ReloadResult(True, (), files)
+        tls_problems = await loop.run_in_executor(None, self.tls.reload)
+        for tls_problem in tls_problems:
+            logger.error("TLS reload failed, keeping the old certificates: %s", tls_problem)
+        return ReloadResult(not tls_problems, tls_problems, files)
 
     async def watch_policy_files(self, interval: float = 1.0) -> None:
         from proxy.policy.watch import PolicyWatcher
