@@ -149,11 +149,30 @@ def test_deciding_needs_a_person_and_refusals_say_why(tmp_path: Path) -> None:
             outcome = await asyncio.wait_for(waiter, 2)
             assert outcome.forward
             assert [v["approver"] for v in body["votes"]] == ["bob", "carol"]
-            assert [e["type"] for e in trail.events] == [
-                "review_requested",
-                "review_decided",
-                "review_decided",
+            reviews = [e["type"] for e in trail.events if e["type"].startswith("review_")]
+            assert reviews == ["review_requested", "review_decided", "review_decided"]
+            # Every call is an `admin` event with its caller; refusals with the reason.
+            admin = [(e["action"], e["caller"], e.get("result")) for e in trail.events
+                     if e["type"] == "admin"]  # fmt: skip
+            assert admin == [
+                ("approvals_read", "admin-token", None),
+                ("approve", "alice", "refused"),
+                ("approve", "dave", "refused"),
+                ("approve", "vera", "refused"),
+                ("approve", "bob", "ok"),
+                ("approve", "bob", "refused"),
+                ("approve", "carol", "ok"),
             ]
+            selfie = next(e for e in trail.events if e.get("caller") == "alice")
+            assert selfie["request_id"] == request.id
+            assert selfie["reason"].startswith("alice asked for this statement")
+            # An unknown token is a failed authentication, rate-limited per address.
+            for _ in range(10):
+                wrong = {"Authorization": "Bearer pgw_not-anybody-0123456789"}
+                async with http.get(f"{base}/approvals", headers=wrong) as r:
+                    assert r.status == 401
+            async with http.get(f"{base}/approvals", headers=auth("bob")) as r:
+                assert r.status == 429  # even the right token, for a while
 
     asyncio.run(scenario())
 

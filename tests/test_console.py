@@ -75,7 +75,12 @@ class Browser:
 
 @asynccontextmanager
 async def console(
-    tmp_path: Path, *, host: str = "127.0.0.1", with_people: bool = True, admin: str | None = ADMIN
+    tmp_path: Path,
+    *,
+    host: str = "127.0.0.1",
+    with_people: bool = True,
+    admin: str | None = ADMIN,
+    audit: list[dict[str, Any]] | None = None,
 ) -> AsyncIterator[tuple[ApprovalBroker, Browser]]:
     broker = ApprovalBroker("p", lambda e: None, console_url="http://x")
     from proxy.approvals.people import People
@@ -87,6 +92,9 @@ async def console(
         people=load_people(people_file(tmp_path)) if with_people else People(),
         admin_token=admin,
         host=host,
+        audit=lambda request, action, **fields: (audit if audit is not None else []).append(
+            {"action": action, **fields}
+        ),
     ).add_routes(app)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -101,8 +109,10 @@ async def console(
 
 
 def test_login_is_required_and_a_wrong_token_is_refused(tmp_path: Path) -> None:
+    events: list[dict[str, Any]] = []
+
     async def scenario() -> None:
-        async with console(tmp_path) as (_broker, b):
+        async with console(tmp_path, audit=events) as (_broker, b):
             status, page = await b.get("/console/statements")
             assert status == 200 and 'id="login"' in page  # redirected to the login form
             status, page = await b.login("pgw_nobody-0000000000")
@@ -118,6 +128,13 @@ def test_login_is_required_and_a_wrong_token_is_refused(tmp_path: Path) -> None:
             assert 'id="login"' in page
 
     asyncio.run(scenario())
+    # Logins (failed too) and every page showing statement text are `admin` events.
+    assert [(e["action"], e["caller"], e.get("result")) for e in events] == [
+        ("console_login", None, "unknown token"),
+        ("console_login", "bob", "ok"),
+        ("refused", "bob", None),
+        ("console_logout", "bob", None),
+    ]
 
 
 def test_search_uses_the_logs_filters_and_escapes_hostile_text(tmp_path: Path) -> None:

@@ -105,7 +105,9 @@ class AdminServer:
             self._token_generated = source.generated
         people_file = str(cfg["approvals.approvers_file"])
         self.people = load_people(people_file) if people_file else People()
-        self.approvals = approvals.ApprovalsApi(state.approvals, self.people, self.token)
+        self.approvals = approvals.ApprovalsApi(
+            state.approvals, self.people, self.token, audit=self._audit, failures=self._failures
+        )
         from proxy.console.app import Console
 
         self.console = Console(
@@ -115,6 +117,8 @@ class AdminServer:
             admin_token=self.token,
             host=self.host,
             explain_dsn=str(cfg["approvals.explain_dsn"]),
+            audit=self._audit,
+            failures=self._failures,
         )
         self._runner: web.AppRunner | None = None
 

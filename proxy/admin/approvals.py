@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
+from proxy.admin.auth import FailureLimiter
 from proxy.approvals.broker import ApprovalBroker
 from proxy.approvals.events import iso
-from proxy.approvals.model import Approver, Request, RequestState
+from proxy.approvals.model import Request, RequestState
 from proxy.approvals.people import People
 from proxy.errors import ApprovalError
 
@@ -74,16 +76,31 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+Audit = Callable[..., None]  # AdminServer._audit(request, action, **fields)
+
+
+def no_audit(request: web.Request, action: str, **fields: Any) -> None:
+    pass
+
+
 class ApprovalsApi:
+    """``audit`` records each call as an ``admin`` event (reads show statement text);
+    ``failures`` rate-limits unknown tokens per address, shared with the admin token's."""
+
     def __init__(
         self,
         broker: ApprovalBroker | None,
         people: People,
         admin_token: str | None,
+        *,
+        audit: Audit = no_audit,
+        failures: FailureLimiter | None = None,
     ) -> None:
         self.broker = broker
         self.people = people
         self.admin_token = admin_token
+        self.audit = audit
+        self.failures = failures or FailureLimiter()
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get(PREFIX, self.list)
@@ -93,39 +110,50 @@ class ApprovalsApi:
 
     # --- who is asking -------------------------------------------------------------------
 
-    def person(self, request: web.Request) -> Approver | None:
-        return self.people.by_token(_bearer(request))
-
-    def may_read(self, request: web.Request) -> bool:
+    def caller(self, request: web.Request) -> str | None:
+        """Who is asking: a person's name, ``admin-token``, ``open`` (no authentication
+        configured, loopback only), or None (nobody we know: counted as a failure)."""
+        address = request.remote or ""
+        wait = self.failures.blocked(address)
+        if wait:
+            raise web.HTTPTooManyRequests(
+                text='{"error": "too many failed authentications"}',
+                content_type="application/json",
+                headers={"Retry-After": str(int(wait) + 1)},
+            )
         token = _bearer(request)
-        if self.person(request) is not None:
-            return True
-        if self.admin_token is not None:
-            return token is not None and hmac.compare_digest(token, self.admin_token)
-        # No admin token: the listener is loopback-only (checked at start), as for /sessions.
-        return not self.people
+        person = self.people.by_token(token)
+        if person is not None:
+            return person.name
+        if self.admin_token is not None and token is not None:
+            if hmac.compare_digest(token.encode(), self.admin_token.encode()):
+                return "admin-token"
+        elif self.admin_token is None and not self.people:
+            return "open"  # the listener is loopback-only (checked at start), as for /sessions
+        if token is not None:
+            self.failures.failed(address)
+            self.audit(request, "auth_failed", caller=None, reason="unknown token")
+        return None
 
     # --- handlers ------------------------------------------------------------------------
 
     async def list(self, request: web.Request) -> web.Response:
-        broker = self._broker_or_raise(request, read=True)
+        broker, caller = self._broker_or_raise(request, read=True)
         state = request.query.get("state", "")
         states = {s.value for s in RequestState}
         if state and state not in states:
             return _error(400, f"state must be one of {', '.join(sorted(states))}")
-        items = [
-            request_json(r, broker.link(r))
-            for r in broker.book
-            if not state or r.state.value == state
-        ]
-        return web.json_response(items)
+        chosen = [r for r in broker.book if not state or r.state.value == state]
+        self.audit(request, "approvals_read", caller=caller, requests=[r.id for r in chosen])
+        return web.json_response([request_json(r, broker.link(r)) for r in chosen])
 
     async def show(self, request: web.Request) -> web.Response:
-        broker = self._broker_or_raise(request, read=True)
+        broker, caller = self._broker_or_raise(request, read=True)
         try:
             found = broker.book.get(request.match_info["id"])
         except ApprovalError as exc:
             return _error(exc.status, str(exc))
+        self.audit(request, "approvals_read", caller=caller, requests=[found.id])
         return web.json_response(request_json(found, broker.link(found)))
 
     async def approve(self, request: web.Request) -> web.Response:
@@ -135,8 +163,8 @@ class ApprovalsApi:
         return await self._decide(request, False)
 
     async def _decide(self, request: web.Request, approve: bool) -> web.Response:
-        broker = self._broker_or_raise(request, read=False)
-        person = self.person(request)
+        broker, caller = self._broker_or_raise(request, read=False)
+        person = self.people.by_name(caller) if caller else None
         if person is None:
             return _error(
                 401,
@@ -149,9 +177,18 @@ class ApprovalsApi:
         if not isinstance(reason, str) or not isinstance(break_glass, bool):
             return _error(400, "reason must be a string and break_glass true or false")
         request_id = request.match_info["id"]
+        verb = "approve" if approve else "deny"
         try:
             decided = broker.decide(request_id, person, approve, reason, break_glass=break_glass)
         except ApprovalError as exc:
+            self.audit(
+                request,
+                verb,
+                caller=person.name,
+                request_id=request_id,
+                result="refused",
+                reason=str(exc),
+            )
             log.warning(
                 "approvals: %s refused for %s on %s from %s: %s",
                 "approve" if approve else "deny",
@@ -161,6 +198,8 @@ class ApprovalsApi:
                 exc,
             )
             return _error(exc.status, str(exc))
+        self.audit(request, verb, caller=person.name, request_id=request_id, result="ok",
+                   break_glass=break_glass)  # fmt: skip
         log.info(
             "approvals: %s %s %s from %s",
             person.name,
@@ -170,8 +209,11 @@ class ApprovalsApi:
         )
         return web.json_response(request_json(decided, broker.link(decided)))
 
-    def _broker_or_raise(self, request: web.Request, *, read: bool) -> ApprovalBroker:
-        if read and not self.may_read(request):
+    def _broker_or_raise(
+        self, request: web.Request, *, read: bool
+    ) -> tuple[ApprovalBroker, str | None]:
+        caller = self.caller(request)
+        if read and caller is None:
             raise web.HTTPUnauthorized(
                 text='{"error": "unauthorized"}',
                 content_type="application/json",
@@ -187,7 +229,7 @@ class ApprovalsApi:
                 text='{"error": "nobody can decide: approvals.approvers_file is not set"}',
                 content_type="application/json",
             )
-        return self.broker
+        return self.broker, caller
 
 
 def _bearer(request: web.Request) -> str | None:

@@ -29,7 +29,8 @@ import jinja2
 from aiohttp import web
 from markupsafe import Markup
 
-from proxy.admin.auth import is_loopback
+from proxy.admin.approvals import Audit, no_audit
+from proxy.admin.auth import FailureLimiter, is_loopback
 from proxy.approvals.broker import ApprovalBroker
 from proxy.approvals.model import Request as ApprovalRequest
 from proxy.approvals.model import RequestState
@@ -71,8 +72,14 @@ class Console:
         host: str,
         explain_dsn: str = "",
         signer: Signer | None = None,
+        audit: Audit = no_audit,
+        failures: FailureLimiter | None = None,
     ) -> None:
         self.gate = Gatekeeper(people, admin_token, signer or Signer())
+        # Logins, reads of statement text and decisions become `admin` events; failed logins
+        # count against the same per-address limit as the admin API's tokens.
+        self.audit = audit
+        self.failures = failures or FailureLimiter()
         self.reader = TrailReader(audit_dir)
         self.broker = broker
         self.explain_dsn = explain_dsn
@@ -130,9 +137,24 @@ class Console:
                         request.path,
                         request.remote,
                     )
+                    self.audit(
+                        request,
+                        "refused",
+                        caller=login.person.name,
+                        reason="form without a valid CSRF token or from another origin",
+                    )
                     return self._plain(403, "this form has expired or came from another site")
             response = await handler(request, login, form)
             response.headers.update(SECURITY_HEADERS)
+            # Every page past the overview shows statement text (or decides): recorded.
+            if request.path != PREFIX + "/":
+                self.audit(
+                    request,
+                    "console_" + handler.__name__,
+                    caller=login.person.name,
+                    query=dict(request.query) or None,
+                    status=response.status,
+                )
             return response
 
         return wrapped
@@ -211,13 +233,20 @@ class Console:
             request.cookies.get(LOGIN_COOKIE), form.get("login_nonce", "")
         ):
             return await self.login_page(request, "the login form expired; try again", 403)
+        address = request.remote or ""
+        if self.failures.blocked(address):
+            self.audit(request, "console_login", caller=None, result="rate_limited")
+            return await self.login_page(request, "too many failed logins; wait a minute", 429)
         found = self.gate.check_token(form.get("token", ""))
         if found is None:
             log.warning("console: failed login from %s", request.remote)
+            self.failures.failed(address)
+            self.audit(request, "console_login", caller=None, result="unknown token")
             await asyncio.sleep(0.5)  # slows guessing; tokens are long anyway
             return await self.login_page(request, "unknown token", 401)
         person, via = found
         log.info("console: %s logged in from %s", person.name, request.remote)
+        self.audit(request, "console_login", caller=person.name, result="ok", via=via)
         response = _redirect(_safe_next(form.get("next", "")) or PREFIX + "/")
         response.set_cookie(
             COOKIE,
@@ -363,7 +392,7 @@ class Console:
 
     async def decide(
         self, request: web.Request, login: Login, form: dict[str, str]
-    ) -> web.StreamResponse:
+    ) -> web.Response:
         if self.broker is None:
             return self.render("error.html", login, status=503, message="approvals are not running")
         request_id = request.match_info["id"]
@@ -388,7 +417,7 @@ class Console:
         past = "approved" if verdict == "approve" else "denied"
         log.info("console: %s %s %s", login.person.name, past, request_id)
         done = f"you {past} this request; it is now {decided.state.value}"
-        raise web.HTTPSeeOther(f"{PREFIX}/reviews/{request_id}?" + urlencode({"done": done}))
+        return _redirect(f"{PREFIX}/reviews/{request_id}?" + urlencode({"done": done}))
 
     async def explain(
         self, request: web.Request, login: Login, form: dict[str, str]
