@@ -120,7 +120,7 @@ def main() -> int:
             # refresh the exact-text level so every call misses it and takes the shape path
             i = next(counter) % len(variants)
             if i == 0:
-                cache._entries.clear()
+                cache._probation.clear()
             return cache.analyze(variants[i], settings)
 
         call()
