@@ -530,8 +530,9 @@ class AuditTrail:
         self._healthy = False
         if exc.errno != self._last_errno or now - self._last_error_log >= _ERROR_LOG_EVERY:
             log.error(
-                "%s; %d audit events are held in memory (limit audit.queue_max=%d) and "
-                "statements will wait when it is reached; retrying",
+                "%s; %d audit events are held in memory (limit audit.queue_max=%d); the "
+                "results of statements are held until their events are written, and new "
+                "statements wait once the limit is reached; retrying",
                 message,
                 self.pending,
                 self.queue_max,
