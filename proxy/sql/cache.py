@@ -174,7 +174,7 @@ def _with_text(stmt: StatementFacts, text: str) -> StatementFacts:
 def _bounded_put(entries: OrderedDict[_Key, _V], key: _Key, value: _V, cap: int) -> None:
     entries[key] = value
     if len(entries) > cap:
-        # another thread may evict concurrently (large texts are analysed in a pool)
+        # callers in executor threads share the cache and may evict concurrently
         with contextlib.suppress(KeyError):
             entries.popitem(last=False)
 
