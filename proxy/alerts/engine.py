@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from proxy.alerts.destinations import BACKOFF_START, WebhookSender, log_alert
 from proxy.alerts.rules import GROUP_KEYS, AlertRule, Webhook, load_rules
 from proxy.alerts.window import FirstSeen, SlidingWindows
+from proxy.audit.render import review_summary
 
 log = logging.getLogger("pgwarden.alerts")
 
@@ -281,38 +282,6 @@ class AlertEngine:
         for sender in list(self._senders.values()):
             await sender.aclose()
         self._senders.clear()
-
-
-def review_summary(event: dict[str, Any]) -> str:
-    """One line for people about an approval step ("" for other events)."""
-    kind = event.get("type")
-    rid, rule, user = event.get("request_id"), event.get("rule"), event.get("user")
-    if kind == "review_requested":
-        statement = " ".join(str(event.get("statement") or "(text not recorded)").split())
-        links = event.get("links") if isinstance(event.get("links"), dict) else {}
-        text = (
-            f"{user} asks to run on {event.get('database')}: {statement[:_STATEMENT_PREVIEW]} "
-            f"(request {rid}, rule {rule}, {event.get('approvals_needed')} approval(s) needed)"
-        )
-        if links:
-            text += f" approve: {links.get('approve')} deny: {links.get('deny')}"
-        return text
-    if kind == "review_decided":
-        who = event.get("approver") or "pgwarden"
-        verb = "approved" if event.get("verdict") == "approve" else "denied"
-        reason = f": {event['reason']}" if event.get("reason") else ""
-        if event.get("break_glass"):
-            return (
-                f"BREAK-GLASS: {who} force-approved request {rid} of {user} (rule {rule}){reason}"
-            )
-        return (
-            f"{who} {verb} request {rid} of {user} (rule {rule}), now {event.get('state')}{reason}"
-        )
-    if kind == "review_expired":
-        return f"request {rid} of {user} (rule {rule}) expired without a decision"
-    if kind == "review_withdrawn":
-        return f"request {rid} of {user} (rule {rule}) withdrawn: {event.get('reason')}"
-    return ""
 
 
 def _pair(event: dict[str, Any]) -> tuple[str, str]:

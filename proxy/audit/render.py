@@ -70,7 +70,43 @@ def _what(event: dict[str, Any]) -> str:
         return f"[auth failure {event.get('sqlstate')}: {event.get('error')}]"
     if kind == "alert":
         return f"[alert {event.get('alert')} ({event.get('severity')}): {event.get('summary')}]"
-    return f"[{kind}]"
+    summary = review_summary(event)
+    return f"[{kind}: {summary}]" if summary else f"[{kind}]"
+
+
+REVIEW_PREVIEW = 200  # characters of statement text in a review summary
+
+
+def review_summary(event: dict[str, Any]) -> str:
+    """One line for people about an approval step ("" for other events)."""
+    kind = event.get("type")
+    rid, rule, user = event.get("request_id"), event.get("rule"), event.get("user")
+    if kind == "review_requested":
+        statement = " ".join(str(event.get("statement") or "(text not recorded)").split())
+        links = event.get("links") if isinstance(event.get("links"), dict) else {}
+        text = (
+            f"{user} asks to run on {event.get('database')}: {statement[:REVIEW_PREVIEW]} "
+            f"(request {rid}, rule {rule}, {event.get('approvals_needed')} approval(s) needed)"
+        )
+        if links:
+            text += f" approve: {links.get('approve')} deny: {links.get('deny')}"
+        return text
+    if kind == "review_decided":
+        who = event.get("approver") or "pgwarden"
+        verb = "approved" if event.get("verdict") == "approve" else "denied"
+        reason = f": {event['reason']}" if event.get("reason") else ""
+        if event.get("break_glass"):
+            return (
+                f"BREAK-GLASS: {who} force-approved request {rid} of {user} (rule {rule}){reason}"
+            )
+        return (
+            f"{who} {verb} request {rid} of {user} (rule {rule}), now {event.get('state')}{reason}"
+        )
+    if kind == "review_expired":
+        return f"request {rid} of {user} (rule {rule}) expired without a decision"
+    if kind == "review_withdrawn":
+        return f"request {rid} of {user} (rule {rule}) withdrawn: {event.get('reason')}"
+    return ""
 
 
 def table_header(width: int) -> str:

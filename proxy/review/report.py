@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from proxy.audit.timeparse import iso_z
+from proxy.review.reviews import REVIEW_TYPES, ApproverRow, ReviewRuleRow, ReviewTally
 from proxy.review.sketch import LatencySketch
 from proxy.review.sqlstates import condition_name
 
@@ -172,6 +173,8 @@ class Report:
     timeline_bucket_seconds: int
     timeline: tuple[TimeBucket, ...]
     latency_bins: tuple[LatencyBin, ...]
+    reviews: tuple[ReviewRuleRow, ...] = ()  # approval requests by review rule
+    approvers: tuple[ApproverRow, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data; keys are a stable contract (``report_version`` 1)."""
@@ -302,6 +305,7 @@ class ReportBuilder:
         self._sessions: dict[tuple[str, str], _Session] = {}
         self._timeline: dict[str, list[int]] = {}
         self._timeline_key = _MINUTE_KEY
+        self._reviews = ReviewTally()
 
     def add_all(self, events: Iterable[dict[str, Any]]) -> ReportBuilder:
         for event in events:
@@ -338,6 +342,8 @@ class ReportBuilder:
                     session.last_ts = ts
         if kind == "query":
             self._add_query(event, ts, user, session)
+        elif kind in REVIEW_TYPES:
+            self._reviews.add(event)
 
     def _add_query(
         self, event: dict[str, Any], ts: str, user: str, session: _Session | None
@@ -548,6 +554,8 @@ class ReportBuilder:
             timeline_bucket_seconds=bucket_seconds,
             timeline=timeline,
             latency_bins=latency_bins(overall),
+            reviews=self._reviews.rules(),
+            approvers=self._reviews.approvers(),
         )
 
     def _timeline_buckets(self) -> tuple[int, tuple[TimeBucket, ...]]:

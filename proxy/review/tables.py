@@ -289,4 +289,72 @@ def report_tables(report: Report) -> tuple[Table, ...]:
             "sessions-statements", "Busiest sessions by statements", report.sessions_by_statements
         ),
         _session_table("sessions-time", "Busiest sessions by total time", report.sessions_by_time),
+        *(_review_tables(report) if report.reviews else ()),
+    )
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.0f} %"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def _review_tables(report: Report) -> tuple[Table, ...]:
+    return (
+        Table(
+            key="approvals-rules",
+            title="Approval requests by rule",
+            note="approval rate: approved of approved, denied and expired; time to decide: "
+            "from the request to the final approval or denial",
+            columns=(
+                Column("rule"),
+                Column("requests", "num"),
+                Column("approved", "num"),
+                Column("denied", "num"),
+                Column("expired", "num"),
+                Column("withdrawn", "num"),
+                Column("pending", "num"),
+                Column("break-glass", "num"),
+                Column("approval rate", "num"),
+                Column("median time to decide", "num"),
+            ),
+            rows=tuple(
+                (
+                    r.rule,
+                    fmt_int(r.requests),
+                    fmt_int(r.approved),
+                    fmt_int(r.denied),
+                    fmt_int(r.expired),
+                    fmt_int(r.withdrawn),
+                    fmt_int(r.pending),
+                    fmt_int(r.break_glass),
+                    _rate(r.approval_rate),
+                    _seconds(r.median_decide_s),
+                )
+                for r in report.reviews
+            ),
+        ),
+        Table(
+            key="approvals-people",
+            title="Approval decisions by approver",
+            columns=(
+                Column("approver"),
+                Column("approved", "num"),
+                Column("denied", "num"),
+                Column("break-glass", "num"),
+                Column("median time to decide", "num"),
+            ),
+            rows=tuple(
+                (
+                    a.approver,
+                    fmt_int(a.approvals),
+                    fmt_int(a.denials),
+                    fmt_int(a.break_glass),
+                    _seconds(a.median_decide_s),
+                )
+                for a in report.approvers
+            ),
+        ),
     )
