@@ -14,6 +14,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from proxy.errors import ConfigError, SourceProblem
 from proxy.tls.settings import (
@@ -128,6 +129,20 @@ class TLSContexts:
     client: ssl.SSLContext | None
     upstream: ssl.SSLContext | None
     loaded_at: float
+    # The certificate pgwarden presents to clients (DER), for SCRAM-SHA-256-PLUS: Python's
+    # SSLObject does not expose its own certificate, so it is read with the context.
+    client_cert_der: bytes | None = None
+
+
+def first_certificate(path: str) -> bytes:
+    """The first (leaf) certificate of a PEM chain file, as DER."""
+    text = Path(path).read_text(encoding="ascii", errors="replace")
+    begin = text.find("-----BEGIN CERTIFICATE-----")
+    end_marker = "-----END CERTIFICATE-----"
+    end = text.find(end_marker, begin)
+    if begin < 0 or end < 0:
+        raise ValueError(f"no PEM certificate in {path}")
+    return ssl.PEM_cert_to_DER_cert(text[begin : end + len(end_marker)])
 
 
 def build(settings: TLSSettings, now: float | None = None) -> TLSContexts:
@@ -146,7 +161,8 @@ def build(settings: TLSSettings, now: float | None = None) -> TLSContexts:
             problems += exc.problems
     if problems:
         raise ConfigError(problems)
-    return TLSContexts(settings, client, upstream, time.time() if now is None else now)
+    own = first_certificate(settings.client.cert_file) if client is not None else None
+    return TLSContexts(settings, client, upstream, time.time() if now is None else now, own)
 
 
 class TLSHolder:

@@ -9,8 +9,6 @@ settings, upgrades with ``loop.start_tls``, refuses plaintext in require mode, r
 from __future__ import annotations
 
 import asyncio
-import socket
-import ssl
 import struct
 import threading
 from collections.abc import Iterator, Mapping
@@ -23,8 +21,8 @@ import uvloop
 from proxy.auth.scram import ScramSecret
 from proxy.auth.scram_server import ScramServer
 from proxy.errors import AuthenticationError, ProtocolError
-from proxy.tls import clientleg, listener, sniff
-from proxy.tls.contexts import TLSContexts
+from proxy.tls import clientleg, listener
+from proxy.tls.contexts import TLSContexts, TLSHolder
 from proxy.wire import messages as m
 from proxy.wire import sasl
 from proxy.wire.startup import SSLRequest, StartupMessage, parse_startup, startup_length
@@ -41,26 +39,31 @@ class Seen:
 
 
 class _Conn(asyncio.Protocol):
-    def __init__(self, front: MiniFront, direct: bool) -> None:
+    def __init__(self, front: MiniFront, contexts: TLSContexts) -> None:
         self.front = front
+        self.contexts = contexts  # the generation this connection was accepted under
         self.buf = bytearray()
         self.transport: Any = None
-        self.tls = direct
+        self.secured: clientleg.SecuredClient | None = None
         self.scram: ScramServer | None = None
         self.phase = "startup"
         self.upgrade: asyncio.Task[None] | None = None
 
+    @property
+    def tls(self) -> bool:
+        return self.secured is not None
+
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         self.front.conns.add(self)
-        if self.tls:
-            obj = transport.get_extra_info("ssl_object")
-            refusal = sniff.negotiated_alpn_refusal(obj.selected_alpn_protocol(), direct=True)
-            if refusal is not None:
-                self.front.seen.refusals.append(refusal.reason)
+        if transport.get_extra_info("ssl_object") is not None:  # direct TLS
+            try:
+                self.secured = clientleg.secured(transport, self.contexts, direct=True)
+            except clientleg.ClientTLSRefused as exc:
+                self.front.seen.refusals.append(str(exc))
                 transport.close()
                 return
-            self.front.seen.tls_versions.append(obj.version())
+            self.front.seen.tls_versions.append(self.secured.facts.version)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -86,13 +89,11 @@ class _Conn(asyncio.Protocol):
             if isinstance(request, SSLRequest):
                 if self.buf:
                     raise ProtocolError("unexpected data after an encryption request")
-                answer = clientleg.answer_ssl_request(self.front.contexts)
+                answer = b"N" if self.tls else clientleg.answer_ssl_request(self.contexts)
                 self.transport.write(answer)
                 if answer == b"S":
-                    # Decrypted bytes can reach data_received before start_tls returns to
-                    # _upgrade (TLS 1.3 clients send Finished and the startup packet
-                    # together): hold them until the upgrade is done, or they would be
-                    # answered in plaintext on the old transport.
+                    # Decrypted bytes can reach data_received before the upgrade returns:
+                    # hold them in this phase (see clientleg.upgrade_client).
                     self.phase = "upgrading"
                     self.transport.pause_reading()
                     self.upgrade = asyncio.get_running_loop().create_task(self._upgrade())
@@ -122,40 +123,32 @@ class _Conn(asyncio.Protocol):
             self.transport.close()
 
     async def _upgrade(self) -> None:
-        ctx = self.front.contexts.client
-        assert ctx is not None
-        loop = asyncio.get_running_loop()
         try:
-            self.transport = await loop.start_tls(
-                self.transport, self, ctx, server_side=True, ssl_handshake_timeout=5
+            self.secured = await clientleg.upgrade_client(
+                self.transport, self, self.contexts, handshake_timeout=5
             )
-        except (ssl.SSLError, ConnectionError) as exc:
-            self.front.seen.refusals.append(f"handshake: {exc}")
-            return
-        obj = self.transport.get_extra_info("ssl_object")
-        refusal = sniff.negotiated_alpn_refusal(obj.selected_alpn_protocol(), direct=False)
-        if refusal is not None:
-            self.front.seen.refusals.append(refusal.reason)
+        except clientleg.ClientTLSRefused as exc:
+            self.front.seen.refusals.append(str(exc))
             self.transport.close()
             return
-        self.tls = True
-        self.front.seen.tls_versions.append(obj.version())
+        self.transport = self.secured.transport
+        self.front.seen.tls_versions.append(self.secured.facts.version)
         self.phase = "startup"
         self.data_received(b"")
 
     def _startup(self, startup: StartupMessage) -> None:
         user, database = startup.get("user"), startup.get("database") or startup.get("user")
-        settings = self.front.contexts.settings.client
+        settings = self.contexts.settings.client
         host = self.transport.get_extra_info("peername")[0]
         refusal = (
-            clientleg.certificate_refusal(settings, self.transport.get_extra_info("peercert"), user)
-            if self.tls
+            clientleg.certificate_refusal(settings, self.secured.peer_cert, user)
+            if self.secured is not None
             else clientleg.plaintext_refusal(settings, host, user, database)
         )
         if refusal is not None:
             self._fatal(refusal.sqlstate, refusal.message)
             return
-        cert = self.front.own_cert_der if self.tls else None
+        cert = self.secured.own_cert if self.secured is not None else None
         self.scram = ScramServer(user, self.front.secrets.get(user), server_cert=cert)
         self.front.seen.mechanisms = self.scram.mechanisms
         self.transport.write(self.scram.sasl_request())
@@ -180,69 +173,37 @@ class _Conn(asyncio.Protocol):
 class MiniFront:
     def __init__(
         self,
-        contexts: TLSContexts,
+        holder: TLSHolder,
         secrets: Mapping[str, ScramSecret],
-        own_cert_der: bytes,
         use_uvloop: bool = False,
     ) -> None:
         self.use_uvloop = use_uvloop  # the proxy runs on uvloop; its start_tls differs
-        self.contexts = contexts
+        self.holder = holder
         self.secrets = secrets
-        self.own_cert_der = own_cert_der
         self.seen = Seen()
         self.conns: set[_Conn] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
         self.port = 0
+        self.listener: listener.SniffingListener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
 
     async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        sock.setblocking(False)
-        self.port = sock.getsockname()[1]
+        self.listener = listener.SniffingListener(
+            lambda contexts: _Conn(self, contexts),
+            self.holder,
+            sniff_timeout=5,
+            handshake_timeout=5,
+        )
+        await self.listener.start("127.0.0.1", 0)
+        self.port = self.listener.port
         self._ready.set()
-        accept = loop.create_task(self._accept(sock))
         await self._stop.wait()
-        accept.cancel()
-        sock.close()
+        await self.listener.close()
         for conn in self.conns:
             conn.transport.close()
         await asyncio.sleep(0.1)
-
-    async def _accept(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            conn, _ = await loop.sock_accept(sock)
-            task = loop.create_task(self._sniff(conn))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-
-    async def _sniff(self, conn: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(5):
-            first = await listener.peek_first_byte(conn)
-            if sniff.classify(first) is sniff.FirstBytes.TLS:
-                if not clientleg.accepts_direct_tls(self.contexts):
-                    self.seen.refusals.append("direct TLS not accepted")
-                    conn.close()
-                    return
-                hello = await listener.peek_client_hello(conn)
-                refusal = sniff.alpn_refusal(hello, direct=True)
-                if refusal is not None:
-                    self.seen.refusals.append(refusal.reason)
-                    conn.send(refusal.alert)
-                    conn.close()
-                    return
-                await loop.connect_accepted_socket(
-                    lambda: _Conn(self, True), conn, ssl=self.contexts.client
-                )
-                return
-        await loop.connect_accepted_socket(lambda: _Conn(self, False), conn)
 
     @contextmanager
     def running(self) -> Iterator[MiniFront]:

@@ -4,7 +4,6 @@ pgwarden's own certificate, direct TLS with ALPN, require mode, wrong passwords.
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +11,7 @@ import psycopg
 import pytest
 
 from proxy.auth import scram
-from proxy.tls import contexts
+from proxy.tls.contexts import TLSHolder
 from proxy.tls.settings import ClientMode, ClientTLS, TLSSettings
 from tests.auth.miniserver import MiniFront
 from tests.support.tlspair import TestPKI
@@ -24,9 +23,8 @@ def _front(
     pki: TestPKI, mode: ClientMode = ClientMode.PREFER, uvloop: bool = False, **kw: Any
 ) -> MiniFront:
     leg = ClientTLS(mode, str(pki.server_cert), str(pki.server_key), **kw)
-    built = contexts.build(TLSSettings(client=leg))
-    der = ssl.PEM_cert_to_DER_cert(pki.server_cert.read_text())
-    return MiniFront(built, SECRETS, der, use_uvloop=uvloop)
+    holder = TLSHolder.from_settings(TLSSettings(client=leg))
+    return MiniFront(holder, SECRETS, use_uvloop=uvloop)
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
@@ -93,7 +91,7 @@ def test_no_direct_tls_when_disabled(pki: TestPKI) -> None:
     with _front(pki, direct=False).running() as front:
         with pytest.raises(psycopg.OperationalError):
             _connect(front, pki, sslmode="verify-full", sslnegotiation="direct")
-        assert front.seen.refusals == ["direct TLS not accepted"]
+        assert front.listener is not None and front.listener.refused == 1
 
 
 def test_verify_full_client_certificate(pki: TestPKI) -> None:

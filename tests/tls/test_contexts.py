@@ -222,3 +222,13 @@ def test_python_completes_without_alpn_when_the_offer_lacks_postgresql(pki: Test
     client.set_alpn_protocols(["h2"])
     server, _ = handshake(contexts.client_context(_client_leg(pki)), client)
     assert server.selected_alpn_protocol() is None
+
+
+def test_own_certificate_is_the_leaf_of_the_chain(pki: TestPKI, tmp_path: Path) -> None:
+    chain = tmp_path / "chain.crt"
+    chain.write_bytes(pki.server_cert.read_bytes() + pki.ca.cert_pem)
+    built = contexts.build(
+        TLSSettings(client=ClientTLS(ClientMode.REQUIRE, str(chain), str(pki.server_key)))
+    )
+    assert built.client_cert_der == ssl.PEM_cert_to_DER_cert(pki.server_cert.read_text())
+    assert contexts.build(TLSSettings()).client_cert_der is None
