@@ -349,3 +349,38 @@ def test_a_proxy_shutdown_denies_pending_requests_and_records_it(tmp_path: Any) 
         assert last["reason"] == "pgwarden stopped while the request was pending"
 
     asyncio.run(scenario())
+
+
+def test_review_steps_are_chained_in_the_trail_and_verify_covers_them(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Written through the real AuditTrail, they are records like any other: `verify` passes,
+    `logs --type` finds them, and an edited vote is detected."""
+    import orjson
+
+    from proxy import config
+    from proxy.audit.trail import AuditTrail
+    from proxy.cli import main
+
+    async def scenario() -> None:
+        cfg = config.defaults().replace(audit__dir=str(tmp_path), audit__fsync="none")
+        trail = AuditTrail(cfg, "p")
+        trail.open()
+        broker = ApprovalBroker("p", trail.submit)
+        request = broker.request(SPEC, text=TEXT, identity=ALICE, statement=TEXT)
+        broker.decide(request.id, who("bob"), True, "fine")
+        broker.decide(request.id, who("carol"), False, "not now")
+        await trail.aclose()
+
+    asyncio.run(scenario())
+    assert main(["verify", str(tmp_path)]) == 0
+    path = tmp_path / "audit.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    types = [orjson.loads(line)["type"] for line in lines]
+    assert types == ["review_requested", "review_decided", "review_decided"]
+    capsys.readouterr()
+    assert main(["logs", str(tmp_path), "--type", "review_decided", "--format", "json"]) == 0
+    shown = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["approver"], e["verdict"]) for e in shown] == [("bob", "approve"), ("carol", "deny")]
+    path.write_bytes(b"".join([lines[0], lines[1].replace(b'"fine"', b'"okay"'), lines[2]]))
+    assert main(["verify", str(tmp_path)]) == 1
