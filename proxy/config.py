@@ -312,6 +312,12 @@ SCHEMA: tuple[Key, ...] = (
         "console address in notices and notifications (default: http://admin.listen)",
     ),
     Key("approvals.explain_dsn", str, "", "connection EXPLAIN runs on when an approver asks"),
+    Key(
+        "console.store",
+        parse_bool,
+        False,
+        "the console reads the central store (first audit.sinks entry), not the local trail",
+    ),
     # TLS and authentication (issue 11): checked as a whole by proxy.tls.settings.
     Key(
         "client_tls.mode",

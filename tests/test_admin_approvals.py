@@ -287,3 +287,14 @@ def test_approvers_file_problems_are_located(tmp_path: Path) -> None:
         "6:5: people[bob].role: 'boss' is not one of approver, viewer",
         "9:5: people[carol]: unknown person key 'colour' (known: name, token_sha256, groups, role)",
     ]
+
+
+def test_console_store_needs_a_store_sink(tmp_path: Path) -> None:
+    from proxy.errors import ConfigError
+
+    cfg = config.defaults().replace(
+        admin__listen="127.0.0.1:0", console__store=True, audit__dir=str(tmp_path)
+    )
+    with pytest.raises(ConfigError) as info:
+        AdminServer(cfg, ServerState(proxy_id="p", started_at=0.0), FakeTrail())  # type: ignore[arg-type]
+    assert str(info.value) == "console.store: console.store needs a store in audit.sinks"

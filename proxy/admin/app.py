@@ -110,8 +110,17 @@ class AdminServer:
         )
         from proxy.console.app import Console
 
+        store: tuple[str, str] | None = None
+        if cfg["console.store"]:
+            sinks = cfg["audit.sinks"]
+            if not sinks:
+                raise ConfigError([SourceProblem(
+                    "", 0, 0, "console.store needs a store in audit.sinks", "console.store"
+                )])  # fmt: skip
+            store = (str(sinks[0]["dsn"]), str(sinks[0].get("schema", "public")))
         self.console = Console(
             audit_dir=str(cfg["audit.dir"]),
+            store=store,
             broker=state.approvals,
             people=self.people,
             admin_token=self.token,

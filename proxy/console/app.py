@@ -67,6 +67,7 @@ class Console:
         *,
         audit_dir: str,
         broker: ApprovalBroker | None,
+        store: tuple[str, str] | None = None,
         people: People,
         admin_token: str | None,
         host: str,
@@ -80,7 +81,7 @@ class Console:
         # count against the same per-address limit as the admin API's tokens.
         self.audit = audit
         self.failures = failures or FailureLimiter()
-        self.reader = TrailReader(audit_dir)
+        self.reader = TrailReader(audit_dir, store)
         self.broker = broker
         self.explain_dsn = explain_dsn
         # Nobody can log in and the listener is reachable from elsewhere: refuse to serve.
@@ -320,7 +321,7 @@ class Console:
 
     async def event(self, request: web.Request, login: Login, form: dict[str, str]) -> web.Response:
         seq = int(request.match_info["seq"])
-        found = await self._blocking(self.reader.event, seq)
+        found = await self._blocking(self.reader.event, seq, request.query.get("proxy", ""))
         if found is None:
             return self.render("error.html", login, status=404, message=f"no event with seq {seq}")
         return self.render("event.html", login, event=found)

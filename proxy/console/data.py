@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -82,11 +82,25 @@ class Page:
 
 
 class TrailReader:
-    def __init__(self, directory: str | Path) -> None:
+    """Reads the local trail in ``directory``, or with ``store`` (dsn, schema) the central
+    store, where the events of every proxy shipping into it are."""
+
+    def __init__(self, directory: str | Path, store: tuple[str, str] | None = None) -> None:
         self.directory = Path(directory)
+        self.store = store
 
     def _exists(self) -> bool:
-        return self.directory.is_dir()
+        return self.store is not None or self.directory.is_dir()
+
+    def _select(self, selection: EventFilter) -> Iterator[dict[str, Any]]:
+        if self.store is None:
+            return select_events(self.directory, selection)
+        from proxy.store.query import iter_store_events
+
+        dsn, schema = self.store
+        return iter_store_events(
+            dsn, selection, since=selection.since, until=selection.until, schema=schema
+        )
 
     def search(self, selection: EventFilter, page: int = 0, size: int = PAGE) -> Page:
         """One page of matches, newest first (the trail is read once, keeping the newest
@@ -94,14 +108,21 @@ class TrailReader:
         if not self._exists():
             return Page((), page, False)
         keep = (page + 1) * size + 1
-        newest: deque[dict[str, Any]] = deque(select_events(self.directory, selection), keep)
+        newest: deque[dict[str, Any]] = deque(self._select(selection), keep)
         ordered = list(reversed(newest))
         chunk = ordered[page * size : (page + 1) * size]
         return Page(tuple(chunk), page, len(ordered) > (page + 1) * size)
 
-    def event(self, seq: int) -> dict[str, Any] | None:
+    def event(self, seq: int, proxy_id: str = "") -> dict[str, Any] | None:
+        """The event with this seq (and, in the store, of this proxy)."""
         if not self._exists():
             return None
+        if self.store is not None:
+            return next(
+                (e for e in self._select(EventFilter())
+                 if e.get("seq") == seq and (not proxy_id or e.get("proxy_id") == proxy_id)),
+                None,
+            )  # fmt: skip
         needles = (f'"seq":{seq},'.encode(), f'"seq":{seq}}}'.encode())
         for raw in iter_raw(self.directory):
             if needles[0] in raw or needles[1] in raw:
@@ -118,13 +139,13 @@ class TrailReader:
         if not self._exists():
             return []
         selection = EventFilter(session=(session_id,))
-        return [e for e in select_events(self.directory, selection) if e.get("session_id")]
+        return [e for e in self._select(selection) if e.get("session_id")]
 
     def similar(self, fingerprint: str, limit: int = 10) -> list[dict[str, Any]]:
         """The newest statements of the same shape (fingerprint), for reviewers."""
         if not fingerprint or not self._exists():
             return []
-        same = (e for e in select_events(self.directory, EventFilter(types=("query",)))
+        same = (e for e in self._select(EventFilter(types=("query",)))
                 if e.get("fingerprint") == fingerprint)  # fmt: skip
         return list(reversed(deque(same, limit)))
 
@@ -133,7 +154,7 @@ class TrailReader:
         selection = EventFilter(since=since)
         builder = ReportBuilder(top=10)
         if self._exists():
-            builder.add_all(select_events(self.directory, selection))
+            builder.add_all(self._select(selection))
         return builder.build(since=since, until=None, filters=())
 
 
