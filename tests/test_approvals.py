@@ -384,3 +384,38 @@ def test_review_steps_are_chained_in_the_trail_and_verify_covers_them(
     assert [(e["approver"], e["verdict"]) for e in shown] == [("bob", "approve"), ("carol", "deny")]
     path.write_bytes(b"".join([lines[0], lines[1].replace(b'"fine"', b'"okay"'), lines[2]]))
     assert main(["verify", str(tmp_path)]) == 1
+
+
+def test_the_wire_messages_the_session_sends() -> None:
+    from proxy.approvals.broker import Outcome
+    from proxy.wire.messages import decode_fields
+
+    async def scenario() -> None:
+        broker = ApprovalBroker("p", lambda e: None, clock=Clock())
+        request = broker.request(SPEC, text=TEXT, identity=ALICE, statement=TEXT)
+        text = broker.waiting_notice(request, idle_in_transaction_timeout=60)
+        assert text.endswith(
+            ". WARNING: the server's idle_in_transaction_session_timeout (1m) is shorter than "
+            "the review timeout; the server may end this session while it waits"
+        )
+        assert "WARNING" not in broker.waiting_notice(request, idle_in_transaction_timeout=0)
+        assert "WARNING" not in broker.waiting_notice(request, idle_in_transaction_timeout=900)
+        notice = broker.notice_message(text)
+        assert notice[:1] == b"N" and int.from_bytes(notice[1:5], "big") == len(notice) - 1
+        assert decode_fields(notice[5:])["M"] == text
+        denied = broker.decide(request.id, who("bob"), False, "not now")
+        error = Outcome(denied).error_response()
+        assert error is not None and error[:1] == b"E"
+        assert decode_fields(error[5:]) == {
+            "S": "ERROR",
+            "V": "ERROR",
+            "C": "42501",
+            "M": "statement denied by bob: not now",
+            "H": f"Approval request {request.id} (rule review-deletes). The statement did not run.",
+        }
+        approved = broker.request(SPEC, text=TEXT, identity=ALICE, statement=TEXT)
+        broker.decide(approved.id, who("bob"), True)
+        broker.decide(approved.id, who("carol"), True)
+        assert Outcome(broker.book.get(approved.id)).error_response() is None
+
+    asyncio.run(scenario())

@@ -19,6 +19,7 @@ from proxy.approvals.book import ApprovalBook, Step
 from proxy.approvals.model import Approver, Request, RequestState
 from proxy.identity import Identity
 from proxy.policy.review import ReviewSpec, duration_text
+from proxy.wire import messages as wire
 
 log = logging.getLogger("pgwarden.approvals")
 
@@ -56,6 +57,15 @@ class Outcome:
     def forward(self) -> bool:
         """True: send the held statement to the server unchanged."""
         return self.request.state is RequestState.APPROVED
+
+    def error_response(self) -> bytes | None:
+        """The ErrorResponse message to send the client instead of running the statement
+        (None: forward it). The session still owes the rest of the cycle (ReadyForQuery, or
+        errors-until-Sync), exactly as for a blocked statement."""
+        refusal = self.refusal()
+        if refusal is None:
+            return None
+        return wire.error_response(refusal.sqlstate, refusal.message, hint=refusal.hint)
 
     def refusal(self) -> Refusal | None:
         """The ErrorResponse fields for a statement that must not run (None: forward it)."""
@@ -168,14 +178,31 @@ class ApprovalBroker:
         """Ticket mode: the approved request releasing this exact statement once, if any."""
         return self.book.redeem_ticket(text, params, identity, self._clock())
 
-    def waiting_notice(self, request: Request) -> str:
+    def waiting_notice(
+        self, request: Request, idle_in_transaction_timeout: float | None = None
+    ) -> str:
+        """The first notice. Inside a transaction, pass the server's
+        ``idle_in_transaction_session_timeout`` (seconds, 0 = off): when it is shorter than the
+        review timeout the notice warns that the server may end the session while it waits."""
         spec = request.spec
         text = (
             f"pgwarden: this statement waits for approval (request {request.id}, rule "
             f"{spec.rule_id}): {spec.describe()}"
         )
         link = self.link(request)
-        return text + (f"; review it at {link}" if link else "")
+        text += f"; review it at {link}" if link else ""
+        if idle_in_transaction_timeout and idle_in_transaction_timeout < spec.timeout:
+            text += (
+                f". WARNING: the server's idle_in_transaction_session_timeout "
+                f"({duration_text(idle_in_transaction_timeout)}) is shorter than the review "
+                "timeout; the server may end this session while it waits"
+            )
+        return text
+
+    @staticmethod
+    def notice_message(text: str) -> bytes:
+        """A NoticeResponse carrying ``text`` (clients accept notices at any time)."""
+        return wire.notice_response(text, severity="NOTICE")
 
     def ticket_notice(self, request: Request) -> str:
         return (
