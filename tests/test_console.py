@@ -184,8 +184,9 @@ def test_deciding_from_the_console_follows_the_broker_rules(tmp_path: Path) -> N
             assert status == 403 and "alice asked for this statement" in page
             # bob: a form from another origin, or without the token, does nothing.
             _, page = await b.login(TOKENS["bob"])
-            _, page = await b.get(page_path + "?verdict=approve")
+            _, page = await b.get(page_path + "?verdict=approve&done=approve")
             assert 'class="approve chosen"' in page
+            assert 'id="done"' not in page  # no vote of bob's yet: a crafted link claims nothing
             token = b.csrf(page)
             status, _ = await b.post(page_path + "/decide", {"verdict": "approve"})
             assert status == 403

@@ -378,7 +378,7 @@ class Console:
             r=found,
             similar=similar,
             verdict=request.query.get("verdict", ""),
-            message=message or request.query.get("done", ""),
+            message=message or _done_message(request.query.get("done", ""), found, person.name),
             error=error,
             plan=plan,
             explain_refusal=explain.why_not(found, self.explain_dsn),
@@ -403,7 +403,7 @@ class Console:
                 request, login, form, error="choose approve or deny", status=400
             )
         try:
-            decided = self.broker.decide(
+            self.broker.decide(
                 request_id,
                 login.person,
                 verdict == "approve",
@@ -415,10 +415,8 @@ class Console:
                 "console: %s refused for %s on %s: %s", verdict, login.person.name, request_id, exc
             )
             return await self.review(request, login, form, error=str(exc), status=exc.status)
-        past = "approved" if verdict == "approve" else "denied"
-        log.info("console: %s %s %s", login.person.name, past, request_id)
-        done = f"you {past} this request; it is now {decided.state.value}"
-        return _redirect(f"{PREFIX}/reviews/{request_id}?" + urlencode({"done": done}))
+        log.info("console: %s %s %s", login.person.name, verdict, request_id)
+        return _redirect(f"{PREFIX}/reviews/{request_id}?" + urlencode({"done": verdict}))
 
     async def explain(
         self, request: web.Request, login: Login, form: dict[str, str]
@@ -429,6 +427,14 @@ class Console:
         log.info("console: %s asked for EXPLAIN of %s", login.person.name, found.id)
         plan = await explain.explain(found, self.explain_dsn)
         return await self.review(request, login, form, plan=plan)
+
+
+def _done_message(verdict: str, request: ApprovalRequest, name: str) -> str:
+    """The confirmation after a vote: shown only when this person's vote is on the request
+    (the URL says which message, never its text)."""
+    past = {"approve": "approved", "deny": "denied"}.get(verdict)
+    voted = any(v.approver == name and v.approve == (verdict == "approve") for v in request.votes)
+    return f"you {past} this request; it is now {request.state.value}" if past and voted else ""
 
 
 def _redirect(location: str) -> web.Response:
