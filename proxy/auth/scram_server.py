@@ -53,12 +53,15 @@ class ScramServer:
         *,
         server_cert: bytes | None = None,
         nonce: str | None = None,
+        mock_iterations: int = scram.DEFAULT_ITERATIONS,
     ) -> None:
         """``secret`` None: unknown user (mock exchange). ``server_cert``: the DER
-        certificate pgwarden presented on this TLS client leg, or None in plaintext."""
+        certificate pgwarden presented on this TLS client leg, or None in plaintext.
+        ``mock_iterations``: what known users' secrets use (``UsersFile.typical_iterations``),
+        so the count does not tell unknown users apart."""
         self.user = user
         self._mock = secret is None
-        self.secret = secret or self._mock_secret(user)
+        self.secret = secret or self._mock_secret(user, mock_iterations)
         self._binding = tls_server_end_point(server_cert) if server_cert else None
         self._tls = server_cert is not None
         self._server_nonce = nonce or scram.new_nonce()
@@ -72,9 +75,9 @@ class ScramServer:
         self.client_key: bytes | None = None  # recovered from a valid proof
 
     @staticmethod
-    def _mock_secret(user: str) -> ScramSecret:
+    def _mock_secret(user: str, iterations: int) -> ScramSecret:
         salt = scram.hmac256(_MOCK_KEY, user.encode())[: scram.SALT_LENGTH]
-        return ScramSecret(scram.DEFAULT_ITERATIONS, salt, os.urandom(32), os.urandom(32))
+        return ScramSecret(iterations, salt, os.urandom(32), os.urandom(32))
 
     @property
     def mechanisms(self) -> list[str]:

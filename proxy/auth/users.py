@@ -16,11 +16,12 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from proxy.auth.scram import ScramSecret
+from proxy.auth.scram import DEFAULT_ITERATIONS, ScramSecret
 from proxy.errors import ConfigError, SourceProblem
 
 KEY = "auth.users_file"
@@ -33,6 +34,12 @@ class UsersFile:
 
     def secret(self, user: str) -> ScramSecret | None:
         return self.secrets.get(user)
+
+    @property
+    def typical_iterations(self) -> int:
+        """The most common iteration count (for the mock exchange of unknown users)."""
+        counts = Counter(secret.iterations for secret in self.secrets.values())
+        return counts.most_common(1)[0][0] if counts else DEFAULT_ITERATIONS
 
 
 def _problem(path: str, line: int, message: str) -> SourceProblem:

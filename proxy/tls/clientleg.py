@@ -111,6 +111,10 @@ async def upgrade_client(
 ) -> SecuredClient:
     """The TLS handshake after ``answer_ssl_request`` returned ``S`` and it was written.
 
+    In the step that writes the ``S`` the caller must have checked that nothing follows the
+    SSLRequest in its buffer (CVE-2021-23214) and called ``transport.pause_reading()``, so
+    whatever the client sends next is read by the TLS engine, not as plaintext.
+
     Bytes the client sends after the handshake can reach ``protocol.data_received`` *before*
     this coroutine resumes (a TLS 1.3 client sends its Finished and the startup packet
     together): the caller must hold them (a phase such as ``Phase.TLS_UPGRADE``) and process

@@ -57,9 +57,11 @@ class _Negotiator(asyncio.Protocol):
     """Holds the connection while pgwarden negotiates; nothing reaches the caller's
     protocol until the connection is what the settings demand."""
 
-    def __init__(self) -> None:
+    def __init__(self, expect_answer: bool = True) -> None:
         self.transport: asyncio.Transport | None = None
         self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        if not expect_answer:  # direct TLS: no SSLRequest, so no answer to wait for
+            self.answer.set_result(b"")
         self.early = bytearray()  # bytes after TLS came up, before the caller's protocol
         self.lost: Exception | None = None
         self.closed = False
@@ -70,8 +72,17 @@ class _Negotiator(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self.answer.done():
             self.answer.set_result(data)
+            # Read nothing more in plaintext: whatever follows the answer is the TLS
+            # engine's to judge (start_tls resumes reading), never trusted bytes.
+            if self.transport is not None:
+                self.transport.pause_reading()
         else:
             self.early += data
+
+    def plaintext_after_answer(self) -> bool:
+        """Bytes came after the one-byte answer, before TLS started (CVE-2021-23222): they
+        were sent in plaintext and may have been injected."""
+        return len(self.answer.result()) > 1 or bool(self.early)
 
     def eof_received(self) -> bool | None:
         return False
@@ -140,7 +151,9 @@ async def open_upstream(
         raw.write(SSL_REQUEST)
         answer = await negotiator.answer
         if answer[:1] == b"S":
-            if len(answer) > 1:
+            # Checked in the same step as start_tls swaps the protocol: anything that
+            # reaches us after this is decrypted.
+            if negotiator.plaintext_after_answer():
                 raise UpstreamTLSError(
                     "the upstream server sent unencrypted data after its SSL response "
                     "(possible man-in-the-middle)"
@@ -168,6 +181,7 @@ async def open_upstream(
                     f"to SSLRequest) and upstream_tls.mode is {settings.mode.value}: "
                     "refusing to continue without encryption"
                 )
+            raw.resume_reading()
             transport, protocol = _adopt(raw, negotiator, factory)
             return UpstreamLink(transport, protocol, None)
         if answer[:1] == b"E":
@@ -195,7 +209,7 @@ async def _direct(
 ) -> UpstreamLink[P]:
     try:
         raw, negotiator = await loop.create_connection(
-            _Negotiator,
+            lambda: _Negotiator(expect_answer=False),
             upstream.host,
             upstream.port,
             ssl=context,
@@ -212,7 +226,6 @@ async def _direct(
             f"the upstream server at {upstream} did not negotiate ALPN {ALPN_PROTOCOL!r} on "
             "a direct TLS connection (PostgreSQL 17 or later is needed for direct TLS)"
         )
-    negotiator.answer.cancel()  # no SSLRequest on a direct connection
     adopted, protocol = _adopt(transport, negotiator, factory)
     return UpstreamLink(adopted, protocol, _facts(adopted))
 

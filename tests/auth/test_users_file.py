@@ -105,3 +105,14 @@ def test_users_add_refuses_empty_password_and_open_file(
     monkeypatch.setattr("sys.stdin", io.StringIO("pw\n"))
     assert main(["users", "add", "alice", "--file", str(path), "--password-stdin"]) == 2
     assert "accessible by other users (mode 0666)" in capsys.readouterr().err
+
+
+def test_typical_iterations_feed_the_mock_exchange() -> None:
+    text = "".join(
+        f'"u{i}" "{scram.make_secret("pw", iterations=n)}"\n' for i, n in enumerate([8, 8, 16])
+    )
+    parsed = users.parse(text, "users.txt")
+    assert parsed.typical_iterations == 8
+    assert users.parse("", "empty").typical_iterations == scram.DEFAULT_ITERATIONS
+    mock = ScramServer("nobody", None, mock_iterations=parsed.typical_iterations)
+    assert mock.secret.iterations == 8

@@ -285,3 +285,27 @@ def test_unix_socket_upstream_is_plaintext(run: Runner, pg: PgServer, tmp_path: 
         await link.protocol.close()
 
     run(main())
+
+
+def test_plaintext_after_s_in_a_later_segment_is_caught() -> None:
+    """CVE-2021-23222 when the injected bytes arrive as a separate read before TLS starts
+    (the 'SX' case above is the same bytes in one read). Fed synchronously: the network
+    cannot produce this interleaving on demand."""
+    from proxy.tls.upstream import _Negotiator
+
+    class _Transport:
+        paused = False
+
+        def pause_reading(self) -> None:
+            self.paused = True
+
+    async def main() -> None:
+        negotiator = _Negotiator()
+        transport = _Transport()
+        negotiator.connection_made(transport)  # type: ignore[arg-type]
+        negotiator.data_received(b"S")
+        assert transport.paused and not negotiator.plaintext_after_answer()
+        negotiator.data_received(b"INJECTED")
+        assert negotiator.plaintext_after_answer()
+
+    asyncio.run(main())
