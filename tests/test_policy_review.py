@@ -227,7 +227,22 @@ def test_the_live_proxy_refuses_a_review_statement(
             "Deletes need a second pair of eyes." + NOT_HELD_SUFFIX
         )
         assert conn.execute("SELECT count(*) FROM reviewed").fetchone() == (1,)
-    [event] = proxy.wait_for(lambda e: e.get("statement") == "DELETE FROM reviewed WHERE id = 1")
+        # Extended protocol with a parameter, and a prepared statement: refused the same way.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM reviewed WHERE id = %s", (1,))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM reviewed WHERE id = %s", (1,), prepare=True)
+        # Inside a transaction it fails like a block: the transaction is aborted, nothing ran.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+            conn.execute("INSERT INTO reviewed VALUES (2)")
+            conn.execute("DELETE FROM reviewed WHERE id = 1")
+        assert conn.execute("SELECT id FROM reviewed ORDER BY id").fetchall() == [(1,)]
+    refused = proxy.wait_for(lambda e: e.get("sqlstate") == "42501", count=4)
+    event = refused[0]
+    assert event["statement"] == "DELETE FROM reviewed WHERE id = 1"
+    assert [e["protocol"] for e in refused] == ["simple", "extended", "extended", "simple"]
+    assert all(e["decision"]["intended"] == "review" for e in refused)
+    assert refused[3]["tx_status"] == "E"  # the transaction failed, as with a block
     assert event["decision"]["action"] == "block"
     assert event["decision"]["intended"] == "review"
     assert event["decision"]["review_rule"] == "review-deletes"
