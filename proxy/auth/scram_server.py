@@ -216,7 +216,7 @@ class ScramServer:
         if self._plus:
             assert self._binding is not None
             expected = scram.b64(self._gs2_header.encode() + self._binding)
-            if not hmac.compare_digest(binding, expected):
+            if not hmac.compare_digest(binding.encode(), expected.encode()):
                 raise AuthenticationError(
                     "SCRAM channel binding check failed", c.SQLSTATE_INVALID_AUTHORIZATION
                 )

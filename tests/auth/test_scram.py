@@ -259,3 +259,19 @@ def test_unsupported_binding_type(pki: TestPKI) -> None:
         AuthenticationError, match='unsupported SCRAM channel-binding type "tls-unique"'
     ):
         server.initial_response(body)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=80))
+def test_garbage_final_after_a_valid_first_message(pki: TestPKI, final: str) -> None:
+    """Bound and unbound exchanges: any client-final text ends in our errors (a non-ASCII
+    binding once escaped as TypeError from compare_digest)."""
+    cert = _der(str(pki.server_cert))
+    offer = [b"SCRAM-SHA-256-PLUS", b"SCRAM-SHA-256"]
+    for binding in ("require", "disable"):
+        for text in (final, "c=\u00e9," + final, "c=\u00e9,r=x,p=" + final):
+            server = ScramServer("alice", scram.make_secret("pw", iterations=1), server_cert=cert)
+            client = ScramClient(password="pw", server_cert=cert, channel_binding=binding)  # type: ignore[arg-type]
+            server.initial_response(_body(client.initial_response(offer)))
+            with pytest.raises((AuthenticationError, ProtocolError)):
+                server.final_response(text.encode())
