@@ -419,3 +419,22 @@ def test_the_wire_messages_the_session_sends() -> None:
         assert Outcome(broker.book.get(approved.id)).error_response() is None
 
     asyncio.run(scenario())
+
+
+def test_a_closing_session_withdraws_its_pending_requests() -> None:
+    async def scenario() -> None:
+        events: list[dict[str, Any]] = []
+        broker = ApprovalBroker("p", events.append, clock=Clock())
+        mine = broker.request(SPEC, text=TEXT, identity=ALICE, statement=TEXT)
+        other = Identity(user="dave", database="app", session_id="s-2")
+        theirs = broker.request(SPEC, text=TEXT, identity=other, statement=TEXT)
+        waiter = asyncio.ensure_future(broker.wait(mine.id))
+        await asyncio.sleep(0)
+        assert broker.withdraw_session("s-1") == 1
+        outcome = await asyncio.wait_for(waiter, 1)
+        assert outcome.request.state is RequestState.WITHDRAWN
+        assert outcome.request.reason == "the client disconnected"
+        assert broker.book.get(theirs.id).state is RequestState.PENDING
+        assert broker.withdraw_session("s-1") == 0
+
+    asyncio.run(scenario())

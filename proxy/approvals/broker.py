@@ -172,6 +172,14 @@ class ApprovalBroker:
     def withdraw(self, request_id: str, reason: str) -> Request:
         return self._apply(self.book.withdraw(request_id, reason, self._clock()))
 
+    def withdraw_session(self, session_id: str, reason: str = "the client disconnected") -> int:
+        """Withdraw every pending request of a session (call when it closes, whatever state
+        its waiting task is in); returns how many there were."""
+        mine = [r for r in self.book.pending() if r.binding.session_id == session_id]
+        for request in mine:
+            self.withdraw(request.id, reason)
+        return len(mine)
+
     def redeem_ticket(
         self, text: str, params: tuple[bytes | None, ...], identity: Identity
     ) -> Request | None:
