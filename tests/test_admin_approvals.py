@@ -298,3 +298,19 @@ def test_console_store_needs_a_store_sink(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         AdminServer(cfg, ServerState(proxy_id="p", started_at=0.0), FakeTrail())  # type: ignore[arg-type]
     assert str(info.value) == "console.store: console.store needs a store in audit.sinks"
+
+
+def test_check_config_reads_the_approvers_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = ["serve", "--check-config", "--audit-dir", str(tmp_path / "audit")]
+    good = people_file(tmp_path)
+    assert main([*flags, "--approvals-approvers-file", str(good)]) == 0
+    assert "# 5 people in the approvers file" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("people:\n  - name: bob\n    token_sha256: nothex\n")
+    assert main([*flags, "--approvals-approvers-file", str(bad)]) == 2
+    assert capsys.readouterr().err == (
+        f"pgwarden: {bad}:3:5: people[bob]: token_sha256 must be 64 lowercase hex digits "
+        "(pgwarden approvals new-token)\n"
+    )

@@ -54,11 +54,19 @@ def check_config(cfg: config.Config) -> int:
         from proxy.alerts.rules import load_rules
 
         rules = load_rules(list(cfg["alerts"]))
+    people = None
+    if cfg["approvals.approvers_file"]:
+        from proxy.approvals.people import load_people
+
+        people = load_people(str(cfg["approvals.approvers_file"]))
     for key in config.SCHEMA:
         print(f"{key.path}: {config.display_value(cfg[key.path])}")
     if policy is not None:
         print(f"# {policy.rule_count} policy rules in {len(policy.files)} files")
     if rules is not None:
         print(f"# {len(rules)} alert rules")
+    if people is not None:
+        count = len(people.entries)
+        print(f"# {count} {'person' if count == 1 else 'people'} in the approvers file")
     print("configuration ok", file=sys.stderr)
     return 0
