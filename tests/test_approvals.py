@@ -438,3 +438,34 @@ def test_a_closing_session_withdraws_its_pending_requests() -> None:
         assert broker.withdraw_session("s-1") == 0
 
     asyncio.run(scenario())
+
+
+def test_hold_and_ticket_as_a_session_uses_them() -> None:
+    from proxy.approvals.hold import Statement, hold, ticket
+    from proxy.wire.messages import decode_fields
+
+    async def scenario() -> None:
+        broker = ApprovalBroker("p", lambda e: None, clock=Clock())
+        sent: list[bytes] = []
+        held = Statement(TEXT, (b"42",), ALICE, TEXT, "fp")
+        task = asyncio.ensure_future(hold(broker, SPEC, held, sent.append))
+        await asyncio.sleep(0)
+        [request] = broker.book.pending()
+        assert request.fingerprint == "fp" and request.binding.params_sha256
+        assert decode_fields(sent[0][5:])["M"] == broker.waiting_notice(request)
+        broker.decide(request.id, who("bob"), True)
+        broker.decide(request.id, who("carol"), True)
+        assert (await asyncio.wait_for(task, 1)).forward
+
+        # Ticket mode: refused at once, released once after approval, then refused again.
+        spec = ReviewSpec(**{**_fields(SPEC), "mode": "ticket", "approvals": 1})  # type: ignore[arg-type]
+        first, refusal = ticket(broker, spec, held)
+        assert refusal is not None and refusal.sqlstate == "42501"
+        assert refusal.message == broker.ticket_notice(first)
+        broker.decide(first.id, who("bob"), True)
+        used, refusal = ticket(broker, spec, held)
+        assert refusal is None and used.id == first.id
+        again, refusal = ticket(broker, spec, held)
+        assert refusal is not None and again.id != first.id
+
+    asyncio.run(scenario())
