@@ -1,7 +1,9 @@
 """A sample of the generated mutation corpus (tests/support/mutations.py) through the proxy with
 the shipped default policy, against a real server: each is refused with the seed's rule, and the
 server shows no effect (the rows of ``orders`` are exactly as before). The same statements run
-directly against PostgreSQL do change the rows (or run), so the check is not vacuous."""
+directly against PostgreSQL do change the rows (or run), so the check is not vacuous. Also the
+issue-10 cases whose effect matters (bound parameters, uncompilable DO blocks) and the
+issue-9 policy-noise cases (pg_dump's set_config, CALL), through the proxy."""
 
 from __future__ import annotations
 
@@ -125,3 +127,61 @@ def test_issue_cases_are_refused_and_change_nothing(
 def _changed(conn: psycopg.Connection[Any], before: list[tuple[Any, ...]]) -> bool:
     rows = conn.execute("SELECT id, status, total FROM orders ORDER BY id").fetchall()
     return rows != before
+
+
+def test_where_parameter_bound_true_is_refused_by_every_route(setup: tuple[Any, str]) -> None:
+    """Issue 10: ``WHERE $1`` with true bound ran unbounded (psycopg, asyncpg, SQL EXECUTE)."""
+    import asyncio
+
+    import asyncpg
+
+    proxy, direct = setup
+    before = _rows(direct)
+    dsn = proxy.dsn(user="dave", database=_DB)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM orders WHERE %s", (True,))
+        conn.execute("PREPARE wipe(bool) AS DELETE FROM orders WHERE $1")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as err:
+            conn.execute("EXECUTE wipe(true)")
+        assert err.value.diag.message_detail == f"pgwarden rule: {WRITE_RULE}"
+        assert conn.execute("EXECUTE wipe(false)").rowcount == 0  # bound false: touches nothing
+
+    async def via_asyncpg() -> None:
+        conn = await asyncpg.connect(dsn, timeout=5)
+        try:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute("UPDATE orders SET status = 'x' WHERE $1", True)
+        finally:
+            await conn.close()
+
+    asyncio.run(asyncio.wait_for(via_asyncpg(), 30))
+    assert _rows(direct) == before
+
+
+def test_real_tools_are_judged_by_what_they_do(setup: tuple[Any, str]) -> None:
+    """Issue 9 §4: pg_dump's set_config of restrict_nonsystem_relation_kind is no role switch,
+    and CALL of a PL/pgSQL procedure is judged like SELECT of a PL/pgSQL function."""
+    from tests.e2e.kit import wait_until
+
+    proxy, direct = setup
+    with psycopg.connect(direct, autocommit=True) as conn:
+        body = "LANGUAGE plpgsql AS $$ BEGIN PERFORM 1; END $$"
+        conn.execute(f"CREATE OR REPLACE PROCEDURE tidy() {body}")
+        conn.execute(f"CREATE OR REPLACE FUNCTION tidy_fn() RETURNS void {body}")
+    pg_dump = (
+        "SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings"
+        " WHERE name = 'restrict_nonsystem_relation_kind'"
+    )
+    statements = [pg_dump, "CALL tidy()", "SELECT tidy_fn()"]
+    with psycopg.connect(proxy.dsn(user="dave", database=_DB), autocommit=True) as conn:
+        for sql in statements:
+            conn.execute(sql)
+
+    def decisions() -> dict[str, Any] | None:
+        found = {e["statement"]: e["decision"] for e in proxy.events("query")}
+        return found if all(s in found for s in statements) else None
+
+    found = wait_until(decisions, 10, "audit events")
+    for sql in statements:
+        assert (found[sql]["action"], found[sql]["rules"]) == ("allow", []), sql
