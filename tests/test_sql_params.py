@@ -107,7 +107,7 @@ def test_param_sensitive_facts_stay_out_of_the_shape_level() -> None:
 
 # --- soundness of the tautology check ---------------------------------------------------------
 
-_VALUES: list[int | None] = [None, -2, -1, 0, 1, 2, 3]
+_VALUES: list[int | None] = [-2, -1, 0, 1, 2, 3]  # columns may be NOT NULL: non-null rows
 _OPS = ["=", "<>", "<", "<=", ">", ">="]
 _PY_OPS: dict[str, Any] = {
     "=": operator.eq,

@@ -7,12 +7,14 @@ is ``true``, ``now() > '2000-01-01'``, ``(SELECT true)``, ``EXISTS (SELECT 1)``,
 condition on another FROM item only, or a volatile call like ``random() < 2``. A row-independent
 condition that folds to false or null touches no row and so limits (to nothing).
 
-A condition that mentions the target can still be true for every row: comparisons of an
-expression with itself (``id = orders.id``, ``lower(x) >= lower(x)``) are folded to true (they
-are false only where the expression is null), and boolean combinations of comparisons are
-checked by enumerating their truth table (``id > 0 OR id <= 0 OR id IS NULL``). That check
-is sound (it never calls a real filter a tautology) but not complete: data-dependent and
-function-wrapped tautologies exist without end, which is what a runtime row limit is for.
+A condition that mentions the target can still be true for every row. Target columns may be
+declared NOT NULL, so a condition true for every row whose columns are not null does not
+limit: comparisons of an expression with itself (``id = orders.id``, ``lower(x) >= lower(x)``)
+fold to true, ``id IS NOT NULL`` is true, and boolean combinations of comparisons are checked
+by enumerating their truth table (``id > 0 OR id <= 0``). That check is sound (it never calls
+a condition a tautology unless it is one for non-null columns) but not complete:
+data-dependent and function-wrapped tautologies exist without end, which is what a runtime row
+limit is for.
 
 **Target columns.** A column reference is the target's when it is qualified by the target's
 name (or its alias, when it has one), or unqualified while the statement has no other FROM
@@ -31,7 +33,7 @@ parameter's) value shows as a set mixing limiting and non-limiting outcomes.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -171,12 +173,15 @@ def _mixed(ev: _Evaluator, condition: Any) -> bool:
 
 
 def _may_be_tautology(node: Any) -> bool:
-    """Only OR and NOT (and IS [NOT] tests) can combine row-dependent parts into a tautology."""
+    """Only OR, NOT, IS [NOT] tests and null tests can make row-dependent parts a tautology."""
     if isinstance(node, dict):
         boolexpr = node.get("BoolExpr")
         if isinstance(boolexpr, dict) and boolexpr.get("boolop") in ("OR_EXPR", "NOT_EXPR"):
             return True
-        if "BooleanTest" in node:
+        if "BooleanTest" in node or "NullTest" in node:
+            return True
+        expr = node.get("A_Expr")
+        if isinstance(expr, dict) and expr.get("kind") in ("AEXPR_DISTINCT", "AEXPR_NOT_DISTINCT"):
             return True
         return any(_may_be_tautology(v) for v in node.values() if isinstance(v, (dict, list)))
     if isinstance(node, list):
@@ -463,8 +468,7 @@ class _Evaluator:
 class _Atom:
     key: Any
     negated: bool
-    columns: frozenset[Any]  # target columns whose null makes the atom null
-    null_test: bool  # x IS NULL on a target column: two-valued, tied to the column
+    null_test: bool  # x IS [NOT] NULL on a target column: fixed (columns are taken non-null)
 
 
 def _atom(node: Any, ev: _Evaluator) -> _Atom | None:
@@ -477,13 +481,9 @@ def _atom(node: Any, ev: _Evaluator) -> _Atom | None:
     if not ev.mentions(node):
         return None
     target = ev.target
-    columns = frozenset(_target_columns(node, target))
     if kind == "NullTest":
-        arg = _canonical(body.get("arg"), target)
         negated = body.get("nulltesttype") != "IS_NULL"
-        if isinstance(arg, tuple) and arg[:1] == ("target-column",):
-            return _Atom(("null", arg), negated, frozenset({arg}), True)
-        return _Atom(("null", arg), negated, frozenset(), False)
+        return _null_atom(_canonical(body.get("arg"), target), negated)
     if kind == "A_Expr":
         op = _op_name(body) or ""
         lhs, rhs = _canonical(body.get("lexpr"), target), _canonical(body.get("rexpr"), target)
@@ -491,20 +491,22 @@ def _atom(node: Any, ev: _Evaluator) -> _Atom | None:
         if akind in ("AEXPR_DISTINCT", "AEXPR_NOT_DISTINCT") and _NULL_CONST in (lhs, rhs):
             # x IS [NOT] DISTINCT FROM NULL is x IS [NOT] NULL
             arg = rhs if lhs == _NULL_CONST else lhs
-            negated = akind == "AEXPR_DISTINCT"
-            if isinstance(arg, tuple) and arg[:1] == ("target-column",):
-                return _Atom(("null", arg), negated, frozenset({arg}), True)
-            return _Atom(("null", arg), negated, frozenset(), False)
+            return _null_atom(arg, akind == "AEXPR_DISTINCT")
         if akind in ("AEXPR_OP", "AEXPR_DISTINCT", "AEXPR_NOT_DISTINCT") and lhs == rhs:
             return None  # a comparison with itself: the evaluator folds it
         if akind == "AEXPR_OP" and op in _COMPARISONS:
             base, negated, swap = _normal_comparison(op, lhs, rhs)
             a, b = (rhs, lhs) if swap else (lhs, rhs)
-            return _Atom(("cmp", base, a, b), negated, columns, False)
+            return _Atom(("cmp", base, a, b), negated, False)
         negatable = _NEGATABLE.get((str(akind), op))
         if negatable is not None:
-            return _Atom((negatable[0], lhs, rhs), negatable[1], columns, False)
-    return _Atom(("expr", _canonical(node, target)), False, columns, False)
+            return _Atom((negatable[0], lhs, rhs), negatable[1], False)
+    return _Atom(("expr", _canonical(node, target)), False, False)
+
+
+def _null_atom(arg: Any, negated: bool) -> _Atom:
+    on_column = isinstance(arg, tuple) and arg[:1] == ("target-column",)
+    return _Atom(("null", arg), negated, on_column)
 
 
 def _normal_comparison(op: str, lhs: Any, rhs: Any) -> tuple[str, bool, bool]:
@@ -525,27 +527,11 @@ def _normal_comparison(op: str, lhs: Any, rhs: Any) -> tuple[str, bool, bool]:
             return ("<", True, False) if ordered else ("<=", False, True)
 
 
-def _target_columns(node: Any, target: Target) -> Iterator[Any]:
-    if isinstance(node, list):
-        for v in node:
-            yield from _target_columns(v, target)
-    elif isinstance(node, dict):
-        column = node.get("ColumnRef")
-        if len(node) == 1 and isinstance(column, dict):
-            canonical = _canonical(node, target)
-            if isinstance(canonical, tuple) and canonical[:1] == ("target-column",):
-                yield canonical
-            return
-        if len(node) == 1 and "SelectStmt" in node:
-            return  # a subquery's own columns never null the outer atom
-        for v in node.values():
-            if isinstance(v, (dict, list)):
-                yield from _target_columns(v, target)
-
-
 def _tautology(ev: _Evaluator, condition: Any) -> bool:
-    """True when every assignment of the row-dependent atoms makes ``condition`` select the
-    row (or a row-independent unknown)."""
+    """True when ``condition`` selects every row whose target columns are not null (or gives a
+    row-independent unknown), whatever values its row-dependent atoms take. Columns are taken
+    non-null because they may be declared NOT NULL: ``id IS NOT NULL`` and ``id > 0 OR
+    id <= 0`` may select every row of the table."""
     found: dict[int, _Atom | None] = {}  # by node identity: the tree is not changed meanwhile
 
     def collect(node: Any, inner: _Evaluator) -> Truth | None:
@@ -557,17 +543,13 @@ def _tautology(ev: _Evaluator, condition: Any) -> bool:
     _Evaluator(ev.target, ev.params, False, False, collect).truth(condition)
     atoms = {a.key: a for a in found.values() if a is not None}
     plain = [key for key, a in atoms.items() if not a.null_test]
-    columns = sorted({c for a in atoms.values() for c in a.columns}, key=repr)
-    if 2 ** (len(plain) + len(columns)) > _MAX_ASSIGNMENTS:
+    if 2 ** len(plain) > _MAX_ASSIGNMENTS:
         return False  # too big to enumerate: assume it limits
-    for nulls in itertools.product((False, True), repeat=len(columns)):
-        for values in itertools.product((False, True), repeat=len(plain)):
-            assignment = _Assignment(
-                found, dict(zip(columns, nulls, strict=True)), dict(zip(plain, values, strict=True))
-            )
-            outcomes = _Evaluator(ev.target, ev.params, False, False, assignment).truth(condition)
-            if outcomes & _LIMITING:
-                return False
+    for values in itertools.product((False, True), repeat=len(plain)):
+        assignment = _Assignment(found, dict(zip(plain, values, strict=True)))
+        outcomes = _Evaluator(ev.target, ev.params, False, False, assignment).truth(condition)
+        if outcomes & _LIMITING:
+            return False
     return True
 
 
@@ -575,15 +557,12 @@ _UNSEEN: Final[Any] = object()
 
 
 class _Assignment:
-    """One row of the truth table: which target columns are null, and each atom's value."""
+    """One row of the truth table: each atom's value (target columns not null)."""
 
-    __slots__ = ("atoms", "null_of", "value_of")
+    __slots__ = ("atoms", "value_of")
 
-    def __init__(
-        self, atoms: dict[int, _Atom | None], null_of: dict[Any, bool], value_of: dict[Any, bool]
-    ) -> None:
+    def __init__(self, atoms: dict[int, _Atom | None], value_of: dict[Any, bool]) -> None:
         self.atoms = atoms
-        self.null_of = null_of
         self.value_of = value_of
 
     def __call__(self, node: Any, inner: _Evaluator) -> Truth | None:
@@ -591,10 +570,7 @@ class _Assignment:
         if atom is None:
             return None
         if atom.null_test:
-            (column,) = atom.columns
-            return frozenset({T if self.null_of[column] != atom.negated else F})
-        if any(self.null_of.get(c, False) for c in atom.columns):
-            return frozenset({N})
+            return frozenset({T if atom.negated else F})
         return frozenset({T if self.value_of[atom.key] != atom.negated else F})
 
 

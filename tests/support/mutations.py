@@ -81,6 +81,10 @@ NOT_LIMITING = (
     "1 IN (1, 2)",
     "1 IS NOT DISTINCT FROM 1",
     "lower(status) = lower(status)",
+    "id IS NOT NULL",
+    "id > 0 OR id <= 0",
+    "orders IS NOT NULL",
+    "status IS DISTINCT FROM NULL",
 )
 
 _KEYWORDS = re.compile(
