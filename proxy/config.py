@@ -238,7 +238,10 @@ SCHEMA: tuple[Key, ...] = (
         "largest Query/Parse/Bind/FunctionCall message accepted",
     ),
     Key(
-        "limits.login_timeout", parse_duration, 30.0, "deadline for a client to finish startup+auth"
+        "limits.login_timeout",
+        parse_duration,
+        60.0,
+        "deadline for a client to finish startup+auth (PostgreSQL's authentication_timeout)",
     ),
     Key("limits.connect_timeout", parse_duration, 10.0, "deadline for connecting to the upstream"),
     Key("limits.cancel_timeout", parse_duration, 2.0, "deadline for forwarding a CancelRequest"),

@@ -9,9 +9,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import secrets
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+
+from pglast import parser as pg_parser
 
 from proxy.audit.chain import load_hmac_key
 from proxy.identity import Identity
@@ -23,7 +26,7 @@ from proxy.sql.facts import ParserSettings, QueryFacts, StatementFacts
 if TYPE_CHECKING:
     from proxy.config import Config
     from proxy.policy.engine import Policy
-    from proxy.session import Tracked
+    from proxy.relay.statement import Statement
     from proxy.wire.messages import Bind
 
 # Built-in functions a FunctionCall message can name only by OID; these OIDs are fixed in
@@ -81,7 +84,7 @@ class Gate:
             return ALLOW
         return policy.evaluate(identity, facts, datetime.now().astimezone())
 
-    def needs_recheck(self, tracked: Tracked) -> bool:
+    def needs_recheck(self, tracked: Statement) -> bool:
         """A prepared statement is decided at Parse; decide again at Bind when the policy
         changed since, or when it depends on the time of day."""
         policy = self.policy
@@ -116,6 +119,22 @@ class Gate:
         if not changed:
             return facts
         return QueryFacts(facts.text, tuple(resolved), facts.parse_error, facts.unparsable_reason)
+
+    def prepared_body(self, stmt: StatementFacts) -> StatementFacts | None:
+        """The facts of what a SQL ``PREPARE`` stores (what a later EXECUTE or Bind runs)."""
+        return extract.prepared_body(stmt)
+
+    def deallocate_name(self, stmt: StatementFacts) -> str | None:
+        """The statement name a SQL ``DEALLOCATE name`` removes."""
+        try:
+            tree = json.loads(pg_parser.parse_sql_json(stmt.text))
+        except Exception:
+            return None
+        for raw in tree.get("stmts", ()):
+            body = raw.get("stmt", {}).get("DeallocateStmt")
+            if body is not None and body.get("name"):
+                return str(body["name"])
+        return None
 
     def function_call_facts(self, oid: int) -> QueryFacts:
         """Facts for a FunctionCall ('F') message: a call of one function, known by OID only.

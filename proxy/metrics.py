@@ -95,6 +95,11 @@ class _LiveCollector(Collector):
                 c.policy_reload_failures,
             ),
             ("cancels_forwarded", "CancelRequests forwarded upstream", c.cancels_forwarded),
+            (
+                "cancels_dropped",
+                "CancelRequests dropped (unknown key, wrong secret, nothing running)",
+                c.cancels_dropped,
+            ),
         ):
             yield _counter(f"pgwarden_{name}", doc, value)
         protocol = CounterMetricFamily(

@@ -6,10 +6,9 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import os
 import signal
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from proxy import diagnostics, sdnotify
@@ -19,7 +18,7 @@ from proxy.config import Config, display_value
 from proxy.errors import PgWardenError, SourceError
 from proxy.gate import Gate
 from proxy.sql import redact
-from proxy.state import ReloadResult, ServerState
+from proxy.state import Counters, ReloadResult, ServerState
 from proxy.tls import load as load_tls
 from proxy.wire.startup import CancelRequest, encode_cancel
 
@@ -63,7 +62,9 @@ class ProxyServer:
         self.state.approvals = self.approvals
         self.upstream_tls = False
         self.sessions: dict[str, Session] = {}
-        self._cancel_keys: dict[int, Session] = {}
+        # The server's own BackendKeyData of every session (DESIGN.md rule 4): a
+        # CancelRequest is routed and audited by it, and forwarded unchanged.
+        self._backends: dict[int, Session] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._servers: list[asyncio.Server] = []
         self._cancel_slots = asyncio.Semaphore(_CANCEL_CONCURRENCY)
@@ -78,10 +79,17 @@ class ProxyServer:
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
+    def call_later(self, delay: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
+        return asyncio.get_running_loop().call_later(delay, callback)
+
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("background task failed", exc_info=task.exception())
+
+    @property
+    def counters(self) -> Counters:
+        return self.state.counters
 
     def session_opened(self, session: Session) -> None:
         self.state.counters.connections_total += 1
@@ -89,7 +97,7 @@ class ProxyServer:
         self.state.sessions[session.session_id] = session
         if self._closing or len(self.sessions) > self.cfg["limits.max_clients"]:
             self.state.counters.connections_rejected += 1
-            session._fatal(
+            session.fatal(
                 "53300" if not self._closing else "57P01",
                 "sorry, too many clients already"
                 if not self._closing
@@ -100,26 +108,27 @@ class ProxyServer:
     def session_closed(self, session: Session) -> None:
         self.sessions.pop(session.session_id, None)
         self.state.sessions.pop(session.session_id, None)
-        if session.cancel_key is not None:
-            self._cancel_keys.pop(session.cancel_key[0], None)
+        pid = session.backend_pid
+        if pid is not None and self._backends.get(pid) is session:
+            del self._backends[pid]
 
-    def mint_cancel_key(self, session: Session, secret_len: int) -> tuple[int, bytes]:
-        while True:
-            pid = int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF
-            if pid and pid not in self._cancel_keys:
-                break
-        secret = os.urandom(secret_len)
-        self._cancel_keys[pid] = session
-        return pid, secret
+    def backend_started(self, session: Session, pid: int, secret: bytes) -> None:
+        self._backends[pid] = session
 
-    def handle_cancel(self, request: CancelRequest) -> None:
-        session = self._cancel_keys.get(request.pid)
-        if session is None or session.cancel_key is None:
+    async def route_cancel(self, request: CancelRequest) -> None:
+        """A CancelRequest from a client: forward it when it names a session of ours with its
+        exact key and something is running there; drop (and count) anything else."""
+        session = self._backends.get(request.pid)
+        key = session.handshake.server_key if session is not None else None
+        if session is None or key is None:
+            self.state.counters.cancels_dropped += 1
             return
-        if not hmac.compare_digest(session.cancel_key[1], request.secret):
+        if not hmac.compare_digest(key[1], request.secret):
+            self.state.counters.cancels_dropped += 1
             logger.warning("cancel request with a wrong key for session %s", session.session_id)
             return
-        self.spawn(session.cancel())
+        if not await session.cancel():
+            self.state.counters.cancels_dropped += 1
 
     async def forward_cancel(self, pid: int, secret: bytes) -> None:
         upstream = self.cfg.upstream
@@ -135,6 +144,7 @@ class ProxyServer:
                     await writer.drain()
                     await reader.read(1)  # the server closes the socket when done
                     writer.close()
+                    await writer.wait_closed()
             except (OSError, TimeoutError) as exc:
                 logger.warning("forwarding a cancel request to %s failed: %s", upstream, exc)
 

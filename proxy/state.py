@@ -57,6 +57,7 @@ class Counters:
     protocol_errors_client: int = 0
     protocol_errors_server: int = 0
     cancels_forwarded: int = 0
+    cancels_dropped: int = 0  # unknown key, wrong secret, or nothing running
 
 
 @dataclass(frozen=True, slots=True)

@@ -253,9 +253,24 @@ def backend_key_data(pid: int, secret: bytes) -> bytes:
 
 
 def negotiate_protocol_version(newest_minor: int, unsupported: list[str]) -> bytes:
-    body = _I32.pack(newest_minor) + _I32.pack(len(unsupported))
+    # The field is the whole version code (major << 16 | minor), as PostgreSQL sends it.
+    body = _U32.pack((3 << 16) | newest_minor) + _I32.pack(len(unsupported))
     body += b"".join(o.encode() + b"\x00" for o in unsupported)
     return message(ord("v"), body)
+
+
+def decode_negotiate_protocol_version(body: bytes) -> tuple[int, list[str]]:
+    """NegotiateProtocolVersion: the newest minor version the sender supports and the
+    protocol options it did not recognise."""
+    if len(body) < 8:
+        raise BackendProtocolError("invalid NegotiateProtocolVersion message")
+    newest, count = struct.unpack_from("!II", body, 0)
+    pos = 8
+    names = []
+    for _ in range(count):
+        name, pos = _cstr(body, pos, BackendProtocolError)
+        names.append(name.decode("utf-8", "replace"))
+    return newest & 0xFFFF, names
 
 
 def query(sql: str) -> bytes:

@@ -78,7 +78,8 @@ def parse_startup(packet: bytes) -> Startup:
     major, minor = code >> 16, code & 0xFFFF
     if major != 3:
         raise FrontendProtocolError(
-            f"unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.2"
+            f"unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.2",
+            c.SQLSTATE_FEATURE_NOT_SUPPORTED,
         )
     return StartupMessage(major, minor, _parse_params(packet, 8))
 

@@ -51,6 +51,15 @@ def startup(params: dict[str, str], major: int = 3, minor: int = 0) -> bytes:
     return struct.pack("!I", len(body) + 4) + body
 
 
+def startup_pairs(pairs: Sequence[tuple[str, str]], major: int = 3, minor: int = 0) -> bytes:
+    """A StartupMessage with parameters in this exact order, duplicates included."""
+    body = struct.pack("!I", (major << 16) | minor)
+    for key, value in pairs:
+        body += _cstr(key) + _cstr(value)
+    body += b"\x00"
+    return struct.pack("!I", len(body) + 4) + body
+
+
 def ssl_request() -> bytes:
     return struct.pack("!II", 8, SSL_CODE)
 
@@ -414,6 +423,10 @@ class RawConn:
         """
         params = {"user": user, "database": database, **(extra or {})}
         self.send(startup(params, minor=minor))
+        return self.finish_login(user, password_text)
+
+    def finish_login(self, user: str = "postgres", password_text: str | None = None) -> list[Msg]:
+        """Authentication after a startup packet already sent, up to the first ReadyForQuery."""
         out: list[Msg] = []
         while True:
             msg = self.recv()

@@ -1,0 +1,116 @@
+"""Audit events of one session, built in one place from typed records.
+
+The relay produces :class:`~proxy.relay.statement.Completion` records and session facts; this
+module turns them into the documented event objects (docs/audit-log.md). Field names are a
+versioned contract: change them here, in the schema doc and in the readers together.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from proxy.identity import Identity
+
+if TYPE_CHECKING:
+    from proxy.gate import Gate
+    from proxy.relay.statement import Completion
+
+SCHEMA_VERSION = 1
+
+_iso_second = -1
+_iso_prefix = ""
+
+
+def iso(ts: float) -> str:
+    """UTC ISO-8601 with microseconds; the per-second prefix is formatted once a second."""
+    global _iso_second, _iso_prefix
+    second = int(ts)
+    if second != _iso_second:
+        _iso_prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _iso_second = second
+    return f"{_iso_prefix}.{int((ts - second) * 1e6):06d}Z"
+
+
+class SessionEvents:
+    """Builds the events of one session; the identity fields are those at event time."""
+
+    __slots__ = ("_base", "_gate", "_proxy_id", "backend_pid", "identity", "statements")
+
+    def __init__(self, proxy_id: str, gate: Gate, identity: Identity) -> None:
+        self._proxy_id = proxy_id
+        self._gate = gate
+        self.identity = identity
+        self.backend_pid: int | None = None
+        self.statements = 0
+        self._base: dict[str, Any] = {}
+        self._rebuild()
+
+    def set_identity(self, identity: Identity) -> None:
+        if identity != self.identity:
+            self.identity = identity
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        ident = self.identity
+        self._base = {
+            "v": SCHEMA_VERSION,
+            "proxy_id": self._proxy_id,
+            "session_id": ident.session_id,
+            "user": ident.user,
+            "database": ident.database,
+            "application_name": ident.application_name,
+            "client_addr": ident.client_addr,
+            "client_port": ident.client_port,
+        }
+
+    def event(self, kind: str, ts: float, **fields: Any) -> dict[str, Any]:
+        event = self._base.copy()
+        event["type"] = kind
+        event["ts"] = iso(ts)
+        if fields:
+            event.update(fields)
+        return event
+
+    def statement(self, done: Completion, tx_status: str | None = None) -> dict[str, Any]:
+        """The ``query`` event of a finished or refused statement."""
+        self.statements += 1
+        gate = self._gate
+        stmt = done.stmt
+        statement = done.statement
+        text = done.text
+        refusal = done.refusal
+        single = True
+        if refusal is not None and done.index < 0 and statement is not None:
+            # A refused message: its one statement, or the whole text when it held several.
+            facts = statement.facts
+            single = facts is not None and len(facts.statements) == 1
+            stmt = facts.statements[0] if facts is not None and facts.statements else None
+            text = stmt.text if single and stmt is not None else statement.text
+        error = done.error
+        event = self._base.copy()
+        event["type"] = "query"
+        event["ts"] = iso(done.started_wall)
+        event["statement"] = gate.audit_text(text, stmt)
+        event["protocol"] = done.via.value
+        event["statement_name"] = (
+            (statement.name or None) if statement is not None and done.index < 0 else None
+        )
+        event["portal"] = done.portal or None
+        event["duration_ms"] = round((done.ended_ns - done.started_ns) / 1e6, 3)
+        event["command_tag"] = done.tag or None
+        event["rows"] = done.rows
+        event["sqlstate"] = (error.get("C") or "XX000") if error is not None else None
+        event["error"] = error.get("M", "") if error is not None else None
+        event["tx_status"] = tx_status or chr(done.tx_after)
+        event["backend_pid"] = self.backend_pid
+        gate.add_facts(
+            event, stmt, refusal or (statement.decision if statement is not None else None)
+        )
+        if done.params is not None:
+            event["params"] = done.params
+        if done.suspended:
+            event["suspended"] = True  # no CommandComplete: the client stopped fetching
+        if not single:
+            event["command"] = event["class"] = event["fingerprint"] = None
+        return event

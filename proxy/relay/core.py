@@ -1,0 +1,455 @@
+"""The relay of one session after startup, sans-IO: client bytes and server bytes in; bytes to
+forward, local answers and audit events out.
+
+Client→server: messages are framed and decoded (they carry SQL), each request is judged,
+then forwarded as received (or replaced by a poison request, or answered locally), and what
+the server owes for it is queued (:mod:`proxy.relay.replies`). Server→client: the
+:class:`~proxy.wire.backend.BackendScanner` hands the watched messages to :meth:`on_server`;
+finished statements become audit events that the client output waits for (the adapter holds
+the bytes until the trail has them).
+
+A message that cannot be judged yet — a Query pipelined behind a statement that may change
+how the server lexes SQL — stalls the client stream until the server's ReadyForQuery settles
+it; ``stalled`` tells the adapter to stop reading the client meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from proxy.errors import FrontendProtocolError
+from proxy.policy.decision import Decision
+from proxy.relay import enforce
+from proxy.relay.enforce import Action
+from proxy.relay.prepared import ALL, PreparedStatements
+from proxy.relay.replies import Owed, Pending, Portal, ReplyQueue
+from proxy.relay.settings import ParserSettingsTracker
+from proxy.relay.statement import Statement
+from proxy.sql.facts import QueryFacts
+from proxy.wire import constants as c
+from proxy.wire import messages as m
+from proxy.wire.framing import Framer
+
+if TYPE_CHECKING:
+    from proxy.audit.events import SessionEvents
+    from proxy.gate import Gate
+
+_FORGET_ALL = frozenset({"DEALLOCATE ALL", "DISCARD ALL"})
+
+
+class ClientSink(Protocol):
+    """Where bytes for the client go: after ``events`` (if any) have reached the trail."""
+
+    def send(self, data: bytes, events: list[dict[str, Any]] | None) -> None: ...
+
+
+class RelayCore:
+    """Requests, replies, enforcement and events of one ready session."""
+
+    __slots__ = (
+        "_audit_refusal",
+        "_backlog",
+        "_deferred_upstream",
+        "_events",
+        "_framer",
+        "_gate",
+        "_now_ns",
+        "_on_parameter",
+        "_param_mode",
+        "_pending_events",
+        "_resume_due",
+        "_sink",
+        "_skip_until_sync",
+        "identity",
+        "prepared",
+        "queue",
+        "settings",
+        "terminated",
+    )
+
+    def __init__(
+        self,
+        gate: Gate,
+        events: SessionEvents,
+        sink: ClientSink,
+        *,
+        max_message_size: int,
+        parameters: str,
+        audit_refusal: Callable[[], Decision | None],
+        settings: ParserSettingsTracker,
+        on_parameter: Callable[[str, str], None],
+    ) -> None:
+        self._gate = gate
+        self._events = events
+        self._sink = sink
+        self._param_mode = parameters
+        self._audit_refusal = audit_refusal
+        self._on_parameter = on_parameter  # ParameterStatus: the adapter follows identity
+        self._framer = Framer(
+            FrontendProtocolError, large_limit=max_message_size, allowed=c.FRONTEND_TYPES
+        )
+        self.identity = events.identity
+        self.prepared = PreparedStatements()
+        self.queue = ReplyQueue(self.prepared)
+        self.settings = settings
+        self._skip_until_sync = False
+        self._backlog: deque[tuple[int, bytes | None, bytes]] = deque()
+        self._deferred_upstream: list[bytes] = []
+        self._now_ns = 0
+        self._pending_events: list[dict[str, Any]] = []
+        self._resume_due = False
+        self.terminated = False  # the client sent Terminate
+
+    # --- state for the adapter ------------------------------------------------------------
+
+    @property
+    def stalled(self) -> bool:
+        return bool(self._backlog)
+
+    @property
+    def tx_status(self) -> int:
+        return self.queue.tx_status
+
+    def take_deferred_upstream(self) -> bytes:
+        """Bytes for the server produced while handling server data (a stall resolved)."""
+        if not self._deferred_upstream:
+            return b""
+        out = b"".join(self._deferred_upstream)
+        self._deferred_upstream.clear()
+        return out
+
+    # --- client → server --------------------------------------------------------------------
+
+    def client_messages(self, data: bytes, now_ns: int, now_wall: float) -> bytes:
+        """Frame, judge and queue client bytes; return what to forward to the server."""
+        out: list[bytes] = []
+        framer = self._framer
+        unchanged = not framer.buffered and not framer.in_stream and not self._backlog
+        consumed = 0
+        backlog = self._backlog
+        for kind, body, raw in framer.feed(data):
+            consumed += len(raw)
+            if backlog:
+                backlog.append((kind, body, raw))
+                unchanged = False
+                continue
+            forward = self._client_message(kind, body, raw, now_ns, now_wall)
+            if forward is raw:
+                out.append(raw)
+            else:
+                unchanged = False
+                if forward:
+                    out.append(forward)
+        if unchanged and consumed == len(data):
+            return data
+        return b"".join(out)
+
+    def resume(self, now_ns: int, now_wall: float) -> bytes:
+        """After a server chunk was relayed: handle client messages that waited for it, and
+        return what they forward to the server."""
+        if not self._resume_due:
+            return b""
+        self._resume_due = False
+        backlog = self._backlog
+        while backlog:
+            kind, body, raw = backlog[0]
+            if self._must_wait(kind):
+                break
+            backlog.popleft()
+            forward = self._client_message(kind, body, raw, now_ns, now_wall, resumed=True)
+            if forward:
+                self._deferred_upstream.append(forward)
+        return self.take_deferred_upstream()
+
+    def _must_wait(self, kind: int) -> bool:
+        # A Query is lexed by the server under the settings in force when it arrives; wait for
+        # the ReadyForQuery that reports them. (Parse is judged under every candidate instead:
+        # waiting there could deadlock a client that only sends Sync later.)
+        return kind == 81 and self.settings.unsettled
+
+    def _client_message(
+        self,
+        kind: int,
+        body: bytes | None,
+        raw: bytes,
+        now_ns: int,
+        now_wall: float,
+        resumed: bool = False,
+    ) -> bytes:
+        """Handle one client message; return the bytes to forward (``raw`` when unchanged)."""
+        if body is None or kind == 100:  # 'd' CopyData: never decoded
+            return b"" if self._skip_until_sync else raw
+        if self._skip_until_sync and kind not in b"SHX":
+            # After a blocked request the server discards everything up to Sync; so do we.
+            return b""
+        if not resumed and self._must_wait(kind):
+            self._backlog.append((kind, body, raw))
+            return b""
+        queue = self.queue
+        if kind == 81:  # 'Q'
+            return self._on_query(body, raw, now_ns, now_wall)
+        if kind == 80:  # 'P'
+            return self._on_parse(body, raw, now_ns, now_wall)
+        if kind == 66:  # 'B'
+            return self._on_bind(body, raw, now_ns, now_wall)
+        if kind == 69:  # 'E'
+            portal, _limit = m.decode_execute(body)
+            info = queue.portals.get(portal)
+            entry = Pending(Owed.EXECUTE, info.statement if info else None, now_ns, now_wall)
+            entry.portal = portal
+            entry.params = info.params if info else None
+            queue.expect(entry)
+            if info is not None and info.statement is not None and info.statement.facts:
+                self.settings.forwarded(info.statement.facts)
+            return raw
+        if kind == 83:  # 'S'
+            self._skip_until_sync = False
+            queue.sync()
+            return raw
+        if kind == 68:  # 'D'
+            target, _described = m.decode_target(body, "Describe")
+            queue.expect(Pending(Owed.DESCRIBE_STATEMENT if target == 83 else Owed.DESCRIBE_PORTAL))
+            return raw
+        if kind == 67:  # 'C'
+            target, name = m.decode_target(body, "Close")
+            entry = Pending(Owed.CLOSE)
+            if target == 83:
+                entry.changes = [(0, self.prepared.change(_name(name), None))]
+            else:
+                queue.close_portal(name, now_ns)
+            queue.expect(entry)
+            return raw
+        if kind in b"cf":  # CopyDone / CopyFail
+            queue.copy_end()
+            return raw
+        if kind == 70:  # 'F'
+            facts = self._gate.function_call_facts(m.function_oid(body))
+            return self._judge_cycle(Owed.FUNCTION, facts, raw, now_ns, now_wall)
+        if kind == 88:  # 'X'
+            self.terminated = True
+            return raw
+        if kind == 72:  # 'H'
+            return raw
+        raise FrontendProtocolError(f"unexpected message type {chr(kind)!r} after authentication")
+
+    def _on_query(self, body: bytes, raw: bytes, now_ns: int, now_wall: float) -> bytes:
+        sql = m.query_text(body)
+        queue = self.queue
+        if queue.portals:
+            queue.close_portal(b"", now_ns)
+        gate = self._gate
+        facts = gate.inspect(sql, self.settings.confirmed)
+        facts, alternatives = self._resolve_sql_prepared(facts)
+        forward = self._judge_cycle(Owed.QUERY, facts, raw, now_ns, now_wall, alternatives)
+        if forward is raw:
+            self.settings.forwarded(facts)
+        return forward
+
+    def _resolve_sql_prepared(self, facts: QueryFacts) -> tuple[QueryFacts, list[QueryFacts]]:
+        """See through SQL-level PREPARE/EXECUTE (one namespace with protocol statements):
+        EXECUTE runs the body the name holds, and each body it may hold is judged."""
+        if not any(
+            s.prepare_name or s.execute_name or s.command in _FORGET_ALL for s in facts.statements
+        ):
+            return facts, []
+        names: dict[str, Any] = {}
+        for stmt in facts.statements:
+            if stmt.execute_name:
+                for candidate in self.prepared.candidates(stmt.execute_name):
+                    if candidate.stmt is not None:
+                        names.setdefault(stmt.execute_name, []).append(candidate.stmt)
+        gate = self._gate
+        latest = {name: bodies[0] for name, bodies in names.items()}
+        resolved = gate.resolve_prepared(facts, dict(latest))
+        alternatives = []
+        for name, bodies in names.items():
+            for other in bodies[1:]:
+                alternatives.append(gate.resolve_prepared(facts, {**latest, name: other}))
+        return resolved, alternatives
+
+    def _record_sql_prepared(self, facts: QueryFacts, entry: Pending) -> None:
+        """Queue the namespace changes a forwarded Query makes, settled by its replies."""
+        changes = []
+        for index, stmt in enumerate(facts.statements):
+            if stmt.command in _FORGET_ALL:
+                changes.append((index, self.prepared.change(ALL, None)))
+            elif stmt.command == "DEALLOCATE" and stmt.prepare_name is None:
+                target = self._gate.deallocate_name(stmt)
+                if target is not None:
+                    changes.append((index, self.prepared.change(target, None)))
+            if stmt.prepare_name:
+                body = self._gate.prepared_body(stmt)
+                if body is not None:
+                    statement = Statement(body.text, QueryFacts(body.text, (body,)), None)
+                    statement.name = stmt.prepare_name
+                    changes.append((index, self.prepared.change(stmt.prepare_name, statement)))
+        if changes:
+            entry.changes = changes
+
+    def _decide(self, facts: QueryFacts, alternatives: list[QueryFacts]) -> Decision:
+        gate = self._gate
+        decision = gate.decide(self.identity, facts)
+        if not alternatives:
+            return decision
+        return enforce.strictest([decision, *(gate.decide(self.identity, f) for f in alternatives)])
+
+    def _judge_cycle(
+        self,
+        owed: Owed,
+        facts: QueryFacts,
+        raw: bytes,
+        now_ns: int,
+        now_wall: float,
+        alternatives: list[QueryFacts] | None = None,
+    ) -> bytes:
+        """Decide a Query or FunctionCall, each answered by its own ReadyForQuery, and return
+        what to forward: the message, a poison Query, or nothing (answered locally)."""
+        decision = self._decide(facts, alternatives or [])
+        entry = Pending(owed, Statement(facts.text, facts, decision), now_ns, now_wall)
+        queue = self.queue
+        refusal = enforce.refusal(decision, self._audit_refusal())
+        action = enforce.action_for(refusal, in_flight=queue.in_flight, tx_status=queue.tx_status)
+        if action is Action.ANSWER_LOCALLY:
+            assert refusal is not None
+            entry.block = refusal
+            queue.refused(entry, now_ns, refusal)
+            events = self._take_events(None)
+            self._sink.send(
+                enforce.policy_error(refusal) + m.ready_for_query(queue.tx_status), events
+            )
+            return b""
+        if action is Action.POISON:
+            assert refusal is not None
+            # Inside a transaction (or with replies outstanding): make the server fail in the
+            # same place so its transaction state matches what the client is told. A failing
+            # Query is answered like a failing FunctionCall: ErrorResponse, ReadyForQuery.
+            entry.block = refusal
+            forward = enforce.poison_query(refusal)
+        else:
+            self._notify(decision)
+            forward = raw
+            if owed is Owed.QUERY:
+                self._record_sql_prepared(facts, entry)
+        queue.expect(entry)
+        if owed is Owed.FUNCTION:
+            queue.expect(Pending(Owed.SYNC))
+        return forward
+
+    def _on_parse(self, body: bytes, raw: bytes, now_ns: int, now_wall: float) -> bytes:
+        parse = m.decode_parse(body)
+        gate = self._gate
+        candidates = self.settings.candidates()
+        facts = gate.inspect(parse.query, candidates[0])
+        alternatives = [gate.inspect(parse.query, s) for s in candidates[1:]]
+        decision = self._decide(facts, alternatives)
+        name = _name(parse.name)
+        statement = Statement(facts.text, facts, decision, name)
+        statement.generation = gate.generation
+        entry = Pending(Owed.PARSE, statement, now_ns, now_wall)
+        refusal = enforce.refusal(decision, self._audit_refusal())
+        if refusal is not None:
+            entry.block = refusal
+            self.queue.expect(entry)
+            self._skip_until_sync = True
+            return enforce.poison_parse(parse.name, refusal)
+        entry.changes = [(0, self.prepared.change(name, statement))]
+        self._notify(decision)
+        self.queue.expect(entry)
+        return raw
+
+    def _on_bind(self, body: bytes, raw: bytes, now_ns: int, now_wall: float) -> bytes:
+        mode = self._param_mode
+        gate = self._gate
+        if mode == "none":
+            portal, statement_name = m.bind_names(body)
+            bind = None
+        else:
+            bind = m.decode_bind(body)
+            portal, statement_name = bind.portal, bind.statement
+        candidates = self.prepared.candidates(_name(statement_name))
+        statement = candidates[0] if candidates else None
+        params = None
+        if bind is not None:
+            params = gate.audit_params(bind, mode, statement.facts if statement else None)
+        entry = Pending(Owed.BIND, statement, now_ns, now_wall)
+        entry.params = params
+        decisions = []
+        for candidate in candidates:
+            if candidate.facts is None:
+                continue
+            if candidate.decision is None or gate.needs_recheck(candidate):
+                candidate.decision = gate.decide(self.identity, candidate.facts)
+                candidate.generation = gate.generation
+            decisions.append(candidate.decision)
+        if decisions:
+            # A body refused at Parse never enters the namespace; what is refused here is a
+            # body decided anew (policy reload, SQL PREPARE) or one of several candidates.
+            refusal = enforce.refusal(enforce.strictest(decisions), self._audit_refusal())
+            if refusal is not None:
+                entry.block = refusal
+                self.queue.expect(entry)
+                self._skip_until_sync = True
+                return enforce.poison_bind()
+        self.queue.bind_portal(Portal(portal, statement, params), now_ns)
+        self.queue.expect(entry)
+        return raw
+
+    def _notify(self, decision: Decision) -> None:
+        notice = enforce.flag_notice(decision)
+        if notice is not None:
+            self._sink.send(notice, None)
+
+    # --- server → client --------------------------------------------------------------------
+
+    def server_chunk(self, now_ns: int) -> None:
+        """A chunk of server bytes is about to be scanned at ``now_ns``."""
+        self._now_ns = now_ns
+
+    def on_server(self, kind: int, body: bytes, rows: int) -> bytes | None:
+        """The scanner's handler for watched messages once the session is ready."""
+        queue = self.queue
+        if rows:
+            queue.rows += rows
+        if kind == 68:
+            return None  # only a row count
+        if kind == 83:  # 'S'
+            name, value = m.decode_parameter_status(body)
+            self._on_parameter(name, value)
+            return None
+        result = queue.on_message(kind, body, self._now_ns)
+        if kind == 90:
+            self.settings.ready(queue.tx_status)
+            if queue.completed:
+                self._pending_events.extend(self._take_events(chr(queue.tx_status)))
+            if self._backlog:
+                self._resume_due = True
+        return result
+
+    def take_chunk_events(self) -> list[dict[str, Any]]:
+        """Events completed while scanning the current server chunk, in order."""
+        events = self._pending_events
+        if self.queue.completed:
+            events.extend(self._take_events(None))
+        self._pending_events = []
+        return events
+
+    def _take_events(self, tx_status: str | None) -> list[dict[str, Any]]:
+        """Audit events of the completions so far; ``tx_status`` is the server's word when a
+        ReadyForQuery just followed them."""
+        completed = self.queue.completed
+        if not completed:
+            return []
+        build = self._events.statement
+        events = [build(done, tx_status) for done in completed]
+        completed.clear()
+        return events
+
+    def take_events(self) -> list[dict[str, Any]]:
+        """Events completed outside a server chunk (an abandoned portal, session end)."""
+        return self._take_events(None)
+
+
+def _name(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")

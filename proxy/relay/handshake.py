@@ -1,0 +1,271 @@
+"""The start of a connection as an explicit state machine: startup, encryption requests,
+upstream connect, authentication relay, BackendKeyData and ParameterStatus.
+
+Sans-IO: the adapter feeds client bytes (:meth:`Handshake.client_bytes`) and watched server
+messages (:meth:`Handshake.on_server`) and acts on what comes back. Startup parameters are read
+exactly as PostgreSQL reads them (DESIGN.md rule 8): a duplicate key's last value wins, user and
+database names are cut to 63 bytes, and ``options=-c role=…`` / a ``role`` key is the role
+switch it is. The packet sent upstream carries each parameter once, so the server cannot read
+it differently from pgwarden.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from enum import Enum
+
+from proxy.errors import BackendProtocolError, FrontendProtocolError
+from proxy.wire import constants as c
+from proxy.wire import messages as m
+from proxy.wire.framing import Framer
+from proxy.wire.startup import (
+    CancelRequest,
+    GSSENCRequest,
+    SSLRequest,
+    StartupMessage,
+    encode_startup,
+    parse_startup,
+    startup_length,
+)
+
+_U32 = struct.Struct("!I")
+NAMEDATALEN = 64
+_FALSE = frozenset({"", "false", "off", "no", "0"})
+
+
+class Phase(Enum):
+    STARTUP = "startup"  # reading the first packet(s)
+    CONNECTING = "connecting"  # opening the upstream connection
+    AUTH = "auth"  # relaying authentication
+    READY = "ready"  # relaying statements
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    """A StartupMessage as PostgreSQL reads it."""
+
+    user: str
+    database: str
+    application_name: str
+    replication: bool
+    role: str | None  # SET ROLE requested in the startup packet (a ``role`` key or options)
+    protocol_minor: int  # what pgwarden asks the server for (0 or 2; the server may say 0)
+    requested_minor: int
+    unsupported: tuple[str, ...]  # _pq_ options we decline
+    params: tuple[tuple[str, str], ...] = field(default=())  # each key once, last value
+
+    def upstream_packet(self) -> bytes:
+        """The startup packet pgwarden sends the server: the client's protocol version as far
+        as pgwarden understands it (up to 3.2), no _pq_ options."""
+        return encode_startup(3, self.protocol_minor, self.params)
+
+    @property
+    def owes_negotiation(self) -> bool:
+        """The client asked for more than pgwarden gives: it must get a
+        NegotiateProtocolVersion even if the server accepts what pgwarden asked for."""
+        return self.requested_minor != self.protocol_minor or bool(self.unsupported)
+
+    def negotiation(self, server_minor: int, server_unsupported: list[str]) -> bytes:
+        """The one NegotiateProtocolVersion the client gets: pgwarden's refusals merged with
+        the server's (or b"" when there is nothing to say)."""
+        minor = min(server_minor, self.protocol_minor)
+        options = list(dict.fromkeys([*self.unsupported, *server_unsupported]))
+        if minor == self.requested_minor and not options:
+            return b""
+        return m.negotiate_protocol_version(minor, options)
+
+
+def clip_identifier(value: str) -> str:
+    """PostgreSQL truncates user and database names to NAMEDATALEN - 1 bytes, never cutting
+    a character in half."""
+    raw = value.encode()
+    if len(raw) < NAMEDATALEN:
+        return value
+    return raw[: NAMEDATALEN - 1].decode("utf-8", "ignore")
+
+
+def split_options(options: str) -> list[str]:
+    """Split ``options`` like PostgreSQL's pg_split_opts: whitespace separates, a backslash
+    makes the next character literal."""
+    out: list[str] = []
+    current: list[str] = []
+    escaped = False
+    started = False
+    for ch in options:
+        if escaped:
+            current.append(ch)
+            escaped = False
+            started = True
+        elif ch == "\\":
+            escaped = True
+            started = True
+        elif ch.isspace():
+            if started:
+                out.append("".join(current))
+                current, started = [], False
+        else:
+            current.append(ch)
+            started = True
+    if started:
+        out.append("".join(current))
+    return out
+
+
+def _option_settings(options: str) -> list[tuple[str, str]]:
+    """The ``-c name=value`` / ``--name=value`` settings of a startup ``options`` value."""
+    words = split_options(options)
+    found: list[tuple[str, str]] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        setting = None
+        if word == "-c" and i + 1 < len(words):
+            setting = words[i + 1]
+            i += 1
+        elif word.startswith("-c") or word.startswith("--"):
+            setting = word[2:]
+        if setting and "=" in setting:
+            name, value = setting.split("=", 1)
+            found.append((name.replace("-", "_").lower(), value))
+        i += 1
+    return found
+
+
+def read_login(startup: StartupMessage) -> Login:
+    """Read a StartupMessage the way PostgreSQL's ProcessStartupPacket does."""
+    last: dict[str, str] = {}
+    for key, value in startup.params:
+        last[key] = value
+    params = tuple((k, v) for k, v in last.items() if not k.startswith("_pq_."))
+    user = last.get("user", "")
+    if not user:
+        raise FrontendProtocolError(
+            "no PostgreSQL user name specified in startup packet", c.SQLSTATE_INVALID_AUTHORIZATION
+        )
+    role = last.get("role")
+    for name, value in _option_settings(last.get("options", "")):
+        if name == "role":
+            role = value
+    wanted = startup.minor
+    minor = 2 if wanted >= 2 else 0
+    return Login(
+        user=clip_identifier(user),
+        database=clip_identifier(last.get("database") or user),
+        application_name=last.get("application_name", ""),
+        replication=last.get("replication", "").lower() not in _FALSE,
+        role=role,
+        protocol_minor=minor,
+        requested_minor=wanted,
+        unsupported=tuple(k for k in last if k.startswith("_pq_.")),
+        params=params,
+    )
+
+
+class StartupEvent(Enum):
+    """What the first packets of a connection asked for."""
+
+    NEED_MORE = "need_more"
+    LOGIN = "login"
+    CANCEL = "cancel"
+    BAD_CANCEL = "bad_cancel"  # a malformed CancelRequest: close without a word
+    # An impossible packet length: PostgreSQL logs "invalid length of startup packet" and
+    # closes without a word; so does pgwarden.
+    INVALID_LENGTH = "invalid_length"
+
+
+@dataclass(frozen=True, slots=True)
+class StartupResult:
+    event: StartupEvent
+    reply: bytes = b""  # bytes for the client ('N' to encryption requests)
+    login: Login | None = None
+    cancel: CancelRequest | None = None
+
+
+class Handshake:
+    """Client side of the start of a connection (before and during authentication)."""
+
+    __slots__ = ("_buf", "_early", "_framer", "encryption_requests", "phase", "server_key")
+
+    def __init__(self) -> None:
+        self.phase = Phase.STARTUP
+        self._buf = bytearray()
+        self._framer = Framer(FrontendProtocolError, large_limit=c.SMALL_MESSAGE_LIMIT)
+        self._early: list[bytes] = []  # auth messages that arrived before the upstream did
+        self.encryption_requests = 0
+        self.server_key: tuple[int, bytes] | None = None
+
+    def startup_bytes(self, data: bytes) -> StartupResult:
+        """Feed bytes while in :attr:`Phase.STARTUP`."""
+        self._buf += data
+        replies = b""
+        while True:
+            try:
+                length = startup_length(self._buf)
+            except FrontendProtocolError:
+                return StartupResult(StartupEvent.INVALID_LENGTH, replies)
+            if length is None or len(self._buf) < length:
+                return StartupResult(StartupEvent.NEED_MORE, replies)
+            packet = bytes(self._buf[:length])
+            del self._buf[:length]
+            try:
+                request = parse_startup(packet)
+            except FrontendProtocolError:
+                if _U32.unpack_from(packet, 4)[0] != c.CANCEL_REQUEST_CODE:
+                    raise
+                return StartupResult(StartupEvent.BAD_CANCEL)
+            if isinstance(request, SSLRequest | GSSENCRequest):
+                if self._buf:
+                    # Bytes sent before our answer could have been injected by a man in the
+                    # middle (CVE-2021-23214): refuse them.
+                    raise FrontendProtocolError("unexpected data after an encryption request")
+                self.encryption_requests += 1
+                if self.encryption_requests > 2:
+                    raise FrontendProtocolError("too many encryption requests")
+                replies += b"N"
+                continue
+            if isinstance(request, CancelRequest):
+                return StartupResult(StartupEvent.CANCEL, replies, cancel=request)
+            assert isinstance(request, StartupMessage)
+            login = read_login(request)
+            self.phase = Phase.CONNECTING
+            leftover = bytes(self._buf)
+            self._buf.clear()
+            if leftover:
+                self._early.append(self.auth_bytes(leftover))
+            return StartupResult(StartupEvent.LOGIN, replies, login=login)
+
+    def auth_bytes(self, data: bytes) -> bytes:
+        """Client bytes during authentication: password/SASL messages (and Terminate) only."""
+        out = []
+        for kind, _body, raw in self._framer.feed(data):
+            if kind not in b"pX":
+                raise FrontendProtocolError(
+                    f"unexpected message type {chr(kind)!r} during authentication"
+                )
+            out.append(raw)
+        return b"".join(out)
+
+    def defer(self, data: bytes) -> None:
+        """Authentication bytes that arrived before the upstream connection."""
+        self._early.append(data)
+
+    def take_early(self) -> bytes:
+        out = b"".join(self._early)
+        self._early.clear()
+        return out
+
+
+def strip_channel_binding(body: bytes) -> bytes:
+    """An AuthenticationSASL without SCRAM-SHA-256-PLUS: channel binding cannot survive a
+    proxy whose two legs differ in TLS."""
+    mechanisms = [x for x in m.sasl_mechanisms(body) if x != b"SCRAM-SHA-256-PLUS"]
+    return m.encode_sasl_mechanisms(mechanisms)
+
+
+def check_ready(body: bytes) -> int:
+    if len(body) != 1 or body[0] not in b"ITE":
+        raise BackendProtocolError("invalid ReadyForQuery message")
+    return body[0]

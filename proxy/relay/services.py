@@ -1,0 +1,41 @@
+"""The few server services a session uses, as a narrow interface (no import cycle)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from proxy.audit.trail import AuditTrail
+    from proxy.config import Config
+    from proxy.gate import Gate
+    from proxy.state import Counters
+    from proxy.wire.startup import CancelRequest
+
+
+class SessionHost(Protocol):
+    cfg: Config
+    proxy_id: str
+    gate: Gate
+    trail: AuditTrail
+    upstream_tls: bool
+
+    @property
+    def counters(self) -> Counters: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> asyncio.TimerHandle: ...
+
+    def session_opened(self, session: Any) -> None: ...
+
+    def session_closed(self, session: Any) -> None: ...
+
+    def backend_started(self, session: Any, pid: int, secret: bytes) -> None: ...
+
+    async def route_cancel(self, request: CancelRequest) -> None: ...
+
+    async def forward_cancel(self, pid: int, secret: bytes) -> None: ...
+
+    def audit_accepting(self) -> bool: ...

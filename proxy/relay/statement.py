@@ -1,0 +1,81 @@
+"""What the relay remembers about a statement between request and completion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from proxy.policy.decision import Decision
+from proxy.sql.facts import QueryFacts, StatementFacts
+
+
+class Via(Enum):
+    """The protocol a statement ran through (the audit record's ``protocol`` field)."""
+
+    SIMPLE = "simple"
+    EXTENDED = "extended"
+    FUNCTION_CALL = "function_call"
+
+
+class Statement:
+    """A statement the session follows: a Query's text, a prepared statement, a FunctionCall.
+
+    Mutable in one way only: a prepared statement's decision is refreshed when the policy
+    changes between Parse and Bind.
+    """
+
+    __slots__ = ("decision", "facts", "generation", "name", "stmt", "text")
+
+    def __init__(
+        self, text: str, facts: QueryFacts | None, decision: Decision | None, name: str = ""
+    ) -> None:
+        self.text = text
+        self.facts = facts
+        self.decision = decision
+        self.name = name
+        self.generation = -1  # policy generation the decision was made under
+        self.stmt: StatementFacts | None = (
+            facts.statements[0] if facts is not None and len(facts.statements) == 1 else None
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """One statement that finished (or was refused): everything its audit record needs."""
+
+    statement: Statement | None
+    via: Via
+    started_wall: float
+    started_ns: int
+    ended_ns: int
+    tag: str = ""
+    error: dict[str, str] | None = None
+    rows: int | None = None  # rows affected or returned; None when unknown
+    index: int = -1  # which statement of a multi-statement Query (-1: the only one)
+    portal: str = ""
+    params: list[Any] | None = None
+    refusal: Decision | None = None  # refused by pgwarden: nothing of it ran
+    suspended: bool = False  # a portal the client stopped fetching from
+    # The transaction status after the statement, as PostgreSQL's rules give it (the next
+    # ReadyForQuery confirms it; an event built after that one uses the server's word).
+    tx_after: int = ord("I")
+
+    @property
+    def stmt(self) -> StatementFacts | None:
+        statement = self.statement
+        if statement is None:
+            return None
+        if self.index >= 0:
+            facts = statement.facts
+            if facts is not None and self.index < len(facts.statements):
+                return facts.statements[self.index]
+            return None
+        return statement.stmt
+
+    @property
+    def text(self) -> str:
+        stmt = self.stmt
+        if stmt is not None:
+            return stmt.text
+        return self.statement.text if self.statement is not None else ""
