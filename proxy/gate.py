@@ -7,6 +7,7 @@ which the server builds and swaps atomically on policy reload.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -121,8 +122,21 @@ class Gate:
         return QueryFacts(facts.text, tuple(resolved), facts.parse_error, facts.unparsable_reason)
 
     def prepared_body(self, stmt: StatementFacts) -> StatementFacts | None:
-        """The facts of what a SQL ``PREPARE`` stores (what a later EXECUTE or Bind runs)."""
-        return extract.prepared_body(stmt)
+        """The facts of what a SQL ``PREPARE`` stores (what a later EXECUTE or Bind runs),
+        with the body's own text (what the audit record of a protocol Execute shows)."""
+        body = extract.prepared_body(stmt)
+        if body is None:
+            return None
+        # The body starts after the first AS keyword (``PREPARE name [(types)] AS body``).
+        try:
+            tokens = pg_parser.scan(stmt.text)
+        except Exception:
+            return body
+        for token in tokens:
+            if token.name == "AS":
+                text = stmt.text[token.end + 1 :].strip()
+                return dataclasses.replace(body, text=text) if text else body
+        return body
 
     def deallocate_name(self, stmt: StatementFacts) -> str | None:
         """The statement name a SQL ``DEALLOCATE name`` removes."""

@@ -15,7 +15,7 @@ from proxy import diagnostics, sdnotify
 from proxy.approvals.broker import ApprovalBroker, console_url
 from proxy.buildinfo import version_line
 from proxy.config import Config, display_value
-from proxy.errors import PgWardenError, SourceError
+from proxy.errors import PgWardenError, SourceError, UpstreamError
 from proxy.gate import Gate
 from proxy.sql import redact
 from proxy.state import Counters, ReloadResult, ServerState
@@ -129,6 +129,25 @@ class ProxyServer:
             return
         if not await session.cancel():
             self.state.counters.cancels_dropped += 1
+
+    async def connect_upstream(self, factory: Callable[[], asyncio.Protocol]) -> asyncio.Transport:
+        upstream = self.cfg.upstream
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.cfg["limits.connect_timeout"]):
+                if upstream.unix_path:
+                    transport, _ = await loop.create_unix_connection(factory, upstream.unix_path)
+                else:
+                    transport, _ = await loop.create_connection(
+                        factory, upstream.host, upstream.port
+                    )
+        except (OSError, TimeoutError) as exc:
+            self.state.counters.upstream_connect_failures += 1
+            reason = "timeout" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+            raise UpstreamError(
+                f"pgwarden could not connect to the upstream server at {upstream}: {reason}"
+            ) from None
+        return transport
 
     async def forward_cancel(self, pid: int, secret: bytes) -> None:
         upstream = self.cfg.upstream

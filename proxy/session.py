@@ -22,19 +22,13 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from proxy.audit.events import SessionEvents
-from proxy.errors import BackendProtocolError, FrontendProtocolError, ProtocolError
+from proxy.errors import FrontendProtocolError, ProtocolError, UpstreamError
 from proxy.identity import Identity
 from proxy.policy.decision import Decision
 from proxy.relay.core import RelayCore
 from proxy.relay.flow import Pause, ReadGate
-from proxy.relay.handshake import (
-    Handshake,
-    Login,
-    Phase,
-    StartupEvent,
-    check_ready,
-    strip_channel_binding,
-)
+from proxy.relay.handshake import AuthRelay, AuthStep, Handshake, Login, Phase, StartupEvent
+from proxy.relay.holdback import HeldOutput
 from proxy.relay.services import SessionHost
 from proxy.relay.settings import ParserSettingsTracker
 from proxy.wire import constants as c
@@ -110,8 +104,7 @@ class Session:
         self.login: Login | None = None
         self.backend_pid: int | None = None
         self.client_tls = False
-        self.protocol_minor = 0  # negotiated with the server (and so with the client)
-        self._negotiated = False
+        self._auth: AuthRelay | None = None
         self._settings = ParserSettingsTracker()
         self._events = SessionEvents(server.proxy_id, server.gate, self.identity)
         self.core: RelayCore | None = None
@@ -119,12 +112,9 @@ class Session:
         self._client_gate: ReadGate | None = None
         self._server_gate: ReadGate | None = None
         self._server_params: dict[str, str] = {}
-        self._held: list[bytes] = []
-        self._held_marker = 0
-        self._released = 0
+        self._out = HeldOutput(server.trail, self._write_client)
         self._chunk_events: list[dict[str, Any]] = []
         self.bytes_from_client = 0
-        self.bytes_to_client = 0
         self._end_reason = ""
         self._end_error = ""  # why the session failed, for session_end
         self._login_timer: asyncio.TimerHandle | None = None
@@ -143,32 +133,18 @@ class Session:
 
     @property
     def state(self) -> str:
-        core = self.core
-        if self.phase is not Phase.READY or core is None:
+        if self.phase is not Phase.READY or self.core is None:
             return self.phase.value
-        if core.queue.copy_in:
-            return "copy"
-        if core.queue.in_flight:
-            return "active"
-        return {c.TX_IDLE: "idle", c.TX_IN_BLOCK: "idle in transaction"}.get(
-            core.tx_status, "idle in transaction (aborted)"
-        )
+        return self.core.activity
 
     @property
     def current_statement(self) -> str | None:
-        if self.core is not None:
-            for entry in self.core.queue.pending:
-                if entry.statement is not None:
-                    return self.server.gate.display_text(entry.statement.text)
-        return None
+        text = self.core.current_text if self.core is not None else None
+        return self.server.gate.display_text(text) if text is not None else None
 
     @property
     def statement_started(self) -> float | None:
-        if self.core is not None:
-            for entry in self.core.queue.pending:
-                if entry.statement is not None and entry.started_wall:
-                    return entry.started_wall
-        return None
+        return self.core.current_started if self.core is not None else None
 
     async def cancel(self) -> bool:
         key = self.handshake.server_key
@@ -229,7 +205,7 @@ class Session:
             return False
         if self.core.queue.in_flight:
             return True  # the session ends when the last reply has been relayed
-        if self._held:
+        if self._out.holding:
             self._end_after_client_left()  # replies are only waiting for their audit write
             return True
         return False
@@ -292,17 +268,7 @@ class Session:
                 self.client.close()
             self._finish()
 
-        if self._held:
-            self._held_marker += 1
-            marker = self._held_marker
-
-            def release_then_close() -> None:
-                self._release(marker)
-                close()
-
-            self.server.trail.when_written(release_then_close)
-        else:
-            close()
+        self._out.then(close)
 
     def _finish(self) -> None:
         if self.phase is Phase.CLOSED:
@@ -323,7 +289,7 @@ class Session:
                 "duration_ms": round((time.perf_counter_ns() - self._started_ns) / 1e6, 3),
                 "statements": self.statements,
                 "bytes_from_client": self.bytes_from_client,
-                "bytes_to_client": self.bytes_to_client,
+                "bytes_to_client": self._out.sent,
                 "reason": self._end_reason or "closed",
             }
             if self._end_error:
@@ -339,7 +305,7 @@ class Session:
         self.phase = Phase.CLOSING
         if self.upstream is not None:
             self.upstream.abort()
-        self._send(m.error_response(sqlstate, text, severity="FATAL", detail=detail), None)
+        self.send(m.error_response(sqlstate, text, severity="FATAL", detail=detail), None)
         self._close_client_after_release()
 
     def _close_silently(self, reason: str) -> None:
@@ -458,32 +424,13 @@ class Session:
         self.server.spawn(self._connect_upstream(login.upstream_packet()))
 
     async def _connect_upstream(self, packet: bytes) -> None:
-        upstream = self.cfg.upstream
-        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self.cfg["limits.connect_timeout"]):
-                if upstream.unix_path:
-                    _, proto = await loop.create_unix_connection(
-                        lambda: _Side(self, False), upstream.unix_path
-                    )
-                else:
-                    _, proto = await loop.create_connection(
-                        lambda: _Side(self, False), upstream.host, upstream.port
-                    )
-        except (OSError, TimeoutError) as exc:
-            self.server.counters.upstream_connect_failures += 1
-            reason = "timeout" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-            logger.error(
-                "session %s: cannot connect to upstream %s: %s", self.session_id, upstream, reason
-            )
-            self.fatal(
-                c.SQLSTATE_CONNECTION_FAILURE,
-                f"pgwarden could not connect to the upstream server at {upstream}: {reason}",
-                reason="upstream_unreachable",
-            )
+            transport = await self.server.connect_upstream(lambda: _Side(self, False))
+        except UpstreamError as exc:
+            logger.error("session %s: %s", self.session_id, exc)
+            self.fatal(exc.sqlstate, str(exc), reason="upstream_unreachable")
             return
-        assert proto.transport is not None
-        self.upstream_connected(proto.transport, packet)
+        self.upstream_connected(transport, packet)
 
     def upstream_connected(self, transport: asyncio.Transport, packet: bytes) -> None:
         """The server leg is open: send the startup packet and what the client sent since."""
@@ -493,7 +440,10 @@ class Session:
         self.upstream = transport
         self._server_gate = ReadGate(transport.pause_reading, transport.resume_reading)
         self.phase = Phase.AUTH
-        self.protocol_minor = self.login.protocol_minor if self.login else 0
+        if self.login is not None:
+            self._auth = AuthRelay(
+                self.login, strip_channel_binding=self.client_tls != self.server.upstream_tls
+            )
         transport.write(packet + self.handshake.take_early())
 
     # --- server → proxy -----------------------------------------------------------------
@@ -517,7 +467,7 @@ class Session:
         if events:
             self._chunk_events = []
         if out or events:
-            self._send(out, events or None)
+            self.send(out, events or None)
         if self.phase is Phase.CLOSING and self._end_reason == "auth_failed":
             # The server's error went out with this chunk; the connection ends after it.
             self._close_client_after_release()
@@ -553,46 +503,23 @@ class Session:
 
     def _auth_message(self, kind: int, body: bytes) -> bytes | None:
         """A watched server message during authentication."""
-        if self.phase is not Phase.AUTH:
+        relay = self._auth
+        if self.phase is not Phase.AUTH or relay is None:
             return b""  # the session is closing: nothing more for the client
-        login = self.login
-        if login is not None and not self._negotiated:
-            # The first server message: the client gets one NegotiateProtocolVersion at most,
-            # merging what pgwarden and the server each declined.
-            self._negotiated = True
-            if kind == 118:  # 'v'
-                minor, declined = m.decode_negotiate_protocol_version(body)
-                self.protocol_minor = min(minor, login.protocol_minor)
-                return login.negotiation(minor, declined)
-            if login.owes_negotiation:
-                rest = self._auth_message(kind, body)
-                original = m.message(kind, body) if rest is None else rest
-                return login.negotiation(login.protocol_minor, []) + original
-        if kind == 82:  # 'R'
-            if m.auth_code(body) == 10 and self.client_tls != self.server.upstream_tls:
-                return strip_channel_binding(body)
-            return None
-        if kind == 75:  # 'K': relayed unchanged, the backend's identity is the server's
-            pid, secret = m.decode_backend_key(body)
-            self.handshake.server_key = (pid, secret)
-            self.backend_pid = pid
-            self._events.backend_pid = pid
+        out, step = relay.on_message(kind, body)
+        if step is AuthStep.BACKEND_KEY:
+            assert relay.server_key is not None
+            pid, secret = relay.server_key
+            self.handshake.server_key = relay.server_key
+            self.backend_pid = self._events.backend_pid = pid
             self.server.backend_started(self, pid, secret)
-            return None
-        if kind == 83:  # 'S'
-            self._parameter_status(*m.decode_parameter_status(body))
-            return None
-        if kind == 69:  # 'E'
-            self._auth_failed(m.decode_fields(body))
-            return None
-        if kind == 90:  # 'Z'
-            self._ready(check_ready(body))
-            return None
-        if kind == 118:  # 'v' anywhere but first
-            raise BackendProtocolError("unexpected NegotiateProtocolVersion during startup")
-        if kind in b"CDIT123nts":
-            raise BackendProtocolError(f"unexpected {chr(kind)!r} message during startup")
-        return None
+        elif step is AuthStep.PARAMETER:
+            self._parameter_status(*relay.parameter)
+        elif step is AuthStep.FAILED:
+            self._auth_failed(relay.failure)
+        elif step is AuthStep.READY:
+            self._ready(relay.ready_status)
+        return out
 
     def _auth_failed(self, fields: dict[str, str]) -> None:
         self.server.counters.auth_failures += 1
@@ -630,7 +557,7 @@ class Session:
             self._events.event(
                 "session_start",
                 time.time(),
-                protocol_version=f"3.{self.protocol_minor}",
+                protocol_version=f"3.{self._auth.protocol_minor if self._auth else 0}",
                 backend_pid=self.backend_pid,
                 tls=self.client_tls,
                 server_version=self._server_params.get("server_version", ""),
@@ -662,39 +589,17 @@ class Session:
     # --- proxy → client -----------------------------------------------------------------
 
     def send(self, data: bytes, events: list[dict[str, Any]] | None) -> None:
-        """ClientSink for the relay core."""
-        self._send(data, events)
+        """ClientSink for the relay core: bytes go out once their events are in the trail."""
+        self._out.send(data, events)
 
-    def _send(self, data: bytes, events: list[dict[str, Any]] | None) -> None:
-        """Write to the client, but only after ``events`` (and any earlier held data's events)
-        have reached the audit trail."""
+    def _write_client(self, data: bytes) -> None:
         client = self.client
-        if events:
-            trail = self.server.trail
-            for event in events:
-                trail.submit(event)
-        elif not self._held:
-            if data and client is not None and not client.is_closing():
-                self.bytes_to_client += len(data)
-                client.write(data)
-            return
-        if client is None:
-            return
-        self._held.append(data)
-        self._held_marker += 1
-        marker = self._held_marker
-        self.server.trail.when_written(lambda: self._release(marker))
+        if client is not None and not client.is_closing():
+            client.write(data)
 
-    def _release(self, marker: int) -> None:
-        count = marker - self._released
-        if count <= 0:
-            return
-        self._released = marker
-        chunk = b"".join(self._held[:count])
-        del self._held[:count]
-        if chunk and self.client is not None and not self.client.is_closing():
-            self.bytes_to_client += len(chunk)
-            self.client.write(chunk)
+    @property
+    def bytes_to_client(self) -> int:
+        return self._out.sent
 
 
 def client_protocol_factory(server: SessionHost) -> Callable[[], asyncio.Protocol]:

@@ -112,6 +112,33 @@ class RelayCore:
     def tx_status(self) -> int:
         return self.queue.tx_status
 
+    @property
+    def activity(self) -> str:
+        """What the session is doing, in pg_stat_activity's words."""
+        queue = self.queue
+        if queue.copy_in:
+            return "copy"
+        if queue.in_flight:
+            return "active"
+        return {c.TX_IDLE: "idle", c.TX_IN_BLOCK: "idle in transaction"}.get(
+            queue.tx_status, "idle in transaction (aborted)"
+        )
+
+    @property
+    def current_text(self) -> str | None:
+        """The text of the first statement in flight (unredacted: callers redact)."""
+        for entry in self.queue.pending:
+            if entry.statement is not None:
+                return entry.statement.text
+        return None
+
+    @property
+    def current_started(self) -> float | None:
+        for entry in self.queue.pending:
+            if entry.statement is not None and entry.started_wall:
+                return entry.started_wall
+        return None
+
     def take_deferred_upstream(self) -> bytes:
         """Bytes for the server produced while handling server data (a stall resolved)."""
         if not self._deferred_upstream:

@@ -258,6 +258,77 @@ class Handshake:
         return out
 
 
+class AuthStep(Enum):
+    """What a server message during authentication meant."""
+
+    RELAY = "relay"
+    BACKEND_KEY = "backend_key"  # ``server_key`` is now set
+    PARAMETER = "parameter"  # ``parameter`` holds (name, value)
+    FAILED = "failed"  # ``failure`` holds the error fields
+    READY = "ready"  # ``ready_status`` holds the transaction status
+
+
+class AuthRelay:
+    """Server side of authentication: relays the server's messages to the client, merging
+    protocol negotiation and stripping channel binding where it cannot work."""
+
+    __slots__ = (
+        "_login",
+        "_negotiated",
+        "failure",
+        "parameter",
+        "protocol_minor",
+        "ready_status",
+        "server_key",
+        "strip_channel_binding",
+    )
+
+    def __init__(self, login: Login, *, strip_channel_binding: bool) -> None:
+        self._login = login
+        self._negotiated = False
+        self.strip_channel_binding = strip_channel_binding
+        self.protocol_minor = login.protocol_minor  # what the server agreed to
+        self.server_key: tuple[int, bytes] | None = None
+        self.parameter: tuple[str, str] = ("", "")
+        self.failure: dict[str, str] = {}
+        self.ready_status = c.TX_IDLE
+
+    def on_message(self, kind: int, body: bytes) -> tuple[bytes | None, AuthStep]:
+        """Returns the replacement for the message (None: relay it as is) and its meaning."""
+        login = self._login
+        if not self._negotiated:
+            # The first server message: the client gets one NegotiateProtocolVersion at most,
+            # merging what pgwarden and the server each declined.
+            self._negotiated = True
+            if kind == 118:  # 'v'
+                minor, declined = m.decode_negotiate_protocol_version(body)
+                self.protocol_minor = min(minor, login.protocol_minor)
+                return login.negotiation(minor, declined), AuthStep.RELAY
+            if login.owes_negotiation:
+                rest, step = self.on_message(kind, body)
+                original = m.message(kind, body) if rest is None else rest
+                return login.negotiation(login.protocol_minor, []) + original, step
+        if kind == 82:  # 'R'
+            if m.auth_code(body) == 10 and self.strip_channel_binding:
+                return strip_channel_binding(body), AuthStep.RELAY
+            return None, AuthStep.RELAY
+        if kind == 75:  # 'K': relayed unchanged, the backend's identity is the server's
+            self.server_key = m.decode_backend_key(body)
+            return None, AuthStep.BACKEND_KEY
+        if kind == 83:  # 'S'
+            self.parameter = m.decode_parameter_status(body)
+            return None, AuthStep.PARAMETER
+        if kind == 69:  # 'E'
+            self.failure = m.decode_fields(body)
+            return None, AuthStep.FAILED
+        if kind == 90:  # 'Z'
+            self.ready_status = check_ready(body)
+            return None, AuthStep.READY
+        if kind == 118:
+            raise BackendProtocolError("unexpected NegotiateProtocolVersion during startup")
+        raise BackendProtocolError(f"unexpected {chr(kind)!r} message during startup")
+
+
 def strip_channel_binding(body: bytes) -> bytes:
     """An AuthenticationSASL without SCRAM-SHA-256-PLUS: channel binding cannot survive a
     proxy whose two legs differ in TLS."""

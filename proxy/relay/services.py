@@ -38,4 +38,9 @@ class SessionHost(Protocol):
 
     async def forward_cancel(self, pid: int, secret: bytes) -> None: ...
 
+    async def connect_upstream(self, factory: Callable[[], asyncio.Protocol]) -> asyncio.Transport:
+        """Open the server leg for ``factory()``'s protocol; UpstreamError (with the reason)
+        when it cannot be had."""
+        ...
+
     def audit_accepting(self) -> bool: ...

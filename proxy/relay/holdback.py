@@ -1,0 +1,74 @@
+"""Client output held back until the audit events it depends on are written.
+
+No client ever sees a result that is not in the audit log: bytes that follow a statement's
+completion wait until the trail reports that its event reached the OS (and the disk, with
+``audit.fsync=always``). Order is kept: once anything is held, later bytes queue behind it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+
+class Trail(Protocol):
+    def submit(self, event: dict[str, Any]) -> None: ...
+
+    def when_written(self, callback: Callable[[], None]) -> None: ...
+
+
+class HeldOutput:
+    __slots__ = ("_held", "_marker", "_released", "_trail", "_write", "sent")
+
+    def __init__(self, trail: Trail, write: Callable[[bytes], None]) -> None:
+        self._trail = trail
+        self._write = write  # writes to the client (or drops, once it is gone)
+        self._held: list[bytes] = []
+        self._marker = 0
+        self._released = 0
+        self.sent = 0  # bytes written to the client
+
+    @property
+    def holding(self) -> bool:
+        return bool(self._held)
+
+    def send(self, data: bytes, events: list[dict[str, Any]] | None) -> None:
+        """Write ``data`` once ``events`` (and everything held before) are in the trail."""
+        if events:
+            submit = self._trail.submit
+            for event in events:
+                submit(event)
+        elif not self._held:
+            if data:
+                self.sent += len(data)
+                self._write(data)
+            return
+        self._held.append(data)
+        self._marker += 1
+        marker = self._marker
+        self._trail.when_written(lambda: self._release(marker))
+
+    def then(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` after everything held so far has been written out."""
+        if not self._held:
+            callback()
+            return
+        self._marker += 1
+        marker = self._marker
+
+        def release_then() -> None:
+            self._release(marker)
+            callback()
+
+        self._trail.when_written(release_then)
+
+    def _release(self, marker: int) -> None:
+        count = marker - self._released
+        if count <= 0:
+            return
+        self._released = marker
+        chunk = b"".join(self._held[:count])
+        del self._held[:count]
+        if chunk:
+            self.sent += len(chunk)
+            self._write(chunk)
