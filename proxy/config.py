@@ -232,6 +232,20 @@ SCHEMA: tuple[Key, ...] = (
     Key("allow_replication", parse_bool, False, "let replication connections through"),
     Key("shutdown_grace", parse_duration, 30.0, "how long running statements may finish on stop"),
     Key(
+        "limits.analysis_offload_size",
+        parse_size,
+        64 * 1024,
+        "statements at least this long are analysed off the event loop (other sessions "
+        "keep moving while a big statement waits for its own decision)",
+    ),
+    Key(
+        "limits.max_analysis_size",
+        parse_size,
+        16 * 1024**2,
+        "statements longer than this are not analysed at all: the policy's on_unparsable "
+        "decides them",
+    ),
+    Key(
         "limits.max_message_size",
         parse_size,
         64 * 1000**2,

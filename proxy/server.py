@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hmac
 import logging
@@ -17,7 +18,8 @@ from proxy.buildinfo import version_line
 from proxy.config import Config, display_value
 from proxy.errors import PgWardenError, SourceError, UpstreamError
 from proxy.gate import Gate
-from proxy.sql import redact
+from proxy.sql import extract, redact
+from proxy.sql.facts import ParserSettings, QueryFacts
 from proxy.state import Counters, ReloadResult, ServerState
 from proxy.tls import load as load_tls
 from proxy.wire.startup import CancelRequest, encode_cancel
@@ -69,6 +71,7 @@ class ProxyServer:
         self._servers: list[asyncio.Server] = []
         self._cancel_slots = asyncio.Semaphore(_CANCEL_CONCURRENCY)
         self._closing = False
+        self._analysis_pool: concurrent.futures.ProcessPoolExecutor | None = None
         self.central_store: StoreShipper | None = None
         self.alerts: AlertEngine | None = None
 
@@ -166,6 +169,22 @@ class ProxyServer:
                     await writer.wait_closed()
             except (OSError, TimeoutError) as exc:
                 logger.warning("forwarding a cancel request to %s failed: %s", upstream, exc)
+
+    async def analyse(self, sql: bytes, settings: ParserSettings) -> QueryFacts:
+        """Facts of a long statement from a worker process, so the event loop (every other
+        session) keeps moving; a worker that dies gives facts the policy's on_unparsable
+        decides."""
+        if self._analysis_pool is None:
+            self._analysis_pool = concurrent.futures.ProcessPoolExecutor(max_workers=1)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._analysis_pool, extract.analyze_bytes, sql, settings
+            )
+        except concurrent.futures.process.BrokenProcessPool:
+            self._analysis_pool = None
+            logger.error("the analysis worker died on a statement of %d bytes", len(sql))
+            return self.gate.unanalysable(sql, settings, "the analysis worker died")
 
     def audit_accepting(self) -> bool:
         """Whether statements may run under ``audit.fail_closed``: the local trail writes,
@@ -285,6 +304,8 @@ class ProxyServer:
             session.terminate("shutdown")
         # Give the last session_end events and FATAL messages one turn to be written.
         await asyncio.sleep(0)
+        if self._analysis_pool is not None:
+            self._analysis_pool.shutdown(wait=False, cancel_futures=True)
         for task in list(self._tasks):
             task.cancel()
         with contextlib.suppress(Exception):

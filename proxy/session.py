@@ -25,7 +25,7 @@ from proxy.audit.events import SessionEvents
 from proxy.errors import FrontendProtocolError, ProtocolError, UpstreamError
 from proxy.identity import Identity
 from proxy.policy.decision import Decision
-from proxy.relay.core import RelayCore
+from proxy.relay.core import AnalysisRequest, RelayCore
 from proxy.relay.flow import Pause, ReadGate
 from proxy.relay.handshake import AuthRelay, AuthStep, Handshake, Login, Phase, StartupEvent
 from proxy.relay.holdback import HeldOutput
@@ -105,6 +105,7 @@ class Session:
         self.backend_pid: int | None = None
         self.client_tls = False
         self._auth: AuthRelay | None = None
+        self._analysing = False
         self._settings = ParserSettingsTracker()
         self._events = SessionEvents(server.proxy_id, server.gate, self.identity)
         self.core: RelayCore | None = None
@@ -352,8 +353,8 @@ class Session:
                     upstream.write(out)
                 if core.terminated:
                     self._end_reason = "client_terminated"
-                if core.stalled and self._client_gate is not None:
-                    self._client_gate.hold(Pause.STALLED)
+                if core.stalled:
+                    self._stalled(core)
                 if self.server.trail.full:
                     self._wait_for_audit_capacity()
             elif phase is Phase.STARTUP:
@@ -477,13 +478,36 @@ class Session:
         if core.queue.fatal:
             self._end_reason = "server_fatal"
         if core.stalled:
-            up = core.resume(time.perf_counter_ns(), time.time())
-            if up and self.upstream is not None:
-                self.upstream.write(up)
-            if not core.stalled and self._client_gate is not None:
-                self._client_gate.release(Pause.STALLED)
+            self._resume(core)
         if self._client_done and not core.queue.in_flight:
             self._end_after_client_left()
+
+    def _stalled(self, core: RelayCore) -> None:
+        """Client messages wait in the core: stop reading more; analyse what it asks for."""
+        if self._client_gate is not None:
+            self._client_gate.hold(Pause.STALLED)
+        request = core.analysis_wanted
+        if request is not None and not self._analysing:
+            self._analysing = True
+            self.server.spawn(self._analyse(core, request))
+
+    async def _analyse(self, core: RelayCore, request: AnalysisRequest) -> None:
+        try:
+            facts = await self.server.analyse(request.sql, request.settings)
+        finally:
+            self._analysing = False
+        if self.phase is Phase.READY:
+            core.analysed(facts)
+            self._resume(core)
+
+    def _resume(self, core: RelayCore) -> None:
+        up = core.resume(time.perf_counter_ns(), time.time())
+        if up and self.upstream is not None:
+            self.upstream.write(up)
+        if core.stalled:
+            self._stalled(core)
+        elif self._client_gate is not None:
+            self._client_gate.release(Pause.STALLED)
 
     def _server_message(self, kind: int, body: bytes, rows: int) -> bytes | None:
         core = self.core
@@ -546,6 +570,8 @@ class Session:
             audit_refusal=self._audit_refusal,
             settings=self._settings,
             on_parameter=self._parameter_status,
+            offload_size=self.cfg["limits.analysis_offload_size"],
+            max_analysis_size=self.cfg["limits.max_analysis_size"],
         )
         core.queue.tx_status = tx_status
         self._settings.ready(tx_status)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from proxy.errors import FrontendProtocolError
@@ -27,7 +28,7 @@ from proxy.relay.prepared import ALL, PreparedStatements
 from proxy.relay.replies import Owed, Pending, Portal, ReplyQueue
 from proxy.relay.settings import ParserSettingsTracker
 from proxy.relay.statement import Statement
-from proxy.sql.facts import QueryFacts
+from proxy.sql.facts import ParserSettings, QueryFacts
 from proxy.wire import constants as c
 from proxy.wire import messages as m
 from proxy.wire.framing import Framer
@@ -37,6 +38,18 @@ if TYPE_CHECKING:
     from proxy.gate import Gate
 
 _FORGET_ALL = frozenset({"DEALLOCATE ALL", "DISCARD ALL"})
+
+
+class _Offload(Exception):
+    """The statement is too long to analyse on the event loop: ask the adapter."""
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisRequest:
+    """A statement the adapter must analyse off the loop, then hand to :meth:`analysed`."""
+
+    sql: bytes
+    settings: ParserSettings
 
 
 class ClientSink(Protocol):
@@ -49,19 +62,23 @@ class RelayCore:
     """Requests, replies, enforcement and events of one ready session."""
 
     __slots__ = (
+        "_analysed",
         "_audit_refusal",
         "_backlog",
         "_deferred_upstream",
         "_events",
         "_framer",
         "_gate",
+        "_max_analysis",
         "_now_ns",
+        "_offload_size",
         "_on_parameter",
         "_param_mode",
         "_pending_events",
         "_resume_due",
         "_sink",
         "_skip_until_sync",
+        "analysis_wanted",
         "identity",
         "prepared",
         "queue",
@@ -80,6 +97,8 @@ class RelayCore:
         audit_refusal: Callable[[], Decision | None],
         settings: ParserSettingsTracker,
         on_parameter: Callable[[str, str], None],
+        offload_size: int = 1 << 62,
+        max_analysis_size: int = 1 << 62,
     ) -> None:
         self._gate = gate
         self._events = events
@@ -98,6 +117,10 @@ class RelayCore:
         self._backlog: deque[tuple[int, bytes | None, bytes]] = deque()
         self._deferred_upstream: list[bytes] = []
         self._now_ns = 0
+        self._offload_size = offload_size
+        self._max_analysis = max_analysis_size
+        self.analysis_wanted: AnalysisRequest | None = None
+        self._analysed: tuple[AnalysisRequest, QueryFacts] | None = None
         self._pending_events: list[dict[str, Any]] = []
         self._resume_due = False
         self.terminated = False  # the client sent Terminate
@@ -191,10 +214,35 @@ class RelayCore:
         return self.take_deferred_upstream()
 
     def _must_wait(self, kind: int) -> bool:
+        if self.analysis_wanted is not None:
+            return True  # everything waits behind the statement being analysed
         # A Query is lexed by the server under the settings in force when it arrives; wait for
         # the ReadyForQuery that reports them. (Parse is judged under every candidate instead:
         # waiting there could deadlock a client that only sends Sync later.)
         return kind == 81 and self.settings.unsettled
+
+    def _inspect(self, sql: bytes, settings: ParserSettings) -> QueryFacts:
+        """Facts of ``sql``: inline for ordinary statements; for long ones the result of the
+        adapter's off-loop analysis (raising :class:`_Offload` until it is there)."""
+        size = len(sql)
+        if size > self._max_analysis:
+            return self._gate.too_large(sql, settings, self._max_analysis)
+        if size < self._offload_size:
+            return self._gate.inspect(sql, settings)
+        done = self._analysed
+        if done is not None and done[0].settings == settings and done[0].sql == sql:
+            self._analysed = None
+            return done[1]
+        self.analysis_wanted = AnalysisRequest(sql, settings)
+        raise _Offload
+
+    def analysed(self, facts: QueryFacts) -> None:
+        """The adapter's analysis of :attr:`analysis_wanted` is ready."""
+        request = self.analysis_wanted
+        assert request is not None
+        self.analysis_wanted = None
+        self._analysed = (request, facts)
+        self._resume_due = True
 
     def _client_message(
         self,
@@ -215,10 +263,15 @@ class RelayCore:
             self._backlog.append((kind, body, raw))
             return b""
         queue = self.queue
-        if kind == 81:  # 'Q'
-            return self._on_query(body, raw, now_ns, now_wall)
-        if kind == 80:  # 'P'
-            return self._on_parse(body, raw, now_ns, now_wall)
+        if kind == 81 or kind == 80:  # 'Q' / 'P'
+            try:
+                if kind == 81:
+                    return self._on_query(body, raw, now_ns, now_wall)
+                return self._on_parse(body, raw, now_ns, now_wall)
+            except _Offload:
+                # First in line: later messages queue behind it until its decision.
+                self._backlog.appendleft((kind, body, raw))
+                return b""
         if kind == 66:  # 'B'
             return self._on_bind(body, raw, now_ns, now_wall)
         if kind == 69:  # 'E'
@@ -263,11 +316,10 @@ class RelayCore:
 
     def _on_query(self, body: bytes, raw: bytes, now_ns: int, now_wall: float) -> bytes:
         sql = m.query_text(body)
+        facts = self._inspect(sql, self.settings.confirmed)
         queue = self.queue
         if queue.portals:
             queue.close_portal(b"", now_ns)
-        gate = self._gate
-        facts = gate.inspect(sql, self.settings.confirmed)
         facts, alternatives = self._resolve_sql_prepared(facts)
         forward = self._judge_cycle(Owed.QUERY, facts, raw, now_ns, now_wall, alternatives)
         if forward is raw:
@@ -368,7 +420,7 @@ class RelayCore:
         parse = m.decode_parse(body)
         gate = self._gate
         candidates = self.settings.candidates()
-        facts = gate.inspect(parse.query, candidates[0])
+        facts = self._inspect(parse.query, candidates[0])
         alternatives = [gate.inspect(parse.query, s) for s in candidates[1:]]
         decision = self._decide(facts, alternatives)
         name = _name(parse.name)

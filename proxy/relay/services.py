@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from proxy.audit.trail import AuditTrail
     from proxy.config import Config
     from proxy.gate import Gate
+    from proxy.sql.facts import ParserSettings, QueryFacts
     from proxy.state import Counters
     from proxy.wire.startup import CancelRequest
 
@@ -44,3 +45,7 @@ class SessionHost(Protocol):
         ...
 
     def audit_accepting(self) -> bool: ...
+
+    async def analyse(self, sql: bytes, settings: ParserSettings) -> QueryFacts:
+        """Facts of a long statement, computed off the event loop."""
+        ...

@@ -164,6 +164,7 @@ class Host:
         self.spawned: list[Coroutine[Any, Any, Any]] = []
         self.sessions: list[Session] = []
         self.backends: dict[int, Session] = {}
+        self.analysed: list[bytes] = []
 
     @property
     def counters(self) -> Counters:
@@ -192,6 +193,10 @@ class Host:
 
     def audit_accepting(self) -> bool:
         return True
+
+    async def analyse(self, sql: bytes, settings: Any) -> Any:
+        self.analysed.append(sql)
+        return self.gate.inspect(sql, settings)
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         self.trail.close()

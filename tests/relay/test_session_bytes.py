@@ -282,3 +282,40 @@ def test_startup_garbage_ends_in_our_error_or_silence(
 ) -> None:
     wire = Wire(Host(tmp_path_factory.mktemp("g")))
     wire.session.client_data(data)  # must not raise
+
+
+def test_long_statement_waits_for_its_analysis_and_so_does_what_follows(tmp_path: Path) -> None:
+    """A statement over limits.analysis_offload_size is analysed off the loop; it and the
+    messages behind it wait for that decision, in order, and the client is not read."""
+    host = Host(tmp_path, POLICY, limits__analysis_offload_size="1KB")
+    wire = Wire(host)
+    wire.login()
+    big = "select 1 where " + " and ".join(["true"] * 300)
+    wire.client_sends(query(big) + query("delete from t"))
+    assert wire.upstream.take() == b""
+    assert not wire.client.reading
+    assert len(host.spawned) == 1  # the analysis task
+    import asyncio
+
+    asyncio.run(host.spawned.pop())
+    # Decided: the big one goes out, then the DELETE behind it, poisoned (a reply is owed).
+    sent = wire.upstream.take()
+    assert sent.startswith(query(big)) and b"PGWARDEN BLOCKED" in sent[len(query(big)) :]
+    wire.server_sends(
+        complete("SELECT 1") + ready() + error("42601", "syntax error at PGWARDEN") + ready()
+    )
+    out = wire.client.take()
+    assert b"C42501" in out and b"42601" not in out
+    assert out.index(b"SELECT 1") < out.index(b"C42501")
+    assert wire.client.reading
+
+
+def test_statement_over_the_analysis_limit_follows_on_unparsable(tmp_path: Path) -> None:
+    host = Host(tmp_path, POLICY, limits__max_analysis_size="1KB")
+    wire = Wire(host)
+    wire.login()
+    wire.client_sends(query("select '" + "x" * 2000 + "'"))
+    assert wire.upstream.take() == b""
+    assert b"C42501" in wire.client.take()
+    [event] = host.events("query")
+    assert [r["id"] for r in event["decision"]["rules"]] == ["unparsable"]

@@ -1,0 +1,77 @@
+"""Long statements are analysed off the event loop and still decided before they run
+(issue 8 §4); beyond limits.max_analysis_size the policy's on_unparsable decides."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.e2e.kit import unique, wait_events
+
+pytestmark = pytest.mark.e2e
+
+POLICY = """\
+version: 1
+defaults: {action: allow, on_unparsable: block}
+rules:
+  - id: no-unbounded-writes
+    when: {commands: [DELETE, UPDATE], missing_where: true}
+    action: block
+"""
+
+
+def _values(count: int) -> str:
+    return ",".join(f"({i}, '{'v' * 20}')" for i in range(count))
+
+
+def test_long_statement_runs_and_others_keep_being_served(
+    proxy_factory: Any, tmp_path: Path
+) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY)
+    proxy = proxy_factory(policies=[policy])
+    table = unique("bigins")
+    app = unique("bigapp")
+    with psycopg.connect(proxy.dsn(), autocommit=True, application_name=app) as conn:
+        conn.execute(f"create table {table} (id int, v text)")
+        done = threading.Event()
+        served: list[int] = []
+
+        def others() -> None:
+            with psycopg.connect(proxy.dsn(), autocommit=True) as other:
+                while not done.is_set():
+                    other.execute("select 1")
+                    served.append(1)
+
+        thread = threading.Thread(target=others)
+        thread.start()
+        try:
+            conn.execute(f"insert into {table} values {_values(20000)}")  # ~600 KB
+        finally:
+            done.set()
+            thread.join(10)
+        row = conn.execute(f"select count(*) from {table}").fetchone()
+        assert row == (20000,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"delete from {table} /* {'x' * 100_000} */")
+        conn.execute(f"drop table {table}")
+    assert served  # the other session was answered meanwhile
+    inserts = wait_events(proxy, 1, "query", application_name=app, command_tag="INSERT 0 20000")
+    assert inserts[0]["decision"]["action"] == "allow"
+
+
+def test_statement_beyond_the_analysis_limit_is_decided_by_on_unparsable(
+    proxy_factory: Any, tmp_path: Path
+) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY)
+    proxy = proxy_factory("--limits-max-analysis-size", "100KB", policies=[policy])
+    with (
+        psycopg.connect(proxy.dsn(), autocommit=True) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute(f"select '{'x' * 200_000}'")
