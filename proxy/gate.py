@@ -7,7 +7,6 @@ which the server builds and swaps atomically on policy reload.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import hmac
 import json
@@ -21,7 +20,7 @@ from proxy.audit.chain import load_hmac_key
 from proxy.identity import Identity
 from proxy.policy.decision import ALLOW, Decision, RuleMatch
 from proxy.sql import cache as facts_cache
-from proxy.sql import extract, redact
+from proxy.sql import extract, params, redact
 from proxy.sql.facts import ParserSettings, QueryFacts, StatementFacts
 
 if TYPE_CHECKING:
@@ -136,21 +135,41 @@ class Gate:
         return QueryFacts(facts.text, tuple(resolved), facts.parse_error, facts.unparsable_reason)
 
     def prepared_body(self, stmt: StatementFacts) -> StatementFacts | None:
-        """The facts of what a SQL ``PREPARE`` stores (what a later EXECUTE or Bind runs),
-        with the body's own text (what the audit record of a protocol Execute shows)."""
-        body = extract.prepared_body(stmt)
-        if body is None:
-            return None
-        # The body starts after the first AS keyword (``PREPARE name [(types)] AS body``).
+        """The facts of what a SQL ``PREPARE`` stores (what a later EXECUTE or Bind runs)."""
+        return extract.prepared_body(stmt)
+
+    def prepared_body_text(self, stmt: StatementFacts) -> str:
+        """The body of ``PREPARE name [(types)] AS body``: what a protocol Execute of the name
+        runs, as the audit record shows it."""
         try:
             tokens = pg_parser.scan(stmt.text)
         except Exception:
-            return body
+            return stmt.text
         for token in tokens:
             if token.name == "AS":
-                text = stmt.text[token.end + 1 :].strip()
-                return dataclasses.replace(body, text=text) if text else body
-        return body
+                return stmt.text[token.end + 1 :].strip() or stmt.text
+        return stmt.text
+
+    def bind_values(
+        self,
+        facts: QueryFacts,
+        bind: Bind,
+        param_types: tuple[int, ...],
+        settings: ParserSettings,
+        *,
+        sql_prepared: bool = False,
+    ) -> QueryFacts:
+        """``facts`` judged with the values a Bind gives its parameters (DESIGN.md §4).
+        ``sql_prepared``: ``facts`` hold the body of a SQL-level PREPARE."""
+        if not sql_prepared:
+            return params.bind_message(
+                facts, bind.params, bind.param_formats, param_types, settings
+            )
+        values = params.decode_values(
+            bind.params, bind.param_formats, param_types, settings.client_encoding
+        )
+        bound = tuple(params.bind_prepared_body(s, values) for s in facts.statements)
+        return QueryFacts(facts.text, bound, facts.parse_error, facts.unparsable_reason)
 
     def deallocate_name(self, stmt: StatementFacts) -> str | None:
         """The statement name a SQL ``DEALLOCATE name`` removes."""

@@ -86,7 +86,7 @@ class SessionEvents:
             facts = statement.facts
             single = facts is not None and len(facts.statements) == 1
             stmt = facts.statements[0] if facts is not None and facts.statements else None
-            text = stmt.text if single and stmt is not None else statement.text
+            text = done.text if single else statement.text
         error = done.error
         event = self._base.copy()
         event["type"] = "query"

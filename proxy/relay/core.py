@@ -289,8 +289,13 @@ class RelayCore:
             queue.sync()
             return raw
         if kind == 68:  # 'D'
-            target, _described = m.decode_target(body, "Describe")
-            queue.expect(Pending(Owed.DESCRIBE_STATEMENT if target == 83 else Owed.DESCRIBE_PORTAL))
+            target, described = m.decode_target(body, "Describe")
+            if target == 83:
+                # Its ParameterDescription tells how the server will read Bind values.
+                statement = self.prepared.latest(_name(described))
+                queue.expect(Pending(Owed.DESCRIBE_STATEMENT, statement))
+            else:
+                queue.expect(Pending(Owed.DESCRIBE_PORTAL))
             return raw
         if kind == 67:  # 'C'
             target, name = m.decode_target(body, "Close")
@@ -361,8 +366,11 @@ class RelayCore:
             if stmt.prepare_name:
                 body = self._gate.prepared_body(stmt)
                 if body is not None:
-                    statement = Statement(body.text, QueryFacts(body.text, (body,)), None)
-                    statement.name = stmt.prepare_name
+                    shown = self._gate.prepared_body_text(stmt)
+                    statement = Statement(
+                        body.text, QueryFacts(body.text, (body,)), None, stmt.prepare_name
+                    )
+                    statement.shown = shown
                     changes.append((index, self.prepared.change(stmt.prepare_name, statement)))
         if changes:
             entry.changes = changes
@@ -424,49 +432,88 @@ class RelayCore:
         alternatives = [gate.inspect(parse.query, s) for s in candidates[1:]]
         decision = self._decide(facts, alternatives)
         name = _name(parse.name)
-        statement = Statement(facts.text, facts, decision, name)
+        statement = Statement(facts.text, facts, decision, name, parse.param_types)
         statement.generation = gate.generation
         entry = Pending(Owed.PARSE, statement, now_ns, now_wall)
         refusal = enforce.refusal(decision, self._audit_refusal())
-        if refusal is not None:
+        if refusal is not None and not facts.param_sensitive:
             entry.block = refusal
             self.queue.expect(entry)
             self._skip_until_sync = True
             return enforce.poison_parse(parse.name, refusal)
+        # A statement whose facts depend on its parameters is decided at Bind, with the values
+        # the server will use (Parse alone runs nothing).
         entry.changes = [(0, self.prepared.change(name, statement))]
-        self._notify(decision)
+        if refusal is None:
+            self._notify(decision)
         self.queue.expect(entry)
         return raw
 
     def _on_bind(self, body: bytes, raw: bytes, now_ns: int, now_wall: float) -> bytes:
         mode = self._param_mode
         gate = self._gate
-        if mode == "none":
-            portal, statement_name = m.bind_names(body)
-            bind = None
+        candidates = self.prepared.candidates(_name(m.bind_names(body)[1]))
+        needs_values = mode != "none" or any(
+            c.facts is not None and c.facts.param_sensitive for c in candidates
+        )
+        if needs_values:
+            bind: m.Bind | None = m.decode_bind(body)
+            assert bind is not None
+            portal = bind.portal
         else:
-            bind = m.decode_bind(body)
-            portal, statement_name = bind.portal, bind.statement
-        candidates = self.prepared.candidates(_name(statement_name))
+            bind = None
+            portal = m.bind_names(body)[0]
         statement = candidates[0] if candidates else None
         params = None
-        if bind is not None:
+        if bind is not None and mode != "none":
             params = gate.audit_params(bind, mode, statement.facts if statement else None)
-        entry = Pending(Owed.BIND, statement, now_ns, now_wall)
-        entry.params = params
         decisions = []
+        bound_first: Statement | None = None
         for candidate in candidates:
             if candidate.facts is None:
                 continue
             if candidate.decision is None or gate.needs_recheck(candidate):
                 candidate.decision = gate.decide(self.identity, candidate.facts)
                 candidate.generation = gate.generation
-            decisions.append(candidate.decision)
+            decision = candidate.decision
+            if bind is not None and candidate.facts.param_sensitive:
+                bound = gate.bind_values(
+                    candidate.facts,
+                    bind,
+                    candidate.param_types,
+                    self.settings.confirmed,
+                    sql_prepared=candidate.shown is not None,
+                )
+                decision = gate.decide(self.identity, bound)
+                if candidate is statement:
+                    bound_first = Statement(
+                        candidate.text,
+                        bound,
+                        decision,
+                        candidate.name,
+                        candidate.param_types,
+                        candidate.shown,
+                    )
+            decisions.append(decision)
+        if bound_first is not None:
+            statement = bound_first  # this portal runs the statement with these values
+        entry = Pending(Owed.BIND, statement, now_ns, now_wall)
+        entry.params = params
         if decisions:
             # A body refused at Parse never enters the namespace; what is refused here is a
-            # body decided anew (policy reload, SQL PREPARE) or one of several candidates.
+            # body decided anew (policy reload, SQL PREPARE, bound values) or one of several
+            # candidates.
             refusal = enforce.refusal(enforce.strictest(decisions), self._audit_refusal())
             if refusal is not None:
+                if statement is not None:
+                    entry.statement = Statement(
+                        statement.text,
+                        statement.facts,
+                        refusal,
+                        statement.name,
+                        (),
+                        statement.shown,
+                    )
                 entry.block = refusal
                 self.queue.expect(entry)
                 self._skip_until_sync = True

@@ -231,6 +231,9 @@ class ReplyQueue:
         if kind == 116:  # 't' ParameterDescription
             if head is None or head.owed is not Owed.DESCRIBE_STATEMENT:
                 raise BackendProtocolError("unexpected ParameterDescription")
+            if head.statement is not None:
+                # The types the server resolved: how it will read the Bind values.
+                head.statement.param_types = m.decode_parameter_description(body)
             return None
         if kind == 110 or kind == 84:  # NoData / RowDescription
             if head is not None and (

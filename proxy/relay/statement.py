@@ -25,15 +25,32 @@ class Statement:
     changes between Parse and Bind.
     """
 
-    __slots__ = ("decision", "facts", "generation", "name", "stmt", "text")
+    __slots__ = (
+        "decision",
+        "facts",
+        "generation",
+        "name",
+        "param_types",
+        "shown",
+        "stmt",
+        "text",
+    )
 
     def __init__(
-        self, text: str, facts: QueryFacts | None, decision: Decision | None, name: str = ""
+        self,
+        text: str,
+        facts: QueryFacts | None,
+        decision: Decision | None,
+        name: str = "",
+        param_types: tuple[int, ...] = (),
+        shown: str | None = None,
     ) -> None:
         self.text = text
         self.facts = facts
         self.decision = decision
         self.name = name
+        self.param_types = param_types  # as Parse declared them (0: unspecified)
+        self.shown = shown  # the text audit records show, when not the statement's own
         self.generation = -1  # policy generation the decision was made under
         self.stmt: StatementFacts | None = (
             facts.statements[0] if facts is not None and len(facts.statements) == 1 else None
@@ -75,6 +92,8 @@ class Completion:
 
     @property
     def text(self) -> str:
+        if self.index < 0 and self.statement is not None and self.statement.shown is not None:
+            return self.statement.shown
         stmt = self.stmt
         if stmt is not None:
             return stmt.text

@@ -259,6 +259,16 @@ def negotiate_protocol_version(newest_minor: int, unsupported: list[str]) -> byt
     return message(ord("v"), body)
 
 
+def decode_parameter_description(body: bytes) -> tuple[int, ...]:
+    """ParameterDescription: the type OID of each parameter of a prepared statement."""
+    if len(body) < 2:
+        raise BackendProtocolError("invalid ParameterDescription message")
+    (count,) = struct.unpack_from("!H", body, 0)
+    if len(body) != 2 + 4 * count:
+        raise BackendProtocolError("invalid ParameterDescription message")
+    return struct.unpack_from(f"!{count}I", body, 2)
+
+
 def decode_negotiate_protocol_version(body: bytes) -> tuple[int, list[str]]:
     """NegotiateProtocolVersion: the newest minor version the sender supports and the
     protocol options it did not recognise."""

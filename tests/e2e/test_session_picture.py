@@ -208,3 +208,42 @@ def test_namespace_matches_the_server(guarded: Any, pg: Any, orders: str, ops: A
             elif "delete" in body.lower():
                 assert codes == ["42501"], (ops, held)
     assert _count(pg, orders) == 100
+
+
+def test_bound_true_is_an_unbounded_delete(guarded: Any, pg: Any, orders: str) -> None:
+    """Bind parameters are facts: ``WHERE $1`` with true bound limits nothing."""
+    with psycopg.connect(guarded.dsn(), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"delete from {orders} where %s", (True,))
+        conn.execute(f"delete from {orders} where %s", (False,))
+    assert _count(pg, orders) == 100
+
+
+def test_asyncpg_bound_true_is_an_unbounded_delete(guarded: Any, pg: Any, orders: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(guarded.dsn())
+        try:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(f"delete from {orders} where $1", True)
+            await conn.execute(f"delete from {orders} where $1", False)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+    assert _count(pg, orders) == 100
+
+
+def test_sql_execute_with_true_argument(guarded: Any, pg: Any, orders: str) -> None:
+    with rawpg.RawConn(guarded.host, guarded.port) as conn:
+        conn.login()
+        conn.simple(f"prepare pb(bool) as delete from {orders} where $1")
+        replies = conn.simple("execute pb(true)")
+        assert [m.fields()["C"] for m in replies if m.type == "E"] == ["42501"]
+        conn.send(rawpg.bind(statement="pb", params=["true"]), rawpg.execute(), rawpg.sync())
+        replies = conn.recv_until("Z")
+        assert [m.fields()["C"] for m in replies if m.type == "E"] == ["42501"]
+    assert _count(pg, orders) == 100

@@ -319,3 +319,20 @@ def test_statement_over_the_analysis_limit_follows_on_unparsable(tmp_path: Path)
     assert b"C42501" in wire.client.take()
     [event] = host.events("query")
     assert [r["id"] for r in event["decision"]["rules"]] == ["unparsable"]
+
+
+def test_bind_values_are_facts(tmp_path: Path) -> None:
+    """``DELETE … WHERE $1`` with true bound deletes every row: judged with the value, before
+    the Execute is forwarded; with false bound it runs (issue 10 §1)."""
+    wire = Wire(Host(tmp_path, POLICY))
+    wire.login()
+    wire.client_sends(parse("delete from t where $1", "d") + sync())
+    assert b"PGWARDEN BLOCKED" not in wire.upstream.take()  # decided at Bind, with values
+    wire.server_sends(msg(b"1") + ready())
+    wire.client.take()
+    wire.client_sends(bind("d", params=[b"true"]) + execute() + sync())
+    assert b"__pgwarden_blocked__" in wire.upstream.take()
+    wire.server_sends(error("26000", "prepared statement does not exist") + ready())
+    assert b"C42501" in wire.client.take()
+    wire.client_sends(bind("d", params=[b"false"]) + execute() + sync())
+    assert bind("d", params=[b"false"]) in wire.upstream.take()
