@@ -20,30 +20,15 @@ from proxy.audit.chain import load_hmac_key
 from proxy.identity import Identity
 from proxy.policy.decision import ALLOW, Decision, RuleMatch
 from proxy.sql import cache as facts_cache
-from proxy.sql import extract, params, redact
+from proxy.sql import extract, fastpath, params, redact
 from proxy.sql.facts import ParserSettings, QueryFacts, StatementFacts
 
 if TYPE_CHECKING:
     from proxy.config import Config
     from proxy.policy.engine import Policy
     from proxy.relay.statement import Statement
-    from proxy.wire.messages import Bind
+    from proxy.wire.messages import Bind, FunctionCall
 
-# Built-in functions a FunctionCall message can name only by OID; these OIDs are fixed in
-# PostgreSQL's catalog. The list covers what policies care about (server files, large-object
-# import/export, settings, backend signals); any other OID is judged as opaque.
-_FUNCTION_OIDS = {
-    764: "lo_import", 767: "lo_import", 765: "lo_export", 3457: "lo_from_bytea",
-    3458: "lo_get", 3459: "lo_get", 3460: "lo_put", 964: "lo_unlink",
-    2624: "pg_read_file", 3293: "pg_read_file", 3826: "pg_read_file",
-    3295: "pg_read_binary_file", 3827: "pg_read_binary_file", 3828: "pg_read_binary_file",
-    2625: "pg_ls_dir", 3297: "pg_ls_dir", 2623: "pg_stat_file", 3307: "pg_stat_file",
-    3353: "pg_ls_logdir", 3354: "pg_ls_waldir", 5029: "pg_ls_tmpdir", 5030: "pg_ls_tmpdir",
-    5031: "pg_ls_archive_statusdir", 2078: "set_config", 2171: "pg_cancel_backend",
-    2096: "pg_terminate_backend", 2621: "pg_reload_conf", 2622: "pg_rotate_logfile",
-    2848: "pg_switch_wal", 3098: "pg_create_restore_point", 3436: "pg_promote",
-    2924: "query_to_xml",
-}  # fmt: skip
 
 _FORGET_PREPARED = frozenset({"DEALLOCATE ALL", "DISCARD ALL"})
 
@@ -183,28 +168,15 @@ class Gate:
                 return str(body["name"])
         return None
 
-    def function_call_facts(self, oid: int) -> QueryFacts:
-        """Facts for a FunctionCall ('F') message: a call of one function, known by OID only.
-        It is judged like ``SELECT f(…)``; an OID we cannot name is opaque, and a
-        ``set_config`` call may change the role (its arguments are not visible here)."""
-        name = _FUNCTION_OIDS.get(oid)
-        text = f"<function call oid={oid}{' ' + name if name else ''}>"
-        stmt = StatementFacts(
-            text=text,
-            command="SELECT",
-            statement_class="function",
-            effective_commands=frozenset({"SELECT"}),
-            classes=frozenset({"function"}),
-            relations=(),
-            functions=frozenset({name}) if name else frozenset(),
-            missing_where=False,
-            copy=None,
-            role_change=name == "set_config",
-            opaque=name is None,
-            fingerprint="",
-            notes=("FunctionCall protocol message",),
+    def function_call_facts(
+        self, call: FunctionCall, server_major: int | None, settings: ParserSettings
+    ) -> QueryFacts:
+        """Facts for a FunctionCall ('F') message: the function named from PostgreSQL's
+        catalog and judged like ``SELECT schema.name($1, …)`` with the call's arguments; an
+        OID that is no shipped built-in is opaque."""
+        return fastpath.function_call_facts(
+            call.oid, call.args, call.arg_formats, server_major=server_major, settings=settings
         )
-        return QueryFacts(text, (stmt,))
 
     def audit_refusal(self) -> Decision:
         return _AUDIT_REFUSAL

@@ -574,6 +574,7 @@ class Session:
             max_analysis_size=self.cfg["limits.max_analysis_size"],
         )
         core.queue.tx_status = tx_status
+        core.server_major = _major(self._server_params.get("server_version", ""))
         self._settings.ready(tx_status)
         self.core = core
         self.phase = Phase.READY
@@ -626,6 +627,11 @@ class Session:
     @property
     def bytes_to_client(self) -> int:
         return self._out.sent
+
+
+def _major(version: str) -> int | None:
+    head = version.split(".")[0].split()[0] if version else ""
+    return int(head) if head.isdigit() else None
 
 
 def client_protocol_factory(server: SessionHost) -> Callable[[], asyncio.Protocol]:

@@ -82,6 +82,7 @@ class RelayCore:
         "identity",
         "prepared",
         "queue",
+        "server_major",
         "settings",
         "terminated",
     )
@@ -120,6 +121,7 @@ class RelayCore:
         self._offload_size = offload_size
         self._max_analysis = max_analysis_size
         self.analysis_wanted: AnalysisRequest | None = None
+        self.server_major: int | None = None  # from server_version, for catalog lookups
         self._analysed: tuple[AnalysisRequest, QueryFacts] | None = None
         self._pending_events: list[dict[str, Any]] = []
         self._resume_due = False
@@ -310,7 +312,9 @@ class RelayCore:
             queue.copy_end()
             return raw
         if kind == 70:  # 'F'
-            facts = self._gate.function_call_facts(m.function_oid(body))
+            facts = self._gate.function_call_facts(
+                m.decode_function_call(body), self.server_major, self.settings.confirmed
+            )
             return self._judge_cycle(Owed.FUNCTION, facts, raw, now_ns, now_wall)
         if kind == 88:  # 'X'
             self.terminated = True

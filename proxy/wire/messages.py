@@ -145,6 +145,41 @@ def function_oid(body: bytes) -> int:
     return int(oid)
 
 
+@dataclass(frozen=True, slots=True)
+class FunctionCall:
+    oid: int
+    arg_formats: tuple[int, ...]
+    args: tuple[bytes | None, ...]
+
+
+def decode_function_call(body: bytes) -> FunctionCall:
+    err = FrontendProtocolError
+    try:
+        (oid,) = _U32.unpack_from(body, 0)
+        (nformats,) = _I16.unpack_from(body, 4)
+        pos = 6
+        formats = struct.unpack_from(f"!{nformats}h", body, pos) if nformats > 0 else ()
+        pos += 2 * max(nformats, 0)
+        (nargs,) = _I16.unpack_from(body, pos)
+        pos += 2
+        args: list[bytes | None] = []
+        for _ in range(max(nargs, 0)):
+            (length,) = _I32.unpack_from(body, pos)
+            pos += 4
+            if length < 0:
+                args.append(None)
+                continue
+            if pos + length > len(body):
+                raise err("invalid FunctionCall message: truncated argument")
+            args.append(body[pos : pos + length])
+            pos += length
+        if nformats < 0 or nargs < 0 or pos + 2 != len(body):
+            raise err("invalid FunctionCall message")
+    except struct.error:
+        raise err("invalid FunctionCall message: truncated") from None
+    return FunctionCall(int(oid), tuple(formats), tuple(args))
+
+
 # --- backend -------------------------------------------------------------------------------
 
 
