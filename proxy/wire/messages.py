@@ -83,68 +83,40 @@ def decode_bind(body: bytes) -> Bind:
     err = FrontendProtocolError
     portal, pos = _cstr(body, 0, err)
     statement, pos = _cstr(body, pos, err)
-    formats, params, pos = _formats_and_values(body, pos, "Bind")
-    nresults, pos = _i16(body, pos, "Bind")
-    if nresults < 0 or pos + 2 * nresults != len(body):
-        raise err("invalid Bind message: result format count does not match length")
-    return Bind(portal, statement, formats, params)
-
-
-@dataclass(frozen=True, slots=True)
-class FunctionCall:
-    function_oid: int
-    arg_formats: tuple[int, ...]
-    args: tuple[bytes | None, ...]
-    result_format: int
-
-
-def decode_function_call(body: bytes) -> FunctionCall:
-    """A FunctionCall ('F'): the function's OID, its arguments as Bind carries parameters."""
-    oid = function_oid(body)
-    formats, args, pos = _formats_and_values(body, 4, "FunctionCall")
-    result, pos = _i16(body, pos, "FunctionCall")
-    if pos != len(body):
-        raise FrontendProtocolError("invalid FunctionCall message length")
-    return FunctionCall(oid, formats, args, result)
-
-
-def _i16(body: bytes, pos: int, what: str) -> tuple[int, int]:
-    if pos + 2 > len(body):
-        raise FrontendProtocolError(f"invalid {what} message: truncated")
-    (v,) = _I16.unpack_from(body, pos)
-    return int(v), pos + 2
-
-
-def _formats_and_values(
-    body: bytes, pos: int, what: str
-) -> tuple[tuple[int, ...], tuple[bytes | None, ...], int]:
-    """Format codes, then length-prefixed values (-1: NULL), as Bind and FunctionCall have."""
-    err = FrontendProtocolError
     end = len(body)
-    nformats, pos = _i16(body, pos, what)
+
+    def i16() -> int:
+        nonlocal pos
+        if pos + 2 > end:
+            raise err("invalid Bind message: truncated")
+        (v,) = _I16.unpack_from(body, pos)
+        pos += 2
+        return int(v)
+
+    nformats = i16()
     if nformats < 0:
-        raise err(f"invalid {what} message: negative format count")
-    formats: list[int] = []
-    for _ in range(nformats):
-        code, pos = _i16(body, pos, what)
-        formats.append(code)
-    nvalues, pos = _i16(body, pos, what)
-    if nvalues < 0:
-        raise err(f"invalid {what} message: negative parameter count")
-    values: list[bytes | None] = []
-    for _ in range(nvalues):
+        raise err("invalid Bind message: negative format count")
+    formats = tuple(i16() for _ in range(nformats))
+    nparams = i16()
+    if nparams < 0:
+        raise err("invalid Bind message: negative parameter count")
+    params: list[bytes | None] = []
+    for _ in range(nparams):
         if pos + 4 > end:
-            raise err(f"invalid {what} message: truncated parameter")
+            raise err("invalid Bind message: truncated parameter")
         (length,) = _I32.unpack_from(body, pos)
         pos += 4
         if length == -1:
-            values.append(None)
+            params.append(None)
             continue
         if length < 0 or pos + length > end:
-            raise err(f"invalid {what} message: bad parameter length")
-        values.append(body[pos : pos + length])
+            raise err("invalid Bind message: bad parameter length")
+        params.append(body[pos : pos + length])
         pos += length
-    return tuple(formats), tuple(values), pos
+    nresults = i16()
+    if nresults < 0 or pos + 2 * nresults != end:
+        raise err("invalid Bind message: result format count does not match length")
+    return Bind(portal, statement, formats, tuple(params))
 
 
 def decode_execute(body: bytes) -> tuple[bytes, int]:

@@ -42,33 +42,6 @@ def test_bind_with_parameter_overrunning_message_is_refused() -> None:
         m.decode_bind(body)
 
 
-def test_function_call_arguments_like_bind_parameters() -> None:
-    body = (
-        struct.pack("!I", 2078)
-        + struct.pack("!hh", 1, 0)
-        + struct.pack("!h", 3)
-        + struct.pack("!i", 4)
-        + b"role"
-        + struct.pack("!i", -1)
-        + struct.pack("!i", 1)
-        + b"f"
-        + struct.pack("!h", 1)
-    )
-    call = m.decode_function_call(body)
-    assert call == m.FunctionCall(2078, (0,), (b"role", None, b"f"), 1)
-    assert m.function_oid(body) == 2078
-    for bad in (body[:-1], body + b"x", body[:4], struct.pack("!Ihh", 1, 0, 1) + b"\xff" * 4):
-        with pytest.raises(FrontendProtocolError):
-            m.decode_function_call(bad)
-
-
-@given(st.binary(max_size=80))
-def test_garbage_bind_and_function_call_raise_only_protocol_errors(data: bytes) -> None:
-    for decode in (m.decode_bind, m.decode_function_call):
-        with contextlib.suppress(FrontendProtocolError):
-            decode(data)
-
-
 def test_error_fields_and_missing_sqlstate() -> None:
     fields = m.decode_fields(m.error_response("42501", "no", detail="rule x")[5:])
     assert fields == {"S": "ERROR", "V": "ERROR", "C": "42501", "M": "no", "D": "rule x"}
