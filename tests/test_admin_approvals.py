@@ -285,7 +285,8 @@ def test_approvers_file_problems_are_located(tmp_path: Path) -> None:
         "3:5: people[bob]: token_sha256 must be 64 lowercase hex digits "
         "(pgwarden approvals new-token)",
         "6:5: people[bob].role: 'boss' is not one of approver, viewer",
-        "9:5: people[carol]: unknown person key 'colour' (known: name, token_sha256, groups, role)",
+        "9:5: people[carol]: unknown person key 'colour' (known: name, token_sha256, groups, role, "
+        "password)",
     ]
 
 

@@ -81,6 +81,7 @@ async def console(
     with_people: bool = True,
     admin: str | None = ADMIN,
     audit: list[dict[str, Any]] | None = None,
+    people: Path | None = None,
 ) -> AsyncIterator[tuple[ApprovalBroker, Browser]]:
     broker = ApprovalBroker("p", lambda e: None, console_url="http://x")
     from proxy.approvals.people import People
@@ -89,7 +90,7 @@ async def console(
     Console(
         audit_dir=str(trail(tmp_path)),
         broker=broker,
-        people=load_people(people_file(tmp_path)) if with_people else People(),
+        people=load_people(people or people_file(tmp_path)) if with_people else People(),
         admin_token=admin,
         host=host,
         audit=lambda request, action, **fields: (audit if audit is not None else []).append(
@@ -130,7 +131,7 @@ def test_login_is_required_and_a_wrong_token_is_refused(tmp_path: Path) -> None:
     asyncio.run(scenario())
     # Logins (failed too) and every page showing statement text are `admin` events.
     assert [(e["action"], e["caller"], e.get("result")) for e in events] == [
-        ("console_login", None, "unknown token"),
+        ("console_login", None, "unknown token or password"),
         ("console_login", "bob", "ok"),
         ("refused", "bob", None),
         ("console_logout", "bob", None),
@@ -219,5 +220,44 @@ def test_open_console_only_on_loopback(tmp_path: Path) -> None:
         ):
             status, page = await b.get("/console/")
             assert status == 403 and "the console is off" in page
+
+    asyncio.run(scenario())
+
+
+def test_login_by_name_and_password(tmp_path: Path, capsys: Any) -> None:
+    """`pgwarden approvals new-password` makes the entry; the console checks it."""
+    import io
+    import sys
+
+    from proxy.cli import main
+
+    stdin, sys.stdin = sys.stdin, io.StringIO("correct horse battery\n")
+    try:
+        assert main(["approvals", "new-password", "erin"]) == 0
+    finally:
+        sys.stdin = stdin
+    entry = capsys.readouterr().out
+    (tmp_path / "p").mkdir()
+    people = people_file(tmp_path / "p")
+    people.write_text(people.read_text() + entry)
+    assert load_people(people).by_password("erin", "correct horse battery") is not None
+    assert load_people(people).by_password("erin", "wrong horse battery") is None
+    assert load_people(people).by_password("nobody", "correct horse battery") is None
+    assert load_people(people).by_password("bob", "anything at all") is None  # no password
+
+    async def scenario() -> None:
+        async with console(tmp_path, people=people) as (_broker, b):
+            _, page = await b.get("/console/login")
+            assert 'id="password"' in page
+            nonce = re.search(r'name="login_nonce" value="([^"]+)"', page)
+            assert nonce is not None
+            form = {"login_nonce": nonce.group(1), "name": "erin", "password": "wrong"}
+            status, page = await b.post("/console/login", form)
+            assert status == 401 and "wrong name or password" in page
+            nonce = re.search(r'name="login_nonce" value="([^"]+)"', page)
+            assert nonce is not None
+            form = {**form, "login_nonce": nonce.group(1), "password": "correct horse battery"}
+            status, page = await b.post("/console/login", form)
+            assert status == 200 and '<span id="whoami">erin</span>' in page
 
     asyncio.run(scenario())

@@ -67,6 +67,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     token.add_argument("--groups", default="", help="comma-separated groups")
     token.add_argument("--role", choices=("approver", "viewer"), default="approver")
     token.set_defaults(func=run_new_token)
+    password = sub.add_parser(
+        "new-password",
+        help="make the password entry (a SCRAM secret) for console login by name and password",
+        description="Reads the password from the terminal (twice), or one line from stdin.",
+    )
+    password.add_argument("name")
+    password.set_defaults(func=run_new_password)
 
 
 # --- talking to the API -------------------------------------------------------------------
@@ -217,4 +224,22 @@ def run_new_token(args: argparse.Namespace) -> int:
     if groups:
         print(f"    groups: [{', '.join(groups)}]")
     print(f"    role: {args.role}")
+    return 0
+
+
+def run_new_password(args: argparse.Namespace) -> int:
+    from proxy.auth.scram import make_secret
+
+    if sys.stdin.isatty():
+        import getpass
+
+        first = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != first:
+            raise PgWardenError("the passwords differ")
+    else:
+        first = sys.stdin.readline().rstrip("\n")
+    if len(first) < 12:
+        raise PgWardenError("use a password of at least 12 characters")
+    print(f"  - name: {args.name}")
+    print(f'    password: "{make_secret(first)}"')
     return 0

@@ -66,7 +66,7 @@ def check_config(cfg: config.Config) -> int:
     if rules is not None:
         print(f"# {len(rules)} alert rules")
     if people is not None:
-        count = len(people.entries)
+        count = len(people)
         print(f"# {count} {'person' if count == 1 else 'people'} in the approvers file")
     print("configuration ok", file=sys.stderr)
     return 0

@@ -32,8 +32,8 @@ from markupsafe import Markup
 from proxy.admin.approvals import Audit, no_audit
 from proxy.admin.auth import FailureLimiter, is_loopback
 from proxy.approvals.broker import ApprovalBroker
+from proxy.approvals.model import Approver, RequestState
 from proxy.approvals.model import Request as ApprovalRequest
-from proxy.approvals.model import RequestState
 from proxy.approvals.people import People
 from proxy.console import explain
 from proxy.console.auth import COOKIE, LIFETIME, LOGIN_COOKIE, Gatekeeper, Login, Signer
@@ -217,6 +217,7 @@ class Console:
             login_nonce=form_value,
             next=_safe_next(request.query.get("next", "")),
             open=self.gate.open,
+            passwords=self.gate.people.passwords,
         )
         response.set_cookie(
             LOGIN_COOKIE,
@@ -238,13 +239,19 @@ class Console:
         if self.failures.blocked(address):
             self.audit(request, "console_login", caller=None, result="rate_limited")
             return await self.login_page(request, "too many failed logins; wait a minute", 429)
-        found = self.gate.check_token(form.get("token", ""))
+        found: tuple[Approver, str] | None = None
+        if form.get("token"):
+            found = self.gate.check_token(form["token"])
+        elif form.get("name") and form.get("password"):
+            person = await self._blocking(self.gate.people.by_password, form["name"],
+                                          form["password"])  # fmt: skip
+            found = (person, "password") if person is not None else None
         if found is None:
             log.warning("console: failed login from %s", request.remote)
             self.failures.failed(address)
-            self.audit(request, "console_login", caller=None, result="unknown token")
+            self.audit(request, "console_login", caller=None, result="unknown token or password")
             await asyncio.sleep(0.5)  # slows guessing; tokens are long anyway
-            return await self.login_page(request, "unknown token", 401)
+            return await self.login_page(request, "unknown token, or wrong name or password", 401)
         person, via = found
         log.info("console: %s logged in from %s", person.name, request.remote)
         self.audit(request, "console_login", caller=person.name, result="ok", via=via)

@@ -125,6 +125,6 @@ class Gatekeeper:
         if via == "open" and self.open:
             return Login(LOCAL, nonce, expires, via)
         person = self.people.by_name(name)
-        if person is None or via != "token":
+        if person is None or via not in ("token", "password"):
             return None
         return Login(person, nonce, expires, via)
