@@ -111,6 +111,8 @@ class ProxyServer:
     def session_closed(self, session: Session) -> None:
         self.sessions.pop(session.session_id, None)
         self.state.sessions.pop(session.session_id, None)
+        # A request whose client is gone can never be released: withdrawn, and recorded.
+        self.approvals.withdraw_session(session.session_id)
         pid = session.backend_pid
         if pid is not None and self._backends.get(pid) is session:
             del self._backends[pid]

@@ -469,3 +469,23 @@ def test_hold_and_ticket_as_a_session_uses_them() -> None:
         assert refusal is not None and again.id != first.id
 
     asyncio.run(scenario())
+
+
+def test_the_server_withdraws_the_requests_of_a_closed_session(tmp_path: Any) -> None:
+    from types import SimpleNamespace
+
+    from proxy import config
+    from proxy.server import ProxyServer
+
+    async def scenario() -> None:
+        events: list[dict[str, Any]] = []
+        trail = SimpleNamespace(healthy=True, submit=events.append)
+        server = ProxyServer(config.defaults().replace(audit__dir=str(tmp_path)), trail, None)  # type: ignore[arg-type]
+        request = server.approvals.request(SPEC, text=TEXT, identity=ALICE, statement=TEXT)
+        closed = SimpleNamespace(session_id="s-1", backend_pid=None)
+        server.session_closed(closed)  # type: ignore[arg-type]
+        assert server.approvals.book.get(request.id).state is RequestState.WITHDRAWN
+        assert events[-1]["type"] == "review_withdrawn"
+        assert events[-1]["reason"] == "the client disconnected"
+
+    asyncio.run(scenario())
