@@ -88,6 +88,8 @@ _NEGATABLE: dict[tuple[str, str], tuple[str, bool]] = {
     ("AEXPR_OP", "!~*"): ("iregex", True),
 }
 _MAX_ASSIGNMENTS = 4096
+# Node visits the truth table may cost: one client's statement must not stall the analysis.
+_MAX_WORK = 200_000
 _NULL_CONST = (("A_Const", (("isnull", True),)),)
 
 
@@ -533,8 +535,10 @@ def _tautology(ev: _Evaluator, condition: Any) -> bool:
     non-null because they may be declared NOT NULL: ``id IS NOT NULL`` and ``id > 0 OR
     id <= 0`` may select every row of the table."""
     found: dict[int, _Atom | None] = {}  # by node identity: the tree is not changed meanwhile
+    visits = [0]
 
     def collect(node: Any, inner: _Evaluator) -> Truth | None:
+        visits[0] += 1
         atom = found.get(id(node), _UNSEEN)
         if atom is _UNSEEN:
             atom = found[id(node)] = _atom(node, inner)
@@ -543,8 +547,8 @@ def _tautology(ev: _Evaluator, condition: Any) -> bool:
     _Evaluator(ev.target, ev.params, False, False, collect).truth(condition)
     atoms = {a.key: a for a in found.values() if a is not None}
     plain = [key for key, a in atoms.items() if not a.null_test]
-    if 2 ** len(plain) > _MAX_ASSIGNMENTS:
-        return False  # too big to enumerate: assume it limits
+    if 2 ** len(plain) > _MAX_ASSIGNMENTS or 2 ** len(plain) * visits[0] > _MAX_WORK:
+        return False  # too big to enumerate: assume it limits (a runtime row limit's job)
     for values in itertools.product((False, True), repeat=len(plain)):
         assignment = _Assignment(found, dict(zip(plain, values, strict=True)))
         outcomes = _Evaluator(ev.target, ev.params, False, False, assignment).truth(condition)
