@@ -4,6 +4,10 @@ pgwarden's own certificate, direct TLS with ALPN, require mode, wrong passwords.
 
 from __future__ import annotations
 
+import os
+import shutil
+import ssl
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -105,3 +109,49 @@ def test_verify_full_client_certificate(pki: TestPKI) -> None:
         )
         with pytest.raises(psycopg.OperationalError):
             _connect(front, pki, sslmode="verify-full")  # no certificate: handshake refused
+
+
+def test_psql_verify_full_with_channel_binding(front: MiniFront, pki: TestPKI) -> None:
+    """The distribution's psql (its own libpq, not psycopg's) against the same pieces."""
+    psql = shutil.which("psql")
+    if psql is None:
+        pytest.skip("psql is not installed")
+    conninfo = (
+        f"host=127.0.0.1 port={front.port} user=alice dbname=app sslmode=verify-full "
+        f"sslrootcert={pki.ca_file} channel_binding=require connect_timeout=5"
+    )
+    env = {**os.environ, "PGPASSWORD": "alice-pw"}
+    env.pop("PGSERVICE", None)
+    done = subprocess.run(
+        [psql, "-X", "-w", conninfo, "-c", "\\q"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert front.seen.logins == ["alice"] and front.seen.tls_versions
+
+
+def test_asyncpg_over_tls_does_not_bind_and_logs_in(front: MiniFront, pki: TestPKI) -> None:
+    """asyncpg implements SCRAM without channel binding (gs2 flag n): accepted over TLS."""
+    import asyncio
+
+    import asyncpg  # type: ignore[import-untyped]
+
+    ctx = ssl.create_default_context(cafile=str(pki.ca_file))
+
+    async def main() -> None:
+        conn = await asyncpg.connect(
+            host="127.0.0.1",
+            port=front.port,
+            user="alice",
+            password="alice-pw",
+            database="app",
+            ssl=ctx,
+            timeout=5,
+        )
+        await conn.close(timeout=5)
+
+    asyncio.run(main())
+    assert front.seen.logins == ["alice"] and front.seen.tls_versions
