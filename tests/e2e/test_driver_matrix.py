@@ -6,10 +6,9 @@ backend identity (the pid the driver reports is ``pg_backend_pid()``) and that a
 done when the driver is told so (the next statement is never the one cancelled). Every test
 asserts what PostgreSQL does; through the proxy the result must be the same.
 
-Two behaviours are known wrong through pgwarden today (issue 8 §2) and marked ``xfail``
-(strict) on the proxy side only, so they turn red the moment they are fixed and the mark
-must go: the BackendKeyData pgwarden mints, and the cancel socket it closes before the
-server acted.
+Both were wrong through pgwarden before issue 8 (it minted its own BackendKeyData and closed the
+client's cancel socket before forwarding); these tests were strict xfails then and turned red
+the moment the relay rebuild fixed them.
 """
 
 from __future__ import annotations
@@ -29,11 +28,6 @@ from tests.support.slowlink import SlowCancelLink
 
 pytestmark = pytest.mark.e2e
 
-MINTED_KEY = "issue 8: pgwarden mints its own BackendKeyData"
-EARLY_CANCEL = (
-    "issue 8: pgwarden closes the client's cancel socket before forwarding:"
-    " cancel reported done before the server acted"
-)
 # How long the slow link holds a CancelRequest: far longer than the 0.15 s statement it is
 # meant for, far shorter than the 1.5 s statement after it.
 CANCEL_DELAY = 0.6
@@ -65,20 +59,12 @@ def _pgjdbc(scenario: str, target: Target, app: str, *, workdir: Path) -> driver
     return drivers.run_pgjdbc(scenario, target, app, workdir)
 
 
-def _known_wrong_through_proxy(request: pytest.FixtureRequest, target: Target, reason: str) -> None:
-    if target.is_proxy:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason, raises=AssertionError))
-
-
 FULL = ["psycopg2", "pgjdbc", "node-postgres"]
 ALL = [*FULL, "psql", "psycopg3", "asyncpg"]
 
 
 @pytest.mark.parametrize("driver", ALL)
-def test_backend_pid_is_the_servers(
-    driver: str, run: Runner, target: Target, request: pytest.FixtureRequest
-) -> None:
-    _known_wrong_through_proxy(request, target, MINTED_KEY)
+def test_backend_pid_is_the_servers(driver: str, run: Runner, target: Target) -> None:
     result = run("pid", target, drivers.app_name(driver, "pid"))
     assert result["driver_pid"] == result["server_pid"], result
 
@@ -118,11 +104,8 @@ def test_listen_notify(driver: str, run: Runner, target: Target) -> None:
 
 
 @pytest.mark.parametrize("driver", FULL)
-def test_own_notify_recognised(
-    driver: str, run: Runner, target: Target, request: pytest.FixtureRequest
-) -> None:
+def test_own_notify_recognised(driver: str, run: Runner, target: Target) -> None:
     """The usual "skip my own NOTIFY" check: notification pid == the driver's backend pid."""
-    _known_wrong_through_proxy(request, target, MINTED_KEY)
     result = run("notify", target, drivers.app_name(driver, "ownnotify"))
     assert len(result["notifications"]) == 1, result
     assert result["notifications"][0]["pid"] == result["driver_pid"], result
@@ -178,14 +161,12 @@ def test_cancel_done_before_next_statement(
     run: Runner,
     slow_target: Target,
     slow_link: SlowCancelLink,
-    request: pytest.FixtureRequest,
 ) -> None:
     """The driver cancels a 0.15 s statement and, once told the cancel is done, runs the next.
 
     The link holds the cancel for 0.6 s, so the first statement ends on its own; a cancel the
     server acts on only after the driver was told "done" lands on the next statement instead.
     """
-    _known_wrong_through_proxy(request, slow_target, EARLY_CANCEL)
     relayed = slow_link.cancels_relayed
     result = run("cancel_then_next", slow_target, drivers.app_name(driver, "cancelnext"))
     assert result["next"] == "next", f"the next statement was cancelled: {result}"
