@@ -287,6 +287,12 @@ SCHEMA: tuple[Key, ...] = (
     Key(
         "audit.parameters", _choice("none", "redacted", "full"), "none", "bind parameters in events"
     ),
+    Key(
+        "audit.statement_max",
+        parse_size,
+        64 * 1000,
+        "statement text kept per event (UTF-8 bytes); the rest becomes its length and SHA-256",
+    ),
     Key("audit.queue_max", _positive_int, 100000, "audit records buffered before statements wait"),
     Key(
         "audit.fail_closed",

@@ -41,6 +41,7 @@ from proxy.audit.jsonl import (
     trail_files,
 )
 from proxy.audit.recovery import inspect_current, last_rotated_record, state_of
+from proxy.audit.textcap import cap_statement
 from proxy.audit.timeparse import parse_ts
 from proxy.audit.trailid import load_or_create
 from proxy.config import Config
@@ -89,6 +90,7 @@ class AuditTrail:
         self.fsync_mode: str = cfg["audit.fsync"]
         self.fsync_interval: float = cfg["audit.fsync_interval"]
         self.queue_max: int = cfg["audit.queue_max"]
+        self.statement_max: int = cfg["audit.statement_max"]
         self.hmac_key_file: str = cfg["audit.hmac_key_file"]
         self.trail_id = ""  # set by open(): see proxy.audit.trailid
         self.retention: float = cfg["audit.retention"]
@@ -238,6 +240,9 @@ class AuditTrail:
             event["trail_id"] = self.trail_id
         if self._scrub is not None and event.get("error"):
             self._scrub(event)
+        text = event.get("statement")
+        if text is not None and len(text) * 4 > self.statement_max > 0:  # (the cheap test first)
+            cap_statement(event, self.statement_max)
         self._queue.append(event)
         if self._flush_handle is None and self._retry_handle is None:
             loop = self._loop or asyncio._get_running_loop()
