@@ -46,6 +46,13 @@ def fill(trail: AuditTrail, count: int) -> None:
         )
 
 
+def write(directory: Path, count: int, **changes: Any) -> None:
+    """``count`` records written by a trail opened and closed for it."""
+    trail = make_trail(directory, **changes)
+    fill(trail, count)
+    trail.close()
+
+
 def age_rotated_files(directory: Path, days: int) -> None:
     """Pretend every rotated file was rotated ``days`` ago (the name carries the time)."""
     for trail_file in trail_files(directory, include_current=False):
@@ -56,15 +63,11 @@ def age_rotated_files(directory: Path, days: int) -> None:
 
 def test_retention_prunes_whole_files_behind_a_chained_record(tmp_path: Path) -> None:
     audit = tmp_path / "audit"
-    trail = make_trail(audit)
-    fill(trail, 40)
-    trail.close()
+    write(audit, 40)
     before = trail_files(audit)
     assert len(before) >= 4
     age_rotated_files(audit, 10)
-    trail = make_trail(audit, audit__retention="7d")
-    fill(trail, 1)
-    trail.close()
+    write(audit, 1, audit__retention="7d")
     kept = trail_files(audit)
     assert len(kept) < len(before)
     (pruned,) = [e for e in iter_events(audit) if e["type"] == "pruned"]
@@ -87,9 +90,7 @@ def test_files_removed_by_hand_need_allow_pruned_and_warn(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     audit = tmp_path / "audit"
-    trail = make_trail(audit)
-    fill(trail, 30)
-    trail.close()
+    write(audit, 30)
     trail_files(audit)[0].path.unlink()
     assert cli.main(["verify", str(audit)]) == 1
     assert cli.main(["verify", str(audit), "--allow-pruned"]) == 0
@@ -112,9 +113,7 @@ def test_the_writer_never_continues_a_keyed_trail_unkeyed(tmp_path: Path) -> Non
 
 def test_a_plain_start_before_the_key_was_set_is_a_warning(tmp_path: Path) -> None:
     audit = tmp_path / "audit"
-    trail = make_trail(audit)
-    fill(trail, 3)
-    trail.close()
+    write(audit, 3)
     key_file = tmp_path / "key"
     key_file.write_bytes(b"k" * 32)
     trail = make_trail(audit, audit__hmac_key_file=str(key_file))
@@ -216,9 +215,7 @@ def test_anchor_published_to_syslog_and_webhook_catches_a_rewrite(tmp_path: Path
 
 def test_unknown_anchor_input_is_bad_input(tmp_path: Path) -> None:
     audit = tmp_path / "audit"
-    trail = make_trail(audit)
-    fill(trail, 2)
-    trail.close()
+    write(audit, 2)
     empty = tmp_path / "none.log"
     empty.write_text("nothing here\n")
     assert cli.main(["verify", str(audit), "--anchor", str(empty)]) == 2

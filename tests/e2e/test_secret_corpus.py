@@ -24,7 +24,7 @@ from proxy import cli
 from tests.e2e.kit import unique
 from tests.secret_forms import FORMS, PREPARE, text_of
 from tests.support.proxyproc import ProxyProcess
-from tests.test_store import store_dsn, wait_until
+from tests.test_store import count_rows, store_dsn, wait_until
 
 pytestmark = pytest.mark.e2e
 __all__ = ["store_dsn"]  # the fixture, re-used
@@ -90,16 +90,6 @@ async def _store_text(dsn: str) -> str:
     return "\n".join(f"{r['statement']}\t{r['event']}" for r in rows)
 
 
-async def _store_count(dsn: str) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM audit_events"))
-    except asyncpg.UndefinedTableError:
-        return 0
-    finally:
-        await conn.close()
-
-
 def test_no_form_reaches_any_output(
     proxy_factory: Any, store_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -122,7 +112,7 @@ def test_no_form_reaches_any_output(
     statements = len(FORMS) + 1
     proxy.wait_for(lambda e: e.get("type") == "query", count=statements)
     asyncio.run(
-        wait_until(lambda: _store_count(store_dsn), within=30)  # type: ignore[arg-type]
+        wait_until(lambda: count_rows(store_dsn), within=30)  # type: ignore[arg-type]
     )
     proxy.stop()
 
