@@ -36,6 +36,7 @@ def test_every_shipped_policy_has_enough_cases() -> None:
         "pii-tables",
         "strict-allow-list",
         "business-hours",
+        "production-reviews",
     }
     for name in SHIPPED:
         cases = load_cases(cases_file(name))
