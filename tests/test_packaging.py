@@ -33,10 +33,16 @@ def test_wheel_ships_policies_and_report_template(tmp_path: Path) -> None:
         "proxy/policies/default.yaml",
         "proxy/policies/alerts/default.yaml",
         "proxy/review/templates/report.html",
+        "proxy/console/templates/base.html",
+        "proxy/console/templates/review.html",
+        "proxy/console/static/console.css",
         "proxy/py.typed",
     ):
         assert needed in names, f"{needed} missing from {wheel.name}"
     assert any(n.endswith("entry_points.txt") for n in names)
+    metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    requires = zipfile.ZipFile(wheel).read(metadata).decode()
+    assert "Requires-Dist: jinja2" in requires  # the console cannot render without it
 
 
 def _builder_inputs() -> list[str]:
