@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from proxy import yamlsrc
-from proxy.errors import ConfigError, SourceError, SourceProblem
+from proxy.errors import ConfigError, PgWardenError, SourceError, SourceProblem
 from proxy.hints import closest, did_you_mean
 
 _SIZE_UNITS = {
@@ -161,6 +161,25 @@ def _str_list(value: Any) -> tuple[str, ...]:
     if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
         return tuple(value)
     raise ValueError("expected a list of strings")
+
+
+def _anchor_syslog(value: Any) -> str:
+    text = str(value).strip()
+    if text:
+        from proxy.audit.anchor import syslog_address
+
+        try:
+            syslog_address(text)
+        except PgWardenError as exc:
+            raise ValueError(str(exc)) from None
+    return text
+
+
+def _http_url(value: Any) -> str:
+    text = str(value).strip()
+    if text and urlsplit(text).scheme not in ("http", "https"):
+        raise ValueError(f"expected an http:// or https:// URL, got {text!r}")
+    return text
 
 
 def _positive_int(value: Any) -> int:
@@ -315,11 +334,13 @@ SCHEMA: tuple[Key, ...] = (
     ),
     Key(
         "audit.anchor_syslog",
-        str,
+        _anchor_syslog,
         "",
         "publish the chain head to syslog: 'local' (/dev/log), a socket path or HOST:PORT (UDP)",
     ),
-    Key("audit.anchor_webhook", str, "", "publish the chain head by POSTing JSON to this URL"),
+    Key(
+        "audit.anchor_webhook", _http_url, "", "publish the chain head by POSTing JSON to this URL"
+    ),
     Key("admin.listen", str, "127.0.0.1:9187", "admin HTTP listener (HOST:PORT; empty: off)"),
     Key("admin.token_file", str, "", "file holding the admin API bearer token"),
     Key(

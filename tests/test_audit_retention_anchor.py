@@ -224,3 +224,15 @@ def test_unknown_anchor_input_is_bad_input(tmp_path: Path) -> None:
 
 def test_rotated_names_still_parse() -> None:
     assert parse_rotated_name(rotated_name(datetime(2026, 1, 2, tzinfo=UTC), 7)) is not None
+
+
+def test_bad_anchor_settings_are_refused_at_load() -> None:
+    for key, value, message in (
+        ("audit__anchor_syslog", "nonsense", "HOST:PORT"),
+        ("audit__anchor_syslog", "host:port", "HOST:PORT"),
+        ("audit__anchor_webhook", "ftp://example.com/x", "http:// or https://"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            config.defaults().replace(**{key: value})
+    ok = config.defaults().replace(audit__anchor_syslog="local", audit__anchor_webhook="")
+    assert ok["audit.anchor_syslog"] == "local"

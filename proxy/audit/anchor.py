@@ -142,7 +142,7 @@ def syslog_address(spec: str) -> str | tuple[str, int]:
         return spec
     host, sep, port = spec.rpartition(":")
     if not sep or not port.isdigit():
-        raise AuditError(f"audit.anchor_syslog must be local, a socket path or HOST:PORT: {spec!r}")
+        raise AuditError(f"expected local, a socket path or HOST:PORT, got {spec!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
