@@ -107,7 +107,10 @@ def test_build_info_names_the_running_build(tmp_path: Path) -> None:
 
     cfg = config.defaults().replace(audit__dir=str(tmp_path))
     metrics = Metrics(ServerState(proxy_id="m", started_at=time.time()), AuditTrail(cfg, "a"))
+    from proxy.compiled import build_kind
+
     labels = (
+        ("build", build_kind()),
         ("pglast", metadata.version("pglast")),
         ("python", platform.python_version()),
         ("version", proxy.__version__),

@@ -2,11 +2,9 @@
 
 pglast's ``scan`` builds a ``Token`` per token (a namedtuple, a name decoded from C, an offset
 translated): for a short statement that costs more than the shape cache saves. The scanner it
-wraps, libpg_query's ``pg_query_scan_tokens``, returns a plain C array of
-``{int start, end, token, keyword_kind}`` records. We call it through ctypes from pglast's own
-extension module (the symbol is exported), copy the array into one ``bytes`` object, and find
-the constant tokens with one compiled regular expression over the token kinds: Python objects
-are made only for constants, never for the other tokens.
+wraps returns a plain C array of records (:mod:`proxy.sql.libpg_scan` hands it over as one
+``bytes`` object); we find the constant tokens with one compiled regular expression over the
+token kinds: Python objects are made only for constants, never for the other tokens.
 
 Because this is the very scanner pglast's ``scan`` uses, the constants found here are the ones
 ``pglast.parser.scan`` reports (tests/test_sql_scanner.py checks it on the corpus and under
@@ -15,62 +13,19 @@ hypothesis), and no second scanner has to be proven equal to PostgreSQL's.
 
 from __future__ import annotations
 
-import ctypes
 import re
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
-from pglast import parser as _pg_parser
+from proxy.sql.libpg_scan import scan_records, token_kinds
 
 # Scanner tokens whose value the skeleton leaves out (named like gram.y).
 CONSTANT_TOKENS: Final = frozenset({"SCONST", "ICONST", "FCONST", "BCONST", "XCONST"})
 # Tokens the raw parser rewrites from their values: texts holding them get no skeleton.
 UNSHAPED_TOKENS: Final = frozenset({"USCONST", "UIDENT", "UESCAPE"})
 
-_RECORD = struct.Struct("=iiii")  # PgQueryScanToken: start, end (exclusive), token, keyword
-
-
-class _ScanTokensResult(ctypes.Structure):
-    _fields_ = (
-        ("tokens", ctypes.c_void_p),
-        ("n_tokens", ctypes.c_int),
-        ("error", ctypes.c_void_p),
-    )
-
-
-def _bind() -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
-    lib = ctypes.CDLL(_pg_parser.__file__)
-    scan = lib.pg_query_scan_tokens
-    scan.argtypes = (ctypes.c_char_p,)
-    scan.restype = _ScanTokensResult
-    free = lib.pg_query_free_scan_tokens_result
-    free.argtypes = (_ScanTokensResult,)
-    free.restype = None
-    name = lib.pg_query_token_name
-    name.argtypes = (ctypes.c_int,)
-    name.restype = ctypes.c_char_p
-    return scan, free, name
-
-
-_scan_tokens, _free_result, _token_name = _bind()
-
-
-def _kinds() -> dict[str, int]:
-    """Token kind numbers by name, read from libpg_query (they change between versions)."""
-    wanted = CONSTANT_TOKENS | UNSHAPED_TOKENS | {"ASCII_45"}
-    found: dict[str, int] = {}
-    for value in range(2048):
-        raw = _token_name(value)
-        if raw is not None and raw.decode("ascii") in wanted:
-            found[raw.decode("ascii")] = value
-    if set(found) != wanted:
-        raise ImportError(f"libpg_query lacks scanner tokens {sorted(wanted - set(found))}")
-    return found
-
-
-_KIND: Final = _kinds()
+_KIND: Final = token_kinds(CONSTANT_TOKENS | UNSHAPED_TOKENS | {"ASCII_45"})
 _MINUS: Final = _KIND["ASCII_45"]
 
 
@@ -112,13 +67,9 @@ def skeleton(text: str) -> Skeleton | None:
         data = text.encode("utf-8")
     except UnicodeEncodeError:
         return None  # a lone surrogate: not text PostgreSQL could receive
-    result = _scan_tokens(data)
-    try:
-        if result.error or result.n_tokens <= 0:
-            return None
-        records = ctypes.string_at(result.tokens, result.n_tokens * _RECORD.size)
-    finally:
-        _free_result(result)
+    records = scan_records(data)
+    if not records:
+        return None
     kinds = memoryview(records).cast("i")[2::4].tobytes()
     if _UNSHAPED_RE.search(kinds) is not None:
         return None

@@ -14,12 +14,12 @@ SMALL_MESSAGE_LIMIT = 10_000
 LARGE_MESSAGE_LIMIT = 0x3FFFFFFF  # 1 GiB - 1
 
 # Frontend message types whose size is capped by config (they carry SQL or parameters).
-LARGE_FRONTEND_TYPES = frozenset(b"QPBF")
+LARGE_FRONTEND_TYPES: frozenset[int] = frozenset(b"QPBF")
 # Frontend messages that stream (CopyData) and are never buffered whole.
-STREAMED_TYPES = frozenset(b"d")
+STREAMED_TYPES: frozenset[int] = frozenset(b"d")
 # Every frontend message type a v3 client may send after startup ('p' covers all
 # password/SASL responses).
-FRONTEND_TYPES = frozenset(b"QPBEDCSHXFdcfp")
+FRONTEND_TYPES: frozenset[int] = frozenset(b"QPBEDCSHXFdcfp")
 
 TX_IDLE = ord("I")
 TX_IN_BLOCK = ord("T")

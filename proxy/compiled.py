@@ -1,0 +1,46 @@
+"""The hot modules mypyc compiles, in one place.
+
+``setup.py`` reads :data:`HOT_MODULES` (as text, without importing pgwarden) to decide what to
+compile; ``pgwarden --version`` and the ``pgwarden_build_info`` metric use
+:func:`build_kind` to say which build runs. To compile another module, add it here: it must
+type-check under mypy --strict and avoid what mypyc does not support (see docs/compiled.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from importlib.machinery import EXTENSION_SUFFIXES
+
+HOT_MODULES: tuple[str, ...] = (
+    "proxy.wire.constants",
+    "proxy.wire.framing",
+    "proxy.wire.messages",
+    "proxy.wire.startup",
+    "proxy.sql.scanner",
+    "proxy.sql.cache",
+    "proxy.audit.chain",
+)
+# Not proxy.audit.jsonl: it reads trail files (review tools, not the relay), and its
+# ``iter_raw_lines`` generator holds an open file: a compiled generator dropped before its end
+# never runs its ``with`` exit, so the file would stay open until the process ends.
+
+
+def compiled_modules() -> tuple[str, ...]:
+    """The hot modules that load from a compiled extension rather than from source."""
+    found: list[str] = []
+    for name in HOT_MODULES:
+        spec = importlib.util.find_spec(name)
+        origin = spec.origin if spec is not None else None
+        if origin is not None and origin.endswith(tuple(EXTENSION_SUFFIXES)):
+            found.append(name)
+    return tuple(found)
+
+
+def build_kind() -> str:
+    """``compiled with mypyc``, ``pure Python``, or ``partly compiled: N of M hot modules``."""
+    count = len(compiled_modules())
+    if count == len(HOT_MODULES):
+        return "compiled with mypyc"
+    if count == 0:
+        return "pure Python"
+    return f"partly compiled: {count} of {len(HOT_MODULES)} hot modules"
