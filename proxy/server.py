@@ -22,6 +22,8 @@ from proxy.sql import extract, redact
 from proxy.sql.facts import ParserSettings, QueryFacts
 from proxy.state import Counters, ReloadResult, ServerState
 from proxy.tls import load as load_tls
+from proxy.tls.contexts import TLSContexts
+from proxy.tls.upstream import UpstreamLink, open_upstream, send_cancel
 from proxy.wire.startup import CancelRequest, encode_cancel
 
 if TYPE_CHECKING:
@@ -62,7 +64,6 @@ class ProxyServer:
         self.state.upstream_ok = self.upstream_reachable
         self.approvals = ApprovalBroker(self.proxy_id, trail.submit, console_url=console_url(cfg))
         self.state.approvals = self.approvals
-        self.upstream_tls = False
         self.sessions: dict[str, Session] = {}
         # The server's own BackendKeyData of every session (DESIGN.md rule 4): a
         # CancelRequest is routed and audited by it, and forwarded unchanged.
@@ -135,41 +136,50 @@ class ProxyServer:
         if not await session.cancel():
             self.state.counters.cancels_dropped += 1
 
-    async def connect_upstream(self, factory: Callable[[], asyncio.Protocol]) -> asyncio.Transport:
+    async def connect_upstream(
+        self, factory: Callable[[], asyncio.Protocol], contexts: TLSContexts
+    ) -> UpstreamLink[asyncio.Protocol]:
+        """The server leg for ``factory()``'s protocol, with TLS as ``contexts`` say (never
+        downgraded: a server refusing required TLS is an UpstreamTLSError, 08001)."""
         upstream = self.cfg.upstream
-        loop = asyncio.get_running_loop()
+        timeout = self.cfg["limits.connect_timeout"]
         try:
-            async with asyncio.timeout(self.cfg["limits.connect_timeout"]):
-                if upstream.unix_path:
-                    transport, _ = await loop.create_unix_connection(factory, upstream.unix_path)
-                else:
-                    transport, _ = await loop.create_connection(
-                        factory, upstream.host, upstream.port
-                    )
+            async with asyncio.timeout(timeout):
+                return await open_upstream(
+                    factory,
+                    upstream,
+                    contexts.settings.upstream,
+                    contexts.upstream,
+                    handshake_timeout=timeout,
+                )
+        except UpstreamError:
+            self.state.counters.upstream_connect_failures += 1
+            raise
         except (OSError, TimeoutError) as exc:
             self.state.counters.upstream_connect_failures += 1
             reason = "timeout" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             raise UpstreamError(
                 f"pgwarden could not connect to the upstream server at {upstream}: {reason}"
             ) from None
-        return transport
 
     async def forward_cancel(self, pid: int, secret: bytes) -> None:
+        """Forward a cancel over the same kind of connection as the sessions' (TLS when
+        upstream_tls says so), returning once the server has acted on it."""
         upstream = self.cfg.upstream
+        contexts = self.tls.current
         self.state.counters.cancels_forwarded += 1
         async with self._cancel_slots:
             try:
-                async with asyncio.timeout(self.cfg["limits.cancel_timeout"]):
-                    if upstream.unix_path:
-                        reader, writer = await asyncio.open_unix_connection(upstream.unix_path)
-                    else:
-                        reader, writer = await asyncio.open_connection(upstream.host, upstream.port)
-                    writer.write(encode_cancel(pid, secret))
-                    await writer.drain()
-                    await reader.read(1)  # the server closes the socket when done
-                    writer.close()
-                    await writer.wait_closed()
-            except (OSError, TimeoutError) as exc:
+                timeout = self.cfg["limits.cancel_timeout"]
+                async with asyncio.timeout(timeout):
+                    await send_cancel(
+                        encode_cancel(pid, secret),
+                        upstream,
+                        contexts.settings.upstream,
+                        contexts.upstream,
+                        handshake_timeout=timeout,
+                    )
+            except (OSError, TimeoutError, UpstreamError) as exc:
                 logger.warning("forwarding a cancel request to %s failed: %s", upstream, exc)
 
     async def analyse(self, sql: bytes, settings: ParserSettings) -> QueryFacts:

@@ -31,6 +31,8 @@ from proxy.relay.handshake import AuthRelay, AuthStep, Handshake, Login, Phase, 
 from proxy.relay.holdback import HeldOutput
 from proxy.relay.services import SessionHost
 from proxy.relay.settings import ParserSettingsTracker
+from proxy.tls.contexts import TLSContexts
+from proxy.tls.peer import TLSFacts
 from proxy.wire import constants as c
 from proxy.wire import messages as m
 from proxy.wire.backend import BackendScanner
@@ -91,9 +93,12 @@ class _Side(asyncio.Protocol):
 class Session:
     """The relay for one client connection."""
 
-    def __init__(self, server: SessionHost) -> None:
+    def __init__(self, server: SessionHost, contexts: TLSContexts | None = None) -> None:
         self.server = server
         self.cfg = server.cfg
+        # One generation of certificates for the whole session: a reload changes what new
+        # connections get, never a running one.
+        self.contexts = contexts if contexts is not None else server.tls.current
         self.session_id = secrets.token_hex(8)
         self.identity = Identity(user="", database="", session_id=self.session_id)
         self.started_at = time.time()
@@ -104,6 +109,8 @@ class Session:
         self.login: Login | None = None
         self.backend_pid: int | None = None
         self.client_tls = False
+        self.upstream_tls: TLSFacts | None = None  # the server leg's TLS, None: plaintext
+        self.upstream_cert: bytes | None = None  # the server's certificate (DER)
         self._auth: AuthRelay | None = None
         self._analysing = False
         self._settings = ParserSettingsTracker()
@@ -426,25 +433,31 @@ class Session:
 
     async def _connect_upstream(self, packet: bytes) -> None:
         try:
-            transport = await self.server.connect_upstream(lambda: _Side(self, False))
+            link = await self.server.connect_upstream(lambda: _Side(self, False), self.contexts)
         except UpstreamError as exc:
             logger.error("session %s: %s", self.session_id, exc)
             self.fatal(exc.sqlstate, str(exc), reason="upstream_unreachable")
             return
-        self.upstream_connected(transport, packet)
+        self.upstream_connected(link.transport, packet, link.tls, link.server_certificate)
 
-    def upstream_connected(self, transport: asyncio.Transport, packet: bytes) -> None:
+    def upstream_connected(
+        self,
+        transport: asyncio.Transport,
+        packet: bytes,
+        tls: TLSFacts | None = None,
+        server_cert: bytes | None = None,
+    ) -> None:
         """The server leg is open: send the startup packet and what the client sent since."""
         if self.phase is Phase.CLOSED or self.phase is Phase.CLOSING:
             transport.close()
             return
         self.upstream = transport
+        self.upstream_tls = tls
+        self.upstream_cert = server_cert
         self._server_gate = ReadGate(transport.pause_reading, transport.resume_reading)
         self.phase = Phase.AUTH
         if self.login is not None:
-            self._auth = AuthRelay(
-                self.login, strip_channel_binding=self.client_tls != self.server.upstream_tls
-            )
+            self._auth = AuthRelay(self.login)
         transport.write(packet + self.handshake.take_early())
 
     # --- server → proxy -----------------------------------------------------------------
@@ -587,6 +600,7 @@ class Session:
                 protocol_version=f"3.{self._auth.protocol_minor if self._auth else 0}",
                 backend_pid=self.backend_pid,
                 tls=self.client_tls,
+                upstream_tls=self.upstream_tls.audit() if self.upstream_tls else None,
                 server_version=self._server_params.get("server_version", ""),
                 **({"role": login.role} if login is not None and login.role else {}),
             )

@@ -15,6 +15,7 @@ import struct
 from dataclasses import dataclass, field
 from enum import Enum
 
+from proxy.auth import passthrough
 from proxy.errors import BackendProtocolError, FrontendProtocolError
 from proxy.wire import constants as c
 from proxy.wire import messages as m
@@ -270,7 +271,8 @@ class AuthStep(Enum):
 
 class AuthRelay:
     """Server side of authentication: relays the server's messages to the client, merging
-    protocol negotiation and stripping channel binding where it cannot work."""
+    protocol negotiation, removing channel binding (which cannot survive a relay) and
+    explaining the server's channel-binding downgrade error."""
 
     __slots__ = (
         "_login",
@@ -280,13 +282,11 @@ class AuthRelay:
         "protocol_minor",
         "ready_status",
         "server_key",
-        "strip_channel_binding",
     )
 
-    def __init__(self, login: Login, *, strip_channel_binding: bool) -> None:
+    def __init__(self, login: Login) -> None:
         self._login = login
         self._negotiated = False
-        self.strip_channel_binding = strip_channel_binding
         self.protocol_minor = login.protocol_minor  # what the server agreed to
         self.server_key: tuple[int, bytes] | None = None
         self.parameter: tuple[str, str] = ("", "")
@@ -309,8 +309,10 @@ class AuthRelay:
                 original = m.message(kind, body) if rest is None else rest
                 return login.negotiation(login.protocol_minor, []) + original, step
         if kind == 82:  # 'R'
-            if m.auth_code(body) == 10 and self.strip_channel_binding:
-                return strip_channel_binding(body), AuthStep.RELAY
+            if m.auth_code(body) == 10:
+                # SCRAM-SHA-256-PLUS never survives a relay (the client would bind to a
+                # certificate the server does not hold): removed from every offer.
+                return passthrough.client_offer(body), AuthStep.RELAY
             return None, AuthStep.RELAY
         if kind == 75:  # 'K': relayed unchanged, the backend's identity is the server's
             self.server_key = m.decode_backend_key(body)
@@ -320,20 +322,14 @@ class AuthRelay:
             return None, AuthStep.PARAMETER
         if kind == 69:  # 'E'
             self.failure = m.decode_fields(body)
-            return None, AuthStep.FAILED
+            explained = passthrough.explain_error(body)
+            return (None if explained is None else m.message(kind, explained)), AuthStep.FAILED
         if kind == 90:  # 'Z'
             self.ready_status = check_ready(body)
             return None, AuthStep.READY
         if kind == 118:
             raise BackendProtocolError("unexpected NegotiateProtocolVersion during startup")
         raise BackendProtocolError(f"unexpected {chr(kind)!r} message during startup")
-
-
-def strip_channel_binding(body: bytes) -> bytes:
-    """An AuthenticationSASL without SCRAM-SHA-256-PLUS: channel binding cannot survive a
-    proxy whose two legs differ in TLS."""
-    mechanisms = [x for x in m.sasl_mechanisms(body) if x != b"SCRAM-SHA-256-PLUS"]
-    return m.encode_sasl_mechanisms(mechanisms)
 
 
 def check_ready(body: bytes) -> int:

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     from proxy.gate import Gate
     from proxy.sql.facts import ParserSettings, QueryFacts
     from proxy.state import Counters
+    from proxy.tls.contexts import TLSContexts, TLSHolder
+    from proxy.tls.upstream import UpstreamLink
     from proxy.wire.startup import CancelRequest
 
 
@@ -20,7 +22,7 @@ class SessionHost(Protocol):
     proxy_id: str
     gate: Gate
     trail: AuditTrail
-    upstream_tls: bool
+    tls: TLSHolder
 
     @property
     def counters(self) -> Counters: ...
@@ -39,9 +41,11 @@ class SessionHost(Protocol):
 
     async def forward_cancel(self, pid: int, secret: bytes) -> None: ...
 
-    async def connect_upstream(self, factory: Callable[[], asyncio.Protocol]) -> asyncio.Transport:
-        """Open the server leg for ``factory()``'s protocol; UpstreamError (with the reason)
-        when it cannot be had."""
+    async def connect_upstream(
+        self, factory: Callable[[], asyncio.Protocol], contexts: TLSContexts
+    ) -> UpstreamLink[asyncio.Protocol]:
+        """Open the server leg for ``factory()``'s protocol with TLS as ``contexts`` say;
+        UpstreamError (with the reason, 08001) when it cannot be had."""
         ...
 
     def audit_accepting(self) -> bool: ...

@@ -14,7 +14,7 @@ from proxy.tls.contexts import TLSHolder
 # The handshake adds each key here as it wires it.
 WIRED: dict[str, frozenset[str]] = {
     "client_tls.mode": frozenset({"disable"}),
-    "upstream_tls.mode": frozenset({"disable"}),
+    "upstream_tls.mode": frozenset({"disable", "prefer", "require", "verify-ca", "verify-full"}),
     "auth.mode": frozenset({"passthrough"}),
 }
 

@@ -85,6 +85,16 @@ class TLSFacts:
     peer_subject: str  # '' when the peer sent no verified certificate
     peer_fingerprint: str  # SHA-256 of the peer certificate (DER), hex; '' when none
 
+    def audit(self) -> dict[str, str | None]:
+        """The fields recorded in ``session_start`` (docs/audit-log.md)."""
+        return {
+            "protocol": self.version,
+            "cipher": self.cipher,
+            "alpn": self.alpn,
+            "peer_subject": self.peer_subject or None,
+            "peer_fingerprint": self.peer_fingerprint or None,
+        }
+
 
 def tls_facts(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> TLSFacts:
     cipher = ssl_object.cipher()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy import config as config_module
+from proxy import tls as tls_module
 from proxy.audit.trail import AuditTrail
 from proxy.config import Config
 from proxy.gate import Gate
@@ -159,7 +160,7 @@ class Host:
         self.gate = Gate(self.cfg, policy)
         self.trail = AuditTrail(self.cfg, self.proxy_id)
         self.trail.open()
-        self.upstream_tls = False
+        self.tls = tls_module.load(self.cfg)
         self._counters = Counters()
         self.spawned: list[Coroutine[Any, Any, Any]] = []
         self.sessions: list[Session] = []
