@@ -172,6 +172,7 @@ class Bench:
         self.wardens: list[PgWarden] = []
         self.results = Results()
         self.notes: list[str] = []
+        self.server_pid: int | None = None  # the postmaster: its tree is PostgreSQL's CPU
 
     # --- setup ---------------------------------------------------------------------------
 
@@ -189,6 +190,8 @@ class Bench:
         )
         print(f"starting PostgreSQL (max_connections={max_conn}) ...", file=sys.stderr)
         self.cluster.start()
+        pid_file = self.cluster.data_dir / "postmaster.pid"
+        self.server_pid = int(pid_file.read_text().split("\n", 1)[0])
         self.cluster.create_database(DATABASE, open_to_all=False)
         self.cluster.create_database(STORE_DATABASE, open_to_all=False)
         direct = Target("direct", self.cluster.host, self.cluster.port, None)
@@ -285,6 +288,7 @@ class Bench:
         if warden is not None:
             warden.prune_rotated_audit()
         before = procstat.usage(target.pid) if target.pid else None
+        server_before = procstat.usage(self.server_pid) if self.server_pid else None
         audit_before = warden.audit_bytes() if warden else None
         label = f"{target.name:<16} -M {mode:<8} -c {clients:<3} round {round_no + 1}"
         try:
@@ -292,18 +296,22 @@ class Bench:
         except pgbench.PgbenchFailed as exc:
             print(f"{label}: FAILED\n{exc}{self.log_of(target)}", file=sys.stderr)
             return Sample(target.name, mode, clients, round_no, None, str(exc)[-500:])
-        cpu = rss = audit = None
+        cpu = rss = audit = server = None
         if target.pid and before is not None:
             after = procstat.usage(target.pid)
             cpu, rss = after.cpu_seconds - before.cpu_seconds, after.rss_kb
+        if self.server_pid and server_before is not None:
+            server = procstat.usage(self.server_pid).cpu_seconds - server_before.cpu_seconds
         if warden is not None and audit_before is not None:
             audit = warden.audit_bytes() - audit_before
         print(
             f"{label}: {run.tps:9.0f} TPS  p50 {run.p50_us / 1000:.3f} ms  "
-            f"p99 {run.p99_us / 1000:.3f} ms" + (f"  proxy CPU {cpu:.1f} s" if cpu else ""),
+            f"p99 {run.p99_us / 1000:.3f} ms"
+            + (f"  proxy CPU {cpu:.1f} s" if cpu else "")
+            + (f"  PostgreSQL CPU {server:.1f} s" if server is not None else ""),
             file=sys.stderr,
         )
-        return Sample(target.name, mode, clients, round_no, run, None, cpu, rss, audit)
+        return Sample(target.name, mode, clients, round_no, run, None, cpu, rss, audit, server)
 
     # --- bulk ---------------------------------------------------------------------------
 
@@ -459,7 +467,7 @@ def print_report(bench: Bench, args: argparse.Namespace, info: dict[str, str], c
     out += report.pgbench_table(bench.results, args.targets, args.modes, args.clients)
     out += report.bulk_table(bench.results.bulk, args.targets)
     out += report.idle_table(bench.results.idle)
-    out += ["", "target checks (informative, never asserted):"]
+    out += ["", "issue 14 targets (informative, never asserted):"]
     out += [
         "  " + line
         for line in report.target_checks(bench.results, args.targets, args.modes, args.clients)

@@ -32,8 +32,9 @@ def pgbench_table(payload: dict[str, Any]) -> list[str]:
     settings = payload["settings"]
     lines = [
         "| mode | clients | target | TPS | x direct | x PgBouncer | p50 ms | p99 ms "
-        "| added p50 µs | proxy CPU µs/tx | proxy RSS MB | audit B/tx |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| added p50 µs | proxy CPU µs/tx | PostgreSQL CPU µs/tx | total CPU µs/tx "
+        "| proxy RSS MB | audit B/tx |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mode in settings["modes"]:
         for clients in settings["clients"]:
@@ -44,18 +45,21 @@ def pgbench_table(payload: dict[str, Any]) -> list[str]:
             for target in settings["targets"]:
                 cell = cells.get((mode, clients, target))
                 if cell is None or cell["runs"] == 0:
-                    lines.append(f"| {mode} | {clients} | {target} | failed | | | | | | | | |")
+                    lines.append(f"| {mode} | {clients} | {target} | failed | | | | | | | | | | |")
                     continue
                 added = None
                 if target != DIRECT and direct and direct["p50_us"] is not None:
                     added = cell["p50_us"] - direct["p50_us"]
                 rss = cell["proxy_rss_kb"] / 1024 if cell["proxy_rss_kb"] else None
+                server = cell.get("server_cpu_us_per_tx")  # absent in runs before it existed
+                total = None if server is None else server + (cell["proxy_cpu_us_per_tx"] or 0)
                 lines.append(
                     f"| {mode} | {clients} | {target} | {_num(cell['tps'], 0)} "
                     f"| {_num(_ratio(cell['tps'], direct_tps), 2)} "
                     f"| {_num(_ratio(cell['tps'], bouncer_tps), 2)} "
                     f"| {_num(cell['p50_us'] / 1000, 3)} | {_num(cell['p99_us'] / 1000, 3)} "
                     f"| {_num(added, 0)} | {_num(cell['proxy_cpu_us_per_tx'], 1)} "
+                    f"| {_num(server, 1)} | {_num(total, 1)} "
                     f"| {_num(rss, 1)} | {_num(cell['audit_bytes_per_tx'], 0)} |"
                 )
     return lines

@@ -47,11 +47,15 @@ def tree(pid: int) -> list[int]:
     return found
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int, reaped: bool = False) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
-    # Fields 14 and 15 of stat(5) (utime, stime), counted after the ')' from field 3 on.
-    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_SECOND
+    # Fields 14 and 15 of stat(5) (utime, stime), counted after the ')' from field 3 on; with
+    # ``reaped`` also 16 and 17 (cutime, cstime): children that exited and were waited for.
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / _TICKS_PER_SECOND
 
 
 def _rss_kb(pid: int) -> int:
@@ -62,12 +66,17 @@ def _rss_kb(pid: int) -> int:
 
 
 def usage(pid: int) -> Usage:
-    """Summed CPU seconds and RSS of ``pid`` and its live descendants."""
+    """Summed CPU seconds and RSS of ``pid`` and its live descendants, plus the CPU of the
+    children ``pid`` has reaped: a PostgreSQL backend exits when its client disconnects, and
+    its time would vanish from the tree (and make a difference of two readings negative).
+    ``pid`` itself is read last, so a child reaped during the reading is counted once or, in
+    that narrow window, twice, never lost."""
     cpu = 0.0
     rss = 0
-    for member in tree(pid):
+    members = tree(pid)
+    for member in [*members[1:], members[0]]:
         try:
-            cpu += _cpu_seconds(member)
+            cpu += _cpu_seconds(member, reaped=member == pid)
             rss += _rss_kb(member)
         except (OSError, ValueError):
             continue

@@ -15,15 +15,19 @@ from lib.results import BulkSample, CellSummary, IdleResult, Results, summarize
 PGWARDEN = "pgwarden"
 POLICY = "pgwarden-policy"
 STORE = "pgwarden-store"
-MIN_STORE_VS_PLAIN = 0.95  # 8 clients, simple protocol: Postgres sink vs JSONL only
 PGBOUNCER = "pgbouncer"
 DIRECT = "direct"
 
-# Targets the project set itself (docs/benchmarks.md explains them).
-MAX_ADDED_LATENCY_RATIO = 1.5  # pgwarden's added p50 over PgBouncer's, at 1 client
-MIN_TPS_VS_PGBOUNCER = 0.90  # 8 clients, simple protocol
-MIN_POLICY_VS_PLAIN = 0.95  # 8 clients, simple protocol
-MAX_BASELINE_RSS_MB = 60.0
+# The targets of issue 14 §1 (docs/benchmarks.md explains them), all in the same run.
+MAX_CPU_VS_PGBOUNCER = 3.0  # proxy CPU µs/tx at 8 clients, simple and extended
+MIN_TPS_VS_PGBOUNCER = 0.6  # 8 clients, simple and extended
+STRETCH_TPS_VS_PGBOUNCER = 0.7
+MAX_ADDED_P50_US = {"simple": 40.0, "extended": 35.0, "prepared": 35.0}  # at 1 client
+MAX_BULK_VS_PGBOUNCER = 1.05  # COPY and wide SELECT "at PgBouncer's speed": within 5 %
+MIN_POLICY_VS_PLAIN = 0.95  # policies cost <= 5 % (8 clients, simple)
+MIN_STORE_VS_PLAIN = 0.90  # the store sink costs <= 10 % (8 clients, simple)
+CHECKED_MODES = ("simple", "extended")  # the CPU and TPS targets
+MAX_BASELINE_RSS_MB = 60.0  # idle memory "as today"
 MAX_PER_IDLE_CLIENT_KB = 20.0
 
 
@@ -56,7 +60,8 @@ def pgbench_table(
 ) -> list[str]:
     header = (
         f"{'target':<16}{'TPS':>9}{'x direct':>9}{'x pgb':>7}{'x plain':>8}{'p50 ms':>8}"
-        f"{'p99 ms':>8}{'+p50 us':>8}{'CPU s':>7}{'CPU us/tx':>10}{'RSS MB':>7}{'audit B/tx':>11}"
+        f"{'p99 ms':>8}{'+p50 us':>8}{'CPU s':>7}{'CPU us/tx':>10}{'PG us/tx':>9}{'all us/tx':>10}"
+        f"{'RSS MB':>7}{'audit B/tx':>11}"
     )
     lines: list[str] = []
     for mode in modes:
@@ -83,6 +88,8 @@ def pgbench_table(
                     f"{_fmt(_added(cell, direct) if target != DIRECT else None, '8.0f')}"
                     f"{_fmt(cell.proxy_cpu_seconds, '7.1f')}"
                     f"{_fmt(cell.proxy_cpu_us_per_tx, '10.1f')}"
+                    f"{_fmt(cell.server_cpu_us_per_tx, '9.1f')}"
+                    f"{_fmt(cell.total_cpu_us_per_tx, '10.1f')}"
                     f"{_fmt(cell.proxy_rss_kb / 1024 if cell.proxy_rss_kb else None, '7.1f')}"
                     f"{_fmt(cell.audit_bytes_per_tx, '11.0f')}"
                     + (f"  ({cell.errors} failed)" if cell.errors else "")
@@ -106,35 +113,46 @@ def _added_ratio(cells: dict[str, CellSummary], proxy: str) -> float | None:
 def target_checks(
     results: Results, targets: list[str], modes: list[str], clients: list[int]
 ) -> list[str]:
+    """Every target of issue 14 §1, as MET / MISSED / NOT MEASURED with the numbers."""
     lines: list[str] = []
-    if 1 in clients:
-        for mode in modes:
-            cells = cell_summaries(results, targets, mode, 1)
-            direct = cells.get(DIRECT)
-            mine = _added(cells.get(PGWARDEN), direct)
-            theirs = _added(cells.get(PGBOUNCER), direct)
-            label = f"1 client {mode}: pgwarden added p50 <= {MAX_ADDED_LATENCY_RATIO}x PgBouncer's"
-            if mine is None or theirs is None:
-                lines.append(f"{label}: NOT MEASURED (needs direct, pgbouncer and pgwarden)")
-            elif theirs <= 0:
-                lines.append(
-                    f"{label}: NOT MEASURED (PgBouncer added {theirs:.0f} us, too small to divide"
-                    f" by; pgwarden added {mine:.0f} us)"
-                )
-            else:
-                ratio = mine / theirs
-                verdict = "MET" if ratio <= MAX_ADDED_LATENCY_RATIO else "MISSED"
-                lines.append(
-                    f"{label}: {verdict} (pgwarden +{mine:.0f} us, PgBouncer +{theirs:.0f} us, "
-                    f"{ratio:.2f}x)"
-                )
-    if "simple" in modes and 8 in clients:
-        cells = cell_summaries(results, targets, "simple", 8)
+    for mode in CHECKED_MODES:
+        if mode not in modes or 8 not in clients:
+            lines.append(
+                f"8 clients {mode}: CPU and TPS targets NOT MEASURED (cell not in this run)"
+            )
+            continue
+        cells = cell_summaries(results, targets, mode, 8)
+        lines.append(_cpu_check(cells, mode))
         lines.append(
             _tps_check(
-                cells, PGWARDEN, PGBOUNCER, MIN_TPS_VS_PGBOUNCER, "8 clients simple: pgwarden TPS"
+                cells, PGWARDEN, PGBOUNCER, MIN_TPS_VS_PGBOUNCER, f"8 clients {mode}: pgwarden TPS"
             )
         )
+        lines.append(
+            _tps_check(
+                cells,
+                PGWARDEN,
+                PGBOUNCER,
+                STRETCH_TPS_VS_PGBOUNCER,
+                f"8 clients {mode}: pgwarden TPS (stretch)",
+            )
+        )
+    for mode, limit in MAX_ADDED_P50_US.items():
+        label = f"1 client {mode}: pgwarden added p50 <= +{limit:.0f} us"
+        if mode not in modes or 1 not in clients:
+            lines.append(f"{label}: NOT MEASURED (cell not in this run)")
+            continue
+        cells = cell_summaries(results, targets, mode, 1)
+        mine = _added(cells.get(PGWARDEN), cells.get(DIRECT))
+        theirs = _added(cells.get(PGBOUNCER), cells.get(DIRECT))
+        if mine is None:
+            lines.append(f"{label}: NOT MEASURED (needs direct and pgwarden)")
+            continue
+        verdict = "MET" if mine <= limit else "MISSED"
+        bouncer = f", PgBouncer +{theirs:.0f} us" if theirs is not None else ""
+        lines.append(f"{label}: {verdict} (+{mine:.0f} us{bouncer})")
+    if "simple" in modes and 8 in clients:
+        cells = cell_summaries(results, targets, "simple", 8)
         lines.append(
             _tps_check(
                 cells, POLICY, PGWARDEN, MIN_POLICY_VS_PLAIN, "8 clients simple: with policy TPS"
@@ -146,8 +164,42 @@ def target_checks(
             )
         )
     else:
-        lines.append("8 clients simple: NOT MEASURED (cell not in this run)")
+        lines.append(
+            "8 clients simple: policy and store targets NOT MEASURED (cell not in this run)"
+        )
+    lines.extend(_bulk_checks(results.bulk))
     lines.extend(_idle_checks(results.idle))
+    return lines
+
+
+def _cpu_check(cells: dict[str, CellSummary], mode: str) -> str:
+    label = f"8 clients {mode}: pgwarden CPU/tx <= {MAX_CPU_VS_PGBOUNCER:.0f}x PgBouncer's"
+    mine = cells.get(PGWARDEN)
+    theirs = cells.get(PGBOUNCER)
+    a = mine.proxy_cpu_us_per_tx if mine else None
+    b = theirs.proxy_cpu_us_per_tx if theirs else None
+    if a is None or not b:
+        return f"{label}: NOT MEASURED (needs pgwarden and pgbouncer with CPU times)"
+    ratio = a / b
+    verdict = "MET" if ratio <= MAX_CPU_VS_PGBOUNCER else "MISSED"
+    return f"{label}: {verdict} ({a:.1f} vs {b:.1f} us/tx, {ratio:.2f}x)"
+
+
+def _bulk_checks(bulk: list[BulkSample]) -> list[str]:
+    tests = list(dict.fromkeys(b.test for b in bulk))
+    if not tests:
+        return ["bulk COPY / wide SELECT at PgBouncer's speed: NOT MEASURED (not in this run)"]
+    lines: list[str] = []
+    for test in tests:
+        label = f"bulk {test}: pgwarden time <= {MAX_BULK_VS_PGBOUNCER:.2f}x PgBouncer's"
+        mine = _bulk_mean(bulk, test, PGWARDEN)
+        theirs = _bulk_mean(bulk, test, PGBOUNCER)
+        if mine is None or not theirs:
+            lines.append(f"{label}: NOT MEASURED (needs pgwarden and pgbouncer)")
+            continue
+        ratio = mine / theirs
+        verdict = "MET" if ratio <= MAX_BULK_VS_PGBOUNCER else "MISSED"
+        lines.append(f"{label}: {verdict} ({mine:.2f} vs {theirs:.2f} s, {ratio:.2f}x)")
     return lines
 
 

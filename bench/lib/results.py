@@ -21,6 +21,8 @@ class Sample:
     proxy_cpu_seconds: float | None = None
     proxy_rss_kb: int | None = None
     audit_bytes: int | None = None
+    # PostgreSQL's whole process tree (postmaster, backends, background workers)
+    server_cpu_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,14 @@ class CellSummary:
     proxy_cpu_us_per_tx: float | None
     proxy_rss_kb: int | None
     audit_bytes_per_tx: float | None
+    server_cpu_us_per_tx: float | None = None
+
+    @property
+    def total_cpu_us_per_tx(self) -> float | None:
+        """Proxy and PostgreSQL together (direct: PostgreSQL alone)."""
+        if self.server_cpu_us_per_tx is None:
+            return None
+        return self.server_cpu_us_per_tx + (self.proxy_cpu_us_per_tx or 0.0)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -53,6 +63,7 @@ def summarize(samples: list[Sample], target: str, mode: str, clients: int) -> Ce
     txns = sum(r.transactions for r in runs)
     audit = [s.audit_bytes for s in ok if s.audit_bytes is not None]
     rss = [s.proxy_rss_kb for s in ok if s.proxy_rss_kb is not None]
+    server = [s.server_cpu_seconds for s in ok if s.server_cpu_seconds is not None]
     return CellSummary(
         target=target,
         mode=mode,
@@ -66,6 +77,7 @@ def summarize(samples: list[Sample], target: str, mode: str, clients: int) -> Ce
         proxy_cpu_us_per_tx=sum(cpu) / txns * 1e6 if cpu and txns else None,
         proxy_rss_kb=max(rss) if rss else None,
         audit_bytes_per_tx=sum(audit) / txns if audit and txns else None,
+        server_cpu_us_per_tx=sum(server) / txns * 1e6 if server and txns else None,
     )
 
 

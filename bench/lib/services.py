@@ -191,6 +191,7 @@ class PgWarden:
         self.pg_port = pg_port
         self.policies = policies
         self.port = free_port()
+        self.admin_port = free_port()
         self.log = workdir / "pgwarden.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -206,8 +207,10 @@ class PgWarden:
             f"127.0.0.1:{self.pg_port}",
             "--audit-dir",
             str(self.audit_dir),
+            # Default configuration means the admin API (and its metrics) is on; its own
+            # free port so that parallel runs do not collide.
             "--admin-listen",
-            "",
+            f"127.0.0.1:{self.admin_port}",
         ]
         for policy in self.policies:
             cmd += ["--policy", str(policy)]
