@@ -33,7 +33,7 @@ parameter's) value shows as a set mixing limiting and non-limiting outcomes.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -96,17 +96,56 @@ _NULL_CONST = (("A_Const", (("isnull", True),)),)
 @dataclass(frozen=True, slots=True)
 class Target:
     """How column references name the target row: qualifiers that are the target (its alias if
-    it has one, else its name), and whether unqualified names are the target's."""
+    it has one, else its name), and whether unqualified names are the target's.
+
+    ``relation``: the target's (schema, name); ``self_aliases``: qualifiers of other FROM items
+    that are the target relation again (``DELETE FROM orders USING orders o2``)."""
 
     qualifiers: frozenset[str]
     unqualified: bool
+    relation: tuple[str | None, str] | None = None
+    self_aliases: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, relation: Any, other_from_items: bool) -> Target:
+    def of(cls, relation: Any, other_from_items: Any = ()) -> Target:
+        """The target ``relation`` (a RangeVar) with the statement's other FROM items (UPDATE's
+        FROM, DELETE's USING, MERGE's source): JSON nodes."""
         rv = relation if isinstance(relation, dict) else {}
         alias = (rv.get("alias") or {}).get("aliasname")
         name = alias if alias else rv.get("relname")
-        return cls(frozenset({str(name)}) if name else frozenset(), not other_from_items)
+        target = (rv.get("schemaname"), str(rv["relname"])) if rv.get("relname") else None
+        others = list(other_from_items or ())
+        selves = frozenset(
+            str(item.get("alias", {}).get("aliasname") or item["relname"])
+            for item in _range_vars(others)
+            if target is not None and _same_relation(item, target)
+        )
+        return cls(frozenset({str(name)}) if name else frozenset(), not others, target, selves)
+
+    def paired(self) -> Target:
+        """Each target row paired with itself through the self-joined items: their columns are
+        the target row's."""
+        return Target(self.qualifiers | self.self_aliases, False, self.relation, frozenset())
+
+
+def _range_vars(items: list[Any]) -> Iterator[dict[str, Any]]:
+    """The RangeVars of FROM items, through joins."""
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        rv = item.get("RangeVar", item if "relname" in item else None)
+        if isinstance(rv, dict):
+            yield rv
+        join = item.get("JoinExpr")
+        if isinstance(join, dict):
+            yield from _range_vars([join.get("larg"), join.get("rarg")])
+
+
+def _same_relation(rv: dict[str, Any], target: tuple[str | None, str]) -> bool:
+    schema = rv.get("schemaname")
+    return str(rv.get("relname")) == target[1] and (
+        schema is None or target[0] is None or schema == target[0]
+    )
 
 
 def parse_bool(text: str) -> bool | None:
@@ -136,6 +175,21 @@ def judge(condition: Any, target: Target, params: Mapping[int, Any] | None = Non
     """Judge a WHERE/ON condition (JSON node; None = no condition: never limits)."""
     if condition is None:
         return Judgement(False, False, False)
+    verdict = _judge_one(condition, target, params)
+    if not target.self_aliases:
+        return verdict
+    # A self-join pairs every target row with itself: if the condition holds for that pairing
+    # for every row, it selects every row (DELETE FROM orders USING orders o2 WHERE
+    # orders.id = o2.id). Otherwise the other pairings are data: the first judgement stands.
+    paired = _judge_one(condition, target.paired(), params)
+    return Judgement(
+        verdict.limits and paired.limits,
+        verdict.literal_sensitive or paired.literal_sensitive,
+        verdict.param_sensitive or paired.param_sensitive,
+    )
+
+
+def _judge_one(condition: Any, target: Target, params: Mapping[int, Any] | None) -> Judgement:
     ev = _Evaluator(target, params, False, False)
     limits = _limits(ev, condition)
     literal = _mixed(_Evaluator(target, params, True, False), condition)
@@ -295,6 +349,23 @@ def _canonical(node: Any, target: Target, mask_literals: bool = False) -> Any:
     )
 
 
+# SELECT clauses that can leave a row out of ``SELECT c FROM target``.
+_NARROWING = frozenset(
+    {
+        "whereClause",
+        "groupClause",
+        "havingClause",
+        "limitCount",
+        "limitOffset",
+        "distinctClause",
+        "larg",
+        "rarg",
+        "withClause",
+        "valuesLists",
+    }
+)
+
+
 def _is_literal(const: dict[str, Any]) -> bool:
     """A constant token's value (TRUE/FALSE/NULL are keywords, fixed in the shape key)."""
     return not const.get("isnull") and "boolval" not in const
@@ -393,6 +464,8 @@ class _Evaluator:
                         return self._null_test(body)
                     case "BooleanTest":
                         return _map(self.truth(body.get("arg")), _BOOLEAN_TESTS[_test(body)])
+                    case "SubLink" if self._in_own_column(body):
+                        return frozenset({T})
         return _as_truth(self.value(node))
 
     def _bool_expr(self, body: dict[str, Any]) -> Truth:
@@ -439,6 +512,34 @@ class _Evaluator:
                 return _fold(op == "=", [_compare(op, left, self.value(i)) for i in items])
         return _as_truth(ROW if self.mentions(body) else RI)
 
+    def _in_own_column(self, sublink: dict[str, Any]) -> bool:
+        """``c IN (SELECT c FROM target)``: every row with a non-null c finds itself."""
+        target = self.target
+        if target.relation is None or sublink.get("subLinkType") != "ANY_SUBLINK":
+            return False
+        if (_field_names(sublink.get("operName")) or []) not in ([], ["="]):
+            return False
+        select = (sublink.get("subselect") or {}).get("SelectStmt")
+        if not isinstance(select, dict) or any(key in select for key in _NARROWING):
+            return False
+        items = select.get("fromClause") or []
+        targets = select.get("targetList") or []
+        if len(items) != 1 or len(targets) != 1:
+            return False
+        rvs = list(_range_vars(items))
+        if (
+            len(rvs) != 1
+            or "RangeVar" not in items[0]
+            or not _same_relation(rvs[0], target.relation)
+        ):
+            return False
+        column = ((targets[0].get("ResTarget") or {}).get("val") or {}).get("ColumnRef")
+        fields = _field_names(column.get("fields")) if isinstance(column, dict) else None
+        inner = str((rvs[0].get("alias") or {}).get("aliasname") or rvs[0]["relname"])
+        if not fields or (len(fields) > 1 and fields[-2] != inner):
+            return False
+        return bool(_canonical(sublink.get("testexpr"), target) == ("target-column", fields[-1]))
+
     def _same(self, lexpr: Any, rexpr: Any) -> Any:
         """True: the two sides are one expression. LIT (symbolic literals): they are one
         expression for some literal values only. False otherwise."""
@@ -480,7 +581,7 @@ def _atom(node: Any, ev: _Evaluator) -> _Atom | None:
     ((kind, body),) = node.items()
     if not isinstance(body, dict) or kind in ("BoolExpr", "BooleanTest"):
         return None
-    if not ev.mentions(node):
+    if not ev.mentions(node) or (kind == "SubLink" and ev._in_own_column(body)):
         return None
     target = ev.target
     if kind == "NullTest":

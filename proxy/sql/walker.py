@@ -423,7 +423,7 @@ class Collector:
             else:
                 # An upsert of a query's rows can update every row: its DO UPDATE is an
                 # UPDATE, limited only by its own WHERE.
-                verdict = self._judge(conflict.get("whereClause"), body.get("relation"), False)
+                verdict = self._judge(conflict.get("whereClause"), body.get("relation"), ())
                 if not verdict.limits:
                     self.missing_where = True
                     self.note(
@@ -431,7 +431,7 @@ class Collector:
                     )
         self._dml("INSERT", body, ())
 
-    def _judge(self, condition: Any, relation: Any, other_from_items: bool) -> Judgement:
+    def _judge(self, condition: Any, relation: Any, other_from_items: Any) -> Judgement:
         verdict = judge(condition, Target.of(relation, other_from_items), self.params)
         if verdict.literal_sensitive:
             self.literal_sensitive = True
@@ -439,7 +439,7 @@ class Collector:
             self.param_sensitive = True
         return verdict
 
-    def _check_where(self, tag: str, body: dict[str, Any], other_from_items: bool) -> None:
+    def _check_where(self, tag: str, body: dict[str, Any], other_from_items: Any) -> None:
         where = body.get("whereClause")
         if not self._judge(where, body.get("relation"), other_from_items).limits:
             self.missing_where = True
@@ -447,17 +447,18 @@ class Collector:
             self.note(f"{tag} on {_rv_name(body.get('relation') or {})} {how}")
 
     def update(self, body: dict[str, Any]) -> None:
-        self._check_where("UPDATE", body, bool(body.get("fromClause")))
+        self._check_where("UPDATE", body, body.get("fromClause"))
         self._dml("UPDATE", body, ())
 
     def delete(self, body: dict[str, Any]) -> None:
-        self._check_where("DELETE", body, bool(body.get("usingClause")))
+        self._check_where("DELETE", body, body.get("usingClause"))
         self._dml("DELETE", body, ())
 
     def merge(self, body: dict[str, Any]) -> None:
         target = _rv_name(body.get("relation") or {})
         relation = body.get("relation")
-        join_limits = self._judge(body.get("joinCondition"), relation, True).limits
+        source = [body.get("sourceRelation")]
+        join_limits = self._judge(body.get("joinCondition"), relation, source).limits
         for clause in body.get("mergeWhenClauses") or ():
             when = clause.get("MergeWhenClause", {}) if isinstance(clause, dict) else {}
             action = _MERGE_ACTIONS.get(str(when.get("commandType")))
@@ -471,7 +472,7 @@ class Collector:
             # MATCHED: the target rows the join matches; NOT MATCHED BY SOURCE: those it
             # does not — either way only the join (for MATCHED) and the action's condition
             # limit the target rows.
-            limited = self._judge(when.get("condition"), relation, True).limits
+            limited = self._judge(when.get("condition"), relation, source).limits
             if kind == "MERGE_WHEN_MATCHED":
                 limited = limited or join_limits
             if not limited:

@@ -85,6 +85,8 @@ NOT_LIMITING = (
     "id > 0 OR id <= 0",
     "orders IS NOT NULL",
     "status IS DISTINCT FROM NULL",
+    "id IN (SELECT id FROM orders)",
+    "id IN (SELECT o.id FROM public.orders o)",
 )
 
 _KEYWORDS = re.compile(
