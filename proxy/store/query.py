@@ -2,7 +2,7 @@
 
 The :class:`~proxy.audit.filters.EventFilter` is translated into WHERE clauses on the indexed
 columns (parameters bound, never spliced into the text), the rows stream through a
-server-side cursor in (ts, trail_id, seq) order, and every event is checked once more with
+server-side cursor in (ts, proxy_id, trail_id, seq) order, and every event is checked once more with
 ``EventFilter.matches``: the SQL only narrows, so the store answers exactly what the same
 filter over the files answers, even for a criterion SQL cannot express (e.g. a glob with
 ``[...]``), which is then simply not pushed down.
@@ -194,7 +194,7 @@ def build_query(
     text = f"SELECT event::text FROM {quote_schema(schema)}.audit_events"
     if where.clauses:
         text += " WHERE " + " AND ".join(where.clauses)
-    return text + " ORDER BY ts, trail_id, seq", where.params
+    return text + " ORDER BY ts, proxy_id, trail_id, seq", where.params
 
 
 class StoreReader:
@@ -250,7 +250,7 @@ async def aiter_store_events(
     batch: int = DEFAULT_BATCH,
     schema: str = "public",
 ) -> AsyncIterator[dict[str, Any]]:
-    """Matching events from the store in (ts, trail_id, seq) order, streamed."""
+    """Matching events from the store in (ts, proxy_id, trail_id, seq) order, streamed."""
     flt = event_filter or EventFilter()
     text, params = build_query(flt, since=since, until=until, schema=schema)
     reader = StoreReader(dsn, text, params, schema)

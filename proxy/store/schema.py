@@ -83,7 +83,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE {schema}.audit_events DROP CONSTRAINT audit_events_pkey;
         ALTER TABLE {schema}.audit_events ADD PRIMARY KEY (trail_id, seq, hash);
         DROP INDEX {schema}.audit_events_ts;
-        CREATE INDEX audit_events_ts ON {schema}.audit_events (ts, trail_id, seq);
+        CREATE INDEX audit_events_ts ON {schema}.audit_events (ts, proxy_id, trail_id, seq);
         CREATE INDEX audit_events_proxy ON {schema}.audit_events (proxy_id, ts);
         CREATE TABLE {schema}.pgwarden_trails (
             trail_id   text        PRIMARY KEY,
