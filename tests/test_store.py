@@ -618,3 +618,26 @@ def test_version_1_rows_are_kept_as_legacy_trails(store_dsn: str) -> None:
             await conn.close()
 
     asyncio.run(main())
+
+
+def test_a_long_catch_up_reports_its_progress(
+    tmp_path: Path,
+    store_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(shipper_module, "CATCH_UP_REPORT", 0.0)  # every batch, for the test
+    trail = FileTrail(tmp_path / "audit", f"catchup-{uuid.uuid4().hex[:6]}")
+    trail.write(make_events(500, random.Random(13)))
+    (trail.directory / "audit.head").write_text('{"seq": 500, "hash": "x"}')
+
+    async def main() -> None:
+        cfg = store_config(trail.directory, store_dsn, batch_size=100)
+        async with shipping(cfg, trail) as shipper:
+            await wait_until(lambda: shipper.stats["shipped"] == 500)
+
+    with caplog.at_level("INFO", logger="pgwarden.store"):
+        asyncio.run(main())
+    lines = [r.getMessage() for r in caplog.records if "catching up" in r.getMessage()]
+    assert lines and "100 events shipped, 400 behind" in lines[0] and "events/s" in lines[0]
+    assert any("caught up at seq 500" in r.getMessage() for r in caplog.records)

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
+from proxy.audit.jsonl import read_head
 from proxy.audit.trailid import load_or_create
 from proxy.errors import StoreError
 from proxy.store import rows as rowmod
@@ -48,6 +49,7 @@ BACKOFF_MAX = 15.0
 IDLE_POLL = 1.0  # re-read the files this often even without a wake-up (belt and braces)
 COALESCE_SECONDS = 0.2  # after shipping, wait this long before looking again
 STAGING_TABLE = "pgwarden_stage"
+CATCH_UP_REPORT = 10.0  # seconds between progress lines while a backlog is shipped
 HEARTBEAT_SECONDS = 30.0  # how often a shipper marks its trail as alive in pgwarden_trails
 # Another trail of the same proxy_id seen this recently ships at the same time as this one.
 CONCURRENT_WINDOW = "2 minutes"
@@ -252,14 +254,41 @@ class SinkShipper:
         self.healthy = True
 
     async def _ship_available(self) -> bool:
-        """Ship everything the files hold past store_seq; True if anything was shipped."""
+        """Ship everything the files hold past store_seq; True if anything was shipped.
+
+        A long catch-up (after an outage, or a first start on an old trail) says how it goes
+        every CATCH_UP_REPORT seconds: shipped, behind, events/s and the time left.
+        """
         shipped_any = False
+        started = time.monotonic()
+        first_seq = self.store_seq
+        report_at = started + CATCH_UP_REPORT
         while True:
             batch = await asyncio.to_thread(self._read_batch)
             if not batch:
+                if time.monotonic() >= started + CATCH_UP_REPORT:
+                    log.info("audit store %s: caught up at seq %d", self._where(), self.store_seq)
                 return shipped_any
             await self._ship(batch)
             shipped_any = True
+            now = time.monotonic()
+            if now >= report_at:
+                report_at = now + CATCH_UP_REPORT
+                self._report_catch_up(self.store_seq - first_seq, now - started)
+
+    def _report_catch_up(self, shipped: int, seconds: float) -> None:
+        head = read_head(self.audit_dir)  # the newest seq written, beyond what was read so far
+        behind = max(self.backlog, (head.seq - self.store_seq) if head is not None else 0)
+        rate = shipped / seconds if seconds > 0 else 0.0
+        left = f"about {behind / rate:.0f}s left" if rate > 0 else "time left unknown"
+        log.info(
+            "audit store %s: catching up, %d events shipped, %d behind, %.0f events/s, %s",
+            self._where(),
+            shipped,
+            behind,
+            rate,
+            left,
+        )
 
     def _local_matches(self, seq: int, hashes: set[str]) -> bool:
         """Whether the store's record(s) at ``seq`` include this trail's; True when the local
