@@ -22,7 +22,9 @@ from proxy.sql import extract, redact
 from proxy.sql.facts import ParserSettings, QueryFacts
 from proxy.state import Counters, ReloadResult, ServerState
 from proxy.tls import load as load_tls
+from proxy.tls.clientleg import accepts_direct_tls
 from proxy.tls.contexts import TLSContexts
+from proxy.tls.listener import SniffingListener
 from proxy.tls.upstream import UpstreamLink, open_upstream, send_cancel
 from proxy.wire.startup import CancelRequest, encode_cancel
 
@@ -70,6 +72,7 @@ class ProxyServer:
         self._backends: dict[int, Session] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._servers: list[asyncio.Server] = []
+        self._sniffing: SniffingListener | None = None  # the listener when direct TLS is served
         self._cancel_slots = asyncio.Semaphore(_CANCEL_CONCURRENCY)
         self._closing = False
         self._analysis_pool: concurrent.futures.ProcessPoolExecutor | None = None
@@ -225,15 +228,26 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         listen = self.cfg.listen
         factory = client_protocol_factory(self)
-        server = await loop.create_server(
-            factory,
-            listen.host,
-            listen.port,
-            reuse_address=True,
-            backlog=1024,
-        )
-        self._servers.append(server)
-        addrs = ", ".join(str(s.getsockname()[:2]) for s in server.sockets)
+        if accepts_direct_tls(self.tls.current):
+            # Direct TLS next to SSLRequest on one port: each connection's first byte is
+            # peeked before a transport owns the socket.
+            login_timeout = self.cfg["limits.login_timeout"]
+            sniffing = SniffingListener(
+                factory, self.tls, sniff_timeout=login_timeout, handshake_timeout=login_timeout
+            )
+            await sniffing.start(listen.host, listen.port)
+            self._sniffing = sniffing
+            addrs = str((listen.host, sniffing.port))
+        else:
+            server = await loop.create_server(
+                lambda: factory(None),
+                listen.host,
+                listen.port,
+                reuse_address=True,
+                backlog=1024,
+            )
+            self._servers.append(server)
+            addrs = ", ".join(str(s.getsockname()[:2]) for s in server.sockets)
         sinks = [display_value(s.get("dsn", "")) for s in self.cfg["audit.sinks"]]
         logger.info(
             "%s listening on %s, upstream %s, audit dir %s, policies: %s, store: %s",
@@ -246,6 +260,8 @@ class ProxyServer:
         )
 
     def bound_port(self) -> int:
+        if self._sniffing is not None:
+            return self._sniffing.port
         return int(self._servers[0].sockets[0].getsockname()[1])
 
     async def reload(self) -> ReloadResult:
@@ -294,6 +310,8 @@ class ProxyServer:
         self._closing = True
         for server in self._servers:
             server.close()
+        if self._sniffing is not None:
+            await self._sniffing.close()
         self.approvals.close()  # no request survives: denied now, and recorded
         started = time.monotonic()
         deadline = started + grace

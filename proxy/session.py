@@ -31,6 +31,7 @@ from proxy.relay.handshake import AuthRelay, AuthStep, Handshake, Login, Phase, 
 from proxy.relay.holdback import HeldOutput
 from proxy.relay.services import SessionHost
 from proxy.relay.settings import ParserSettingsTracker
+from proxy.tls import clientleg
 from proxy.tls.contexts import TLSContexts
 from proxy.tls.peer import TLSFacts
 from proxy.wire import constants as c
@@ -105,10 +106,13 @@ class Session:
         self._started_ns = time.perf_counter_ns()
         self.client: asyncio.Transport | None = None
         self.upstream: asyncio.Transport | None = None
-        self.handshake = Handshake()
+        self.handshake = Handshake(tls_offered=self.contexts.client is not None)
         self.login: Login | None = None
         self.backend_pid: int | None = None
-        self.client_tls = False
+        self.client_tls = False  # the client leg is encrypted
+        self._secured: clientleg.SecuredClient | None = None
+        self._tls_direct = False  # TLS from the first byte (sslnegotiation=direct)
+        self._held = bytearray()  # client bytes that arrived during the TLS upgrade
         self.upstream_tls: TLSFacts | None = None  # the server leg's TLS, None: plaintext
         self.upstream_cert: bytes | None = None  # the server's certificate (DER)
         self._auth: AuthRelay | None = None
@@ -187,6 +191,25 @@ class Session:
             self.cfg["limits.login_timeout"], self._login_timeout
         )
         self.server.session_opened(self)
+        if self.phase is Phase.STARTUP and transport.get_extra_info("ssl_object") is not None:
+            # Direct TLS: the listener ran the handshake before the connection was ours.
+            try:
+                self._tls_up(clientleg.secured(transport, self.contexts, direct=True))
+            except clientleg.ClientTLSRefused as exc:
+                logger.info("session %s: direct TLS refused: %s", self.session_id, exc)
+                self._close_silently("tls_refused")
+                return
+            self._tls_direct = True
+
+    def _tls_up(self, secured: clientleg.SecuredClient) -> None:
+        """The client leg is TLS from now on: every write goes to the secured transport."""
+        self._secured = secured
+        self.client = secured.transport
+        self.client_tls = True
+        self.handshake.tls_offered = False  # a second SSLRequest gets 'N', as from PostgreSQL
+        self._client_gate = ReadGate(
+            secured.transport.pause_reading, secured.transport.resume_reading
+        )
 
     def _set_identity(self, identity: Identity) -> None:
         self.identity = identity
@@ -195,7 +218,7 @@ class Session:
             self.core.identity = identity
 
     def _login_timeout(self) -> None:
-        if self.phase in (Phase.STARTUP, Phase.CONNECTING, Phase.AUTH):
+        if self.phase in (Phase.STARTUP, Phase.TLS_UPGRADE, Phase.CONNECTING, Phase.AUTH):
             logger.warning(
                 "session %s: login timeout from %s", self.session_id, self.identity.client_addr
             )
@@ -305,15 +328,32 @@ class Session:
             trail.submit(self._events.event("session_end", time.time(), **fields))
         self.server.session_closed(self)
 
-    def fatal(self, sqlstate: str, text: str, *, reason: str, detail: str = "") -> None:
+    def fatal(
+        self,
+        sqlstate: str,
+        text: str,
+        *,
+        reason: str,
+        detail: str = "",
+        hint: str = "",
+        events: list[dict[str, Any]] | None = None,
+    ) -> None:
         """Tell the client why, in a well-formed FATAL, and close both legs."""
         if self.phase is Phase.CLOSED:
+            return
+        if self.phase is Phase.TLS_UPGRADE:
+            # Mid-handshake there is no channel to write a message on (PostgreSQL, too,
+            # closes without a word).
+            for event in events or ():
+                self.server.trail.submit(event)
+            self._close_silently(self._end_reason or reason)
             return
         self._end_reason = self._end_reason or reason
         self.phase = Phase.CLOSING
         if self.upstream is not None:
             self.upstream.abort()
-        self.send(m.error_response(sqlstate, text, severity="FATAL", detail=detail), None)
+        error = m.error_response(sqlstate, text, severity="FATAL", detail=detail, hint=hint)
+        self.send(error, events)
         self._close_client_after_release()
 
     def _close_silently(self, reason: str) -> None:
@@ -348,6 +388,12 @@ class Session:
 
     def client_data(self, data: bytes) -> None:
         self.bytes_from_client += len(data)
+        if self.phase is Phase.TLS_UPGRADE:
+            self._held += data  # decrypted before upgrade_client returned: processed after
+            return
+        self._client_bytes(data)
+
+    def _client_bytes(self, data: bytes) -> None:
         try:
             phase = self.phase
             core = self.core
@@ -399,6 +445,35 @@ class Session:
         elif result.event is StartupEvent.LOGIN:
             assert result.login is not None
             self._begin_session(result.login)
+        elif result.event is StartupEvent.TLS_UPGRADE:
+            # In the step that wrote the 'S' (the handshake checked nothing followed the
+            # SSLRequest): from here on the TLS engine reads, never the plaintext parser.
+            assert self.client is not None
+            self.client.pause_reading()
+            self.server.spawn(self._upgrade_tls(self.client))
+
+    async def _upgrade_tls(self, transport: asyncio.Transport) -> None:
+        try:
+            secured = await clientleg.upgrade_client(
+                transport,
+                transport.get_protocol(),
+                self.contexts,
+                handshake_timeout=self.cfg["limits.login_timeout"],
+            )
+        except clientleg.ClientTLSRefused as exc:
+            if self.phase is not Phase.CLOSED:
+                logger.info("session %s: %s", self.session_id, exc)
+                self._close_silently("tls_handshake_failed")
+            return
+        if self.phase is not Phase.TLS_UPGRADE:  # closed (timeout, shutdown) meanwhile
+            secured.transport.close()
+            return
+        self._tls_up(secured)
+        self.handshake.phase = Phase.STARTUP
+        held = bytes(self._held)
+        self._held.clear()
+        if held:
+            self._client_bytes(held)
 
     async def _forward_cancel_then_close(self, request: Any) -> None:
         """Close the client's cancel socket only once the server acted on the forward, so
@@ -421,6 +496,28 @@ class Session:
                 self.session_id,
             )
         )
+        settings = self.contexts.settings.client
+        secured = self._secured
+        refusal = (
+            clientleg.certificate_refusal(settings, secured.peer_cert, login.user)
+            if secured is not None
+            else clientleg.plaintext_refusal(
+                settings, self.identity.client_addr or "", login.user, login.database
+            )
+        )
+        if refusal is not None:
+            self.server.counters.auth_failures += 1
+            event = self._events.event(
+                "auth_failure", time.time(), sqlstate=refusal.sqlstate, error=refusal.message
+            )
+            self.fatal(
+                refusal.sqlstate,
+                refusal.message,
+                reason="tls_refused",
+                hint=refusal.hint,
+                events=[event],
+            )
+            return
         if login.replication and not self.cfg["allow_replication"]:
             self.fatal(
                 c.SQLSTATE_INVALID_AUTHORIZATION,
@@ -600,11 +697,17 @@ class Session:
                 protocol_version=f"3.{self._auth.protocol_minor if self._auth else 0}",
                 backend_pid=self.backend_pid,
                 tls=self.client_tls,
+                client_tls=self._client_tls_facts(),
                 upstream_tls=self.upstream_tls.audit() if self.upstream_tls else None,
                 server_version=self._server_params.get("server_version", ""),
                 **({"role": login.role} if login is not None and login.role else {}),
             )
         )
+
+    def _client_tls_facts(self) -> dict[str, Any] | None:
+        if self._secured is None:
+            return None
+        return {**self._secured.facts.audit(), "direct": self._tls_direct}
 
     def _audit_refusal(self) -> Decision | None:
         if self.cfg["audit.fail_closed"] and not self.server.audit_accepting():
@@ -648,8 +751,13 @@ def _major(version: str) -> int | None:
     return int(head) if head.isdigit() else None
 
 
-def client_protocol_factory(server: SessionHost) -> Callable[[], asyncio.Protocol]:
-    def factory() -> asyncio.Protocol:
-        return _Side(Session(server), True)
+def client_protocol_factory(
+    server: SessionHost,
+) -> Callable[[TLSContexts | None], asyncio.Protocol]:
+    """Protocols for client connections; ``contexts`` is the certificate generation a
+    connection was accepted under (the SniffingListener passes it; else the current one)."""
+
+    def factory(contexts: TLSContexts | None = None) -> asyncio.Protocol:
+        return _Side(Session(server, contexts), True)
 
     return factory

@@ -37,6 +37,9 @@ _FALSE = frozenset({"", "false", "off", "no", "0"})
 
 class Phase(Enum):
     STARTUP = "startup"  # reading the first packet(s)
+    # 'S' sent, the TLS handshake runs: client bytes are only held (they may arrive,
+    # decrypted, before the upgrade returns) and processed once the new transport is in use.
+    TLS_UPGRADE = "tls_upgrade"
     CONNECTING = "connecting"  # opening the upstream connection
     AUTH = "auth"  # relaying authentication
     READY = "ready"  # relaying statements
@@ -169,6 +172,7 @@ class StartupEvent(Enum):
     """What the first packets of a connection asked for."""
 
     NEED_MORE = "need_more"
+    TLS_UPGRADE = "tls_upgrade"  # 'S' is in the reply: upgrade the connection, then resume
     LOGIN = "login"
     CANCEL = "cancel"
     BAD_CANCEL = "bad_cancel"  # a malformed CancelRequest: close without a word
@@ -188,10 +192,20 @@ class StartupResult:
 class Handshake:
     """Client side of the start of a connection (before and during authentication)."""
 
-    __slots__ = ("_buf", "_early", "_framer", "encryption_requests", "phase", "server_key")
+    __slots__ = (
+        "_buf",
+        "_early",
+        "_framer",
+        "encryption_requests",
+        "phase",
+        "server_key",
+        "tls_offered",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, tls_offered: bool = False) -> None:
         self.phase = Phase.STARTUP
+        # An SSLRequest is answered 'S' (once: a connection already on TLS gets 'N').
+        self.tls_offered = tls_offered
         self._buf = bytearray()
         self._framer = Framer(FrontendProtocolError, large_limit=c.SMALL_MESSAGE_LIMIT)
         self._early: list[bytes] = []  # auth messages that arrived before the upstream did
@@ -199,7 +213,9 @@ class Handshake:
         self.server_key: tuple[int, bytes] | None = None
 
     def startup_bytes(self, data: bytes) -> StartupResult:
-        """Feed bytes while in :attr:`Phase.STARTUP`."""
+        """Feed bytes while in :attr:`Phase.STARTUP`. After a ``TLS_UPGRADE`` result the
+        caller upgrades the connection, sets :attr:`phase` back to ``STARTUP`` and feeds
+        what arrived meanwhile."""
         self._buf += data
         replies = b""
         while True:
@@ -225,6 +241,10 @@ class Handshake:
                 self.encryption_requests += 1
                 if self.encryption_requests > 2:
                     raise FrontendProtocolError("too many encryption requests")
+                if isinstance(request, SSLRequest) and self.tls_offered:
+                    self.tls_offered = False
+                    self.phase = Phase.TLS_UPGRADE
+                    return StartupResult(StartupEvent.TLS_UPGRADE, replies + b"S")
                 replies += b"N"
                 continue
             if isinstance(request, CancelRequest):

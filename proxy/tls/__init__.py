@@ -13,7 +13,9 @@ from proxy.tls.contexts import TLSHolder
 # requires TLS and then serves plaintext is worse than one that refuses to start).
 # The handshake adds each key here as it wires it.
 WIRED: dict[str, frozenset[str]] = {
-    "client_tls.mode": frozenset({"disable"}),
+    "client_tls.mode": frozenset(
+        {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
+    ),
     "upstream_tls.mode": frozenset({"disable", "prefer", "require", "verify-ca", "verify-full"}),
     "auth.mode": frozenset({"passthrough"}),
 }

@@ -124,13 +124,16 @@ def test_auth_mode_rules(pki: TestPKI, tmp_path: Path) -> None:
 
 def test_unwired_settings_refuse_to_start(pki: TestPKI) -> None:
     cfg = _cfg(
-        client_tls__mode="require",
+        client_tls__mode="verify-ca",
         client_tls__cert_file=str(pki.server_cert),
         client_tls__key_file=str(pki.server_key),
+        client_tls__ca_file=str(pki.ca_file),
+        auth__mode="cert",
     )
     tls.load(cfg)  # valid...
     with pytest.raises(ConfigError, match="not served by this version's session yet"):
         tls.refuse_unwired(cfg)  # ...but not honoured by the session yet: refused, not ignored
+    tls.refuse_unwired(cfg.replace(auth__mode="passthrough"))  # the client leg is served
     tls.refuse_unwired(config.defaults())
 
 
