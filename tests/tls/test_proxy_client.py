@@ -27,13 +27,6 @@ from tests.support.proxyproc import ProxyFactory, ProxyProcess
 from tests.support.tlspair import TestPKI
 
 
-@pytest.fixture
-def server_pki(pg: PgServer) -> TestPKI:
-    if pg.tls is None:
-        pytest.skip("the suite's PostgreSQL was not started with ssl=on by the suite")
-    return pg.tls
-
-
 def _start(
     proxy_factory: ProxyFactory,
     pki: TestPKI,

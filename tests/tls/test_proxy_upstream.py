@@ -17,16 +17,9 @@ import psycopg
 import pytest
 
 from tests.support import rawpg
-from tests.support.pgcluster import PASSWORDS, PgServer
+from tests.support.pgcluster import PASSWORDS
 from tests.support.proxyproc import ProxyFactory, ProxyProcess
 from tests.support.tlspair import TestPKI
-
-
-@pytest.fixture
-def server_pki(pg: PgServer) -> TestPKI:
-    if pg.tls is None:
-        pytest.skip("the suite's PostgreSQL was not started with ssl=on by the suite")
-    return pg.tls
 
 
 def _verify_full(proxy_factory: ProxyFactory, ca_file: str) -> ProxyProcess:

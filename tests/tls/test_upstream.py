@@ -46,13 +46,6 @@ async def _open(upstream: Upstream, settings: UpstreamTLS) -> Any:
         return await open_upstream(PgClient, upstream, settings, ctx, handshake_timeout=5)
 
 
-@pytest.fixture
-def server_pki(pg: PgServer) -> TestPKI:
-    if pg.tls is None:
-        pytest.skip("the suite's PostgreSQL was not started with ssl=on by the suite")
-    return pg.tls
-
-
 def test_verify_full_to_postgres_is_encrypted(
     run: Runner, pg: PgServer, server_pki: TestPKI
 ) -> None:
