@@ -13,3 +13,6 @@ class Identity:
     client_addr: str = ""  # IP address, or "unix" for a Unix-socket client
     client_port: int | None = None
     session_id: str = ""
+    # Who is behind the database role when pgwarden knows more (the client certificate's
+    # subject in auth.mode cert); '' when the role is all there is.
+    end_identity: str = ""

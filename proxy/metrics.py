@@ -96,6 +96,11 @@ class _LiveCollector(Collector):
             ),
             ("cancels_forwarded", "CancelRequests forwarded upstream", c.cancels_forwarded),
             (
+                "logins_throttled",
+                "logins refused by the rate limiter (too many recent failures)",
+                c.logins_throttled,
+            ),
+            (
                 "cancels_dropped",
                 "CancelRequests dropped (unknown key, wrong secret, nothing running)",
                 c.cancels_dropped,

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from proxy import diagnostics, sdnotify
 from proxy.approvals.broker import ApprovalBroker, console_url
+from proxy.auth import users as users_file
+from proxy.auth.ratelimit import LoginLimiter
 from proxy.buildinfo import version_line
 from proxy.config import Config, display_value
 from proxy.errors import PgWardenError, SourceError, UpstreamError
@@ -61,6 +63,10 @@ class ProxyServer:
         self.gate = Gate(cfg, policy)
         # Certificates for both legs; sessions take tls.current when they start.
         self.tls = load_tls(cfg)
+        self.users = (
+            users_file.load(cfg["auth.users_file"]) if cfg["auth.mode"] == "proxy" else None
+        )
+        self.limiter = LoginLimiter()
         self.state = ServerState(proxy_id=self.proxy_id, started_at=time.time())
         self.state.reload = self.reload
         self.state.upstream_ok = self.upstream_reachable

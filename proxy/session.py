@@ -19,16 +19,20 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, cast
 
 from proxy.audit.events import SessionEvents
-from proxy.errors import FrontendProtocolError, ProtocolError, UpstreamError
+from proxy.auth.scram_client import ScramClient
+from proxy.errors import AuthenticationError, FrontendProtocolError, ProtocolError, UpstreamError
 from proxy.identity import Identity
 from proxy.policy.decision import Decision
 from proxy.relay.core import AnalysisRequest, RelayCore
 from proxy.relay.flow import Pause, ReadGate
 from proxy.relay.handshake import AuthRelay, AuthStep, Handshake, Login, Phase, StartupEvent
 from proxy.relay.holdback import HeldOutput
+from proxy.relay.localauth import MODES as LOCAL_AUTH_MODES
+from proxy.relay.localauth import LocalAuth
 from proxy.relay.services import SessionHost
 from proxy.relay.settings import ParserSettingsTracker
 from proxy.tls import clientleg
@@ -113,6 +117,7 @@ class Session:
         self._secured: clientleg.SecuredClient | None = None
         self._tls_direct = False  # TLS from the first byte (sslnegotiation=direct)
         self._held = bytearray()  # client bytes that arrived during the TLS upgrade
+        self._local: LocalAuth | None = None  # auth.mode proxy/cert: pgwarden authenticates
         self.upstream_tls: TLSFacts | None = None  # the server leg's TLS, None: plaintext
         self.upstream_cert: bytes | None = None  # the server's certificate (DER)
         self._auth: AuthRelay | None = None
@@ -218,7 +223,13 @@ class Session:
             self.core.identity = identity
 
     def _login_timeout(self) -> None:
-        if self.phase in (Phase.STARTUP, Phase.TLS_UPGRADE, Phase.CONNECTING, Phase.AUTH):
+        if self.phase in (
+            Phase.STARTUP,
+            Phase.TLS_UPGRADE,
+            Phase.LOGIN,
+            Phase.CONNECTING,
+            Phase.AUTH,
+        ):
             logger.warning(
                 "session %s: login timeout from %s", self.session_id, self.identity.client_addr
             )
@@ -412,6 +423,15 @@ class Session:
                     self._wait_for_audit_capacity()
             elif phase is Phase.STARTUP:
                 self._startup_data(data)
+            elif phase is Phase.LOGIN:
+                self._login_data(data)
+            elif (phase is Phase.CONNECTING or phase is Phase.AUTH) and self._local is not None:
+                # pgwarden logs in upstream itself: the client has nothing to say meanwhile.
+                for kind, _body, _raw in self.handshake.auth_messages(data):
+                    if kind != ord("X"):
+                        raise FrontendProtocolError("unexpected message during authentication")
+                    self._close_silently("client_terminated")
+                    return
             elif phase is Phase.CONNECTING or phase is Phase.AUTH:
                 out = self.handshake.auth_bytes(data)
                 if out and self.upstream is not None:
@@ -526,7 +546,96 @@ class Session:
                 detail="Set allow_replication: true in the pgwarden config to permit them.",
             )
             return
+        if not self._login_allowed(login):
+            return
+        mode = self.cfg["auth.mode"]
+        if mode in LOCAL_AUTH_MODES:
+            self._local_login(LocalAuth(mode, login))
+            return
         self.server.spawn(self._connect_upstream(login.upstream_packet()))
+
+    def _login_allowed(self, login: Login) -> bool:
+        """The login rate limiter: past its failures, an address or user waits."""
+        now = time.time()
+        verdict = self.server.limiter.check(self.identity.client_addr, login.user, now)
+        if verdict.allowed:
+            return True
+        self.server.counters.logins_throttled += 1
+        wait = max(1, round(verdict.retry_after))
+        event = self._events.event(
+            "login_throttled",
+            now,
+            limited_by=verdict.limited_by.value,
+            retry_after=round(verdict.retry_after, 3),
+        )
+        logger.warning(
+            "session %s: login of %s from %s throttled (%s) for %.1fs",
+            self.session_id,
+            login.user,
+            self.identity.client_addr,
+            verdict.limited_by.value,
+            verdict.retry_after,
+        )
+        self.fatal(
+            c.SQLSTATE_INVALID_AUTHORIZATION,
+            f"too many failed logins from this {verdict.limited_by.value}; try again in {wait} s",
+            reason="login_throttled",
+            events=[event],
+        )
+        return False
+
+    def _login_failed(self, exc: AuthenticationError, reason: str = "auth_failed") -> None:
+        """pgwarden refused the login itself (its own check, or its own upstream login)."""
+        self.server.counters.auth_failures += 1
+        if reason == "auth_failed":
+            self.server.limiter.failed(self.identity.client_addr, self.identity.user, time.time())
+        event = self._events.event(
+            "auth_failure", time.time(), sqlstate=exc.sqlstate, error=str(exc)
+        )
+        self.fatal(exc.sqlstate, str(exc), reason=reason, detail=exc.detail, events=[event])
+
+    def _local_login(self, local: LocalAuth) -> None:
+        if self.handshake.take_early():
+            raise FrontendProtocolError("unexpected message before the authentication request")
+        self._local = local
+        self.login = local.login
+        try:
+            greeting, done = local.start(
+                self.server.users, self._secured, self.contexts.settings.client.identity
+            )
+        except AuthenticationError as exc:
+            self._login_failed(exc)
+            return
+        if local.end_identity:
+            self._set_identity(replace(self.identity, end_identity=local.end_identity))
+        if greeting:
+            self.send(greeting, None)
+        if done:
+            self.server.spawn(self._connect_upstream(local.login.upstream_packet()))
+        else:
+            self.phase = Phase.LOGIN
+
+    def _login_data(self, data: bytes) -> None:
+        local = self._local
+        assert local is not None
+        for kind, body, _raw in self.handshake.auth_messages(data):
+            if kind == ord("X"):
+                self._close_silently("client_terminated")
+                return
+            try:
+                out, done = local.client_message(body)
+            except AuthenticationError as exc:
+                self._login_failed(exc)
+                return
+            self.send(out, None)
+            if done:
+                # The client proved its password; its AuthenticationOk waits for the server.
+                self.server.limiter.succeeded(
+                    self.identity.client_addr, local.login.user, time.time()
+                )
+                self.phase = Phase.CONNECTING
+                self.server.spawn(self._connect_upstream(local.login.upstream_packet()))
+                return
 
     async def _connect_upstream(self, packet: bytes) -> None:
         try:
@@ -553,7 +662,12 @@ class Session:
         self.upstream_cert = server_cert
         self._server_gate = ReadGate(transport.pause_reading, transport.resume_reading)
         self.phase = Phase.AUTH
-        if self.login is not None:
+        local = self._local
+        if local is not None:
+            keys = local.keys
+            client = ScramClient(keys=keys, server_cert=server_cert) if keys else None
+            self._auth = AuthRelay(local.login, upstream_login=client, local=True)
+        elif self.login is not None:
             self._auth = AuthRelay(self.login)
         transport.write(packet + self.handshake.take_early())
 
@@ -640,8 +754,16 @@ class Session:
         relay = self._auth
         if self.phase is not Phase.AUTH or relay is None:
             return b""  # the session is closing: nothing more for the client
-        out, step = relay.on_message(kind, body)
-        if step is AuthStep.BACKEND_KEY:
+        try:
+            out, step = relay.on_message(kind, body)
+        except AuthenticationError as exc:
+            logger.error("session %s: upstream login failed: %s", self.session_id, exc)
+            self._login_failed(exc, reason="upstream_login_failed")
+            return b""
+        if step is AuthStep.TO_SERVER:
+            if self.upstream is not None:
+                self.upstream.write(relay.to_server)
+        elif step is AuthStep.BACKEND_KEY:
             assert relay.server_key is not None
             pid, secret = relay.server_key
             self.handshake.server_key = relay.server_key
@@ -657,6 +779,8 @@ class Session:
 
     def _auth_failed(self, fields: dict[str, str]) -> None:
         self.server.counters.auth_failures += 1
+        if self._local is None:  # the server judged the client's credentials
+            self.server.limiter.failed(self.identity.client_addr, self.identity.user, time.time())
         event = self._events.event(
             "auth_failure",
             time.time(),
@@ -686,6 +810,7 @@ class Session:
         core.queue.tx_status = tx_status
         core.server_major = _major(self._server_params.get("server_version", ""))
         self._settings.ready(tx_status)
+        self.server.limiter.succeeded(self.identity.client_addr, self.identity.user, time.time())
         self.core = core
         self.phase = Phase.READY
         self._announced = True
@@ -698,6 +823,7 @@ class Session:
                 backend_pid=self.backend_pid,
                 tls=self.client_tls,
                 client_tls=self._client_tls_facts(),
+                auth_mode=self.cfg["auth.mode"],
                 upstream_tls=self.upstream_tls.audit() if self.upstream_tls else None,
                 server_version=self._server_params.get("server_version", ""),
                 **({"role": login.role} if login is not None and login.role else {}),
@@ -718,17 +844,7 @@ class Session:
         self._server_params[name] = value
         self._settings.reported(name, value)
         if name == "application_name" and value != self.identity.application_name:
-            ident = self.identity
-            self._set_identity(
-                Identity(
-                    ident.user,
-                    ident.database,
-                    value,
-                    ident.client_addr,
-                    ident.client_port,
-                    ident.session_id,
-                )
-            )
+            self._set_identity(replace(self.identity, application_name=value))
 
     # --- proxy → client -----------------------------------------------------------------
 

@@ -52,6 +52,7 @@ class Counters:
     connections_rejected: int = 0  # refused before a session existed (limits, bad startup)
     upstream_connect_failures: int = 0
     auth_failures: int = 0
+    logins_throttled: int = 0  # refused by the login rate limiter
     policy_reloads: int = 0
     policy_reload_failures: int = 0
     protocol_errors_client: int = 0

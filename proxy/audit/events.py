@@ -63,6 +63,8 @@ class SessionEvents:
             "client_addr": ident.client_addr,
             "client_port": ident.client_port,
         }
+        if ident.end_identity:
+            self._base["identity"] = ident.end_identity
 
     def event(self, kind: str, ts: float, **fields: Any) -> dict[str, Any]:
         event = self._base.copy()

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from proxy.auth import passthrough
-from proxy.errors import BackendProtocolError, FrontendProtocolError
+from proxy.auth.scram_client import ScramClient
+from proxy.errors import AuthenticationError, BackendProtocolError, FrontendProtocolError
 from proxy.wire import constants as c
 from proxy.wire import messages as m
 from proxy.wire.framing import Framer
@@ -40,6 +41,7 @@ class Phase(Enum):
     # 'S' sent, the TLS handshake runs: client bytes are only held (they may arrive,
     # decrypted, before the upgrade returns) and processed once the new transport is in use.
     TLS_UPGRADE = "tls_upgrade"
+    LOGIN = "login"  # pgwarden authenticates the client itself (auth.mode proxy)
     CONNECTING = "connecting"  # opening the upstream connection
     AUTH = "auth"  # relaying authentication
     READY = "ready"  # relaying statements
@@ -269,6 +271,20 @@ class Handshake:
             out.append(raw)
         return b"".join(out)
 
+    def auth_messages(self, data: bytes) -> list[tuple[int, bytes, bytes]]:
+        """The same, as (type, body, whole message), for pgwarden's own authentication
+        (which reads them, so a message too large to hold is refused)."""
+        out = []
+        for kind, body, raw in self._framer.feed(data):
+            if kind not in b"pX":
+                raise FrontendProtocolError(
+                    f"unexpected message type {chr(kind)!r} during authentication"
+                )
+            if body is None:  # only the raw bytes of a message too large to hold
+                raise FrontendProtocolError("authentication message too long")
+            out.append((kind, body, raw))
+        return out
+
     def defer(self, data: bytes) -> None:
         """Authentication bytes that arrived before the upstream connection."""
         self._early.append(data)
@@ -283,6 +299,7 @@ class AuthStep(Enum):
     """What a server message during authentication meant."""
 
     RELAY = "relay"
+    TO_SERVER = "to_server"  # pgwarden's own login answer: ``to_server`` holds it
     BACKEND_KEY = "backend_key"  # ``server_key`` is now set
     PARAMETER = "parameter"  # ``parameter`` holds (name, value)
     FAILED = "failed"  # ``failure`` holds the error fields
@@ -295,6 +312,7 @@ class AuthRelay:
     explaining the server's channel-binding downgrade error."""
 
     __slots__ = (
+        "_local",
         "_login",
         "_negotiated",
         "failure",
@@ -302,11 +320,22 @@ class AuthRelay:
         "protocol_minor",
         "ready_status",
         "server_key",
+        "to_server",
+        "upstream_login",
     )
 
-    def __init__(self, login: Login) -> None:
+    def __init__(
+        self, login: Login, *, local: bool = False, upstream_login: ScramClient | None = None
+    ) -> None:
+        """``local``: pgwarden authenticated the client itself (and gave it its protocol
+        negotiation); it answers the server's authentication requests with
+        ``upstream_login`` (None: the server must need no password, trust or cert), and
+        only the server's final AuthenticationOk reaches the client."""
         self._login = login
-        self._negotiated = False
+        self._local = local
+        self._negotiated = local
+        self.upstream_login = upstream_login
+        self.to_server = b""
         self.protocol_minor = login.protocol_minor  # what the server agreed to
         self.server_key: tuple[int, bytes] | None = None
         self.parameter: tuple[str, str] = ("", "")
@@ -329,6 +358,8 @@ class AuthRelay:
                 original = m.message(kind, body) if rest is None else rest
                 return login.negotiation(login.protocol_minor, []) + original, step
         if kind == 82:  # 'R'
+            if self._local:
+                return self._login_step(self.upstream_login, body)
             if m.auth_code(body) == 10:
                 # SCRAM-SHA-256-PLUS never survives a relay (the client would bind to a
                 # certificate the server does not hold): removed from every offer.
@@ -350,6 +381,32 @@ class AuthRelay:
         if kind == 118:
             raise BackendProtocolError("unexpected NegotiateProtocolVersion during startup")
         raise BackendProtocolError(f"unexpected {chr(kind)!r} message during startup")
+
+    def _login_step(self, client: ScramClient | None, body: bytes) -> tuple[bytes | None, AuthStep]:
+        code = m.auth_code(body)
+        if code == 0:  # the server accepted pgwarden: now the client's AuthenticationOk
+            return None, AuthStep.RELAY
+        if client is None:
+            raise AuthenticationError(
+                f'the server asks pgwarden for a password for role "{self._login.user}" '
+                f"(authentication method {code}) and pgwarden holds none in this auth.mode",
+                c.SQLSTATE_INVALID_AUTHORIZATION,
+            )
+        if code == 10:
+            self.to_server = client.initial_response(m.sasl_mechanisms(body))
+        elif code == 11:
+            self.to_server = client.continue_response(body[4:])
+        elif code == 12:
+            client.final(body[4:])
+            return b"", AuthStep.RELAY
+        else:
+            raise AuthenticationError(
+                f"the server asked for authentication method {code} for role "
+                f'"{self._login.user}"; pgwarden can log in upstream only with SCRAM-SHA-256 '
+                "or a server that needs no password from it (trust, cert)",
+                c.SQLSTATE_INVALID_AUTHORIZATION,
+            )
+        return b"", AuthStep.TO_SERVER
 
 
 def check_ready(body: bytes) -> int:

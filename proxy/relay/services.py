@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from proxy.audit.trail import AuditTrail
+    from proxy.auth.ratelimit import LoginLimiter
+    from proxy.auth.users import UsersFile
     from proxy.config import Config
     from proxy.gate import Gate
     from proxy.sql.facts import ParserSettings, QueryFacts
@@ -23,6 +25,8 @@ class SessionHost(Protocol):
     gate: Gate
     trail: AuditTrail
     tls: TLSHolder
+    users: UsersFile | None  # auth.mode proxy: the SCRAM secrets clients log in with
+    limiter: LoginLimiter
 
     @property
     def counters(self) -> Counters: ...

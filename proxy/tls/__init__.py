@@ -17,7 +17,7 @@ WIRED: dict[str, frozenset[str]] = {
         {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
     ),
     "upstream_tls.mode": frozenset({"disable", "prefer", "require", "verify-ca", "verify-full"}),
-    "auth.mode": frozenset({"passthrough"}),
+    "auth.mode": frozenset({"passthrough", "proxy", "cert"}),
 }
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from proxy import config as config_module
 from proxy import tls as tls_module
 from proxy.audit.trail import AuditTrail
+from proxy.auth.ratelimit import LoginLimiter
 from proxy.config import Config
 from proxy.gate import Gate
 from proxy.policy.loader import load_policy
@@ -161,6 +162,8 @@ class Host:
         self.trail = AuditTrail(self.cfg, self.proxy_id)
         self.trail.open()
         self.tls = tls_module.load(self.cfg)
+        self.users = None
+        self.limiter = LoginLimiter()
         self._counters = Counters()
         self.spawned: list[Coroutine[Any, Any, Any]] = []
         self.sessions: list[Session] = []

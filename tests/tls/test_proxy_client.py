@@ -11,10 +11,8 @@ failing with pgwarden's hint).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-import ssl
 import subprocess
 from typing import Any
 
@@ -25,6 +23,7 @@ from tests.support import rawpg
 from tests.support.pgcluster import PASSWORDS, PgServer
 from tests.support.proxyproc import ProxyFactory, ProxyProcess
 from tests.support.tlspair import TestPKI
+from tests.tls.proxytls import asyncpg_current_user, both_legs, conninfo
 
 
 def _start(
@@ -34,19 +33,7 @@ def _start(
     mode: str = "prefer",
     *extra: str,
 ) -> ProxyProcess:
-    return proxy_factory(
-        "--client-tls-mode",
-        mode,
-        "--client-tls-cert-file",
-        str(pki.server_cert),
-        "--client-tls-key-file",
-        str(pki.server_key),
-        "--upstream-tls-mode",
-        "verify-full",
-        "--upstream-tls-ca-file",
-        str(server_pki.ca_file),
-        *extra,
-    )
+    return proxy_factory(*both_legs(pki, server_pki, mode), *extra)
 
 
 @pytest.fixture
@@ -54,25 +41,12 @@ def both(proxy_factory: ProxyFactory, pki: TestPKI, server_pki: TestPKI) -> Prox
     return _start(proxy_factory, pki, server_pki)
 
 
-def _conninfo(proxy: ProxyProcess, pki: TestPKI, user: str = "alice", **params: Any) -> str:
-    return psycopg.conninfo.make_conninfo(
-        host=proxy.host,
-        port=proxy.port,
-        user=user,
-        dbname="app",
-        password=PASSWORDS.get(user),
-        connect_timeout=10,
-        sslrootcert=str(pki.ca_file),
-        **{"sslmode": "verify-full", **params},
-    )
-
-
 def _starts(proxy: ProxyProcess, user: str) -> list[dict[str, Any]]:
     return proxy.wait_for(lambda e: e["type"] == "session_start" and e["user"] == user)
 
 
 def test_psycopg_verify_full_on_both_legs(both: ProxyProcess, pki: TestPKI) -> None:
-    with psycopg.connect(_conninfo(both, pki, channel_binding="disable")) as conn:
+    with psycopg.connect(conninfo(both, pki, channel_binding="disable")) as conn:
         assert conn.pgconn.ssl_in_use
         (upstream_ssl,) = conn.execute(
             "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
@@ -92,14 +66,14 @@ def test_libpq_default_channel_binding_gets_the_hint_in_passthrough(
     # libpq with TLS but no -PLUS offered says "I could bind" (gs2 'y'); the server, on TLS
     # itself, calls that a downgrade. pgwarden adds what to do.
     with pytest.raises(psycopg.OperationalError, match="channel binding") as info:
-        psycopg.connect(_conninfo(both, pki)).close()
+        psycopg.connect(conninfo(both, pki)).close()
     assert "channel_binding=disable" in str(info.value)
     (failure,) = both.wait_for(lambda e: e["type"] == "auth_failure")
     assert failure["user"] == "alice"
 
 
 def test_trust_role_with_libpq_defaults(both: ProxyProcess, pki: TestPKI) -> None:
-    with psycopg.connect(_conninfo(both, pki, user="dave")) as conn:
+    with psycopg.connect(conninfo(both, pki, user="dave")) as conn:
         assert conn.pgconn.ssl_in_use
         assert conn.execute("SELECT current_user").fetchone() == ("dave",)
 
@@ -136,33 +110,14 @@ def test_psql_verify_full(both: ProxyProcess, pki: TestPKI, pg: PgServer) -> Non
 
 def test_asyncpg_verify_full(both: ProxyProcess, pki: TestPKI) -> None:
     """asyncpg never binds (gs2 flag n), so passthrough SCRAM works with both legs on TLS."""
-    import asyncpg  # type: ignore[import-untyped]
-
-    ctx = ssl.create_default_context(cafile=str(pki.ca_file))
-
-    async def main() -> Any:
-        conn = await asyncpg.connect(
-            host=both.host,
-            port=both.port,
-            user="alice",
-            password=PASSWORDS["alice"],
-            database="app",
-            ssl=ctx,
-            timeout=10,
-        )
-        try:
-            return await conn.fetchval("SELECT current_user")
-        finally:
-            await conn.close(timeout=5)
-
-    assert asyncio.run(main()) == "alice"
+    assert asyncpg_current_user(both, pki) == "alice"
     assert _starts(both, "alice")[0]["tls"] is True
 
 
 def test_direct_tls(both: ProxyProcess, pki: TestPKI) -> None:
     if psycopg.pq.version() < 170000:
         pytest.skip(f"libpq {psycopg.pq.version()} has no sslnegotiation=direct")
-    info = _conninfo(both, pki, user="dave", sslnegotiation="direct")
+    info = conninfo(both, pki, user="dave", sslnegotiation="direct")
     with psycopg.connect(info) as conn:
         assert conn.pgconn.ssl_in_use
         assert conn.execute("SELECT 1").fetchone() == (1,)
@@ -170,7 +125,7 @@ def test_direct_tls(both: ProxyProcess, pki: TestPKI) -> None:
 
 
 def test_plaintext_still_served_in_prefer(both: ProxyProcess, pki: TestPKI) -> None:
-    with psycopg.connect(_conninfo(both, pki, user="dave", sslmode="disable")) as conn:
+    with psycopg.connect(conninfo(both, pki, user="dave", sslmode="disable")) as conn:
         assert not conn.pgconn.ssl_in_use
     (start,) = _starts(both, "dave")
     assert start["tls"] is False and start["client_tls"] is None
@@ -188,7 +143,7 @@ def test_require_refuses_plaintext(
     assert "sslmode=require" in fields["H"]
     (failure,) = proxy.wait_for(lambda e: e["type"] == "auth_failure")
     assert failure["sqlstate"] == "28000" and failure["user"] == "dave"
-    with psycopg.connect(_conninfo(proxy, pki, user="dave")) as ok:
+    with psycopg.connect(conninfo(proxy, pki, user="dave")) as ok:
         assert ok.pgconn.ssl_in_use
 
 
@@ -212,11 +167,11 @@ def test_verify_full_client_certificates(
         proxy_factory, pki, server_pki, "verify-full", "--client-tls-ca-file", str(pki.ca_file)
     )
     cert = {"sslcert": str(pki.client_cert), "sslkey": str(pki.client_key)}
-    with psycopg.connect(_conninfo(proxy, pki, channel_binding="disable", **cert)) as conn:
+    with psycopg.connect(conninfo(proxy, pki, channel_binding="disable", **cert)) as conn:
         assert conn.execute("SELECT current_user").fetchone() == ("alice",)
     client = _starts(proxy, "alice")[0]["client_tls"]
     assert client["peer_subject"].startswith("CN=alice,") and len(client["peer_fingerprint"]) == 64
     with pytest.raises(psycopg.OperationalError):  # no certificate: the handshake fails
-        psycopg.connect(_conninfo(proxy, pki, user="dave")).close()
+        psycopg.connect(conninfo(proxy, pki, user="dave")).close()
     with pytest.raises(psycopg.OperationalError, match=r"verify-full\) failed for user \"dave\""):
-        psycopg.connect(_conninfo(proxy, pki, user="dave", **cert)).close()
+        psycopg.connect(conninfo(proxy, pki, user="dave", **cert)).close()

@@ -122,18 +122,13 @@ def test_auth_mode_rules(pki: TestPKI, tmp_path: Path) -> None:
     assert any("only read by proxy" in p for p in _problems(stray))
 
 
-def test_unwired_settings_refuse_to_start(pki: TestPKI) -> None:
-    cfg = _cfg(
-        client_tls__mode="verify-ca",
-        client_tls__cert_file=str(pki.server_cert),
-        client_tls__key_file=str(pki.server_key),
-        client_tls__ca_file=str(pki.ca_file),
-        auth__mode="cert",
-    )
-    tls.load(cfg)  # valid...
-    with pytest.raises(ConfigError, match="not served by this version's session yet"):
-        tls.refuse_unwired(cfg)  # ...but not honoured by the session yet: refused, not ignored
-    tls.refuse_unwired(cfg.replace(auth__mode="passthrough"))  # the client leg is served
+def test_every_tls_and_auth_setting_is_served() -> None:
+    # The session serves every mode now: nothing is refused at start-up any more.
+    assert {
+        "client_tls.mode": frozenset(config.TLS_MODES),
+        "upstream_tls.mode": frozenset(config.UPSTREAM_TLS_MODES),
+        "auth.mode": frozenset(config.AUTH_MODES),
+    } == tls.WIRED
     tls.refuse_unwired(config.defaults())
 
 

@@ -1,0 +1,134 @@
+"""``auth.mode proxy`` and ``cert`` in the live proxy, and the login rate limiter, end to end.
+
+Both legs TLS (pgwarden's certificate from the ``pki`` CA to clients, ``verify-full`` to the
+suite's PostgreSQL). In ``proxy`` mode pgwarden checks SCRAM against a users file holding
+the server's own secrets for the roles (as ``pgwarden users add --print-sql`` arranges), so
+libpq's default ``channel_binding=prefer`` and ``require`` work: the client binds to
+pgwarden's certificate, pgwarden binds to the server's. In ``cert`` mode the client
+certificate names the role and pgwarden presents a certificate for that role upstream.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.support.pgcluster import PgServer
+from tests.support.proxyproc import ProxyFactory, ProxyProcess
+from tests.support.tlspair import TestPKI
+from tests.tls.proxytls import asyncpg_current_user, both_legs, conninfo
+
+
+@pytest.fixture
+def users_file(pg: PgServer, tmp_path: Path) -> Path:
+    """The server's SCRAM secrets of alice and tess, in a users file (mode 0600)."""
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT rolname, rolpassword FROM pg_authid WHERE rolname IN ('alice', 'tess')"
+        ).fetchall()
+    path = tmp_path / "users.txt"
+    path.write_text("".join(f'"{name}" "{secret}"\n' for name, secret in rows))
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def proxied(
+    proxy_factory: ProxyFactory, pki: TestPKI, server_pki: TestPKI, users_file: Path
+) -> ProxyProcess:
+    return proxy_factory(
+        *both_legs(pki, server_pki, "require"),
+        "--auth-mode",
+        "proxy",
+        "--auth-users-file",
+        str(users_file),
+    )
+
+
+@pytest.mark.parametrize("binding", ["prefer", "require"])
+def test_proxy_mode_binds_to_pgwardens_certificate(
+    proxied: ProxyProcess, pki: TestPKI, binding: str
+) -> None:
+    for user in ("alice", "tess"):
+        with psycopg.connect(conninfo(proxied, pki, user, channel_binding=binding)) as conn:
+            assert conn.pgconn.ssl_in_use
+            row = conn.execute(
+                "SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+            ).fetchone()
+            assert row == (user, True)
+    starts = proxied.wait_for(lambda e: e["type"] == "session_start", count=2)
+    assert {e["auth_mode"] for e in starts} == {"proxy"}
+    assert all(e["tls"] and e["upstream_tls"] for e in starts)
+    assert not any("identity" in e for e in starts)  # the proxy user is the role
+
+
+def test_proxy_mode_wrong_password_and_unknown_user(proxied: ProxyProcess, pki: TestPKI) -> None:
+    for user, password in (("alice", "wrong"), ("nobody", "x"), ("dave", "x")):
+        with pytest.raises(psycopg.OperationalError) as info:
+            psycopg.connect(conninfo(proxied, pki, user, password=password)).close()
+        assert f'password authentication failed for user "{user}"' in str(info.value)
+    failures = proxied.wait_for(lambda e: e["type"] == "auth_failure", count=3)
+    assert {(e["user"], e["sqlstate"]) for e in failures} == {
+        ("alice", "28P01"),
+        ("nobody", "28P01"),
+        ("dave", "28P01"),  # no secret in the users file: refused, even though trust upstream
+    }
+    assert not proxied.events("session_start")
+
+
+def test_asyncpg_in_proxy_mode(proxied: ProxyProcess, pki: TestPKI) -> None:
+    assert asyncpg_current_user(proxied, pki) == "alice"
+
+
+def test_failed_logins_are_throttled_with_an_event_and_a_metric(
+    proxied: ProxyProcess, pki: TestPKI
+) -> None:
+    for _ in range(10):  # the per-address threshold
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(conninfo(proxied, pki, "alice", password="wrong")).close()
+    with pytest.raises(psycopg.OperationalError, match="too many failed logins from this"):
+        psycopg.connect(conninfo(proxied, pki, "alice")).close()  # even the right password
+    (event,) = proxied.wait_for(lambda e: e["type"] == "login_throttled")
+    assert event["limited_by"] == "address" and event["retry_after"] > 0
+    assert event["user"] == "alice" and event["client_addr"] == "127.0.0.1"
+    with urllib.request.urlopen(proxied.admin_url("/metrics"), timeout=10) as response:
+        metrics = response.read().decode()
+    assert "pgwarden_logins_throttled_total 1.0" in metrics
+
+
+def test_cert_mode_maps_the_certificate_to_its_role(
+    proxy_factory: ProxyFactory, pki: TestPKI, server_pki: TestPKI
+) -> None:
+    proxy = proxy_factory(
+        *both_legs(pki, server_pki, "verify-ca"),
+        "--client-tls-ca-file",
+        str(pki.ca_file),
+        "--auth-mode",
+        "cert",
+        # cecil may only log in with a certificate: pgwarden presents one for it upstream
+        "--upstream-tls-cert-file",
+        str(server_pki.cecil_cert),
+        "--upstream-tls-key-file",
+        str(server_pki.cecil_key),
+    )
+    cecil = {"sslcert": str(pki.cecil_cert), "sslkey": str(pki.cecil_key)}
+    with psycopg.connect(conninfo(proxy, pki, "cecil", **cecil)) as conn:
+        row = conn.execute(
+            "SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+        ).fetchone()
+        assert row == ("cecil", True)
+    (start,) = proxy.wait_for(lambda e: e["type"] == "session_start")
+    assert start["auth_mode"] == "cert" and start["identity"].startswith("CN=cecil,")
+    queries = proxy.wait_for(lambda e: e["type"] == "query" and "pg_stat_ssl" in e["statement"])
+    assert [(q["user"], q["identity"]) for q in queries] == [("cecil", start["identity"])]
+    with pytest.raises(
+        psycopg.OperationalError, match='certificate authentication failed for user "dave"'
+    ):
+        psycopg.connect(conninfo(proxy, pki, "dave", **cecil)).close()
+    # alice's certificate names alice; upstream pgwarden holds no password for her role
+    alice = {"sslcert": str(pki.client_cert), "sslkey": str(pki.client_key)}
+    with pytest.raises(psycopg.OperationalError, match=r"holds none in this auth\.mode"):
+        psycopg.connect(conninfo(proxy, pki, "alice", **alice)).close()
