@@ -265,6 +265,26 @@ SCHEMA: tuple[Key, ...] = (
         "decides them",
     ),
     Key(
+        "limits.analysis_workers",
+        _positive_int,
+        2,
+        "worker processes analysing long statements at once (later ones wait their turn)",
+    ),
+    Key(
+        "limits.analysis_worker_memory",
+        parse_size,
+        4 * 1024**3,
+        "address-space limit of each analysis worker; a statement whose analysis needs more "
+        "is decided by the policy's on_unparsable and the worker is replaced (0: no limit)",
+    ),
+    Key(
+        "limits.analysis_timeout",
+        parse_duration,
+        60.0,
+        "longest analysis of one statement; past it the worker is killed and the policy's "
+        "on_unparsable decides",
+    ),
+    Key(
         "limits.max_message_size",
         parse_size,
         64 * 1000**2,

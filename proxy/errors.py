@@ -96,6 +96,10 @@ class UpstreamError(PgWardenError):
     sqlstate = "08006"
 
 
+class AnalysisWorkerError(PgWardenError):
+    """An analysis worker process answered something that is not facts (proxy.sql.pool)."""
+
+
 class AuditError(PgWardenError):
     """The audit trail cannot be written or read."""
 

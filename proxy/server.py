@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import hmac
 import logging
@@ -20,8 +19,9 @@ from proxy.buildinfo import version_line
 from proxy.config import Config, display_value
 from proxy.errors import PgWardenError, SourceError, UpstreamError
 from proxy.gate import Gate
-from proxy.sql import extract, redact
+from proxy.sql import redact
 from proxy.sql.facts import ParserSettings, QueryFacts
+from proxy.sql.pool import AnalysisPool, PoolConfig
 from proxy.state import Counters, ReloadResult, ServerState
 from proxy.tls import load as load_tls
 from proxy.tls.clientleg import accepts_direct_tls
@@ -81,7 +81,15 @@ class ProxyServer:
         self._sniffing: SniffingListener | None = None  # the listener when direct TLS is served
         self._cancel_slots = asyncio.Semaphore(_CANCEL_CONCURRENCY)
         self._closing = False
-        self._analysis_pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self.analysis = AnalysisPool(
+            PoolConfig(
+                offload_size=cfg["limits.analysis_offload_size"],
+                max_size=cfg["limits.max_analysis_size"],
+                workers=cfg["limits.analysis_workers"],
+                worker_memory=cfg["limits.analysis_worker_memory"],
+                timeout=cfg["limits.analysis_timeout"],
+            )
+        )
         self.central_store: StoreShipper | None = None
         self.alerts: AlertEngine | None = None
 
@@ -193,19 +201,9 @@ class ProxyServer:
 
     async def analyse(self, sql: bytes, settings: ParserSettings) -> QueryFacts:
         """Facts of a long statement from a worker process, so the event loop (every other
-        session) keeps moving; a worker that dies gives facts the policy's on_unparsable
-        decides."""
-        if self._analysis_pool is None:
-            self._analysis_pool = concurrent.futures.ProcessPoolExecutor(max_workers=1)
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(
-                self._analysis_pool, extract.analyze_bytes, sql, settings
-            )
-        except concurrent.futures.process.BrokenProcessPool:
-            self._analysis_pool = None
-            logger.error("the analysis worker died on a statement of %d bytes", len(sql))
-            return self.gate.unanalysable(sql, settings, "the analysis worker died")
+        session) keeps moving; a statement the pool could not analyse (memory limit, crash,
+        timeout) gets facts the policy's on_unparsable decides (proxy.sql.pool)."""
+        return (await self.analysis.analyse(sql, settings)).facts
 
     def audit_accepting(self) -> bool:
         """Whether statements may run under ``audit.fail_closed``: the local trail writes,
@@ -340,8 +338,7 @@ class ProxyServer:
             session.terminate("shutdown")
         # Give the last session_end events and FATAL messages one turn to be written.
         await asyncio.sleep(0)
-        if self._analysis_pool is not None:
-            self._analysis_pool.shutdown(wait=False, cancel_futures=True)
+        await self.analysis.close()
         for task in list(self._tasks):
             task.cancel()
         with contextlib.suppress(Exception):
