@@ -68,7 +68,10 @@ _SECRET_ARGUMENTS: dict[str, tuple[int | str, ...]] = {
 _CONNINFO_PASSWORD = re.compile(
     r"""(?ix) (password \s* = \s*) ( ''(?:[^']|'''')*'' | '(?:[^'\\]|\\.)*'? | [^\s']+ )"""
 )
-_URI_PASSWORD = re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^:/@\s'?]*:)([^@\s']*)(@)")
+# The scheme starts where a run of scheme characters starts (the lookbehind): tried from every
+# position of a run, as "[a-z][a-z0-9+.-]*" was, a long word ("xxx…" of a 16 MB error message)
+# cost quadratic time on the event loop. A scheme not starting with a letter is masked too.
+_URI_PASSWORD = re.compile(r"(?i)(?<![a-z0-9+.-])([a-z0-9+.-]+://[^:/@\s'?]*:)([^@\s']*)(@)")
 # In comments and messages: name=value / name: value for secret names, stopping before "*/".
 _NAMED_SECRET = re.compile(
     r"(?i)(\b[\w.-]*(?:pass(?:word|wd)?|pwd|secret|token|api_?key)\s*[:=]\s*)((?:(?!\*/)\S)+)"
