@@ -50,6 +50,13 @@ def missing(reason: str) -> None:
     pytest.skip(reason)
 
 
+def readable(fd: int, timeout: float) -> bool:
+    """Whether ``fd`` has input within ``timeout`` seconds (poll: select() stops at fd 1024)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(0, int(timeout * 1000))))
+
+
 def _running_sql(app: str) -> str:
     return (
         "select count(*) from pg_stat_activity where application_name = "
@@ -146,7 +153,7 @@ def _pg2_notify(psycopg2: Any, conn: Any, target: Target, app: str) -> Result:
         cur.execute(f"notify {channel}, 'hello'")
     deadline = time.monotonic() + 5
     while not conn.notifies and time.monotonic() < deadline:
-        select.select([conn], [], [], 0.1)
+        readable(conn.fileno(), 0.1)
         conn.poll()
     seen = [
         {
@@ -412,8 +419,7 @@ class _Tty:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise AssertionError(f"psql never printed {pattern.pattern!r}: {self.seen!r}")
-            ready, _, _ = select.select([self.master], [], [], left)
-            if ready:
+            if readable(self.master, left):
                 try:
                     self.seen += os.read(self.master, 4096)
                 except OSError:  # EIO: psql exited

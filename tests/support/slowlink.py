@@ -60,8 +60,9 @@ class SlowCancelLink:
             self.argv, stdout=subprocess.PIPE, text=True, env=env, cwd=root
         )
         assert self._proc.stdout is not None
-        ready, _, _ = select.select([self._proc.stdout], [], [], 30)
-        line = self._proc.stdout.readline() if ready else ""
+        poller = select.poll()  # not select(): the test process may hold fds past 1024
+        poller.register(self._proc.stdout, select.POLLIN)
+        line = self._proc.stdout.readline() if poller.poll(30_000) else ""
         if not line.strip().isdigit():
             self.stop()
             raise AssertionError(f"the slow link did not start (said {line!r})")
