@@ -428,7 +428,9 @@ _BY_PATH = {k.path: k for k in SCHEMA}
 _SECTIONS = {k.path.split(".")[0] for k in SCHEMA if "." in k.path}
 _BY_ENV = {k.env_name: k for k in SCHEMA}
 # PGWARDEN_* variables read by something other than the schema (not "unknown").
-OTHER_VARIABLES = frozenset({"PGWARDEN_CONFIG", "PGWARDEN_PG_BIN", "PGWARDEN_TEST_DSN"})
+OTHER_VARIABLES = frozenset(
+    {"PGWARDEN_CONFIG", "PGWARDEN_PG_BIN", "PGWARDEN_TEST_DSN", "PGWARDEN_REQUIRE_DRIVERS"}
+)
 
 
 def _unknown_key_message(name: str, section: str = "") -> str:
