@@ -75,3 +75,27 @@ def test_statement_beyond_the_analysis_limit_is_decided_by_on_unparsable(
         pytest.raises(psycopg.errors.InsufficientPrivilege),
     ):
         conn.execute(f"select '{'x' * 200_000}'")
+
+
+def test_analysis_over_the_worker_memory_limit_is_decided_by_on_unparsable(
+    proxy_factory: Any, tmp_path: Path
+) -> None:
+    """The worker that hits limits.analysis_worker_memory is replaced; the statement is
+    refused (on_unparsable: block) with the reason in its record, and the next one runs."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY)
+    proxy = proxy_factory(
+        "--limits-analysis-worker-memory", "150MB", "--limits-analysis-offload-size", "1kB",
+        policies=[policy],
+    )  # fmt: skip
+    app = unique("oomapp")
+    greedy = "select " + ",".join(["1"] * 50_000)  # ~100 kB, ~0.35 GB to analyse
+    with psycopg.connect(proxy.dsn(), autocommit=True, application_name=app) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(greedy)
+        # offloaded too (over 1 kB), to a fresh worker
+        row = conn.execute(f"select 2 /* {'y' * 2000} */").fetchone()
+        assert row == (2,)
+    refused = wait_events(proxy, 1, "query", application_name=app, sqlstate="42501")
+    assert "needed more than limits.analysis_worker_memory" in refused[0]["error"], refused[0]
+    assert refused[0]["decision"]["rules"][0]["id"] == "unparsable"
