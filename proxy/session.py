@@ -779,7 +779,9 @@ class Session:
 
     def _auth_failed(self, fields: dict[str, str]) -> None:
         self.server.counters.auth_failures += 1
-        if self._local is None:  # the server judged the client's credentials
+        if self._local is None and fields.get("C") == c.SQLSTATE_INVALID_PASSWORD:
+            # The server refused the client's password. Its other refusals (pg_hba, the
+            # channel-binding downgrade) guess nothing, so they do not count.
             self.server.limiter.failed(self.identity.client_addr, self.identity.user, time.time())
         event = self._events.event(
             "auth_failure",

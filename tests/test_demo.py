@@ -67,9 +67,20 @@ def test_demo_serves_sample_data_and_cleans_up(tmp_path: Path, keep_audit: bool)
             assert conn.execute("SELECT count(*) FROM customers").fetchone() == (5,)
             # the demo's PostgreSQL runs with TLS (its throwaway CA, proxy/commands/demo_tls.py)
             assert conn.execute("SHOW ssl").fetchone() == ("on",)
-        alice = f"postgresql://alice:alice-pw@127.0.0.1:{port}/demo"
+        alice = f"postgresql://alice:alice-pw@127.0.0.1:{port}/demo?channel_binding=disable"
+        assert f'psql "{alice}"' in "".join(seen)
         with psycopg.connect(alice, connect_timeout=5) as conn:
             assert conn.execute("SELECT count(*) FROM orders").fetchone() == (50,)
+            assert conn.pgconn.ssl_in_use  # libpq's default sslmode=prefer gets TLS
+        # The printed verify-full command: pgwarden's certificate checked, and pgwarden's
+        # own connection to PostgreSQL encrypted too.
+        printed = re.search(r'psql "(\S+sslmode=verify-full\S+)"', "".join(seen))
+        assert printed is not None, seen
+        checked = printed.group(1)
+        with psycopg.connect(checked, connect_timeout=5) as conn:
+            assert conn.pgconn.ssl_in_use
+            row = conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            assert row.fetchone() == (True,)
 
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -22,7 +22,6 @@ from typing import Any
 
 from proxy import config, pgrun
 from proxy.commands.demo_tls import DemoTLS
-from proxy.commands.demo_tls import served as tls_served
 
 DEMO_DATABASE = "demo"
 DEMO_USER = pgrun.Role("alice", "scram-sha-256", "alice-pw")
@@ -175,10 +174,8 @@ def run(args: argparse.Namespace) -> int:
             policies=policies,
             admin__listen=str(admin) if admin else "",
         )
-        tls_on = tls_served()
-        if tls_on:
-            upstream_tls = isinstance(cluster, pgrun.LocalCluster) and cluster.tls is not None
-            cfg = cfg.replace(**demo_tls.config_changes(upstream_tls))
+        upstream_tls = isinstance(cluster, pgrun.LocalCluster) and cluster.tls is not None
+        cfg = cfg.replace(**demo_tls.config_changes(upstream_tls))
         welcome = _welcome(
             cluster,
             listen,
@@ -186,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
             policies,
             admin,
             args.policy is None,
-            demo_tls if tls_on else None,
+            demo_tls,
         )
         announcer = threading.Thread(
             target=_announce_when_listening,
@@ -236,11 +233,14 @@ def _welcome(
     policies: list[str],
     admin: config.Endpoint | None,
     policy_defaulted: bool,
-    demo_tls: DemoTLS | None = None,
+    demo_tls: DemoTLS,
 ) -> str:
     host = _client_host(listen)
     url = pgrun.libpq_url(host, listen.port, cluster.superuser, DEMO_DATABASE)
+    # Authentication is relayed to the server (passthrough) and both legs are TLS, so a
+    # SCRAM client must not offer channel binding (docs/tls.md explains the matrix).
     alice = pgrun.libpq_url(host, listen.port, DEMO_USER.name, DEMO_DATABASE, DEMO_USER.password)
+    alice += "?channel_binding=disable"
     where = (
         f"(data in {cluster.base_dir})" if isinstance(cluster, pgrun.LocalCluster) else "(Docker)"
     )
@@ -254,11 +254,7 @@ def _welcome(
         "pgwarden is listening. Connect through it with:",
         f'    psql "{url}"',
         f'    psql "{alice}"    # a password user',
-        *(
-            [f'    psql "{demo_tls.verify_full_url(url)}"    # TLS, certificate checked']
-            if demo_tls
-            else []
-        ),
+        f'    psql "{demo_tls.verify_full_url(url)}"    # TLS, certificate checked',
         "Try: SELECT * FROM customers;  SELECT sum(amount) FROM orders;  DELETE FROM orders;",
         "",
         f"Audit log: {audit_dir}/audit.jsonl",

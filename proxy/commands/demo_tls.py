@@ -1,7 +1,6 @@
-"""The TLS side of ``pgwarden demo``: a throwaway CA, PostgreSQL with ssl=on, and (once the
-session serves TLS, see :data:`proxy.tls.WIRED`) TLS on both legs with the printed
-``sslmode=verify-full`` command. Until then the demo's PostgreSQL has ssl=on and pgwarden's
-legs stay plaintext, and nothing about TLS through pgwarden is printed."""
+"""The TLS side of ``pgwarden demo``: a throwaway CA, PostgreSQL with ssl=on, TLS offered to
+clients (``prefer``: plaintext still works) with the printed ``sslmode=verify-full``
+command, and ``verify-full`` to the demo's PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,15 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from proxy import pgrun, tls
+from proxy import pgrun
 from proxy.tls.certs import DemoPKI, make_demo_pki
-
-
-def served() -> bool:
-    """Whether the running session serves the demo's TLS settings on both legs."""
-    return (
-        "prefer" in tls.WIRED["client_tls.mode"] and "verify-full" in tls.WIRED["upstream_tls.mode"]
-    )
 
 
 @dataclass(frozen=True, slots=True)

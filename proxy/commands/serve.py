@@ -31,7 +31,6 @@ def run(args: argparse.Namespace) -> int:
     from proxy import tls
 
     tls.load(cfg)  # certificate, key and CA files are checked before anything starts
-    tls.refuse_unwired(cfg)
     if args.check_config:
         return check_config(cfg)
     from proxy.server import run_server

@@ -32,10 +32,3 @@ def test_demo_tls_configuration_loads_and_verifies() -> None:
     finally:
         made.remove()
     assert not made.pki.directory.exists()
-
-
-def test_demo_serves_tls_now_that_the_session_does() -> None:
-    # The demo switches itself on once the handshake serves both of its modes.
-    assert "prefer" in tls.WIRED["client_tls.mode"]
-    assert "verify-full" in tls.WIRED["upstream_tls.mode"]
-    assert demo_tls.served() is True

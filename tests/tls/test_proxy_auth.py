@@ -132,3 +132,15 @@ def test_cert_mode_maps_the_certificate_to_its_role(
     alice = {"sslcert": str(pki.client_cert), "sslkey": str(pki.client_key)}
     with pytest.raises(psycopg.OperationalError, match=r"holds none in this auth\.mode"):
         psycopg.connect(conninfo(proxy, pki, "alice", **alice)).close()
+
+
+def test_passthrough_counts_the_servers_password_refusals(proxy_factory: ProxyFactory) -> None:
+    proxy = proxy_factory()
+    wrong = proxy.dsn("alice", "app", "wrong") + "?sslmode=disable"
+    for _ in range(10):
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(wrong, connect_timeout=10).close()
+    with pytest.raises(psycopg.OperationalError, match="too many failed logins from this"):
+        psycopg.connect(proxy.dsn("alice", "app", "alice-pw"), connect_timeout=10).close()
+    (event,) = proxy.wait_for(lambda e: e["type"] == "login_throttled")
+    assert event["limited_by"] == "address"

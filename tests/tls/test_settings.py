@@ -122,16 +122,6 @@ def test_auth_mode_rules(pki: TestPKI, tmp_path: Path) -> None:
     assert any("only read by proxy" in p for p in _problems(stray))
 
 
-def test_every_tls_and_auth_setting_is_served() -> None:
-    # The session serves every mode now: nothing is refused at start-up any more.
-    assert {
-        "client_tls.mode": frozenset(config.TLS_MODES),
-        "upstream_tls.mode": frozenset(config.UPSTREAM_TLS_MODES),
-        "auth.mode": frozenset(config.AUTH_MODES),
-    } == tls.WIRED
-    tls.refuse_unwired(config.defaults())
-
-
 def test_check_config_reports_tls_problems(capsys: pytest.CaptureFixture[str]) -> None:
     from proxy.cli import main
 
