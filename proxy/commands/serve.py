@@ -31,6 +31,10 @@ def run(args: argparse.Namespace) -> int:
     from proxy import tls
 
     tls.load(cfg)  # certificate, key and CA files are checked before anything starts
+    if cfg["auth.mode"] == "proxy":
+        from proxy.auth import users
+
+        users.load(cfg["auth.users_file"])  # mode and format, also for --check-config
     if args.check_config:
         return check_config(cfg)
     from proxy.server import run_server

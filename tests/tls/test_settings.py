@@ -129,3 +129,19 @@ def test_check_config_reports_tls_problems(capsys: pytest.CaptureFixture[str]) -
     err = capsys.readouterr().err
     assert code == 2
     assert "pgwarden: client_tls.cert_file: client_tls.mode require needs a certificate" in err
+
+
+def test_check_config_reads_the_users_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from proxy.cli import main
+
+    users = tmp_path / "users.txt"
+    users.write_text('"alice" "SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy"\n')
+    users.chmod(0o644)
+    argv = ["serve", "--check-config", "--admin-listen", ""]
+    code = main([*argv, "--auth-mode", "proxy", "--auth-users-file", str(users)])
+    assert code == 2
+    assert (
+        f"accessible by other users (mode 0644); run chmod 600 {users}" in capsys.readouterr().err
+    )
