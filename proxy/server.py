@@ -17,7 +17,7 @@ from proxy.auth import users as users_file
 from proxy.auth.ratelimit import LoginLimiter
 from proxy.buildinfo import version_line
 from proxy.config import Config, display_value
-from proxy.errors import PgWardenError, SourceError, UpstreamError
+from proxy.errors import ConfigError, PgWardenError, SourceError, UpstreamError
 from proxy.gate import Gate
 from proxy.sql import redact
 from proxy.sql.facts import ParserSettings, QueryFacts
@@ -293,7 +293,22 @@ class ProxyServer:
         tls_problems = await loop.run_in_executor(None, self.tls.reload)
         for tls_problem in tls_problems:
             logger.error("TLS reload failed, keeping the old certificates: %s", tls_problem)
-        return ReloadResult(not tls_problems, tls_problems, files)
+        problems = tls_problems + await loop.run_in_executor(None, self._reload_users)
+        return ReloadResult(not problems, problems, files)
+
+    def _reload_users(self) -> tuple[str, ...]:
+        """Re-read auth.users_file (auth.mode proxy); a bad file keeps the old secrets."""
+        if self.users is None:
+            return ()
+        try:
+            self.users = users_file.load(self.cfg["auth.users_file"])
+        except ConfigError as exc:
+            problems = tuple(str(p) for p in exc.problems)
+            for problem in problems:
+                logger.error("users file reload failed, keeping the old one: %s", problem)
+            return problems
+        logger.info("users file reloaded: %d users", len(self.users.secrets))
+        return ()
 
     async def watch_policy_files(self, interval: float = 1.0) -> None:
         from proxy.policy.watch import PolicyWatcher

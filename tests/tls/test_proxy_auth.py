@@ -10,6 +10,7 @@ certificate names the role and pgwarden presents a certificate for that role ups
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from pathlib import Path
 
@@ -144,3 +145,24 @@ def test_passthrough_counts_the_servers_password_refusals(proxy_factory: ProxyFa
         psycopg.connect(proxy.dsn("alice", "app", "alice-pw"), connect_timeout=10).close()
     (event,) = proxy.wait_for(lambda e: e["type"] == "login_throttled")
     assert event["limited_by"] == "address"
+
+
+def test_users_file_is_reread_on_sighup(
+    proxy_factory: ProxyFactory, pki: TestPKI, server_pki: TestPKI, users_file: Path
+) -> None:
+    full = users_file.read_text()
+    users_file.write_text("".join(line + "\n" for line in full.splitlines() if "tess" not in line))
+    proxy = proxy_factory(
+        *both_legs(pki, server_pki, "require"),
+        *("--auth-mode", "proxy", "--auth-users-file", str(users_file)),
+    )
+    with pytest.raises(psycopg.OperationalError, match='failed for user "tess"'):
+        psycopg.connect(conninfo(proxy, pki, "tess")).close()
+    users_file.write_text(full)
+    proxy.reload()
+    deadline = time.monotonic() + 10
+    while "users file reloaded" not in proxy.stderr_text():
+        assert time.monotonic() < deadline, proxy.stderr_text()
+        time.sleep(0.05)  # polling interval, not synchronization
+    with psycopg.connect(conninfo(proxy, pki, "tess")) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("tess",)
