@@ -422,6 +422,12 @@ SCHEMA: tuple[Key, ...] = (
         "who authenticates clients: passthrough (the server), proxy (users file), cert",
     ),
     Key("auth.users_file", str, "", "SCRAM verifiers for auth.mode=proxy (pgwarden users add)"),
+    Key(
+        "auth.passfile",
+        str,
+        "",
+        "passwords for pgwarden's upstream login in auth.mode proxy/cert (.pgpass format)",
+    ),
 )
 
 _BY_PATH = {k.path: k for k in SCHEMA}

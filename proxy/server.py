@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from proxy import diagnostics, sdnotify
 from proxy.approvals.broker import ApprovalBroker, console_url
+from proxy.auth import passfile
 from proxy.auth import users as users_file
 from proxy.auth.ratelimit import LoginLimiter
 from proxy.buildinfo import version_line
@@ -66,6 +67,7 @@ class ProxyServer:
         self.users = (
             users_file.load(cfg["auth.users_file"]) if cfg["auth.mode"] == "proxy" else None
         )
+        self.passfile = passfile.load(cfg["auth.passfile"]) if cfg["auth.passfile"] else None
         self.limiter = LoginLimiter()
         self.state = ServerState(proxy_id=self.proxy_id, started_at=time.time())
         self.state.reload = self.reload
@@ -297,17 +299,19 @@ class ProxyServer:
         return ReloadResult(not problems, problems, files)
 
     def _reload_users(self) -> tuple[str, ...]:
-        """Re-read auth.users_file (auth.mode proxy); a bad file keeps the old secrets."""
-        if self.users is None:
-            return ()
+        """Re-read auth.users_file and auth.passfile; a bad file keeps the old one."""
         try:
-            self.users = users_file.load(self.cfg["auth.users_file"])
+            if self.users is not None:
+                self.users = users_file.load(self.cfg["auth.users_file"])
+                logger.info("users file reloaded: %d users", len(self.users.secrets))
+            if self.passfile is not None:
+                self.passfile = passfile.load(self.cfg["auth.passfile"])
+                logger.info("passfile reloaded: %d lines", len(self.passfile.entries))
         except ConfigError as exc:
             problems = tuple(str(p) for p in exc.problems)
             for problem in problems:
-                logger.error("users file reload failed, keeping the old one: %s", problem)
+                logger.error("reload failed, keeping the old file: %s", problem)
             return problems
-        logger.info("users file reloaded: %d users", len(self.users.secrets))
         return ()
 
     async def watch_policy_files(self, interval: float = 1.0) -> None:

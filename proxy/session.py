@@ -664,12 +664,30 @@ class Session:
         self.phase = Phase.AUTH
         local = self._local
         if local is not None:
+            password = self._upstream_password(local.login)
             keys = local.keys
-            client = ScramClient(keys=keys, server_cert=server_cert) if keys else None
-            self._auth = AuthRelay(local.login, upstream_login=client, local=True)
+            client = (
+                ScramClient(password=password, server_cert=server_cert)
+                if password is not None
+                else ScramClient(keys=keys, server_cert=server_cert)
+                if keys is not None
+                else None
+            )
+            self._auth = AuthRelay(
+                local.login, upstream_login=client, local=True, password=password
+            )
         elif self.login is not None:
             self._auth = AuthRelay(self.login)
         transport.write(packet + self.handshake.take_early())
+
+    def _upstream_password(self, login: Login) -> str | None:
+        """The auth.passfile password for pgwarden's own upstream login as ``login.user``."""
+        passfile = self.server.passfile
+        if passfile is None:
+            return None
+        upstream = self.cfg.upstream
+        host = "localhost" if upstream.unix_path else upstream.host
+        return passfile.password(host, upstream.port, login.database, login.user)
 
     # --- server → proxy -----------------------------------------------------------------
 

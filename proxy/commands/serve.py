@@ -31,10 +31,12 @@ def run(args: argparse.Namespace) -> int:
     from proxy import tls
 
     tls.load(cfg)  # certificate, key and CA files are checked before anything starts
-    if cfg["auth.mode"] == "proxy":
-        from proxy.auth import users
+    from proxy.auth import passfile, users
 
+    if cfg["auth.mode"] == "proxy":
         users.load(cfg["auth.users_file"])  # mode and format, also for --check-config
+    if cfg["auth.passfile"]:
+        passfile.load(cfg["auth.passfile"])
     if args.check_config:
         return check_config(cfg)
     from proxy.server import run_server

@@ -11,6 +11,7 @@ it differently from pgwarden.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass, field
 from enum import Enum
@@ -315,6 +316,7 @@ class AuthRelay:
         "_local",
         "_login",
         "_negotiated",
+        "_password",
         "failure",
         "parameter",
         "protocol_minor",
@@ -325,15 +327,22 @@ class AuthRelay:
     )
 
     def __init__(
-        self, login: Login, *, local: bool = False, upstream_login: ScramClient | None = None
+        self,
+        login: Login,
+        *,
+        local: bool = False,
+        upstream_login: ScramClient | None = None,
+        password: str | None = None,
     ) -> None:
         """``local``: pgwarden authenticated the client itself (and gave it its protocol
         negotiation); it answers the server's authentication requests with
         ``upstream_login`` (None: the server must need no password, trust or cert), and
-        only the server's final AuthenticationOk reaches the client."""
+        only the server's final AuthenticationOk reaches the client. ``password`` (from
+        auth.passfile) also answers a server asking for md5 or a cleartext password."""
         self._login = login
         self._local = local
         self._negotiated = local
+        self._password = password
         self.upstream_login = upstream_login
         self.to_server = b""
         self.protocol_minor = login.protocol_minor  # what the server agreed to
@@ -386,27 +395,32 @@ class AuthRelay:
         code = m.auth_code(body)
         if code == 0:  # the server accepted pgwarden: now the client's AuthenticationOk
             return None, AuthStep.RELAY
-        if client is None:
+        password = self._password
+        if code in (3, 5) and password is not None:
+            secret = password if code == 3 else md5_password(password, self._login.user, body[4:8])
+            self.to_server = m.message(ord("p"), secret.encode() + b"\x00")
+            return b"", AuthStep.TO_SERVER
+        if client is None or code not in (10, 11, 12):
             raise AuthenticationError(
-                f'the server asks pgwarden for a password for role "{self._login.user}" '
-                f"(authentication method {code}) and pgwarden holds none in this auth.mode",
+                f'pgwarden has no credential for role "{self._login.user}" that answers the '
+                f"server's authentication request (method {code}): give the role a password "
+                "in auth.passfile",
                 c.SQLSTATE_INVALID_AUTHORIZATION,
             )
         if code == 10:
             self.to_server = client.initial_response(m.sasl_mechanisms(body))
         elif code == 11:
             self.to_server = client.continue_response(body[4:])
-        elif code == 12:
+        else:
             client.final(body[4:])
             return b"", AuthStep.RELAY
-        else:
-            raise AuthenticationError(
-                f"the server asked for authentication method {code} for role "
-                f'"{self._login.user}"; pgwarden can log in upstream only with SCRAM-SHA-256 '
-                "or a server that needs no password from it (trust, cert)",
-                c.SQLSTATE_INVALID_AUTHORIZATION,
-            )
         return b"", AuthStep.TO_SERVER
+
+
+def md5_password(password: str, user: str, salt: bytes) -> str:
+    """The answer to AuthenticationMD5Password, as libpq computes it."""
+    inner = hashlib.md5((password + user).encode()).hexdigest()
+    return "md5" + hashlib.md5(inner.encode() + salt).hexdigest()
 
 
 def check_ready(body: bytes) -> int:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from proxy.audit.trail import AuditTrail
+    from proxy.auth.passfile import Passfile
     from proxy.auth.ratelimit import LoginLimiter
     from proxy.auth.users import UsersFile
     from proxy.config import Config
@@ -26,6 +27,7 @@ class SessionHost(Protocol):
     trail: AuditTrail
     tls: TLSHolder
     users: UsersFile | None  # auth.mode proxy: the SCRAM secrets clients log in with
+    passfile: Passfile | None  # passwords for pgwarden's own upstream login
     limiter: LoginLimiter
 
     @property

@@ -246,6 +246,12 @@ def _auth(cfg: Config, client: ClientTLS, problems: _Problems) -> None:
         problems.add("auth.users_file", "auth.mode proxy needs a users file (pgwarden users add)")
     if mode != "proxy" and cfg["auth.users_file"]:
         problems.add("auth.users_file", f"is set but auth.mode is {mode}; it is only read by proxy")
+    if mode == "passthrough" and cfg["auth.passfile"]:
+        problems.add(
+            "auth.passfile",
+            "is set but auth.mode is passthrough: the server checks the client's own "
+            "password; it is only read by proxy and cert",
+        )
 
 
 def load(cfg: Config) -> TLSSettings:

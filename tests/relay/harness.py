@@ -163,6 +163,7 @@ class Host:
         self.trail.open()
         self.tls = tls_module.load(self.cfg)
         self.users = None
+        self.passfile = None
         self.limiter = LoginLimiter()
         self._counters = Counters()
         self.spawned: list[Coroutine[Any, Any, Any]] = []

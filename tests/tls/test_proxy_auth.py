@@ -17,7 +17,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.support.pgcluster import PgServer
+from proxy.auth import scram
+from proxy.auth.users import write as write_users
+from tests.support.pgcluster import PASSWORDS, PgServer
 from tests.support.proxyproc import ProxyFactory, ProxyProcess
 from tests.support.tlspair import TestPKI
 from tests.tls.proxytls import asyncpg_current_user, both_legs, conninfo
@@ -131,7 +133,7 @@ def test_cert_mode_maps_the_certificate_to_its_role(
         psycopg.connect(conninfo(proxy, pki, "dave", **cecil)).close()
     # alice's certificate names alice; upstream pgwarden holds no password for her role
     alice = {"sslcert": str(pki.client_cert), "sslkey": str(pki.client_key)}
-    with pytest.raises(psycopg.OperationalError, match=r"holds none in this auth\.mode"):
+    with pytest.raises(psycopg.OperationalError, match='no credential for role "alice"'):
         psycopg.connect(conninfo(proxy, pki, "alice", **alice)).close()
 
 
@@ -166,3 +168,46 @@ def test_users_file_is_reread_on_sighup(
         time.sleep(0.05)  # polling interval, not synchronization
     with psycopg.connect(conninfo(proxy, pki, "tess")) as conn:
         assert conn.execute("SELECT current_user").fetchone() == ("tess",)
+
+
+def _private(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def test_passfile_logs_in_upstream_where_the_secrets_differ(
+    proxy_factory: ProxyFactory, pki: TestPKI, server_pki: TestPKI, tmp_path: Path, pg: PgServer
+) -> None:
+    # pgwarden's own secrets (new salts): the recovered key cannot log in upstream; a
+    # password from auth.passfile can, whatever the server asks for (SCRAM, md5, cleartext).
+    roles = ("alice", "bob", "carol")
+    users = tmp_path / "users.txt"
+    write_users(str(users), {r: scram.make_secret(PASSWORDS[r], iterations=4096) for r in roles})
+    flags = [*both_legs(pki, server_pki, "require"), "--auth-mode", "proxy"]
+    flags += ["--auth-users-file", str(users)]
+    keyed = proxy_factory(*flags)
+    with pytest.raises(psycopg.OperationalError, match="secret for this role differs"):
+        psycopg.connect(conninfo(keyed, pki, "alice")).close()
+    lines = "".join(f"{pg.host}:{pg.port}:*:{r}:{PASSWORDS[r]}\n" for r in roles)
+    passfile = _private(tmp_path / "pgpass", lines)
+    proxy = proxy_factory(*flags, "--auth-passfile", str(passfile))
+    for role in roles:
+        with psycopg.connect(conninfo(proxy, pki, role, channel_binding="require")) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (role,)
+
+
+def test_cert_mode_with_a_passfile_for_a_password_role(
+    proxy_factory: ProxyFactory, pki: TestPKI, server_pki: TestPKI, tmp_path: Path, pg: PgServer
+) -> None:
+    passfile = _private(tmp_path / "pgpass", f"*:*:*:alice:{PASSWORDS['alice']}\n")
+    proxy = proxy_factory(
+        *both_legs(pki, server_pki, "verify-full"),
+        *("--client-tls-ca-file", str(pki.ca_file), "--auth-mode", "cert"),
+        *("--auth-passfile", str(passfile)),
+    )
+    alice = {"sslcert": str(pki.client_cert), "sslkey": str(pki.client_key)}
+    with psycopg.connect(conninfo(proxy, pki, "alice", password="", **alice)) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("alice",)
+    (start,) = proxy.wait_for(lambda e: e["type"] == "session_start")
+    assert start["identity"].startswith("CN=alice,") and start["auth_mode"] == "cert"
