@@ -120,6 +120,8 @@ def test_auth_mode_rules(pki: TestPKI, tmp_path: Path) -> None:
     assert any("needs a users file" in p for p in _problems(_cfg(auth__mode="proxy")))
     stray = _cfg(auth__users_file=str(tmp_path / "users"))
     assert any("only read by proxy" in p for p in _problems(stray))
+    passthrough = _cfg(auth__passfile=str(tmp_path / "pgpass"))
+    assert any("only read by proxy and cert" in p for p in _problems(passthrough))
 
 
 def test_check_config_reports_tls_problems(capsys: pytest.CaptureFixture[str]) -> None:
