@@ -334,6 +334,13 @@ SCHEMA: tuple[Key, ...] = (
     ),
     Key("audit.queue_max", _positive_int, 100000, "audit records buffered before statements wait"),
     Key(
+        "audit.exact_timings",
+        parse_bool,
+        False,
+        "ask the server to flush after every Execute (a Flush message, which has no reply), "
+        "so each pipelined statement is timed on its own",
+    ),
+    Key(
         "audit.fail_closed",
         parse_bool,
         False,

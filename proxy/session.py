@@ -828,6 +828,7 @@ class Session:
             max_analysis_size=self.cfg["limits.max_analysis_size"],
         )
         core.queue.tx_status = tx_status
+        core.queue.exact_timings = self.cfg["audit.exact_timings"]
         core.server_major = _major(self._server_params.get("server_version", ""))
         self._settings.ready(tx_status)
         self.server.limiter.succeeded(self.identity.client_addr, self.identity.user, time.time())

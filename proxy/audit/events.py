@@ -100,6 +100,7 @@ class SessionEvents:
         )
         event["portal"] = done.portal or None
         event["duration_ms"] = round((done.ended_ns - done.started_ns) / 1e6, 3)
+        event["duration_scope"] = done.scope.value
         event["command_tag"] = done.tag or None
         event["rows"] = done.rows
         event["sqlstate"] = (error.get("C") or "XX000") if error is not None else None

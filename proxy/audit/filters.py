@@ -261,6 +261,10 @@ class EventFilter:
             floor = self.min_duration_ms
 
             def duration_check(event: dict[str, Any]) -> bool:
+                # Only a duration measured for the statement alone says it was slow (a
+                # multi-statement message's or a pipeline's figure covers more).
+                if event.get("duration_scope", "statement") != "statement":
+                    return False
                 value = event.get("duration_ms")
                 return isinstance(value, int | float) and value >= floor
 

@@ -285,6 +285,8 @@ class RelayCore:
             queue.expect(entry)
             if info is not None and info.statement is not None and info.statement.facts:
                 self.settings.forwarded(info.statement.facts)
+            if queue.exact_timings:
+                return raw + m.FLUSH  # the completion is sent (and seen) when it is produced
             return raw
         if kind == 83:  # 'S'
             self._skip_until_sync = False
@@ -536,6 +538,7 @@ class RelayCore:
     def server_chunk(self, now_ns: int) -> None:
         """A chunk of server bytes is about to be scanned at ``now_ns``."""
         self._now_ns = now_ns
+        self.queue.new_chunk()
 
     def on_server(self, kind: int, body: bytes, rows: int) -> bytes | None:
         """The scanner's handler for watched messages once the session is ready."""
@@ -574,6 +577,7 @@ class RelayCore:
         build = self._events.statement
         events = [build(done, tx_status) for done in completed]
         completed.clear()
+        self.queue.new_chunk()  # what was recorded can no longer be re-scoped
         return events
 
     def take_events(self) -> list[dict[str, Any]]:

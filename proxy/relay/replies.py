@@ -21,7 +21,7 @@ from proxy.errors import BackendProtocolError
 from proxy.policy.decision import Decision
 from proxy.relay import enforce
 from proxy.relay.prepared import Change, PreparedStatements
-from proxy.relay.statement import Completion, Statement, Via
+from proxy.relay.statement import Completion, Scope, Statement, Via
 from proxy.wire import constants as c
 from proxy.wire import messages as m
 
@@ -99,8 +99,11 @@ class ReplyQueue:
 
     __slots__ = (
         "_ignore_syncs_in_copy",
+        "_last_done_ns",
+        "_open_exec",
         "completed",
         "copy_in",
+        "exact_timings",
         "fatal",
         "passthrough",
         "pending",
@@ -123,6 +126,14 @@ class ReplyQueue:
         self.fatal = False  # the server sent FATAL/PANIC: the connection is ending
         self.rows = 0  # DataRows since the last completion
         self._ignore_syncs_in_copy = False
+        self._last_done_ns = 0  # when the last completion (or ReadyForQuery) was seen
+        # Index in ``completed`` of the last Execute completion of the current server chunk,
+        # until a ReadyForQuery: if another follows it in the same chunk, the server buffered
+        # both and the first one's end is not what the wire shows.
+        self._open_exec: int | None = None
+        # The relay asks the server to flush after every Execute: each completion is seen
+        # when it is produced, so pipelined statements are timed on their own.
+        self.exact_timings = False
 
     # --- client side ------------------------------------------------------------------
 
@@ -142,6 +153,10 @@ class ReplyQueue:
             self._ignore_syncs_in_copy = False
         else:
             self.pending.append(Pending(Owed.COPY_END))
+
+    def new_chunk(self) -> None:
+        """A new read from the server: completions from here on were sent separately."""
+        self._open_exec = None
 
     def bind_portal(self, portal: Portal, now_ns: int) -> None:
         self.abandon(self.portals.get(portal.name), now_ns)
@@ -187,6 +202,8 @@ class ReplyQueue:
                 raise BackendProtocolError("invalid ReadyForQuery message")
             self.tx_status = self.predicted = body[0]
             self.copy_in = False
+            self._last_done_ns = now_ns
+            self._open_exec = None
             while pending:
                 entry = pending.popleft()
                 if entry.owed is Owed.SYNC or entry.owed is Owed.QUERY:
@@ -316,11 +333,30 @@ class ReplyQueue:
 
     # --- completions ------------------------------------------------------------------
 
+    def _start(self, started_ns: int, started_wall: float) -> tuple[int, float, Scope]:
+        """When a statement can have started, and what its duration will cover: it cannot
+        start before the completion of what was in flight ahead of it."""
+        if started_ns >= self._last_done_ns:
+            return started_ns, started_wall, Scope.STATEMENT
+        wall = started_wall + (self._last_done_ns - started_ns) / 1e9
+        scope = Scope.STATEMENT if self.exact_timings else Scope.PIPELINE
+        return self._last_done_ns, wall, scope
+
     def _complete_query_statement(
         self, entry: Pending, tag: str, error: dict[str, str] | None, now_ns: int
     ) -> None:
+        statement = entry.statement
+        facts = statement.facts if statement is not None else None
+        multi = facts is not None and len(facts.statements) > 1
+        if entry.index == 0:
+            # The message starts when it arrived, or when what was ahead of it completed.
+            entry.started_ns, entry.started_wall, scope = self._start(
+                entry.started_ns, entry.started_wall
+            )
+        else:
+            scope = Scope.STATEMENT
         done = Completion(
-            entry.statement,
+            statement,
             Via.SIMPLE,
             entry.started_wall,
             entry.started_ns,
@@ -329,12 +365,11 @@ class ReplyQueue:
             error,
             None if error is not None else _rows(tag, self.rows),
             index=entry.index,
+            scope=Scope.MESSAGE if multi else scope,
         )
         self.completed.append(self._predict(done))
+        self._last_done_ns = now_ns
         entry.index += 1
-        # The next statement of the string starts now.
-        entry.started_wall += (now_ns - entry.started_ns) / 1e9
-        entry.started_ns = now_ns
         self.rows = 0
 
     def _complete_execute(
@@ -347,7 +382,7 @@ class ReplyQueue:
     ) -> None:
         rows = self.rows
         info = self.portals.get(entry.portal) if entry.owed is Owed.EXECUTE else None
-        started_ns, started_wall = entry.started_ns, entry.started_wall
+        started_ns, started_wall, scope = self._start(entry.started_ns, entry.started_wall)
         counted: int | None = None
         if info is not None and info.suspended:
             # The last Execute of a suspended portal: one statement from its first Execute.
@@ -373,8 +408,17 @@ class ReplyQueue:
             result_rows,
             portal=entry.portal.decode("utf-8", "replace"),
             params=entry.params,
+            scope=scope,
         )
-        self.completed.append(self._predict(done))
+        completed = self.completed
+        previous = self._open_exec
+        if previous is not None and previous < len(completed):
+            earlier = completed[previous]
+            if earlier.scope is Scope.STATEMENT:
+                completed[previous] = replace(earlier, scope=Scope.PIPELINE)
+        self._open_exec = len(completed)
+        completed.append(self._predict(done))
+        self._last_done_ns = now_ns
         self.rows = 0
 
     def _portal_completion(self, portal: Portal, now_ns: int) -> Completion:

@@ -18,6 +18,18 @@ class Via(Enum):
     FUNCTION_CALL = "function_call"
 
 
+class Scope(Enum):
+    """What a recorded duration covers (the audit record's ``duration_scope``)."""
+
+    STATEMENT = "statement"  # this statement alone, as the wire shows it
+    # From the start of a multi-statement Query to this statement's completion: PostgreSQL
+    # sends nothing before the end of such a message, so a statement's own time is not seen.
+    MESSAGE = "message"
+    # Queued behind other pipelined work: from the previous completion pgwarden saw (the
+    # earliest it can have started) to its own; the server may have buffered both.
+    PIPELINE = "pipeline"
+
+
 class Statement:
     """A statement the session follows: a Query's text, a prepared statement, a FunctionCall.
 
@@ -77,6 +89,7 @@ class Completion:
     # The transaction status after the statement, as PostgreSQL's rules give it (the next
     # ReadyForQuery confirms it; an event built after that one uses the server's word).
     tx_after: int = ord("I")
+    scope: Scope = Scope.STATEMENT
 
     @property
     def stmt(self) -> StatementFacts | None:

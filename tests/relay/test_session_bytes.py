@@ -46,7 +46,18 @@ rules:
     action: block
 """
 
-_VOLATILE = ("ts", "duration_ms", "seq", "prev_hash", "hash", "session_id", "client_port")
+# Timing fields depend on when bytes arrive, by design (duration_scope says what the wire
+# showed); everything else must not.
+_VOLATILE = (
+    "ts",
+    "duration_ms",
+    "duration_scope",
+    "seq",
+    "prev_hash",
+    "hash",
+    "session_id",
+    "client_port",
+)
 
 
 def _stable(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -336,3 +347,26 @@ def test_bind_values_are_facts(tmp_path: Path) -> None:
     assert b"C42501" in wire.client.take()
     wire.client_sends(bind("d", params=[b"false"]) + execute() + sync())
     assert bind("d", params=[b"false"]) in wire.upstream.take()
+
+
+def test_duration_scope_says_what_a_duration_covers(tmp_path: Path) -> None:
+    host = Host(tmp_path)
+    wire = Wire(host)
+    wire.login()
+    wire.client_sends(query("select 1"))
+    wire.server_sends(complete("SELECT 1") + ready())
+    wire.client_sends(query("select 1; select 2"))
+    wire.server_sends(complete("SELECT 1") + complete("SELECT 1") + ready())
+    # A pipeline whose completions the server sent together (buffered until Sync).
+    wire.client_sends(parse("select 3") + bind() + execute() + bind() + execute() + sync())
+    wire.server_sends(
+        msg(b"1") + msg(b"2") + complete("SELECT 1") + msg(b"2") + complete("SELECT 1") + ready()
+    )
+    scopes = [(e["statement"], e["duration_scope"]) for e in host.events("query")]
+    assert scopes == [
+        ("select 1", "statement"),
+        ("select 1", "message"),
+        ("select 2", "message"),
+        ("select 3", "pipeline"),
+        ("select 3", "pipeline"),
+    ]
