@@ -129,7 +129,7 @@ class Session:
         self._client_gate: ReadGate | None = None
         self._server_gate: ReadGate | None = None
         self._server_params: dict[str, str] = {}
-        self._out = HeldOutput(server.trail, self._write_client)
+        self._out = HeldOutput(server.trail, self._write_client, self._events.before_submit)
         self._chunk_events: list[dict[str, Any]] = []
         self.bytes_from_client = 0
         self._end_reason = ""
@@ -325,7 +325,10 @@ class Session:
             trail = self.server.trail
             if self.core is not None:
                 self.core.queue.end_suspended(time.perf_counter_ns())
-                for event in self.core.take_events():
+                client_left = self._end_reason not in ("server_closed", "server_fatal")
+                for event in self.core.end_connection(client_left):
+                    if event["type"] == "transaction":
+                        self._events.before_submit(event)
                     trail.submit(event)
             fields: dict[str, Any] = {
                 "duration_ms": round((time.perf_counter_ns() - self._started_ns) / 1e6, 3),

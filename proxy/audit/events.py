@@ -15,6 +15,7 @@ from proxy.identity import Identity
 if TYPE_CHECKING:
     from proxy.gate import Gate
     from proxy.relay.statement import Completion
+    from proxy.relay.transactions import TransactionEnd
 
 SCHEMA_VERSION = 1
 
@@ -35,7 +36,15 @@ def iso(ts: float) -> str:
 class SessionEvents:
     """Builds the events of one session; the identity fields are those at event time."""
 
-    __slots__ = ("_base", "_gate", "_proxy_id", "backend_pid", "identity", "statements")
+    __slots__ = (
+        "_base",
+        "_gate",
+        "_proxy_id",
+        "_transactions",
+        "backend_pid",
+        "identity",
+        "statements",
+    )
 
     def __init__(self, proxy_id: str, gate: Gate, identity: Identity) -> None:
         self._proxy_id = proxy_id
@@ -44,6 +53,8 @@ class SessionEvents:
         self.backend_pid: int | None = None
         self.statements = 0
         self._base: dict[str, Any] = {}
+        # transaction events waiting for their statements' seq (given at submission)
+        self._transactions: dict[int, tuple[dict[str, Any], ...]] = {}
         self._rebuild()
 
     def set_identity(self, identity: Identity) -> None:
@@ -112,8 +123,35 @@ class SessionEvents:
         )
         if done.params is not None:
             event["params"] = done.params
+        if statement is not None and statement.per_statement and done.index >= 0:
+            per = statement.per_statement
+            if done.index < len(per):
+                event["statement_rules"] = per[done.index].as_audit()["rules"]
         if done.suspended:
             event["suspended"] = True  # no CommandComplete: the client stopped fetching
         if not single:
             event["command"] = event["class"] = event["fingerprint"] = None
         return event
+
+    def transaction(self, end: TransactionEnd, ts: float) -> dict[str, Any]:
+        """The ``transaction`` event: the outcome of the statements it names (by ``seq``,
+        filled in by :meth:`before_submit`)."""
+        event = self.event(
+            "transaction",
+            ts,
+            outcome=end.outcome.value,
+            reason=end.reason,
+            explicit=end.explicit,
+            statements=[],
+        )
+        if end.savepoint is not None:
+            event["savepoint"] = end.savepoint
+        self._transactions[id(event)] = end.statements
+        return event
+
+    def before_submit(self, event: dict[str, Any]) -> None:
+        """Called for every event right before it enters the trail, in order: the statements
+        a transaction event names were submitted before it, so their seq is known."""
+        refs = self._transactions.pop(id(event), None)
+        if refs is not None:
+            event["statements"] = [e["seq"] for e in refs if "seq" in e]

@@ -127,8 +127,12 @@ def _rule_check(patterns: tuple[str, ...]) -> Check:
     match = _matcher(patterns)
 
     def check(event: dict[str, Any]) -> bool:
-        decision = event.get("decision")
-        rules = decision.get("rules") if isinstance(decision, dict) else None
+        # A statement of a multi-statement message carries the rules it matched itself;
+        # ``decision`` is the message's (what was enforced).
+        rules = event.get("statement_rules")
+        if rules is None:
+            decision = event.get("decision")
+            rules = decision.get("rules") if isinstance(decision, dict) else None
         if not isinstance(rules, list):
             return False
         return any(

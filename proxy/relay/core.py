@@ -15,6 +15,7 @@ it; ``stalled`` tells the adapter to stop reading the client meanwhile.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from proxy.relay.prepared import ALL, PreparedStatements
 from proxy.relay.replies import Owed, Pending, Portal, ReplyQueue
 from proxy.relay.settings import ParserSettingsTracker
 from proxy.relay.statement import Statement
+from proxy.relay.transactions import TransactionEnd, TransactionTracker
 from proxy.sql.facts import ParserSettings, QueryFacts
 from proxy.wire import constants as c
 from proxy.wire import messages as m
@@ -85,6 +87,7 @@ class RelayCore:
         "server_major",
         "settings",
         "terminated",
+        "transactions",
     )
 
     def __init__(
@@ -126,6 +129,7 @@ class RelayCore:
         self._pending_events: list[dict[str, Any]] = []
         self._resume_due = False
         self.terminated = False  # the client sent Terminate
+        self.transactions = TransactionTracker()
 
     # --- state for the adapter ------------------------------------------------------------
 
@@ -400,7 +404,13 @@ class RelayCore:
         """Decide a Query or FunctionCall, each answered by its own ReadyForQuery, and return
         what to forward: the message, a poison Query, or nothing (answered locally)."""
         decision = self._decide(facts, alternatives or [])
-        entry = Pending(owed, Statement(facts.text, facts, decision), now_ns, now_wall)
+        statement = Statement(facts.text, facts, decision)
+        if len(facts.statements) > 1:
+            gate = self._gate
+            statement.per_statement = tuple(
+                gate.decide(self.identity, QueryFacts(s.text, (s,))) for s in facts.statements
+            )
+        entry = Pending(owed, statement, now_ns, now_wall)
         queue = self.queue
         refusal = enforce.refusal(decision, self._audit_refusal())
         action = enforce.action_for(refusal, in_flight=queue.in_flight, tx_status=queue.tx_status)
@@ -554,8 +564,12 @@ class RelayCore:
         result = queue.on_message(kind, body, self._now_ns)
         if kind == 90:
             self.settings.ready(queue.tx_status)
+            pending = self._pending_events
             if queue.completed:
-                self._pending_events.extend(self._take_events(chr(queue.tx_status)))
+                pending.extend(self._take_events(chr(queue.tx_status)))
+            ends = self.transactions.ready(queue.tx_status)
+            if ends:
+                pending.extend(self._transaction_events(ends))
             if self._backlog:
                 self._resume_due = True
         return result
@@ -575,9 +589,26 @@ class RelayCore:
         if not completed:
             return []
         build = self._events.statement
-        events = [build(done, tx_status) for done in completed]
+        tracker = self.transactions
+        events = []
+        for done in completed:
+            event = build(done, tx_status)
+            events.append(event)
+            ends = tracker.statement(done, event)
+            if ends:
+                events.extend(self._transaction_events(ends))
         completed.clear()
         self.queue.new_chunk()  # what was recorded can no longer be re-scoped
+        return events
+
+    def _transaction_events(self, ends: list[TransactionEnd]) -> list[dict[str, Any]]:
+        now = time.time()
+        return [self._events.transaction(end, now) for end in ends]
+
+    def end_connection(self, client_left: bool) -> list[dict[str, Any]]:
+        """The connection ends: events still owed, and the outcome of an open transaction."""
+        events = self._take_events(None)
+        events.extend(self._transaction_events(self.transactions.connection_ended(client_left)))
         return events
 
     def take_events(self) -> list[dict[str, Any]]:

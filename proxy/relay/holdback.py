@@ -18,10 +18,16 @@ class Trail(Protocol):
 
 
 class HeldOutput:
-    __slots__ = ("_held", "_marker", "_released", "_trail", "_write", "sent")
+    __slots__ = ("_before_submit", "_held", "_marker", "_released", "_trail", "_write", "sent")
 
-    def __init__(self, trail: Trail, write: Callable[[bytes], None]) -> None:
+    def __init__(
+        self,
+        trail: Trail,
+        write: Callable[[bytes], None],
+        before_submit: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self._trail = trail
+        self._before_submit = before_submit
         self._write = write  # writes to the client (or drops, once it is gone)
         self._held: list[bytes] = []
         self._marker = 0
@@ -36,7 +42,10 @@ class HeldOutput:
         """Write ``data`` once ``events`` (and everything held before) are in the trail."""
         if events:
             submit = self._trail.submit
+            prepare = self._before_submit
             for event in events:
+                if prepare is not None and event["type"] == "transaction":
+                    prepare(event)
                 submit(event)
         elif not self._held:
             if data:

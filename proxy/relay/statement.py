@@ -43,6 +43,7 @@ class Statement:
         "generation",
         "name",
         "param_types",
+        "per_statement",
         "shown",
         "stmt",
         "text",
@@ -63,6 +64,9 @@ class Statement:
         self.name = name
         self.param_types = param_types  # as Parse declared them (0: unspecified)
         self.shown = shown  # the text audit records show, when not the statement's own
+        # For a multi-statement Query: each statement's own decision (``decision`` is the
+        # message's, which is what was enforced).
+        self.per_statement: tuple[Decision, ...] = ()
         self.generation = -1  # policy generation the decision was made under
         self.stmt: StatementFacts | None = (
             facts.statements[0] if facts is not None and len(facts.statements) == 1 else None

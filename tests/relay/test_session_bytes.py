@@ -370,3 +370,74 @@ def test_duration_scope_says_what_a_duration_covers(tmp_path: Path) -> None:
         ("select 3", "pipeline"),
         ("select 3", "pipeline"),
     ]
+
+
+def test_each_statement_of_a_message_carries_its_own_rules(tmp_path: Path) -> None:
+    host = Host(tmp_path, POLICY.replace("action: block\n", "action: flag\n"))
+    wire = Wire(host)
+    wire.login()
+    wire.client_sends(query("select 1; delete from t; select 2"))
+    wire.server_sends(complete("SELECT 1") + complete("DELETE 3") + complete("SELECT 1") + ready())
+    events = host.events("query")
+    assert [e["decision"]["action"] for e in events] == ["flag"] * 3  # what was enforced
+    assert [[r["id"] for r in e["statement_rules"]] for e in events] == [
+        [],
+        ["no-unbounded-writes"],
+        [],
+    ]
+
+
+def _transactions(host: Host) -> list[tuple[str, list[str]]]:
+    events = host.events()
+    by_seq = {e["seq"]: e for e in events}
+    return [
+        (e["outcome"], [by_seq[s]["statement"] for s in e["statements"]])
+        for e in events
+        if e["type"] == "transaction"
+    ]
+
+
+def test_rolled_back_writes_are_findable(tmp_path: Path) -> None:
+    host = Host(tmp_path)
+    wire = Wire(host)
+    wire.login()
+    # One implicit transaction: the error rolls the UPDATE back.
+    wire.client_sends(query("update t set q = -777 where id = 2; select 1/0"))
+    wire.server_sends(complete("UPDATE 1") + error("22012", "division by zero") + ready())
+    # Autocommit success: no transaction event needed.
+    wire.client_sends(query("update t set q = 1 where id = 3"))
+    wire.server_sends(complete("UPDATE 1") + ready())
+    # Explicit transaction rolled back, with a savepoint rolled back inside a committed one.
+    for sql, reply in (
+        ("begin", complete("BEGIN") + ready(b"T")),
+        ("update t set q = 2 where id = 4", complete("UPDATE 1") + ready(b"T")),
+        ("rollback", complete("ROLLBACK") + ready()),
+        ("begin", complete("BEGIN") + ready(b"T")),
+        ("savepoint s1", complete("SAVEPOINT") + ready(b"T")),
+        ("delete from t where id = 5", complete("DELETE 1") + ready(b"T")),
+        ("rollback to savepoint s1", complete("ROLLBACK") + ready(b"T")),
+        ("commit", complete("COMMIT") + ready()),
+    ):
+        wire.client_sends(query(sql))
+        wire.server_sends(reply)
+    wire.client_sends(query("begin"))
+    wire.server_sends(complete("BEGIN") + ready(b"T"))
+    wire.client_sends(query("insert into t values (9)"))
+    wire.server_sends(complete("INSERT 0 1") + ready(b"T"))
+    wire.session.client_lost(None)  # the client vanishes mid-transaction
+    assert _transactions(host) == [
+        ("rolled_back", ["update t set q = -777 where id = 2", "select 1/0"]),
+        ("rolled_back", ["begin", "update t set q = 2 where id = 4", "rollback"]),
+        ("rolled_back", ["delete from t where id = 5"]),
+        (
+            "committed",
+            [
+                "begin",
+                "savepoint s1",
+                "delete from t where id = 5",
+                "rollback to savepoint s1",
+                "commit",
+            ],
+        ),
+        ("rolled_back", ["begin", "insert into t values (9)"]),
+    ]
