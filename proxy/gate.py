@@ -186,13 +186,20 @@ class Gate:
     def audit_text(self, text: str, stmt: StatementFacts | None) -> str | None:
         mode = self._text_mode
         if mode == "full":
-            return redact.redact(text)
+            return redact.redact_statement(text, stmt)
         if mode == "normalized":
             return redact.normalize(text)
         return None
 
-    def display_text(self, text: str) -> str:
-        return redact.redact(text)
+    def display_text(self, text: str, stmt: StatementFacts | None = None) -> str:
+        return redact.redact_statement(text, stmt)
+
+    def audit_error(
+        self, message: str, statement: str, params: tuple[bytes | None, ...], extended: bool
+    ) -> str:
+        """A server error message as the trail may keep it (it may echo secrets of the
+        statement or a bound value)."""
+        return redact.redact_error(message, statement=statement, params=params, extended=extended)
 
     def add_facts(
         self, event: dict[str, Any], stmt: StatementFacts | None, decision: Decision | None

@@ -808,7 +808,7 @@ class Session:
             "auth_failure",
             time.time(),
             sqlstate=fields.get("C", "XX000"),
-            error=fields.get("M", ""),
+            error=self.server.gate.audit_error(fields.get("M", ""), "", (), False),
         )
         self._end_reason = "auth_failed"
         self.phase = Phase.CLOSING

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from proxy.identity import Identity
+from proxy.relay.statement import Via
 
 if TYPE_CHECKING:
     from proxy.gate import Gate
@@ -115,7 +116,16 @@ class SessionEvents:
         event["command_tag"] = done.tag or None
         event["rows"] = done.rows
         event["sqlstate"] = (error.get("C") or "XX000") if error is not None else None
-        event["error"] = error.get("M", "") if error is not None else None
+        if error is not None:
+            raw_params: tuple[bytes | None, ...] = done.bind_values
+            event["error"] = gate.audit_error(
+                error.get("M", ""),
+                statement.text if statement is not None else text,
+                raw_params,
+                done.via is Via.EXTENDED,
+            )
+        else:
+            event["error"] = None
         event["tx_status"] = tx_status or chr(done.tx_after)
         event["backend_pid"] = self.backend_pid
         gate.add_facts(

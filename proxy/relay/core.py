@@ -285,7 +285,9 @@ class RelayCore:
             info = queue.portals.get(portal)
             entry = Pending(Owed.EXECUTE, info.statement if info else None, now_ns, now_wall)
             entry.portal = portal
-            entry.params = info.params if info else None
+            if info is not None:
+                entry.params = info.params
+                entry.values = info.values
             queue.expect(entry)
             if info is not None and info.statement is not None and info.statement.facts:
                 self.settings.forwarded(info.statement.facts)
@@ -534,7 +536,8 @@ class RelayCore:
                 self.queue.expect(entry)
                 self._skip_until_sync = True
                 return enforce.poison_bind()
-        self.queue.bind_portal(Portal(portal, statement, params), now_ns)
+        values = bind.params if bind is not None else ()
+        self.queue.bind_portal(Portal(portal, statement, params, values), now_ns)
         self.queue.expect(entry)
         return raw
 

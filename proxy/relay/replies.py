@@ -57,6 +57,7 @@ class Pending:
         "started_ns",
         "started_wall",
         "statement",
+        "values",
     )
 
     def __init__(
@@ -74,6 +75,7 @@ class Pending:
         self.index = 0  # next statement of a multi-statement Query
         self.portal = b""
         self.params: list[Any] | None = None
+        self.values: tuple[bytes | None, ...] = ()  # raw Bind values, when they were read
         # Prepared-statement changes this request makes: (statement index, change).
         self.changes: list[tuple[int, Change]] | None = None
 
@@ -82,12 +84,28 @@ class Portal:
     """A bound portal. One that was suspended (Execute with a row limit) is one statement
     until it completes or is destroyed, however many Executes it takes."""
 
-    __slots__ = ("name", "params", "rows", "started_ns", "started_wall", "statement", "suspended")
+    __slots__ = (
+        "name",
+        "params",
+        "rows",
+        "started_ns",
+        "started_wall",
+        "statement",
+        "suspended",
+        "values",
+    )
 
-    def __init__(self, name: bytes, statement: Statement | None, params: list[Any] | None) -> None:
+    def __init__(
+        self,
+        name: bytes,
+        statement: Statement | None,
+        params: list[Any] | None,
+        values: tuple[bytes | None, ...] = (),
+    ) -> None:
         self.name = name
         self.statement = statement
         self.params = params
+        self.values = values
         self.rows = 0
         self.suspended = False
         self.started_ns = 0
@@ -409,6 +427,7 @@ class ReplyQueue:
             portal=entry.portal.decode("utf-8", "replace"),
             params=entry.params,
             scope=scope,
+            bind_values=entry.values,
         )
         completed = self.completed
         previous = self._open_exec

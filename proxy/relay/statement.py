@@ -88,6 +88,7 @@ class Completion:
     index: int = -1  # which statement of a multi-statement Query (-1: the only one)
     portal: str = ""
     params: list[Any] | None = None
+    bind_values: tuple[bytes | None, ...] = ()  # raw, when read: for redacting echoed errors
     refusal: Decision | None = None  # refused by pgwarden: nothing of it ran
     suspended: bool = False  # a portal the client stopped fetching from
     # The transaction status after the statement, as PostgreSQL's rules give it (the next
