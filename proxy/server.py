@@ -20,6 +20,7 @@ from proxy.buildinfo import version_line
 from proxy.config import Config, display_value
 from proxy.errors import ConfigError, PgWardenError, SourceError, UpstreamError
 from proxy.gate import Gate
+from proxy.relay.attempts import AttemptLimiter
 from proxy.sql import redact
 from proxy.sql.facts import ParserSettings, QueryFacts
 from proxy.sql.pool import AnalysisPool, PoolConfig
@@ -92,6 +93,7 @@ class ProxyServer:
                 timeout=cfg["limits.analysis_timeout"],
             )
         )
+        self.attempts = AttemptLimiter()
         self.central_store: StoreShipper | None = None
         self.alerts: AlertEngine | None = None
 
@@ -140,20 +142,23 @@ class ProxyServer:
     def backend_started(self, session: Session, pid: int, secret: bytes) -> None:
         self._backends[pid] = session
 
-    async def route_cancel(self, request: CancelRequest) -> None:
+    async def route_cancel(self, request: CancelRequest) -> tuple[str, str | None]:
         """A CancelRequest from a client: forward it when it names a session of ours with its
-        exact key and something is running there; drop (and count) anything else."""
+        exact key and something is running there; drop (and count) anything else. Returns
+        the outcome and the target session's id (for the audit record)."""
         session = self._backends.get(request.pid)
         key = session.handshake.server_key if session is not None else None
         if session is None or key is None:
             self.state.counters.cancels_dropped += 1
-            return
+            return "unknown_key", None
         if not hmac.compare_digest(key[1], request.secret):
             self.state.counters.cancels_dropped += 1
             logger.warning("cancel request with a wrong key for session %s", session.session_id)
-            return
+            return "wrong_key", session.session_id
         if not await session.cancel():
             self.state.counters.cancels_dropped += 1
+            return "nothing_running", session.session_id
+        return "forwarded", session.session_id
 
     async def connect_upstream(
         self, factory: Callable[[], asyncio.Protocol], contexts: TLSContexts

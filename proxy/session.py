@@ -340,7 +340,30 @@ class Session:
             if self._end_error:
                 fields["error"] = self._end_error
             trail.submit(self._events.event("session_end", time.time(), **fields))
+        elif self._end_reason != "cancel_request":
+            self._record_attempt()
         self.server.session_closed(self)
+
+    def _record_attempt(self) -> None:
+        """A connection that never became a session still leaves a record (rate-limited per
+        client address, so a port scan cannot flood the trail)."""
+        now = time.time()
+        allowed, suppressed = self.server.attempts.admit(self.identity.client_addr, now)
+        if not allowed:
+            return
+        fields: dict[str, Any] = {
+            "duration_ms": round((time.perf_counter_ns() - self._started_ns) / 1e6, 3),
+            "statements": 0,
+            "bytes_from_client": self.bytes_from_client,
+            "bytes_to_client": self._out.sent,
+            "reason": self._end_reason or "client_disconnected",
+            "started": False,
+        }
+        if self._end_error:
+            fields["error"] = self._end_error
+        if suppressed:
+            fields["suppressed_before"] = suppressed
+        self.server.trail.submit(self._events.event("session_end", now, **fields))
 
     def fatal(
         self,
@@ -501,10 +524,22 @@ class Session:
     async def _forward_cancel_then_close(self, request: Any) -> None:
         """Close the client's cancel socket only once the server acted on the forward, so
         "cancel done" means done (a driver's next statement must not be the one cancelled)."""
+        outcome, target = "failed", None
         try:
-            await self.server.route_cancel(request)
+            outcome, target = await self.server.route_cancel(request)
         finally:
             self._close_silently("cancel_request")
+            now = time.time()
+            allowed, suppressed = (
+                (True, 0)
+                if outcome == "forwarded"
+                else self.server.attempts.admit(self.identity.client_addr, now)
+            )
+            if allowed:
+                fields: dict[str, Any] = {"outcome": outcome, "target_session": target}
+                if suppressed:
+                    fields["suppressed_before"] = suppressed
+                self.server.trail.submit(self._events.event("cancel", now, **fields))
 
     def _begin_session(self, login: Login) -> None:
         self.login = login

@@ -24,8 +24,10 @@ from proxy.audit.timeparse import iso_z, parse_time
 EVENT_TYPES = (
     "session_start",
     "query",
+    "transaction",
     "session_end",
     "auth_failure",
+    "cancel",
     "alert",
     "pruned",
     "admin",

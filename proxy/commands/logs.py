@@ -44,8 +44,59 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--limit", "-n", type=int, metavar="N", help="only the newest N matching events"
     )
+    outcome = parser.add_mutually_exclusive_group()
+    outcome.add_argument(
+        "--rolled-back",
+        action="store_const",
+        const="rolled_back",
+        dest="outcome",
+        help="only statements whose effects were rolled back (a transaction event says so)",
+    )
+    outcome.add_argument(
+        "--committed",
+        action="store_const",
+        const="committed",
+        dest="outcome",
+        help="only statements that succeeded and whose transaction was not rolled back",
+    )
     add_source_arguments(parser)
     parser.set_defaults(func=run)
+
+
+def _outcomes(directory: Path) -> dict[tuple[str, int], str]:
+    """``(proxy_id, seq) -> outcome`` of every statement a transaction event names."""
+    found: dict[tuple[str, int], str] = {}
+    for raw in iter_raw(directory):
+        if b'"transaction"' not in raw:
+            continue
+        try:
+            event = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(event, dict) and event.get("type") == "transaction":
+            proxy = str(event.get("proxy_id"))
+            for seq in event.get("statements") or ():
+                # A savepoint's rollback is final even if the enclosing one commits.
+                if isinstance(seq, int) and found.get((proxy, seq)) != "rolled_back":
+                    found[(proxy, seq)] = str(event.get("outcome"))
+    return found
+
+
+def _by_outcome(
+    matching: Iterator[tuple[bytes, dict[str, Any]]],
+    outcomes: dict[tuple[str, int], str],
+    wanted_outcome: str,
+) -> Iterator[tuple[bytes, dict[str, Any]]]:
+    for raw, event in matching:
+        if event.get("type") != "query":
+            continue
+        seq = event.get("seq")
+        outcome = outcomes.get((str(event.get("proxy_id")), seq if isinstance(seq, int) else -1))
+        if wanted_outcome == "rolled_back":
+            if outcome == "rolled_back":
+                yield raw, event
+        elif event.get("sqlstate") is None and outcome in (None, "committed"):
+            yield raw, event
 
 
 def _matching(directory: Path, flt: EventFilter) -> Iterator[tuple[bytes, dict[str, Any]]]:
@@ -112,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
     store = store_target(args)
     if store is not None and args.follow:
         raise PgWardenError("--follow reads the local trail; it cannot follow the store")
+    if args.outcome and (store is not None or args.follow):
+        raise PgWardenError("--rolled-back/--committed read the local trail (without --follow)")
     # An empty directory is fine to follow (the proxy has not written yet), not to search.
     directory = None if store else audit_dir(args, require_trail=not args.follow)
     fmt = {"text": "table", None: "table" if sys.stdout.isatty() else "json"}.get(
@@ -123,6 +176,9 @@ def run(args: argparse.Namespace) -> int:
         if directory is None:
             assert store is not None
             _history(_from_store(*store, flt), out, args.limit)
+        elif args.outcome:
+            matching = _by_outcome(_matching(directory, flt), _outcomes(directory), args.outcome)
+            _history(matching, out, args.limit)
         else:
             _from_trail(directory, flt, out, args.limit, args.follow)
         out.flush()

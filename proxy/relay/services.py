@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from proxy.auth.users import UsersFile
     from proxy.config import Config
     from proxy.gate import Gate
+    from proxy.relay.attempts import AttemptLimiter
     from proxy.sql.facts import ParserSettings, QueryFacts
     from proxy.state import Counters
     from proxy.tls.contexts import TLSContexts, TLSHolder
@@ -29,6 +30,7 @@ class SessionHost(Protocol):
     users: UsersFile | None  # auth.mode proxy: the SCRAM secrets clients log in with
     passfile: Passfile | None  # passwords for pgwarden's own upstream login
     limiter: LoginLimiter
+    attempts: AttemptLimiter
 
     @property
     def counters(self) -> Counters: ...
@@ -43,7 +45,7 @@ class SessionHost(Protocol):
 
     def backend_started(self, session: Any, pid: int, secret: bytes) -> None: ...
 
-    async def route_cancel(self, request: CancelRequest) -> None: ...
+    async def route_cancel(self, request: CancelRequest) -> tuple[str, str | None]: ...
 
     async def forward_cancel(self, pid: int, secret: bytes) -> None: ...
 

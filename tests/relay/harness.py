@@ -21,6 +21,7 @@ from proxy.auth.ratelimit import LoginLimiter
 from proxy.config import Config
 from proxy.gate import Gate
 from proxy.policy.loader import load_policy
+from proxy.relay.attempts import AttemptLimiter
 from proxy.session import Session
 from proxy.state import Counters
 from proxy.wire.startup import CancelRequest
@@ -170,6 +171,7 @@ class Host:
         self.sessions: list[Session] = []
         self.backends: dict[int, Session] = {}
         self.analysed: list[bytes] = []
+        self.attempts = AttemptLimiter(burst=3)
 
     @property
     def counters(self) -> Counters:
@@ -190,8 +192,8 @@ class Host:
     def backend_started(self, session: Any, pid: int, secret: bytes) -> None:
         self.backends[pid] = session
 
-    async def route_cancel(self, request: CancelRequest) -> None:
-        pass
+    async def route_cancel(self, request: CancelRequest) -> tuple[str, str | None]:
+        return "unknown_key", None
 
     async def forward_cancel(self, pid: int, secret: bytes) -> None:
         pass
@@ -204,7 +206,7 @@ class Host:
         return self.gate.inspect(sql, settings)
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
-        self.trail.close()
+        # Without an event loop the trail writes each event as it is submitted.
         out = []
         for path in sorted((Path(self.cfg["audit.dir"])).glob("*.jsonl")):
             for line in path.read_text().splitlines():

@@ -441,3 +441,31 @@ def test_rolled_back_writes_are_findable(tmp_path: Path) -> None:
         ),
         ("rolled_back", ["begin", "insert into t values (9)"]),
     ]
+
+
+def test_every_connection_attempt_leaves_a_record_rate_limited(tmp_path: Path) -> None:
+    host = Host(tmp_path)  # the harness allows 3 records per address per minute
+    for _ in range(5):
+        wire = Wire(host)
+        wire.session.client_data(b"X\x00\x00\x00\x04")  # PostgreSQL closes silently
+        assert wire.client.closed and wire.client.take() == b""
+    wire = Wire(host)
+    wire.client_sends(startup(user="alice", replication="database"))
+    ends = host.events("session_end")
+    assert [e["reason"] for e in ends] == ["invalid_startup_packet"] * 3
+    assert all(e["started"] is False and e["client_addr"] == "127.0.0.1" for e in ends)
+    host.attempts.window = 0.0  # a new window: the next record reports what was suppressed
+    wire = Wire(host)
+    wire.client_sends(startup(user="alice", replication="true"))
+    last = host.events("session_end")[-1]
+    assert last["reason"] == "replication_refused" and last["user"] == "alice"
+    assert last["suppressed_before"] == 3
+
+
+def test_failed_login_ends_with_a_record(tmp_path: Path) -> None:
+    host = Host(tmp_path)
+    wire = Wire(host)
+    wire.client_sends(startup(user="mallory"))
+    wire.server_sends(error("28P01", 'password authentication failed for user "mallory"', "FATAL"))
+    types = [(e["type"], e.get("reason")) for e in host.events()]
+    assert types == [("auth_failure", None), ("session_end", "auth_failed")]
