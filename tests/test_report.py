@@ -391,6 +391,28 @@ def test_builder_streams_any_iterable_of_events() -> None:
     assert report.new_shapes_checked is False
 
 
+def test_latency_uses_statement_scoped_durations_only() -> None:
+    """A pipeline's or a multi-statement message's figure covers more than the statement:
+    counted as a statement, left out of every latency figure (issue 9 §1)."""
+    base = {
+        "type": "query",
+        "user": "u",
+        "database": "d",
+        "session_id": "s",
+        "ts": rt.iso(rt.SINCE),
+    }
+    events = [
+        {**base, "duration_ms": 1.0, "duration_scope": "statement", "fingerprint": "a"},
+        {**base, "duration_ms": 5000.0, "duration_scope": "pipeline", "fingerprint": "a"},
+        {**base, "duration_ms": 5000.0, "duration_scope": "message", "fingerprint": "a"},
+        {**base, "duration_ms": 3.0, "fingerprint": "a"},  # written before the field existed
+    ]
+    totals = ReportBuilder().add_all(events).build().totals
+    assert totals.statements == 4 and totals.untimed == 2
+    assert totals.total_ms == pytest.approx(4.0)
+    assert totals.p99_ms is not None and totals.p99_ms < 10
+
+
 @pytest.mark.parametrize("fmt", ["text", "markdown", "json", "html"])
 def test_empty_window_renders_in_every_format(
     trail: Path, fmt: str, capsys: pytest.CaptureFixture[str]

@@ -49,6 +49,11 @@ def render_html(report: Report) -> str:
         timeline_chart=svg.timeline_chart(report.timeline, report.timeline_bucket_seconds),
         latency_note=escape(
             f"p50 {fmt_ms(t.p50_ms)} · p95 {fmt_ms(t.p95_ms)} · p99 {fmt_ms(t.p99_ms)}"
+            + (
+                f" · {fmt_int(t.untimed)} statements without their own duration left out"
+                if t.untimed
+                else ""
+            )
         ),
         latency_chart=svg.latency_chart(report.latency_bins),
         nav=" ".join(f'<a href="#{escape(tb.key)}">{escape(tb.title)}</a>' for tb in tables),

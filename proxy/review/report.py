@@ -48,6 +48,9 @@ class Totals:
     p50_ms: float | None
     p95_ms: float | None
     p99_ms: float | None
+    # Statements whose duration covers more than themselves (duration_scope message or
+    # pipeline): counted, but left out of every latency figure.
+    untimed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,18 +188,19 @@ class Report:
 
 
 class _Group:
-    __slots__ = ("blocked", "errors", "flagged", "sketch")
+    __slots__ = ("blocked", "errors", "flagged", "sketch", "untimed")
 
     def __init__(self) -> None:
         self.errors = 0
         self.blocked = 0
         self.flagged = 0
+        self.untimed = 0
         self.sketch = LatencySketch()
 
     def row(self, key: str) -> GroupRow:
         return GroupRow(
             key=key,
-            statements=self.sketch.count,
+            statements=self.sketch.count + self.untimed,
             errors=self.errors,
             blocked=self.blocked,
             flagged=self.flagged,
@@ -350,6 +354,8 @@ class ReportBuilder:
     ) -> None:
         duration = event.get("duration_ms")
         duration = float(duration) if isinstance(duration, int | float) else 0.0
+        # Only a duration measured for the statement alone is a latency (docs/audit-log.md).
+        timed = event.get("duration_scope", "statement") == "statement"
         decision = event.get("decision")
         action = decision.get("action", "allow") if isinstance(decision, dict) else "allow"
         error = event.get("error")
@@ -369,7 +375,10 @@ class ReportBuilder:
             _group(self._by_application, str(event.get("application_name") or "")),
         )
         for group in groups:
-            group.sketch.add(duration)
+            if timed:
+                group.sketch.add(duration)
+            else:
+                group.untimed += 1
             if failed:
                 group.errors += 1
             if blocked:
@@ -383,11 +392,13 @@ class ReportBuilder:
             shape = self._shapes[fingerprint] = _Shape(statement[:_EXAMPLE_MAX], ts, user)
         elif not shape.example and statement:
             shape.example = statement[:_EXAMPLE_MAX]
-        shape.sketch.add(duration)
+        if timed:
+            shape.sketch.add(duration)
 
         if session is not None:
             session.statements += 1
-            session.total_ms += duration
+            if timed:
+                session.total_ms += duration
         if failed:
             shape.errors += 1
             if session is not None:
@@ -487,7 +498,7 @@ class ReportBuilder:
             top=top,
             totals=Totals(
                 events=self._events,
-                statements=overall.count,
+                statements=overall.count + self._overall.untimed,
                 sessions=len(self._sessions),
                 users=len({u for u in self._users if u}),
                 errors=self._overall.errors,
@@ -498,6 +509,7 @@ class ReportBuilder:
                 p50_ms=overall.quantile(0.50),
                 p95_ms=overall.quantile(0.95),
                 p99_ms=overall.quantile(0.99),
+                untimed=self._overall.untimed,
             ),
             by_user=_group_rows(self._by_user),
             by_database=_group_rows(self._by_database),

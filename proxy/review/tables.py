@@ -175,6 +175,7 @@ def summary_items(report: Report) -> tuple[tuple[str, str], ...]:
         ("p50", fmt_ms(t.p50_ms)),
         ("p95", fmt_ms(t.p95_ms)),
         ("p99", fmt_ms(t.p99_ms)),
+        ("untimed", fmt_int(t.untimed) + " (duration covers more than the statement: left out)"),
         ("query shapes", fmt_int(report.shapes)),
     )
 
