@@ -177,6 +177,8 @@ def build_where(flt: EventFilter, since: datetime | None, until: datetime | None
         where.clauses.append(f"upper(sqlstate) LIKE ANY({where.param(prefixes)}::text[])")
     if flt.min_duration_ms is not None:
         where.clauses.append(f"duration_ms >= {where.param(flt.min_duration_ms)}")
+        # Only statement-scoped durations say a statement was slow (docs/audit-log.md).
+        where.clauses.append("coalesce(event->>'duration_scope', 'statement') = 'statement'")
     if flt.grep and flt.grep.isascii():
         needle = "%" + flt.grep.translate(_LIKE_SPECIAL) + "%"
         where.clauses.append(f"statement ILIKE {where.param(needle)}")
