@@ -741,14 +741,18 @@ class Session:
         if core is None:
             core = self.core  # authentication ended inside this chunk
         events = self._chunk_events
+        # Session events (start, auth failure) always come first; statement records gate the
+        # client's bytes unless each is a refusal because the trail cannot write.
+        wait = bool(events) or core is None
         if core is not None:
             events.extend(core.take_chunk_events())
+            wait = wait or core.chunk_needs_audit
             if core.queue.passthrough:
                 self._scanner.passthrough = True
         if events:
             self._chunk_events = []
         if out or events:
-            self.send(out, events or None)
+            self.send(out, events or None, wait=wait)
         if self.phase is Phase.CLOSING and self._end_reason == "auth_failed":
             # The server's error went out with this chunk; the connection ends after it.
             self._close_client_after_release()
@@ -907,9 +911,9 @@ class Session:
 
     # --- proxy → client -----------------------------------------------------------------
 
-    def send(self, data: bytes, events: list[dict[str, Any]] | None) -> None:
+    def send(self, data: bytes, events: list[dict[str, Any]] | None, *, wait: bool = True) -> None:
         """ClientSink for the relay core: bytes go out once their events are in the trail."""
-        self._out.send(data, events)
+        self._out.send(data, events, wait=wait)
 
     def _write_client(self, data: bytes) -> None:
         client = self.client

@@ -57,7 +57,9 @@ class AnalysisRequest:
 class ClientSink(Protocol):
     """Where bytes for the client go: after ``events`` (if any) have reached the trail."""
 
-    def send(self, data: bytes, events: list[dict[str, Any]] | None) -> None: ...
+    def send(
+        self, data: bytes, events: list[dict[str, Any]] | None, *, wait: bool = True
+    ) -> None: ...
 
 
 class RelayCore:
@@ -81,6 +83,7 @@ class RelayCore:
         "_sink",
         "_skip_until_sync",
         "analysis_wanted",
+        "chunk_needs_audit",
         "identity",
         "prepared",
         "queue",
@@ -127,6 +130,9 @@ class RelayCore:
         self.server_major: int | None = None  # from server_version, for catalog lookups
         self._analysed: tuple[AnalysisRequest, QueryFacts] | None = None
         self._pending_events: list[dict[str, Any]] = []
+        # False while every record of the current server chunk is a refusal because the trail
+        # cannot write (audit.fail_closed): the client's bytes must not wait for that trail.
+        self.chunk_needs_audit = False
         self._resume_due = False
         self.terminated = False  # the client sent Terminate
         self.transactions = TransactionTracker()
@@ -422,7 +428,9 @@ class RelayCore:
             queue.refused(entry, now_ns, refusal)
             events = self._take_events(None)
             self._sink.send(
-                enforce.policy_error(refusal) + m.ready_for_query(queue.tx_status), events
+                enforce.policy_error(refusal) + m.ready_for_query(queue.tx_status),
+                events,
+                wait=refusal is not self._gate.audit_refusal(),
             )
             return b""
         if action is Action.POISON:
@@ -551,6 +559,7 @@ class RelayCore:
     def server_chunk(self, now_ns: int) -> None:
         """A chunk of server bytes is about to be scanned at ``now_ns``."""
         self._now_ns = now_ns
+        self.chunk_needs_audit = False
         self.queue.new_chunk()
 
     def on_server(self, kind: int, body: bytes, rows: int) -> bytes | None:
@@ -593,12 +602,16 @@ class RelayCore:
             return []
         build = self._events.statement
         tracker = self.transactions
+        audit_refusal = self._gate.audit_refusal()
         events = []
         for done in completed:
+            if done.refusal is not audit_refusal:
+                self.chunk_needs_audit = True
             event = build(done, tx_status)
             events.append(event)
             ends = tracker.statement(done, event)
             if ends:
+                self.chunk_needs_audit = True
                 events.extend(self._transaction_events(ends))
         completed.clear()
         self.queue.new_chunk()  # what was recorded can no longer be re-scoped

@@ -38,8 +38,10 @@ class HeldOutput:
     def holding(self) -> bool:
         return bool(self._held)
 
-    def send(self, data: bytes, events: list[dict[str, Any]] | None) -> None:
-        """Write ``data`` once ``events`` (and everything held before) are in the trail."""
+    def send(self, data: bytes, events: list[dict[str, Any]] | None, *, wait: bool = True) -> None:
+        """Write ``data`` once ``events`` (and everything held before) are in the trail.
+        ``wait=False``: the events are submitted but ``data`` does not wait for them (a
+        refusal because the trail cannot write must not wait for that very trail)."""
         if events:
             submit = self._trail.submit
             prepare = self._before_submit
@@ -47,7 +49,9 @@ class HeldOutput:
                 if prepare is not None and event["type"] == "transaction":
                     prepare(event)
                 submit(event)
-        elif not self._held:
+            if not wait:
+                events = None
+        if not events and not self._held:
             if data:
                 self.sent += len(data)
                 self._write(data)

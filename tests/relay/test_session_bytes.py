@@ -469,3 +469,40 @@ def test_failed_login_ends_with_a_record(tmp_path: Path) -> None:
     wire.server_sends(error("28P01", 'password authentication failed for user "mallory"', "FATAL"))
     types = [(e["type"], e.get("reason")) for e in host.events()]
     assert types == [("auth_failure", None), ("session_end", "auth_failed")]
+
+
+class _StuckTrail:
+    """A trail that accepts records but never gets them written (a full disk)."""
+
+    def __init__(self) -> None:
+        self.submitted: list[dict[str, Any]] = []
+        self.waiting: list[Any] = []
+
+    def submit(self, event: dict[str, Any]) -> None:
+        self.submitted.append(event)
+
+    def when_written(self, callback: Any) -> None:
+        self.waiting.append(callback)
+
+
+def test_fail_closed_refuses_at_once_instead_of_hanging(tmp_path: Path) -> None:
+    """audit.fail_closed with a trail that cannot write: a new statement is refused with
+    57P03 right away; the refusal does not wait for the trail it is about (issue 13 §2)."""
+    host = Host(tmp_path, audit__fail_closed="true")
+    wire = Wire(host)
+    wire.login()
+    stuck = _StuckTrail()
+    wire.session._out._trail = stuck  # type: ignore[assignment]
+    host.audit_accepting = lambda: False  # type: ignore[method-assign]
+    wire.client_sends(query("select 3"))
+    assert wire.upstream.take() == b""  # nothing unaudited runs
+    out = wire.client.take()
+    assert b"C57P03" in out and out.endswith(ready())
+    assert [e["sqlstate"] for e in stuck.submitted] == ["57P03"]  # recorded when it can be
+    # Inside a transaction the server is poisoned; its reply does not wait either.
+    wire.session.core.queue.tx_status = ord("T")  # type: ignore[union-attr]
+    wire.client_sends(query("select 4"))
+    assert b"PGWARDEN BLOCKED" in wire.upstream.take()
+    wire.server_sends(error("42601", "syntax error") + ready(b"E"))
+    out = wire.client.take()
+    assert b"C57P03" in out and out.endswith(ready(b"E"))
