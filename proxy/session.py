@@ -351,12 +351,19 @@ class Session:
         allowed, suppressed = self.server.attempts.admit(self.identity.client_addr, now)
         if not allowed:
             return
+        reason = self._end_reason or "client_disconnected"
+        if (
+            reason == "client_disconnected"
+            and self.login is None
+            and self.handshake.encryption_requests
+        ):
+            reason = "encryption_refused"  # asked for TLS/GSSAPI, got 'N', and left
         fields: dict[str, Any] = {
             "duration_ms": round((time.perf_counter_ns() - self._started_ns) / 1e6, 3),
             "statements": 0,
             "bytes_from_client": self.bytes_from_client,
             "bytes_to_client": self._out.sent,
-            "reason": self._end_reason or "client_disconnected",
+            "reason": reason,
             "started": False,
         }
         if self._end_error:
