@@ -52,7 +52,8 @@ def load_policies(cfg: Config) -> Policy | None:
         return None
     from proxy.policy.loader import load_policy
 
-    return load_policy(paths)
+    # The session holds review statements for approval (proxy.approvals.hold).
+    return load_policy(paths, holding=True)
 
 
 class ProxyServer:

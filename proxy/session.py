@@ -22,12 +22,14 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, cast
 
+from proxy.approvals.hold import Statement as HeldStatement
+from proxy.approvals.hold import hold, ticket
 from proxy.audit.events import SessionEvents
 from proxy.auth.scram_client import ScramClient
 from proxy.errors import AuthenticationError, FrontendProtocolError, ProtocolError, UpstreamError
 from proxy.identity import Identity
 from proxy.policy.decision import Decision
-from proxy.relay.core import AnalysisRequest, RelayCore
+from proxy.relay.core import AnalysisRequest, RelayCore, ReviewRequest, ReviewVerdict
 from proxy.relay.flow import Pause, ReadGate
 from proxy.relay.handshake import AuthRelay, AuthStep, Handshake, Login, Phase, StartupEvent
 from proxy.relay.holdback import HeldOutput
@@ -122,6 +124,7 @@ class Session:
         self.upstream_cert: bytes | None = None  # the server's certificate (DER)
         self._auth: AuthRelay | None = None
         self._analysing = False
+        self._review_task: asyncio.Task[None] | None = None
         self._settings = ParserSettingsTracker()
         self._events = SessionEvents(server.proxy_id, server.gate, self.identity)
         self.core: RelayCore | None = None
@@ -164,6 +167,9 @@ class Session:
         return self.core.current_started if self.core is not None else None
 
     async def cancel(self) -> bool:
+        if self._review_task is not None:
+            self._review_task.cancel()  # withdraw the approval request; answer 57014
+            return True
         key = self.handshake.server_key
         if self.core is None or not self.core.queue.in_flight or key is None:
             return False
@@ -452,7 +458,10 @@ class Session:
                     self._end_reason = "client_terminated"
                 if core.stalled:
                     self._stalled(core)
-                if self.server.trail.full:
+                if self.server.trail.full and not (
+                    # Under fail_closed new statements are refused, not queued: keep reading.
+                    self.cfg["audit.fail_closed"] and not self.server.audit_accepting()
+                ):
                     self._wait_for_audit_capacity()
             elif phase is Phase.STARTUP:
                 self._startup_data(data)
@@ -781,7 +790,53 @@ class Session:
         if request is not None and not self._analysing:
             self._analysing = True
             self.server.spawn(self._analyse(core, request))
+        review = core.review_wanted
+        if review is not None and self._review_task is None:
+            self._review_task = asyncio.get_running_loop().create_task(
+                self._hold_for_review(core, review)
+            )
 
+    async def _hold_for_review(self, core: RelayCore, request: ReviewRequest) -> None:
+        """A review rule holds the statement (and everything behind it) until people decide;
+        the client is told, and reminded, with notices meanwhile (docs/approvals.md)."""
+        spec = request.decision.review
+        assert spec is not None
+        broker = self.server.approvals
+        held = HeldStatement(
+            request.text, request.params, self.identity, request.audit_text, request.fingerprint
+        )
+        try:
+            if spec.mode == "ticket":
+                ticketed, refusal = ticket(broker, spec, held)
+                if refusal is None:
+                    verdict = ReviewVerdict(True, ticketed.id)
+                else:
+                    error = m.error_response(refusal.sqlstate, refusal.message, hint=refusal.hint)
+                    verdict = ReviewVerdict(
+                        False, ticketed.id, refusal.sqlstate, refusal.message, error
+                    )
+            else:
+                outcome = await hold(broker, spec, held, lambda data: self.send(data, None))
+                denial = outcome.refusal()
+                if denial is None:
+                    verdict = ReviewVerdict(True, outcome.request.id)
+                else:
+                    error = outcome.error_response() or b""
+                    verdict = ReviewVerdict(
+                        False, outcome.request.id, denial.sqlstate, denial.message, error
+                    )
+        except asyncio.CancelledError:
+            # A CancelRequest while waiting: the request is withdrawn, and the statement ends
+            # as a cancelled one would.
+            text = "canceling statement due to user request"
+            verdict = ReviewVerdict(
+                False, "", c.SQLSTATE_QUERY_CANCELED, text, m.error_response("57014", text)
+            )
+        finally:
+            self._review_task = None
+        if self.phase is Phase.READY:
+            core.reviewed(verdict)
+            self._resume(core)
     async def _analyse(self, core: RelayCore, request: AnalysisRequest) -> None:
         try:
             facts = await self.server.analyse(request.sql, request.settings)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from proxy.cli import main
@@ -16,7 +15,6 @@ from proxy.policy.engine import NOT_HELD_SUFFIX, Policy
 from proxy.policy.loader import load_policy
 from proxy.sql.extract import analyze
 from proxy.sql.facts import ParserSettings
-from tests.support.proxyproc import ProxyFactory
 
 POLICY = """
 version: 1
@@ -104,8 +102,8 @@ def test_review_sits_between_flag_and_block(tmp_path: Path) -> None:
 
 
 def test_without_holding_a_review_is_enforced_as_a_block_saying_why(tmp_path: Path) -> None:
-    """`pgwarden serve` loads its policy this way until the session can hold a statement."""
-    policy = load_policy([write(tmp_path, POLICY)])
+    """A caller that cannot hold statements (holding=False) gets a block, saying why."""
+    policy = load_policy([write(tmp_path, POLICY)], holding=False)
     decision = decide(policy, "DELETE FROM t WHERE id = 1")
     assert decision.action == "block"
     assert decision.intended == "review"
@@ -193,9 +191,7 @@ def test_policy_test_explains_a_review(tmp_path: Path, capsys: pytest.CaptureFix
     path = write(tmp_path, POLICY)
     assert main(["policy", "test", "--policy", str(path), "DELETE FROM t WHERE id = 1"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(
-        "decision: BLOCK (the policy asks for review; this proxy cannot hold statements yet)\n"
-    )
+    assert out.startswith("decision: REVIEW\n")
     assert "review:   2 approvals from group dba, carol within 10m, reason required\n" in out
     assert "  review review-deletes  [medium]" in out
     cases = write(
@@ -213,37 +209,3 @@ def test_policy_test_explains_a_review(tmp_path: Path, capsys: pytest.CaptureFix
     assert "FAIL  upd: expected review, got flag" in out
 
 
-def test_the_live_proxy_refuses_a_review_statement(
-    proxy_factory: ProxyFactory, tmp_path: Path
-) -> None:
-    """Until the session holds statements, `review` must never be a silent allow."""
-    proxy = proxy_factory(policies=[write(tmp_path, POLICY)])
-    with psycopg.connect(proxy.dsn(user="postgres", database="app"), autocommit=True) as conn:
-        conn.execute("CREATE TEMP TABLE reviewed (id int)")
-        conn.execute("INSERT INTO reviewed VALUES (1)")
-        with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
-            conn.execute("DELETE FROM reviewed WHERE id = 1")
-        assert info.value.diag.message_primary == (
-            "Deletes need a second pair of eyes." + NOT_HELD_SUFFIX
-        )
-        assert conn.execute("SELECT count(*) FROM reviewed").fetchone() == (1,)
-        # Extended protocol with a parameter, and a prepared statement: refused the same way.
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute("DELETE FROM reviewed WHERE id = %s", (1,))
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute("DELETE FROM reviewed WHERE id = %s", (1,), prepare=True)
-        # Inside a transaction it fails like a block: the transaction is aborted, nothing ran.
-        with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
-            conn.execute("INSERT INTO reviewed VALUES (2)")
-            conn.execute("DELETE FROM reviewed WHERE id = 1")
-        assert conn.execute("SELECT id FROM reviewed ORDER BY id").fetchall() == [(1,)]
-    refused = proxy.wait_for(lambda e: e.get("sqlstate") == "42501", count=4)
-    event = refused[0]
-    assert event["statement"] == "DELETE FROM reviewed WHERE id = 1"
-    assert [e["protocol"] for e in refused] == ["simple", "extended", "extended", "simple"]
-    assert all(e["decision"]["intended"] == "review" for e in refused)
-    assert refused[3]["tx_status"] == "E"  # the transaction failed, as with a block
-    assert event["decision"]["action"] == "block"
-    assert event["decision"]["intended"] == "review"
-    assert event["decision"]["review_rule"] == "review-deletes"
-    assert event["sqlstate"] == "42501"

@@ -133,6 +133,8 @@ class SessionEvents:
         )
         if done.params is not None:
             event["params"] = done.params
+        if statement is not None and statement.review_id:
+            event["review_request"] = statement.review_id
         if statement is not None and statement.per_statement and done.index >= 0:
             per = statement.per_statement
             if done.index < len(per):

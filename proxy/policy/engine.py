@@ -25,10 +25,10 @@ from proxy.policy.hours import aware
 from proxy.sql.facts import QueryFacts, StatementFacts
 
 SEVERITY_RANK: dict[str, int] = {"low": 0, "medium": 1, "high": 2, "critical": 3}
-# Whether `pgwarden serve` holds `review` statements for approval. The live session does not
-# yet (the lead wires it in proxy/session.py, see docs/approvals.md), so the server loads its
-# policy with holding off and every review is enforced as a block with a message saying so.
-HOLDING_WIRED = False
+# Whether callers hold `review` statements for approval: the live session does (it waits for
+# the approvals broker, see docs/approvals.md). A caller that cannot hold passes holding=False
+# and every review is enforced as a block with a message saying so.
+HOLDING_WIRED = True
 NOT_HELD_SUFFIX = (
     " (this statement needs approval, and this pgwarden cannot hold statements for approval "
     "yet: refused)"

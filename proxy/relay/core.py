@@ -40,10 +40,36 @@ if TYPE_CHECKING:
     from proxy.gate import Gate
 
 _FORGET_ALL = frozenset({"DEALLOCATE ALL", "DISCARD ALL"})
+_DECIDED = frozenset(b"QPBF")
 
 
 class _Offload(Exception):
     """The statement is too long to analyse on the event loop: ask the adapter."""
+
+
+class _Hold(Exception):
+    """The statement waits for people to approve it: ask the adapter."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewRequest:
+    """A statement a ``review`` rule holds: the adapter asks the approvals broker, then hands
+    the verdict to :meth:`reviewed`. It is bound to exactly this text and these values."""
+
+    decision: Decision
+    text: str
+    params: tuple[bytes | None, ...]
+    audit_text: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewVerdict:
+    forward: bool
+    request_id: str = ""
+    sqlstate: str = ""  # when not forwarded: the error the client gets instead
+    message: str = ""
+    error: bytes = b""  # that ErrorResponse, as the broker words it (with its HINT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +108,13 @@ class RelayCore:
         "_resume_due",
         "_sink",
         "_skip_until_sync",
+        "_verdict",
         "analysis_wanted",
         "chunk_needs_audit",
         "identity",
         "prepared",
         "queue",
+        "review_wanted",
         "server_major",
         "settings",
         "terminated",
@@ -127,6 +155,8 @@ class RelayCore:
         self._offload_size = offload_size
         self._max_analysis = max_analysis_size
         self.analysis_wanted: AnalysisRequest | None = None
+        self.review_wanted: ReviewRequest | None = None
+        self._verdict: tuple[ReviewRequest, ReviewVerdict] | None = None
         self.server_major: int | None = None  # from server_version, for catalog lookups
         self._analysed: tuple[AnalysisRequest, QueryFacts] | None = None
         self._pending_events: list[dict[str, Any]] = []
@@ -226,7 +256,7 @@ class RelayCore:
         return self.take_deferred_upstream()
 
     def _must_wait(self, kind: int) -> bool:
-        if self.analysis_wanted is not None:
+        if self.analysis_wanted is not None or self.review_wanted is not None:
             return True  # everything waits behind the statement being analysed
         # A Query is lexed by the server under the settings in force when it arrives; wait for
         # the ReadyForQuery that reports them. (Parse is judged under every candidate instead:
@@ -247,6 +277,35 @@ class RelayCore:
             return done[1]
         self.analysis_wanted = AnalysisRequest(sql, settings)
         raise _Offload
+
+    def _review(
+        self, decision: Decision, statement: Statement, params: tuple[bytes | None, ...]
+    ) -> ReviewVerdict | None:
+        """None unless a review rule holds the statement; then its verdict once people decided
+        (raising :class:`_Hold` until they have)."""
+        if decision.action != "review" or decision.review is None:
+            return None
+        done = self._verdict
+        if done is not None and done[0].text == statement.text and done[0].params == params:
+            self._verdict = None
+            return done[1]
+        stmt = statement.stmt
+        self.review_wanted = ReviewRequest(
+            decision,
+            statement.text,
+            params,
+            self._gate.audit_text(statement.text, stmt) or "",
+            stmt.fingerprint if stmt is not None else "",
+        )
+        raise _Hold
+
+    def reviewed(self, verdict: ReviewVerdict) -> None:
+        """The adapter's verdict on :attr:`review_wanted`."""
+        request = self.review_wanted
+        assert request is not None
+        self.review_wanted = None
+        self._verdict = (request, verdict)
+        self._resume_due = True
 
     def analysed(self, facts: QueryFacts) -> None:
         """The adapter's analysis of :attr:`analysis_wanted` is ready."""
@@ -275,17 +334,22 @@ class RelayCore:
             self._backlog.append((kind, body, raw))
             return b""
         queue = self.queue
-        if kind == 81 or kind == 80:  # 'Q' / 'P'
+        if kind in _DECIDED:  # Query, Parse, Bind, FunctionCall
             try:
                 if kind == 81:
                     return self._on_query(body, raw, now_ns, now_wall)
-                return self._on_parse(body, raw, now_ns, now_wall)
-            except _Offload:
+                if kind == 80:
+                    return self._on_parse(body, raw, now_ns, now_wall)
+                if kind == 66:
+                    return self._on_bind(body, raw, now_ns, now_wall)
+                facts = self._gate.function_call_facts(
+                    m.decode_function_call(body), self.server_major, self.settings.confirmed
+                )
+                return self._judge_cycle(Owed.FUNCTION, facts, raw, now_ns, now_wall)
+            except (_Offload, _Hold):
                 # First in line: later messages queue behind it until its decision.
                 self._backlog.appendleft((kind, body, raw))
                 return b""
-        if kind == 66:  # 'B'
-            return self._on_bind(body, raw, now_ns, now_wall)
         if kind == 69:  # 'E'
             portal, _limit = m.decode_execute(body)
             info = queue.portals.get(portal)
@@ -325,11 +389,6 @@ class RelayCore:
         if kind in b"cf":  # CopyDone / CopyFail
             queue.copy_end()
             return raw
-        if kind == 70:  # 'F'
-            facts = self._gate.function_call_facts(
-                m.decode_function_call(body), self.server_major, self.settings.confirmed
-            )
-            return self._judge_cycle(Owed.FUNCTION, facts, raw, now_ns, now_wall)
         if kind == 88:  # 'X'
             self.terminated = True
             return raw
@@ -418,9 +477,12 @@ class RelayCore:
             statement.per_statement = tuple(
                 gate.decide(self.identity, QueryFacts(s.text, (s,))) for s in facts.statements
             )
+        verdict = self._review(decision, statement, ())
         entry = Pending(owed, statement, now_ns, now_wall)
         queue = self.queue
         refusal = enforce.refusal(decision, self._audit_refusal())
+        if verdict is not None:
+            refusal = self._apply_verdict(verdict, statement, entry, decision)
         action = enforce.action_for(refusal, in_flight=queue.in_flight, tx_status=queue.tx_status)
         if action is Action.ANSWER_LOCALLY:
             assert refusal is not None
@@ -428,7 +490,8 @@ class RelayCore:
             queue.refused(entry, now_ns, refusal)
             events = self._take_events(None)
             self._sink.send(
-                enforce.policy_error(refusal) + m.ready_for_query(queue.tx_status),
+                (entry.block_error or enforce.policy_error(refusal))
+                + m.ready_for_query(queue.tx_status),
                 events,
                 wait=refusal is not self._gate.audit_refusal(),
             )
@@ -449,6 +512,18 @@ class RelayCore:
         if owed is Owed.FUNCTION:
             queue.expect(Pending(Owed.SYNC))
         return forward
+
+    def _apply_verdict(
+        self, verdict: ReviewVerdict, statement: Statement, entry: Pending, decision: Decision
+    ) -> Decision | None:
+        """What a review's verdict means for enforcement: None to run the statement (unless
+        the trail refuses), else the refusal, with the broker's words as the client's error."""
+        statement.review_id = verdict.request_id
+        if verdict.forward:
+            return self._audit_refusal()
+        entry.block_error = verdict.error
+        entry.block_fields = {"C": verdict.sqlstate, "M": verdict.message}
+        return decision
 
     def _on_parse(self, body: bytes, raw: bytes, now_ns: int, now_wall: float) -> bytes:
         parse = m.decode_parse(body)
@@ -529,7 +604,14 @@ class RelayCore:
             # A body refused at Parse never enters the namespace; what is refused here is a
             # body decided anew (policy reload, SQL PREPARE, bound values) or one of several
             # candidates.
-            refusal = enforce.refusal(enforce.strictest(decisions), self._audit_refusal())
+            strictest = enforce.strictest(decisions)
+            refusal = enforce.refusal(strictest, self._audit_refusal())
+            verdict = None
+            if statement is not None and strictest.action == "review":
+                values = bind.params if bind is not None else m.decode_bind(body).params
+                verdict = self._review(strictest, statement, values)
+            if verdict is not None and statement is not None:
+                refusal = self._apply_verdict(verdict, statement, entry, strictest)
             if refusal is not None:
                 if statement is not None:
                     entry.statement = Statement(

@@ -49,6 +49,8 @@ class Pending:
 
     __slots__ = (
         "block",
+        "block_error",
+        "block_fields",
         "changes",
         "index",
         "owed",
@@ -72,6 +74,8 @@ class Pending:
         self.started_ns = started_ns
         self.started_wall = started_wall
         self.block: Decision | None = None  # a poisoned request: replace the server's error
+        self.block_error = b""  # the error the client gets instead (default: the policy's)
+        self.block_fields: dict[str, str] | None = None  # and what its record says
         self.index = 0  # next statement of a multi-statement Query
         self.portal = b""
         self.params: list[Any] | None = None
@@ -304,7 +308,7 @@ class ReplyQueue:
         self._ignore_syncs_in_copy = False
         replacement: bytes | None = None
         if head.block is not None:
-            replacement = enforce.policy_error(head.block)
+            replacement = head.block_error or enforce.policy_error(head.block)
             self.completed.append(self._refused(head, now_ns, head.block))
             fields = {}
         if head.owed is Owed.QUERY:
@@ -479,7 +483,7 @@ class ReplyQueue:
                 entry.started_wall,
                 entry.started_ns or now_ns,
                 now_ns,
-                error=enforce.refused_error(refusal),
+                error=entry.block_fields or enforce.refused_error(refusal),
                 portal=entry.portal.decode("utf-8", "replace"),
                 refusal=refusal,
             )

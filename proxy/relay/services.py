@@ -7,6 +7,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from proxy.approvals.broker import ApprovalBroker
     from proxy.audit.trail import AuditTrail
     from proxy.auth.passfile import Passfile
     from proxy.auth.ratelimit import LoginLimiter
@@ -31,6 +32,7 @@ class SessionHost(Protocol):
     passfile: Passfile | None  # passwords for pgwarden's own upstream login
     limiter: LoginLimiter
     attempts: AttemptLimiter
+    approvals: ApprovalBroker
 
     @property
     def counters(self) -> Counters: ...

@@ -44,6 +44,7 @@ class Statement:
         "name",
         "param_types",
         "per_statement",
+        "review_id",
         "shown",
         "stmt",
         "text",
@@ -67,6 +68,7 @@ class Statement:
         # For a multi-statement Query: each statement's own decision (``decision`` is the
         # message's, which is what was enforced).
         self.per_statement: tuple[Decision, ...] = ()
+        self.review_id = ""  # the approval request that decided it (review rules)
         self.generation = -1  # policy generation the decision was made under
         self.stmt: StatementFacts | None = (
             facts.statements[0] if facts is not None and len(facts.statements) == 1 else None
