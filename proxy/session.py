@@ -837,6 +837,7 @@ class Session:
         if self.phase is Phase.READY:
             core.reviewed(verdict)
             self._resume(core)
+
     async def _analyse(self, core: RelayCore, request: AnalysisRequest) -> None:
         try:
             facts = await self.server.analyse(request.sql, request.settings)

@@ -207,5 +207,3 @@ def test_policy_test_explains_a_review(tmp_path: Path, capsys: pytest.CaptureFix
     out = capsys.readouterr().out
     assert "PASS  del: expected review, got review" in out
     assert "FAIL  upd: expected review, got flag" in out
-
-
