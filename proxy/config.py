@@ -384,6 +384,14 @@ SCHEMA: tuple[Key, ...] = (
     ),
     Key("approvals.explain_dsn", str, "", "connection EXPLAIN runs on when an approver asks"),
     Key(
+        "catalog.dsn",
+        str,
+        "",
+        "pgwarden's own login (any role with CONNECT) for naming function OIDs that are not "
+        "built-ins (extension and user functions) in FunctionCall messages; the database part "
+        "is replaced by the session's. Empty: such calls are judged as opaque",
+    ),
+    Key(
         "console.store",
         parse_bool,
         False,

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from proxy.config import Config
     from proxy.policy.engine import Policy
     from proxy.relay.statement import Statement
+    from proxy.sql.catalog.resolver import FunctionInfo
     from proxy.wire.messages import Bind, FunctionCall
 
 
@@ -169,13 +170,22 @@ class Gate:
         return None
 
     def function_call_facts(
-        self, call: FunctionCall, server_major: int | None, settings: ParserSettings
+        self,
+        call: FunctionCall,
+        server_major: int | None,
+        settings: ParserSettings,
+        resolved: FunctionInfo | None = None,
     ) -> QueryFacts:
         """Facts for a FunctionCall ('F') message: the function named from PostgreSQL's
         catalog and judged like ``SELECT schema.name($1, …)`` with the call's arguments; an
         OID that is no shipped built-in is opaque."""
         return fastpath.function_call_facts(
-            call.oid, call.args, call.arg_formats, server_major=server_major, settings=settings
+            call.oid,
+            call.args,
+            call.arg_formats,
+            server_major=server_major,
+            settings=settings,
+            resolved=resolved,
         )
 
     def audit_refusal(self) -> Decision:

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from proxy.audit.trail import AuditTrail
     from proxy.policy.engine import Policy
     from proxy.session import Session
+    from proxy.sql.catalog.resolver import FunctionInfo, FunctionResolver
     from proxy.store.shipper import StoreShipper
 
 logger = logging.getLogger("pgwarden.server")
@@ -95,6 +96,7 @@ class ProxyServer:
             )
         )
         self.attempts = AttemptLimiter()
+        self._functions: FunctionResolver | None = None
         self.central_store: StoreShipper | None = None
         self.alerts: AlertEngine | None = None
 
@@ -206,6 +208,20 @@ class ProxyServer:
                     )
             except (OSError, TimeoutError, UpstreamError) as exc:
                 logger.warning("forwarding a cancel request to %s failed: %s", upstream, exc)
+
+    async def resolve_function(self, database: str, oid: int) -> FunctionInfo | None:
+        """Name a FunctionCall's OID from the server's catalog (catalog.dsn), cached per
+        database; None when it is no function there or the catalog cannot be asked."""
+        if self._functions is None:
+            from proxy.sql.catalog.resolver import AsyncpgFetch, FunctionResolver
+
+            base = self.cfg["catalog.dsn"]
+            self._functions = FunctionResolver(
+                AsyncpgFetch(lambda key: _with_database(base, key.database))
+            )
+        from proxy.sql.catalog.resolver import CatalogKey
+
+        return await self._functions.resolve(CatalogKey(str(self.cfg.upstream), database), oid)
 
     async def analyse(self, sql: bytes, settings: ParserSettings) -> QueryFacts:
         """Facts of a long statement from a worker process, so the event loop (every other
@@ -482,6 +498,14 @@ def _prime_alerts(cfg: Config, engine: AlertEngine) -> int:
 
     since = datetime.now(UTC) - timedelta(days=7)
     return engine.prime(iter_events(cfg["audit.dir"], since=since))
+
+
+def _with_database(dsn: str, database: str) -> str:
+    """``dsn`` (a postgresql:// URL) naming ``database`` instead of its own."""
+    from urllib.parse import quote, urlsplit, urlunsplit
+
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + quote(database, safe="")))
 
 
 def run_loop(main: Coroutine[Any, Any, int]) -> int:

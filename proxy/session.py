@@ -124,6 +124,7 @@ class Session:
         self.upstream_cert: bytes | None = None  # the server's certificate (DER)
         self._auth: AuthRelay | None = None
         self._analysing = False
+        self._looking_up = False
         self._review_task: asyncio.Task[None] | None = None
         self._settings = ParserSettingsTracker()
         self._events = SessionEvents(server.proxy_id, server.gate, self.identity)
@@ -790,11 +791,24 @@ class Session:
         if request is not None and not self._analysing:
             self._analysing = True
             self.server.spawn(self._analyse(core, request))
+        oid = core.function_wanted
+        if oid is not None and not self._looking_up:
+            self._looking_up = True
+            self.server.spawn(self._look_up_function(core, oid))
         review = core.review_wanted
         if review is not None and self._review_task is None:
             self._review_task = asyncio.get_running_loop().create_task(
                 self._hold_for_review(core, review)
             )
+
+    async def _look_up_function(self, core: RelayCore, oid: int) -> None:
+        try:
+            info = await self.server.resolve_function(self.identity.database, oid)
+        finally:
+            self._looking_up = False
+        if self.phase is Phase.READY:
+            core.looked_up(info)
+            self._resume(core)
 
     async def _hold_for_review(self, core: RelayCore, request: ReviewRequest) -> None:
         """A review rule holds the statement (and everything behind it) until people decide;
@@ -934,6 +948,7 @@ class Session:
         )
         core.queue.tx_status = tx_status
         core.queue.exact_timings = self.cfg["audit.exact_timings"]
+        core.catalog_lookups = bool(self.cfg["catalog.dsn"])
         core.server_major = _major(self._server_params.get("server_version", ""))
         self._settings.ready(tx_status)
         self.server.limiter.succeeded(self.identity.client_addr, self.identity.user, time.time())

@@ -30,6 +30,8 @@ from proxy.relay.replies import Owed, Pending, Portal, ReplyQueue
 from proxy.relay.settings import ParserSettingsTracker
 from proxy.relay.statement import Statement
 from proxy.relay.transactions import TransactionEnd, TransactionTracker
+from proxy.sql.catalog import builtin_function_name
+from proxy.sql.catalog.resolver import FunctionInfo, invalidates_functions
 from proxy.sql.facts import ParserSettings, QueryFacts
 from proxy.wire import constants as c
 from proxy.wire import messages as m
@@ -49,6 +51,10 @@ class _Offload(Exception):
 
 class _Hold(Exception):
     """The statement waits for people to approve it: ask the adapter."""
+
+
+class _Lookup(Exception):
+    """A FunctionCall names an OID only the server's catalog can name: ask the adapter."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +104,7 @@ class RelayCore:
         "_deferred_upstream",
         "_events",
         "_framer",
+        "_functions",
         "_gate",
         "_max_analysis",
         "_now_ns",
@@ -110,7 +117,9 @@ class RelayCore:
         "_skip_until_sync",
         "_verdict",
         "analysis_wanted",
+        "catalog_lookups",
         "chunk_needs_audit",
+        "function_wanted",
         "identity",
         "prepared",
         "queue",
@@ -156,6 +165,10 @@ class RelayCore:
         self._max_analysis = max_analysis_size
         self.analysis_wanted: AnalysisRequest | None = None
         self.review_wanted: ReviewRequest | None = None
+        # FunctionCall OIDs named from the server's catalog (None: not a function there).
+        self.catalog_lookups = False  # the adapter can ask the catalog (catalog.dsn)
+        self.function_wanted: int | None = None
+        self._functions: dict[int, FunctionInfo | None] = {}
         self._verdict: tuple[ReviewRequest, ReviewVerdict] | None = None
         self.server_major: int | None = None  # from server_version, for catalog lookups
         self._analysed: tuple[AnalysisRequest, QueryFacts] | None = None
@@ -256,7 +269,11 @@ class RelayCore:
         return self.take_deferred_upstream()
 
     def _must_wait(self, kind: int) -> bool:
-        if self.analysis_wanted is not None or self.review_wanted is not None:
+        if (
+            self.analysis_wanted is not None
+            or self.review_wanted is not None
+            or self.function_wanted is not None
+        ):
             return True  # everything waits behind the statement being analysed
         # A Query is lexed by the server under the settings in force when it arrives; wait for
         # the ReadyForQuery that reports them. (Parse is judged under every candidate instead:
@@ -298,6 +315,27 @@ class RelayCore:
             stmt.fingerprint if stmt is not None else "",
         )
         raise _Hold
+
+    def _function(self, oid: int) -> FunctionInfo | None:
+        """What the server's catalog says about a non-built-in OID (looked up once)."""
+        if not self.catalog_lookups or builtin_function_name(oid, self.server_major):
+            return None
+        if oid in self._functions:
+            return self._functions[oid]
+        self.function_wanted = oid
+        raise _Lookup
+
+    def looked_up(self, info: FunctionInfo | None) -> None:
+        """The adapter's catalog answer for :attr:`function_wanted`."""
+        oid = self.function_wanted
+        assert oid is not None
+        self.function_wanted = None
+        self._functions[oid] = info
+        self._resume_due = True
+
+    def forget_functions(self) -> None:
+        """A statement may have created, dropped or renamed functions."""
+        self._functions.clear()
 
     def reviewed(self, verdict: ReviewVerdict) -> None:
         """The adapter's verdict on :attr:`review_wanted`."""
@@ -342,11 +380,12 @@ class RelayCore:
                     return self._on_parse(body, raw, now_ns, now_wall)
                 if kind == 66:
                     return self._on_bind(body, raw, now_ns, now_wall)
+                call = m.decode_function_call(body)
                 facts = self._gate.function_call_facts(
-                    m.decode_function_call(body), self.server_major, self.settings.confirmed
+                    call, self.server_major, self.settings.confirmed, self._function(call.oid)
                 )
                 return self._judge_cycle(Owed.FUNCTION, facts, raw, now_ns, now_wall)
-            except (_Offload, _Hold):
+            except (_Offload, _Hold, _Lookup):
                 # First in line: later messages queue behind it until its decision.
                 self._backlog.appendleft((kind, body, raw))
                 return b""
@@ -689,6 +728,9 @@ class RelayCore:
         for done in completed:
             if done.refusal is not audit_refusal:
                 self.chunk_needs_audit = True
+            facts = done.statement.facts if done.statement is not None else None
+            if self._functions and facts and done.error is None and invalidates_functions(facts):
+                self.forget_functions()
             event = build(done, tx_status)
             events.append(event)
             ends = tracker.statement(done, event)

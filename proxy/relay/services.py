@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from proxy.config import Config
     from proxy.gate import Gate
     from proxy.relay.attempts import AttemptLimiter
+    from proxy.sql.catalog.resolver import FunctionInfo
     from proxy.sql.facts import ParserSettings, QueryFacts
     from proxy.state import Counters
     from proxy.tls.contexts import TLSContexts, TLSHolder
@@ -59,6 +60,10 @@ class SessionHost(Protocol):
         ...
 
     def audit_accepting(self) -> bool: ...
+
+    async def resolve_function(self, database: str, oid: int) -> FunctionInfo | None:
+        """What the server's catalog says about function ``oid`` (None: unknown/unreachable)."""
+        ...
 
     async def analyse(self, sql: bytes, settings: ParserSettings) -> QueryFacts:
         """Facts of a long statement, computed off the event loop."""

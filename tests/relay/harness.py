@@ -201,6 +201,9 @@ class Host:
     def audit_accepting(self) -> bool:
         return True
 
+    async def resolve_function(self, database: str, oid: int) -> Any:
+        return None
+
     async def analyse(self, sql: bytes, settings: Any) -> Any:
         self.analysed.append(sql)
         return self.gate.inspect(sql, settings)
