@@ -41,7 +41,15 @@ from lib.services import BenchSetupError, PgBouncer, PgWarden, Target, tail  # n
 
 from proxy.pgrun import LocalCluster  # noqa: E402
 
-ALL_TARGETS = ("direct", "pgbouncer", "pgwarden", "pgwarden-policy", "pgwarden-store")
+ALL_TARGETS = (
+    "direct",
+    "pgbouncer",
+    "pgwarden",
+    "pgwarden-baseline",
+    "pgwarden-policy",
+    "pgwarden-store",
+)
+BASELINE = "pgwarden-baseline"
 STORE_DATABASE = "pgwarden_store"
 ALL_MODES = ("simple", "extended", "prepared")
 DATABASE = "bench"
@@ -95,6 +103,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, help="write all raw numbers here")
     parser.add_argument(
+        "--baseline-repo",
+        type=Path,
+        help="another checkout of pgwarden (e.g. `git worktree add /tmp/base REF`) run as the "
+        "pgwarden-baseline target, for before/after in the same run",
+    )
+    parser.add_argument(
         "--render",
         type=Path,
         metavar="JSON",
@@ -117,6 +131,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"unknown target {target!r}")
     # Keep the canonical order so tables always read direct, pgbouncer, pgwarden, policy.
     args.targets = [t for t in ALL_TARGETS if t in args.targets]
+    if BASELINE in args.targets and args.baseline_repo is None:
+        args.targets.remove(BASELINE)  # only with --baseline-repo
     return args
 
 
@@ -218,7 +234,8 @@ class Bench:
             # compete for the same two cores, as they would on a small host.
             dsn = f"postgresql://{self.cluster.superuser}@127.0.0.1:{pg_port}/{STORE_DATABASE}"
             extra += ["--audit-sinks", f'[{{type: postgres, dsn: "{dsn}"}}]']
-        warden = PgWarden(name, self.scratch / f"{name}-{label}", pg_port, policies, extra)
+        repo = self.args.baseline_repo if name == BASELINE else REPO_ROOT
+        warden = PgWarden(name, self.scratch / f"{name}-{label}", pg_port, policies, extra, repo)
         self.wardens.append(warden)
         print(f"  {shlex.join(warden.command())}", file=sys.stderr)
         return warden.start(), warden

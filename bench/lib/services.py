@@ -183,8 +183,10 @@ class PgWarden:
         pg_port: int,
         policies: tuple[Path, ...] = (),
         extra_args: list[str] | None = None,
+        repo: Path = REPO_ROOT,
     ) -> None:
         self.name = name
+        self.repo = repo  # the checkout whose pgwarden runs (another one: a baseline)
         self.extra_args = list(extra_args or [])
         self.workdir = workdir
         self.audit_dir = workdir / "audit"
@@ -218,7 +220,7 @@ class PgWarden:
 
     def start(self) -> Target:
         self.audit_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(self.repo)}
         # Only our flags: a stray PGWARDEN_* in the caller's environment would change what we
         # measure without showing up in the command we print.
         env = {k: v for k, v in env.items() if not k.startswith("PGWARDEN_")}
@@ -228,7 +230,7 @@ class PgWarden:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                cwd=REPO_ROOT,
+                cwd=self.repo,
                 env=env,
                 start_new_session=True,
             )
