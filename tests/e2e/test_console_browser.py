@@ -155,9 +155,23 @@ def test_login_search_session_and_approve_in_a_real_browser(
         conn.execute("SELECT id, total FROM console_orders WHERE total > 20 ORDER BY id").fetchall()
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("DELETE FROM console_orders")
-        for _ in range(2):  # a review rule, enforced as a block while holding is not wired
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                conn.execute(STATEMENT)
+        for attempt in range(2):  # a review rule holds it; the client gives up (cancel)
+            import threading
+
+            failures: list[BaseException] = []
+
+            def run(failed: list[BaseException] = failures) -> None:
+                try:
+                    conn.execute(STATEMENT)
+                except BaseException as exc:
+                    failed.append(exc)
+
+            thread = threading.Thread(target=run)
+            thread.start()
+            proxy.wait_for(lambda e: e.get("type") == "review_requested", count=attempt + 1)
+            conn.cancel_safe(timeout=5)
+            thread.join(20)
+            assert failures and isinstance(failures[0], psycopg.errors.QueryCanceled)
         conn.execute("UPDATE console_orders SET total = total + 1 WHERE id = 2")
     proxy.wait_for(lambda e: e.get("type") == "session_end")
     session_id = next(e["session_id"] for e in proxy.events("session_start"))
@@ -219,16 +233,15 @@ def test_login_search_session_and_approve_in_a_real_browser(
         assert "Statements over time" in driver.page_source
         _screenshot(driver, "overview", tmp_path)
 
-        # Search with the logs filters: the blocked statements of user postgres.
+        # Search with the logs filters: the held (and withdrawn) statements of user postgres.
         _navigate(driver, driver.find_element(By.LINK_TEXT, "Statements"))
         driver.find_element(By.ID, "f-user").send_keys("postgres")
-        driver.find_element(By.ID, "f-action").send_keys("block")
+        driver.find_element(By.ID, "f-action").send_keys("review")
         _navigate(driver, driver.find_element(By.ID, "search-button"))
         rows = driver.find_elements(By.CSS_SELECTOR, "#results tbody tr")
         texts = [r.text for r in rows]
-        assert len(rows) == 3, texts
-        assert all(STATEMENT in t and "review-order-deletes" in t for t in texts[:2]), texts
-        assert "no-unbounded-deletes" in texts[2]
+        assert len(rows) == 2, texts
+        assert all(STATEMENT in t and "review-order-deletes" in t for t in texts), texts
         _screenshot(driver, "statements", tmp_path)
 
         # Open the session of a result: its timeline, start to end.
