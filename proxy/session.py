@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, cast
 
+from proxy.approvals.broker import Refusal
 from proxy.approvals.hold import Statement as HeldStatement
 from proxy.approvals.hold import hold, ticket
 from proxy.audit.events import SessionEvents
@@ -822,23 +823,10 @@ class Session:
         try:
             if spec.mode == "ticket":
                 ticketed, refusal = ticket(broker, spec, held)
-                if refusal is None:
-                    verdict = ReviewVerdict(True, ticketed.id)
-                else:
-                    error = m.error_response(refusal.sqlstate, refusal.message, hint=refusal.hint)
-                    verdict = ReviewVerdict(
-                        False, ticketed.id, refusal.sqlstate, refusal.message, error
-                    )
+                verdict = _verdict(ticketed.id, refusal)
             else:
                 outcome = await hold(broker, spec, held, lambda data: self.send(data, None))
-                denial = outcome.refusal()
-                if denial is None:
-                    verdict = ReviewVerdict(True, outcome.request.id)
-                else:
-                    error = outcome.error_response() or b""
-                    verdict = ReviewVerdict(
-                        False, outcome.request.id, denial.sqlstate, denial.message, error
-                    )
+                verdict = _verdict(outcome.request.id, outcome.refusal())
         except asyncio.CancelledError:
             # A CancelRequest while waiting: the request is withdrawn, and the statement ends
             # as a cancelled one would.
@@ -1001,6 +989,14 @@ class Session:
     @property
     def bytes_to_client(self) -> int:
         return self._out.sent
+
+
+def _verdict(request_id: str, refusal: Refusal | None) -> ReviewVerdict:
+    """The relay's verdict from the approvals broker's answer (None: approved)."""
+    if refusal is None:
+        return ReviewVerdict(True, request_id)
+    error = m.error_response(refusal.sqlstate, refusal.message, hint=refusal.hint)
+    return ReviewVerdict(False, request_id, refusal.sqlstate, refusal.message, error)
 
 
 def _major(version: str) -> int | None:

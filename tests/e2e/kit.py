@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -133,3 +134,34 @@ def backend_gone(pg: Any, pid: int) -> bool:
             "select count(*) from pg_stat_activity where pid = %s", (pid,)
         ).fetchone()
         return row is not None and row[0] == 0
+
+
+@contextlib.contextmanager
+def policy_proxy(pg: Any, directory: Any, policy: str, *flags: str) -> Iterator[Any]:
+    """A proxy in front of ``pg`` enforcing the policy text ``policy`` (written into
+    ``directory``), with extra serve ``flags``; stopped on exit."""
+    from tests.support.proxyproc import ProxyFactory
+
+    path = directory / "policy.yaml"
+    path.write_text(policy)
+    factory = ProxyFactory(pg, directory)
+    try:
+        yield factory(*flags, policies=[path])
+    finally:
+        factory.close()
+
+
+@contextlib.contextmanager
+def scratch_table(pg: Any, prefix: str, rows: int) -> Iterator[str]:
+    """A table ``(id int primary key, q int)`` holding ``rows`` rows (id = q = 1…rows),
+    dropped on exit."""
+    name = unique(prefix)
+    with admin(pg) as conn:
+        conn.execute(f"create table {name} (id int primary key, q int)")
+        conn.execute(f"insert into {name} select g, g from generate_series(1, {rows}) g")
+        conn.execute(f"grant all on {name} to public")
+    try:
+        yield name
+    finally:
+        with admin(pg) as conn:
+            conn.execute(f"drop table if exists {name}")

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.e2e.kit import admin, unique, wait_events
+from tests.e2e.kit import admin, scratch_table, unique, wait_events
 from tests.support import rawpg
 
 pytestmark = pytest.mark.e2e
@@ -19,13 +19,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def table(pg: Any) -> Iterator[str]:
-    name = unique("outc")
-    with admin(pg) as conn:
-        conn.execute(f"create table {name} (id int primary key, q int)")
-        conn.execute(f"insert into {name} select g, g from generate_series(1, 5) g")
-    yield name
-    with admin(pg) as conn:
-        conn.execute(f"drop table if exists {name}")
+    with scratch_table(pg, "outc", 5) as name:
+        yield name
 
 
 def _logs(proxy: Any, *flags: str) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from proxy.approvals.people import token_hash
-from tests.e2e.kit import admin, unique, wait_until
+from tests.e2e.kit import admin, policy_proxy, scratch_table, wait_until
 from tests.support import rawpg
 
 pytestmark = pytest.mark.e2e
@@ -42,34 +42,21 @@ TOKENS = {name: f"pgw_{name}-token-0123456789abcdef" for name in ("bob", "carol"
 
 @pytest.fixture(scope="module")
 def reviewed(pg: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from tests.support.proxyproc import ProxyFactory
-
     tmp = tmp_path_factory.mktemp("review")
-    policy = tmp / "policy.yaml"
-    policy.write_text(POLICY)
     people = tmp / "approvers.yaml"
     lines = ["version: 1", "people:"]
     for name, token in TOKENS.items():
         lines += [f"  - name: {name}", f"    token_sha256: {token_hash(token)}"]
         (tmp / f"{name}.token").write_text(token)
     people.write_text("\n".join(lines) + "\n")
-    factory = ProxyFactory(pg, tmp)
-    try:
-        yield factory("--approvals-approvers-file", str(people), policies=[policy])
-    finally:
-        factory.close()
+    with policy_proxy(pg, tmp, POLICY, "--approvals-approvers-file", str(people)) as proxy:
+        yield proxy
 
 
 @pytest.fixture
 def table(pg: Any) -> Iterator[str]:
-    name = unique("held")
-    with admin(pg) as conn:
-        conn.execute(f"create table {name} (id int)")
-        conn.execute(f"insert into {name} values (1), (2), (3)")
-        conn.execute(f"grant all on {name} to public")
-    yield name
-    with admin(pg) as conn:
-        conn.execute(f"drop table if exists {name}")
+    with scratch_table(pg, "held", 3) as name:
+        yield name
 
 
 def _vote(

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.e2e.kit import admin, unique, wait_events
+from tests.e2e.kit import admin, policy_proxy, scratch_table, unique, wait_events
 from tests.support import rawpg
 
 pytestmark = pytest.mark.e2e
@@ -37,27 +37,14 @@ rules:
 
 @pytest.fixture(scope="module")
 def guarded(pg: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from tests.support.proxyproc import ProxyFactory
-
-    tmp = tmp_path_factory.mktemp("picture")
-    policy = tmp / "policy.yaml"
-    policy.write_text(POLICY)
-    factory = ProxyFactory(pg, tmp)
-    try:
-        yield factory(policies=[policy])
-    finally:
-        factory.close()
+    with policy_proxy(pg, tmp_path_factory.mktemp("picture"), POLICY) as proxy:
+        yield proxy
 
 
 @pytest.fixture
 def orders(pg: Any) -> Iterator[str]:
-    name = unique("orders")
-    with admin(pg) as conn:
-        conn.execute(f"create table {name} (id int primary key, q int)")
-        conn.execute(f"insert into {name} select g, g from generate_series(1, 100) g")
-    yield name
-    with admin(pg) as conn:
-        conn.execute(f"drop table if exists {name}")
+    with scratch_table(pg, "orders", 100) as name:
+        yield name
 
 
 def _count(pg: Any, table: str) -> int:

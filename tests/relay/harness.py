@@ -27,6 +27,17 @@ from proxy.state import Counters
 from proxy.wire.startup import CancelRequest
 
 
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    """``data`` cut at the given offsets (taken modulo its length, duplicates merged)."""
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    out, last = [], 0
+    for point in points:
+        out.append(data[last:point])
+        last = point
+    out.append(data[last:])
+    return out
+
+
 def msg(kind: bytes, body: bytes = b"") -> bytes:
     return kind + struct.pack("!I", len(body) + 4) + body
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from proxy.errors import BackendProtocolError
 from proxy.wire.backend import SMALL_BODY, BackendScanner
-from tests.relay.harness import complete, data_row, error, msg, ready, row_description
+from tests.relay.harness import complete, data_row, error, msg, ready, row_description, split
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -46,16 +46,6 @@ STREAM = (
     + error("23505", "duplicate key")
     + ready(b"E")
 )
-
-
-def split(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    out, last = [], 0
-    for point in points:
-        out.append(data[last:point])
-        last = point
-    out.append(data[last:])
-    return out
 
 
 def test_whole_stream_passes_through_and_watched_messages_are_seen() -> None:

@@ -31,6 +31,7 @@ from tests.relay.harness import (
     query,
     ready,
     row_description,
+    split,
     startup,
     sync,
 )
@@ -137,13 +138,7 @@ def _play(tmp: Path, client_cuts: list[int], server_cuts: list[int]) -> tuple[by
 
 
 def _split(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    out, last = [], 0
-    for point in points:
-        out.append(data[last:point])
-        last = point
-    out.append(data[last:])
-    return [p for p in out if p]
+    return [p for p in split(data, cuts) if p]
 
 
 def test_scripted_exchange(tmp_path: Path) -> None:
