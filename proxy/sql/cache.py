@@ -45,7 +45,6 @@ Facts are immutable, so one cached value is shared by sessions.
 
 from __future__ import annotations
 
-import contextlib
 from bisect import bisect_right
 from collections import OrderedDict
 from typing import TypeVar
@@ -171,12 +170,25 @@ def _with_text(stmt: StatementFacts, text: str) -> StatementFacts:
     )
 
 
+def _touch(entries: OrderedDict[_Key, _V], key: _Key) -> _V | None:
+    """The entry for ``key``, made the most recently used; None when absent."""
+    value = entries.get(key)
+    if value is not None:
+        try:  # noqa: SIM105 (suppress() builds a context manager on every hit)
+            entries.move_to_end(key)
+        except KeyError:  # evicted meanwhile by a caller in an executor thread
+            pass
+    return value
+
+
 def _bounded_put(entries: OrderedDict[_Key, _V], key: _Key, value: _V, cap: int) -> None:
     entries[key] = value
     if len(entries) > cap:
         # callers in executor threads share the cache and may evict concurrently
-        with contextlib.suppress(KeyError):
+        try:  # noqa: SIM105 (suppress() builds a context manager on every insert)
             entries.popitem(last=False)
+        except KeyError:
+            pass
 
 
 class FactsCache:
@@ -231,7 +243,9 @@ class FactsCache:
         self.shape_hits = 0
 
     def analyze(self, text: str, settings: ParserSettings = _DEFAULT_SETTINGS) -> QueryFacts:
-        key = _key(text, settings)
+        # _key() inline: this is the path of every cache hit
+        plain = settings.standard_conforming_strings and settings.client_encoding == "UTF8"
+        key: _Key = text if plain else (text, settings)
         facts = self._lookup(key)
         if facts is not None:
             return facts
@@ -243,7 +257,8 @@ class FactsCache:
         self, data: bytes, settings: ParserSettings = _DEFAULT_SETTINGS
     ) -> QueryFacts:
         """Keyed on the wire bytes, so a hit skips decoding as well as parsing."""
-        key = _key(data, settings)
+        plain = settings.standard_conforming_strings and settings.client_encoding == "UTF8"
+        key: _Key = data if plain else (data, settings)
         facts = self._lookup(key)
         if facts is not None:
             return facts
@@ -253,17 +268,14 @@ class FactsCache:
         return facts
 
     def _lookup(self, key: _Key) -> QueryFacts | None:
-        protected = self._protected
-        facts = protected.get(key)
+        facts = _touch(self._protected, key)
         if facts is not None:
-            with contextlib.suppress(KeyError):
-                protected.move_to_end(key)
             self.hits += 1
             return facts
         facts = self._probation.pop(key, None)
         if facts is not None:
             # seen twice: it repeats, so it may now evict the least recently used repeat
-            _bounded_put(protected, key, facts, self._protected_cap)
+            _bounded_put(self._protected, key, facts, self._protected_cap)
             self.hits += 1
             return facts
         self.misses += 1
@@ -281,10 +293,8 @@ class FactsCache:
             return analyze(text, settings)
         shape_key = _key(shape.key, settings)
         shapes = self._shapes
-        entry = shapes.get(shape_key)
+        entry = _touch(shapes, shape_key)
         if entry is not None:
-            with contextlib.suppress(KeyError):
-                shapes.move_to_end(shape_key)
             self.shape_hits += 1
             return entry.facts_for(text, shape)
         facts, evidence = analyze_with_evidence(text, settings)

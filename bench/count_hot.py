@@ -1,0 +1,123 @@
+"""Instruction counts per call of the hot modules, for comparing the compiled and pure builds.
+
+Same protocol as bench/count_facts.py: run under callgrind with ``--calls 0`` and ``--calls N``
+(``bench/callgrind.py`` does both and divides). Cases:
+
+* ``framer`` — one client message through ``proxy.wire.framing.Framer`` (8 Query messages per
+  chunk, as from 8 pipelined clients' worth of data);
+* ``seal`` — one audit event canonicalised, hashed and chained (``proxy.audit.chain``), in
+  batches of 64 as the trail writer seals them;
+* ``relay-literal`` / ``relay-repeat`` — one pgbench -S transaction through a whole Session
+  (the in-process test tier's harness, tests/relay/harness.py: real gate, facts cache and
+  audit trail in a temporary directory, fake transports), with a new literal each time or one
+  repeated text; the run checks every statement was audited.
+
+Which build runs is printed to stderr (``pgwarden --version``'s wording).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH_DIR), str(BENCH_DIR.parent)]
+
+from bench_audit import make_event  # noqa: E402
+
+from proxy.audit.chain import Chainer  # noqa: E402
+from proxy.compiled import build_kind  # noqa: E402
+from proxy.errors import ProtocolError  # noqa: E402
+from proxy.wire import messages as m  # noqa: E402
+from proxy.wire.framing import Framer  # noqa: E402
+from tests.relay.harness import (  # noqa: E402
+    Host,
+    Wire,
+    complete,
+    data_row,
+    query,
+    ready,
+    row_description,
+)
+
+MAX_CALLS = 20_000
+CASES = ("framer", "seal", "relay-literal", "relay-repeat")
+
+
+def framer_case(calls: int) -> None:
+    query = m.query("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;")
+    chunk = query * 8
+    framer = Framer(ProtocolError, large_limit=1 << 20)
+    for _ in range(calls // 8):
+        for _message in framer.feed(chunk):
+            pass
+
+
+def seal_case(calls: int) -> None:
+    events = [make_event(n) | {"seq": n + 1} for n in range(MAX_CALLS)]
+    chainer = Chainer()
+    for start in range(0, calls, 64):
+        chainer.seal(events[start : min(start + 64, calls)])
+
+
+def relay_case(distinct: bool) -> Callable[[int], None]:
+    def run(calls: int) -> None:
+        asyncio.run(_relay(calls, distinct))
+
+    return run
+
+
+async def _relay(calls: int, distinct: bool) -> None:
+    # The in-process tier's harness (fake transports, the real Session, gate and trail): it
+    # follows the session's API as that changes. Made inside the loop so the trail batches
+    # one write per loop turn as in production.
+    with tempfile.TemporaryDirectory() as tmp:
+        host = Host(Path(tmp))
+        wire = Wire(host)
+        wire.login()
+        reply = row_description("abalance") + data_row(b"0") + complete("SELECT 1") + ready()
+        queries = [
+            query(f"SELECT abalance FROM pgbench_accounts WHERE aid = {1 + i if distinct else 1};")
+            for i in range(MAX_CALLS + 64)
+        ]
+        for text in queries[:64]:  # warm-up: caches, first audit file
+            wire.client_sends(text)
+            wire.server_sends(reply)
+        await asyncio.sleep(0)
+        for i, text in enumerate(queries[64 : 64 + calls]):
+            wire.client_sends(text)
+            wire.server_sends(reply)
+            if i % 8 == 7:  # one audit flush per loop turn, as with 8 busy clients
+                await asyncio.sleep(0)
+                wire.client.take()
+                wire.upstream.take()
+        await asyncio.sleep(0)
+        events = host.events("query")
+        if len(events) < 64 + calls:
+            raise SystemExit(f"only {len(events)} query events for {64 + calls} statements")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("case", choices=CASES)
+    ap.add_argument("--calls", type=int, default=1000)
+    args = ap.parse_args()
+    if not 0 <= args.calls <= MAX_CALLS:
+        ap.error(f"--calls must be between 0 and {MAX_CALLS}")
+    print(f"build: {build_kind()}", file=sys.stderr)
+    cases: dict[str, Callable[[int], None]] = {
+        "framer": framer_case,
+        "seal": seal_case,
+        "relay-literal": relay_case(True),
+        "relay-repeat": relay_case(False),
+    }
+    cases[args.case](args.calls)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
