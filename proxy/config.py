@@ -449,8 +449,16 @@ _BY_PATH = {k.path: k for k in SCHEMA}
 _SECTIONS = {k.path.split(".")[0] for k in SCHEMA if "." in k.path}
 _BY_ENV = {k.env_name: k for k in SCHEMA}
 # PGWARDEN_* variables read by something other than the schema (not "unknown").
+# PGWARDEN_BUILD is setup.py's (docs/compiled.md), PGWARDEN_EXPECT_BUILD the suite's.
 OTHER_VARIABLES = frozenset(
-    {"PGWARDEN_CONFIG", "PGWARDEN_PG_BIN", "PGWARDEN_TEST_DSN", "PGWARDEN_REQUIRE_DRIVERS"}
+    {
+        "PGWARDEN_CONFIG",
+        "PGWARDEN_PG_BIN",
+        "PGWARDEN_TEST_DSN",
+        "PGWARDEN_REQUIRE_DRIVERS",
+        "PGWARDEN_BUILD",
+        "PGWARDEN_EXPECT_BUILD",
+    }
 )
 
 
