@@ -18,7 +18,10 @@ for text PostgreSQL's grammar rejects. A worker that failed is discarded and a f
 started for the next statement; the others' statements are not affected.
 
 Memory per worker is bounded by RLIMIT_AS (``worker_memory``); at most ``workers`` analyses
-run at once, later ones wait in FIFO order.
+run at once, later ones wait in FIFO order. An analysis that reaches the limit ends as
+OUT_OF_MEMORY when the worker notices (a MemoryError, or its peak address space at the limit)
+and, more often, as CRASHED with SIGSEGV (pglast/libpg_query do not all survive a failed
+allocation); the reason text says which, and the decision is the same.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import signal
 import struct
 import sys
 from collections import deque
@@ -79,7 +83,7 @@ class PoolConfig:
         return size >= self.offload_size
 
 
-def _reason(outcome: Outcome, size: int, config: PoolConfig) -> str:
+def _reason(outcome: Outcome, size: int, config: PoolConfig, detail: str = "") -> str:
     match outcome:
         case Outcome.TOO_LARGE:
             return f"statement of {size} bytes exceeds limits.max_analysis_size ({config.max_size})"
@@ -89,7 +93,16 @@ def _reason(outcome: Outcome, size: int, config: PoolConfig) -> str:
                 f"limits.analysis_worker_memory ({config.worker_memory} bytes)"
             )
         case Outcome.CRASHED:
-            return f"the analysis worker died on a statement of {size} bytes"
+            died = f"the analysis worker died{f' ({detail})' if detail else ''}"
+            if config.worker_memory and detail in _MEMORY_DEATHS:
+                # Under RLIMIT_AS, pglast/libpg_query mostly segfault on a failed allocation
+                # rather than report it; the worker cannot tell us, so the reason says so.
+                return (
+                    f"{died} on a statement of {size} bytes, as an analysis that needs more "
+                    f"than limits.analysis_worker_memory ({config.worker_memory} bytes) "
+                    "usually ends"
+                )
+            return f"{died} on a statement of {size} bytes"
         case Outcome.TIMED_OUT:
             return (
                 f"analysing a statement of {size} bytes took longer than "
@@ -101,10 +114,21 @@ def _reason(outcome: Outcome, size: int, config: PoolConfig) -> str:
             return "the proxy is shutting down: the statement was not analysed"
 
 
+_MEMORY_DEATHS = frozenset({"SIGSEGV", "SIGBUS", "SIGABRT"})
+
+
 class _Failed(Exception):
-    def __init__(self, outcome: Outcome) -> None:
+    def __init__(self, outcome: Outcome, detail: str = "") -> None:
         super().__init__(outcome.value)
         self.outcome = outcome
+        self.detail = detail  # how a worker died: "SIGSEGV", "exit status 1"
+
+
+def _death(returncode: int) -> str:
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return signal.Signals(-returncode).name
+    return f"exit status {returncode}"
 
 
 class _Worker:
@@ -145,9 +169,9 @@ class _Worker:
             return await stdout.readexactly(length)
         except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError):
             code = await self.proc.wait()
-            raise _Failed(
-                Outcome.OUT_OF_MEMORY if code == EXIT_MEMORY else Outcome.CRASHED
-            ) from None
+            if code == EXIT_MEMORY:
+                raise _Failed(Outcome.OUT_OF_MEMORY) from None
+            raise _Failed(Outcome.CRASHED, _death(code)) from None
 
     def kill(self) -> None:
         if self.alive:
@@ -231,7 +255,7 @@ class AnalysisPool:
             return self._failed(text, len(sql), Outcome.TIMED_OUT)
         except _Failed as exc:
             outcome = Outcome.CLOSED if self._closed else exc.outcome
-            return self._failed(text, len(sql), outcome)
+            return self._failed(text, len(sql), outcome, exc.detail)
         except asyncio.CancelledError:
             raise  # the caller went away: the worker may be mid-answer, so it is replaced
         finally:
@@ -252,11 +276,11 @@ class AnalysisPool:
             raise _Failed(Outcome.BAD_ANSWER) from None
         raise _Failed(Outcome.BAD_ANSWER)
 
-    def _failed(self, text: str, size: int, outcome: Outcome) -> Analysis:
+    def _failed(self, text: str, size: int, outcome: Outcome, detail: str = "") -> Analysis:
         self.failures[outcome] += 1
+        reason = _reason(outcome, size, self.config, detail)
         if outcome is not Outcome.CLOSED:
-            logger.warning("statement of %d bytes not analysed: %s", size, outcome.value)
-        reason = _reason(outcome, size, self.config)
+            logger.warning("statement not analysed: %s", reason)
         return Analysis(QueryFacts(text, (), unparsable_reason=reason), outcome)
 
     async def _acquire(self) -> _Worker:

@@ -13,7 +13,9 @@ The address space is limited with RLIMIT_AS before the first request, so an anal
 would need more fails its allocation instead of taking the machine's memory. Whether it hit
 the limit is read from the peak virtual size, not from how the failure surfaced (a
 MemoryError inside pglast's JSON decoding, a "cannot analyse" result, an out-of-memory
-parse error from libpg_query): all mean the facts cannot be trusted.
+parse error from libpg_query): all mean the facts cannot be trusted. Often the process does
+not get that far: pglast/libpg_query segfault on some failed allocations, and the pool reads
+the SIGSEGV (see proxy.sql.pool).
 """
 
 from __future__ import annotations
