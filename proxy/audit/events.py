@@ -138,7 +138,9 @@ class SessionEvents:
         if statement is not None and statement.per_statement and done.index >= 0:
             per = statement.per_statement
             if done.index < len(per):
-                event["statement_rules"] = per[done.index].as_audit()["rules"]
+                own = per[done.index]
+                event["statement_rules"] = own.as_audit()["rules"]
+                event["statement_action"] = own.action
         if done.suspended:
             event["suspended"] = True  # no CommandComplete: the client stopped fetching
         if not single:

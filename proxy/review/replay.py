@@ -177,6 +177,11 @@ class Replayer:
         self._statements += 1
         decision = event.get("decision")
         old = str(decision.get("action") or "allow") if isinstance(decision, dict) else "allow"
+        # A statement of a multi-statement message: compare with what it got itself (the
+        # message's decision is what was enforced for all of them).
+        own = event.get("statement_action")
+        if isinstance(own, str):
+            old = own
         statement = event.get("statement")
         if not isinstance(statement, str) or not statement.strip():
             self._skip(event, "no_statement", old)

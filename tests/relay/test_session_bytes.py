@@ -375,6 +375,7 @@ def test_each_statement_of_a_message_carries_its_own_rules(tmp_path: Path) -> No
     wire.server_sends(complete("SELECT 1") + complete("DELETE 3") + complete("SELECT 1") + ready())
     events = host.events("query")
     assert [e["decision"]["action"] for e in events] == ["flag"] * 3  # what was enforced
+    assert [e["statement_action"] for e in events] == ["allow", "flag", "allow"]
     assert [[r["id"] for r in e["statement_rules"]] for e in events] == [
         [],
         ["no-unbounded-writes"],
