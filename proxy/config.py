@@ -458,6 +458,10 @@ OTHER_VARIABLES = frozenset(
         "PGWARDEN_REQUIRE_DRIVERS",
         "PGWARDEN_BUILD",
         "PGWARDEN_EXPECT_BUILD",
+        "PGWARDEN_ADMIN_URL",  # `pgwarden approvals`
+        "PGWARDEN_TOKEN",
+        "PGWARDEN_TOKEN_FILE",
+        "PGWARDEN_SCREENSHOTS",  # the console browser test
     }
 )
 
