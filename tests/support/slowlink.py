@@ -56,8 +56,9 @@ class SlowCancelLink:
         self.log.write_text("")
         root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        # Its stdin is a pipe from us: when this process goes away, however, so does the link.
         self._proc = subprocess.Popen(
-            self.argv, stdout=subprocess.PIPE, text=True, env=env, cwd=root
+            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=root
         )
         assert self._proc.stdout is not None
         poller = select.poll()  # not select(): the test process may hold fds past 1024
@@ -77,8 +78,10 @@ class SlowCancelLink:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
             self._proc.wait(10)
-        if self._proc is not None and self._proc.stdout is not None:
-            self._proc.stdout.close()
+        if self._proc is not None:
+            for pipe in (self._proc.stdin, self._proc.stdout):
+                if pipe is not None:
+                    pipe.close()
 
 
 async def _serve(upstream: tuple[str, int], delay: float, log: Path) -> None:
@@ -114,7 +117,9 @@ async def _serve(upstream: tuple[str, int], delay: float, log: Path) -> None:
 
     server = await asyncio.start_server(handle, SlowCancelLink.host, 0)
     stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_reader(sys.stdin.fileno(), stop.set)  # EOF: the test process is gone
     print(server.sockets[0].getsockname()[1], flush=True)
     async with server:
         await stop.wait()
