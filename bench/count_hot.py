@@ -8,9 +8,9 @@ Same protocol as bench/count_facts.py: run under callgrind with ``--calls 0`` an
 * ``seal`` — one audit event canonicalised, hashed and chained (``proxy.audit.chain``), in
   batches of 64 as the trail writer seals them;
 * ``relay-literal`` / ``relay-repeat`` — one pgbench -S transaction through a whole Session
-  (the in-process test tier's harness, tests/relay/harness.py: real gate, facts cache and
-  audit trail in a temporary directory, fake transports), with a new literal each time or one
-  repeated text; the run checks every statement was audited.
+  (bench/bench_relay.py's ``relay``: the in-process test tier's harness, real gate, facts
+  cache and audit trail in a temporary directory, fake transports), with a new literal each
+  time or one repeated text; the run checks every statement was audited.
 
 Which build runs is printed to stderr (``pgwarden --version``'s wording).
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,21 +27,13 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH_DIR), str(BENCH_DIR.parent)]
 
 from bench_audit import make_event  # noqa: E402
+from bench_relay import pgbench_queries, relay  # noqa: E402
 
 from proxy.audit.chain import Chainer  # noqa: E402
 from proxy.compiled import build_kind  # noqa: E402
 from proxy.errors import ProtocolError  # noqa: E402
 from proxy.wire import messages as m  # noqa: E402
 from proxy.wire.framing import Framer  # noqa: E402
-from tests.relay.harness import (  # noqa: E402
-    Host,
-    Wire,
-    complete,
-    data_row,
-    query,
-    ready,
-    row_description,
-)
 
 MAX_CALLS = 20_000
 CASES = ("framer", "seal", "relay-literal", "relay-repeat")
@@ -66,39 +57,10 @@ def seal_case(calls: int) -> None:
 
 def relay_case(distinct: bool) -> Callable[[int], None]:
     def run(calls: int) -> None:
-        asyncio.run(_relay(calls, distinct))
+        queries = pgbench_queries(MAX_CALLS + 64, distinct)  # the same work for any --calls
+        asyncio.run(relay(queries[: 64 + calls], warmup=64))
 
     return run
-
-
-async def _relay(calls: int, distinct: bool) -> None:
-    # The in-process tier's harness (fake transports, the real Session, gate and trail): it
-    # follows the session's API as that changes. Made inside the loop so the trail batches
-    # one write per loop turn as in production.
-    with tempfile.TemporaryDirectory() as tmp:
-        host = Host(Path(tmp))
-        wire = Wire(host)
-        wire.login()
-        reply = row_description("abalance") + data_row(b"0") + complete("SELECT 1") + ready()
-        queries = [
-            query(f"SELECT abalance FROM pgbench_accounts WHERE aid = {1 + i if distinct else 1};")
-            for i in range(MAX_CALLS + 64)
-        ]
-        for text in queries[:64]:  # warm-up: caches, first audit file
-            wire.client_sends(text)
-            wire.server_sends(reply)
-        await asyncio.sleep(0)
-        for i, text in enumerate(queries[64 : 64 + calls]):
-            wire.client_sends(text)
-            wire.server_sends(reply)
-            if i % 8 == 7:  # one audit flush per loop turn, as with 8 busy clients
-                await asyncio.sleep(0)
-                wire.client.take()
-                wire.upstream.take()
-        await asyncio.sleep(0)
-        events = host.events("query")
-        if len(events) < 64 + calls:
-            raise SystemExit(f"only {len(events)} query events for {64 + calls} statements")
 
 
 def main() -> int:
