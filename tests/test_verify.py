@@ -235,3 +235,17 @@ def test_a_key_that_matches_no_record_says_wrong_key(
     current.write_bytes(b"".join(lines))
     assert cli.main(["verify", str(directory), "--hmac-key-file", str(key_file)]) == 1
     assert "FAILED: edited: audit.jsonl:3" in capsys.readouterr().out
+
+
+def test_verify_reports_its_progress_through_watch(trail_dir: Path) -> None:
+    """`pgwarden verify` shows a progress bar on a terminal: verify_trail hands every record
+    it reads through ``watch``."""
+    seen: list[object] = []
+
+    def watch(records):  # type: ignore[no-untyped-def]
+        for record in records:
+            seen.append(record)
+            yield record
+
+    result = verify_trail(trail_dir, watch=watch)
+    assert result.problem is None and len(seen) == result.records > 0

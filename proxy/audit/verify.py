@@ -29,7 +29,7 @@ and the writer continued from the last intact record.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,13 +144,16 @@ class _Scanner:
     """Intact records in trail order, with a bounded look-ahead buffer."""
 
     files: list[TrailFile]
+    # Wraps the record stream (a progress bar on a terminal); identity by default.
+    watch: Callable[[Iterator[_Record]], Iterator[_Record]] | None = None
     warnings: list[Finding] = field(default_factory=list)
     _buffer: deque[_Record] = field(default_factory=deque)
     _source: Iterator[_Record] | None = None
     _error: _Unreadable | None = None  # met while reading ahead; raised when reached
 
     def __post_init__(self) -> None:
-        self._source = self._records()
+        records = self._records()
+        self._source = self.watch(records) if self.watch is not None else records
 
     def _records(self) -> Iterator[_Record]:
         for trail_file in self.files:
@@ -238,12 +241,14 @@ def verify_trail(
     *,
     allow_pruned: bool = False,
     anchors: Iterable[Anchor] = (),
+    watch: Callable[[Iterator[Any]], Iterator[Any]] | None = None,
 ) -> VerifyResult:
     """Verify every file of the trail in ``directory``; see the module docstring.
 
     ``allow_pruned`` also accepts whole oldest files removed without a ``pruned`` record (by
     hand, before ``audit.retention``), as a warning. ``anchors`` are chain heads published
-    elsewhere; every one must match the trail. Raises :class:`AuditError` for bad input: no
+    elsewhere; every one must match the trail. ``watch`` wraps the stream of records read
+    (e.g. a progress bar). Raises :class:`AuditError` for bad input: no
     such directory, no trail files, keyed records without a key, a key that matches none.
     """
     base = Path(directory)
@@ -254,7 +259,7 @@ def verify_trail(
         raise AuditError(
             f"no audit trail files in {str(base)!r} (expected audit.jsonl or audit-*.jsonl[.gz])"
         )
-    scanner = _Scanner(files)
+    scanner = _Scanner(files, watch)
     checker = _Checker(key, allow_pruned, _own_anchors(base, anchors))
     try:
         problem = checker.run(scanner)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import orjson
 
@@ -12,6 +13,7 @@ from proxy.audit.anchor import load_anchors
 from proxy.audit.chain import load_hmac_key
 from proxy.audit.verify import verify_trail
 from proxy.commands.options import add_format_argument
+from proxy.review.progress import estimate_records, progress, wanted
 from proxy.review.source import add_location_arguments, audit_dir, hmac_key_file
 
 
@@ -58,7 +60,14 @@ def run(args: argparse.Namespace) -> int:
     key = load_hmac_key(key_file) if key_file else None
     anchors = [a for spec in args.anchor for a in load_anchors(spec, args.store_schema)]
     directory = audit_dir(args, require_trail=False)
-    result = verify_trail(directory, key, allow_pruned=args.allow_pruned, anchors=anchors)
+    total = estimate_records(Path(directory), None) if wanted() else None
+    result = verify_trail(
+        directory,
+        key,
+        allow_pruned=args.allow_pruned,
+        anchors=anchors,
+        watch=lambda records: progress(records, total=total, desc="verify"),
+    )
     if args.format == "json":
         sys.stdout.write(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2).decode())
         sys.stdout.write("\n")
