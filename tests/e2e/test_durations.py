@@ -111,3 +111,20 @@ def test_pipelined_statements_sent_together_say_pipeline(proxy: Any, pg: Any) ->
     assert scopes[:2] == ["pipeline", "pipeline"]
     total = sum(e["duration_ms"] for e in events)
     assert total < 1000  # not three times the batch, as before
+
+
+def test_exact_timings_time_each_pipelined_statement_alone(proxy_factory: Any) -> None:
+    proxy = proxy_factory("--audit-exact-timings", "true")
+    app = unique("dur_exact")
+    with rawpg.RawConn(proxy.host, proxy.port) as conn:
+        conn.login(extra={"application_name": app})
+        pipeline = [rawpg.parse("select pg_sleep(0.05)")]
+        for _ in range(3):
+            pipeline += [rawpg.bind(), rawpg.execute()]
+        conn.send(*pipeline, rawpg.sync())
+        conn.recv_until("Z")
+    events = wait_events(proxy, 3, "query", application_name=app)[-3:]
+    # The proxy asked the server to flush after each Execute: each completion was seen when
+    # it was produced, so each statement has its own duration.
+    assert [e["duration_scope"] for e in events] == ["statement"] * 3
+    assert all(e["duration_ms"] >= 40 for e in events)

@@ -36,6 +36,10 @@ rules:
     when: {commands: ["TRUNCATE TABLE"]}
     action: review
     review: {approvers: {groups: [dba]}, approvals: 2, timeout: 3s}
+  - id: review-updates-twice
+    when: {commands: [UPDATE]}
+    action: review
+    review: {approvers: {groups: [dba]}, approvals: 2, timeout: 30s}
 """
 TOKENS = {name: f"pgw_{name}-token-0123456789abcdef" for name in ("bob", "carol", "postgres")}
 
@@ -197,3 +201,23 @@ def test_a_review_mid_pipeline_holds_what_follows(reviewed: Any, pg: Any, table:
         assert codes == ["42501"]  # errors-until-Sync: the INSERT never ran
         assert replies[-1].status == "I"
     assert _count(pg, table) == 3
+
+
+def test_a_two_approval_rule_needs_two_different_approvers(
+    reviewed: Any, pg: Any, table: str
+) -> None:
+    with psycopg.connect(reviewed.dsn(), autocommit=True) as conn:
+        seen = _requests(reviewed, "review-updates-twice")
+        thread, out = _in_thread(
+            lambda: conn.execute(f"update {table} set id = id + 10 where id = 1").rowcount
+        )
+        request_id = _pending(reviewed, "review-updates-twice", seen)
+        assert _vote(reviewed, "bob", "approve", request_id).returncode == 0
+        assert _vote(reviewed, "bob", "approve", request_id).returncode != 0  # once per person
+        thread.join(1)
+        assert thread.is_alive()  # one approval of two: still waiting
+        assert _vote(reviewed, "carol", "approve", request_id).returncode == 0
+        thread.join(20)
+        assert out == [1]
+    with admin(pg) as check:
+        assert check.execute(f"select count(*) from {table} where id = 11").fetchone() == (1,)
