@@ -2,10 +2,9 @@
 chromium-driver) logs in, searches statements a real client ran through pgwarden, opens that
 session's timeline, and approves a pending request, which wakes the waiting side.
 
-Live-session holding is not wired yet (the lead wires it in proxy/session.py), so the pending
-request is created through the broker directly, as the session will. The console is the same
-AdminServer `pgwarden serve` runs, over the trail the real proxy wrote; the real proxy's own
-listener is checked to serve the console's login page too.
+The first test drives the console pages over a broker it controls (the same AdminServer
+`pgwarden serve` runs, over the trail the real proxy wrote); the last one is the whole loop in
+the running proxy: psql waits on a held statement until bob approves it in the browser.
 
 With PGWARDEN_SCREENSHOTS=DIR set, the screenshots of each page are written there (that is
 how docs/img/console/*.png are made).
@@ -347,3 +346,52 @@ def _write(tmp_path: Path) -> Path:
     path = tmp_path / "policy.yaml"
     path.write_text(textwrap.dedent(POLICY))
     return path
+
+
+def test_approving_in_the_browser_releases_a_waiting_psql_session(
+    proxy_factory: ProxyFactory, tmp_path: Path, driver: Any
+) -> None:
+    """The whole loop, live: psql runs a statement a review rule holds; bob approves it in the
+    console of the running proxy; psql prints the result (issue 12 §3)."""
+    import subprocess
+
+    from selenium.webdriver.common.by import By
+
+    policy_path = tmp_path / "policy.yaml"
+    policy_path.write_text(POLICY)
+    proxy = proxy_factory(
+        "--approvals-approvers-file", str(people_file(tmp_path)), policies=[policy_path]
+    )
+    with psycopg.connect(proxy.pg.dsn(database="app"), autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS console_orders")
+        conn.execute("CREATE TABLE console_orders (id int PRIMARY KEY, total numeric)")
+        conn.execute("INSERT INTO console_orders SELECT g, g * 10 FROM generate_series(1, 5) g")
+        conn.execute("GRANT ALL ON console_orders TO alice")
+    psql = shutil.which("psql")
+    assert psql is not None, "psql is needed (PostgreSQL's client package)"
+    env = {**os.environ, "PGCONNECT_TIMEOUT": "10", "PGAPPNAME": "live-review"}
+    waiting = subprocess.Popen(
+        [psql, "-X", "-v", "ON_ERROR_STOP=1", proxy.dsn(user="alice", database="app",
+         password="alice-pw"), "-c", STATEMENT],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        requested = proxy.wait_for(lambda e: e.get("type") == "review_requested", timeout=20)
+        request_id = requested[0]["request_id"]
+        assert waiting.poll() is None  # psql waits for the decision
+        driver.get(proxy.admin_url(f"/console/reviews/{request_id}"))
+        driver.find_element(By.ID, "token").send_keys(TOKENS["bob"])
+        _navigate(driver, driver.find_element(By.ID, "login"))
+        assert driver.find_element(By.ID, "statement").text == STATEMENT
+        _navigate(driver, driver.find_element(By.ID, "approve"))
+        assert driver.find_element(By.ID, "state").text == "approved"
+        out, err = waiting.communicate(timeout=30)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    assert waiting.returncode == 0, err
+    assert "DELETE 1" in out
+    assert "waits for approval" in err or request_id in err  # the notice psql printed
+    with psycopg.connect(proxy.pg.dsn(database="app"), autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM console_orders").fetchone() == (4,)
+        conn.execute("DROP TABLE console_orders")
