@@ -18,6 +18,18 @@ HOT_MODULES: tuple[str, ...] = (
     "proxy.wire.startup",
     "proxy.sql.scanner",
     "proxy.sql.cache",
+    # The relay's pieces (a relayed transaction: 344k -> 264k instructions, docs/benchmarks.md).
+    "proxy.wire.backend",
+    "proxy.relay.core",
+    "proxy.relay.replies",
+    "proxy.relay.statement",
+    "proxy.relay.holdback",
+    "proxy.relay.flow",
+    "proxy.relay.settings",
+    "proxy.relay.enforce",
+    "proxy.relay.prepared",
+    "proxy.relay.transactions",
+    "proxy.audit.events",
 )
 # Not proxy.audit.chain: sealing is orjson and hashlib calls; compiled, an event cost 52,300
 # instructions against 48,100 as Python (docs/benchmarks.md), so it stays pure.
