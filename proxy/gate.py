@@ -43,8 +43,13 @@ _AUDIT_REFUSAL = Decision(
 )
 
 
+_REDACTED_ENTRIES = 4096
+_REDACTED_TEXT_MAX = 4096
+
+
 class Gate:
     def __init__(self, cfg: Config, policy: Policy | None) -> None:
+        self._redacted: dict[str, str] = {}
         facts_cache.configure(cfg["limits.facts_cache_entries"])
         self.policy = policy
         self.generation = 0
@@ -196,7 +201,18 @@ class Gate:
     def audit_text(self, text: str, stmt: StatementFacts | None) -> str | None:
         mode = self._text_mode
         if mode == "full":
-            return redact.redact_statement(text, stmt)
+            # Repeated statements are the common case: their redacted text is remembered
+            # (it depends on the facts only for EXECUTE name(…)).
+            if stmt is not None and stmt.execute_name:
+                return redact.redact_statement(text, stmt)
+            cached = self._redacted.get(text)
+            if cached is None:
+                cached = redact.redact_statement(text, stmt)
+                if len(text) <= _REDACTED_TEXT_MAX:
+                    if len(self._redacted) >= _REDACTED_ENTRIES:
+                        self._redacted.clear()
+                    self._redacted[text] = cached
+            return cached
         if mode == "normalized":
             return redact.normalize(text)
         return None

@@ -450,10 +450,11 @@ class RelayCore:
     def _resolve_sql_prepared(self, facts: QueryFacts) -> tuple[QueryFacts, list[QueryFacts]]:
         """See through SQL-level PREPARE/EXECUTE (one namespace with protocol statements):
         EXECUTE runs the body the name holds, and each body it may hold is judged."""
-        if not any(
-            s.prepare_name or s.execute_name or s.command in _FORGET_ALL for s in facts.statements
-        ):
-            return facts, []
+        for s in facts.statements:
+            if s.prepare_name or s.execute_name or s.command in _FORGET_ALL:
+                break
+        else:
+            return facts, []  # the common case: nothing prepared or executed by name
         names: dict[str, Any] = {}
         for stmt in facts.statements:
             if stmt.execute_name:

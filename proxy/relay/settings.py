@@ -29,6 +29,7 @@ from proxy.sql.facts import ParserSettings, QueryFacts, StatementFacts
 
 _NAMES = frozenset({"standard_conforming_strings", "client_encoding"})
 _TX_UNDO = frozenset({"ROLLBACK", "COMMIT", "PREPARE TRANSACTION", "ROLLBACK PREPARED"})
+_IDLE = ord("I")
 _ON = frozenset({"on", "true", "yes", "1", "t", "y"})
 _OFF = frozenset({"off", "false", "no", "0", "f", "n"})
 
@@ -208,14 +209,17 @@ class ParserSettingsTracker:
 
     def ready(self, tx_status: int) -> None:
         """ReadyForQuery: everything before it is settled and reported."""
-        self.unsettled = False
-        self._unknown = False
-        self._scs.clear()
-        self._encodings.clear()
-        if tx_status == ord("I"):
-            self._history = {self.confirmed}
-        else:
-            self._history.add(self.confirmed)
+        if self.unsettled:
+            self.unsettled = False
+            self._unknown = False
+            self._scs.clear()
+            self._encodings.clear()
+        history = self._history
+        if tx_status == _IDLE:
+            if len(history) != 1 or self.confirmed not in history:
+                self._history = {self.confirmed}
+        elif self.confirmed not in history:
+            history.add(self.confirmed)
 
     def candidates(self) -> tuple[ParserSettings, ...]:
         """Every setting combination the server may lex the next message with; the first is

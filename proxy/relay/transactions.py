@@ -30,6 +30,19 @@ from typing import Any
 from proxy.relay.statement import Completion
 
 
+_CONTROL = frozenset(
+    {
+        "BEGIN",
+        "START TRANSACTION",
+        "SAVEPOINT",
+        "RELEASE",
+        "ROLLBACK",
+        "COMMIT",
+        "PREPARE TRANSACTION",
+    }
+)
+
+
 class Outcome(Enum):
     COMMITTED = "committed"
     ROLLED_BACK = "rolled_back"
@@ -69,6 +82,8 @@ class TransactionTracker:
             current.failed = True
             return []
         tag = done.tag
+        if tag not in _CONTROL:
+            return []  # the common case: nothing about the transaction changes
         if tag == "BEGIN" or tag == "START TRANSACTION":
             # Statements before BEGIN in the same message ran in their own implicit
             # transaction, which BEGIN does not end; keep it simple: BEGIN opens the block.
