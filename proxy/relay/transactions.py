@@ -29,7 +29,6 @@ from typing import Any
 
 from proxy.relay.statement import Completion
 
-
 _CONTROL = frozenset(
     {
         "BEGIN",
