@@ -449,6 +449,11 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> int:
             await extra.aclose()
     await trail.aclose()  # the audit trail is flushed last
     logger.info("pgwarden stopped")
+    # Everything is written: a later signal (a service manager repeating its stop) must not
+    # kill the process while the loop and the interpreter wind down.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
     return 0
 
 

@@ -113,13 +113,25 @@ def driver(tmp_path: Path) -> Iterator[Any]:
 
 def _navigate(browser: Any, element: Any) -> None:
     """Click something that loads a new page, and wait until the old page is gone."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     old = browser.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(browser, 15).until(expected_conditions.staleness_of(old))
+
+    def gone(_: Any) -> bool:
+        # Chromium reports a replaced document either as a stale element or, mid-load, as
+        # "Node with given id does not belong to the document": both mean the old page left.
+        try:
+            old.is_enabled()
+        except WebDriverException:
+            return True
+        return False
+
+    wait = WebDriverWait(browser, 15)
+    wait.until(gone)
+    wait.until(lambda b: b.execute_script("return document.readyState") == "complete")
 
 
 def _screenshot(browser: Any, name: str, tmp_path: Path) -> None:
