@@ -69,20 +69,6 @@ class Gate:
     def inspect(self, sql: bytes, settings: ParserSettings) -> QueryFacts:
         return facts_cache.analyze_bytes_cached(sql, settings)
 
-    def too_large(self, sql: bytes, settings: ParserSettings, limit: int) -> QueryFacts:
-        """Facts of a statement pgwarden will not analyse: the policy's on_unparsable decides."""
-        return self.unanalysable(
-            sql,
-            settings,
-            f"statement of {len(sql)} bytes exceeds limits.max_analysis_size ({limit})",
-        )
-
-    def unanalysable(self, sql: bytes, settings: ParserSettings, reason: str) -> QueryFacts:
-        text = extract.decode(sql, settings)
-        if isinstance(text, QueryFacts):
-            return text
-        return QueryFacts(text, (), unparsable_reason=reason)
-
     def decide(self, identity: Identity, facts: QueryFacts) -> Decision:
         policy = self.policy
         if policy is None:

@@ -281,12 +281,12 @@ class RelayCore:
         return kind == 81 and self.settings.unsettled
 
     def _inspect(self, sql: bytes, settings: ParserSettings) -> QueryFacts:
-        """Facts of ``sql``: inline for ordinary statements; for long ones the result of the
-        adapter's off-loop analysis (raising :class:`_Offload` until it is there)."""
+        """Facts of ``sql``: inline for ordinary statements; for long ones (and those beyond
+        limits.max_analysis_size, which the analysis pool refuses without analysing) the
+        result of the adapter's off-loop analysis (raising :class:`_Offload` until it is
+        there)."""
         size = len(sql)
-        if size > self._max_analysis:
-            return self._gate.too_large(sql, settings, self._max_analysis)
-        if size < self._offload_size:
+        if size < self._offload_size and size <= self._max_analysis:
             return self._gate.inspect(sql, settings)
         done = self._analysed
         if done is not None and done[0].settings == settings and done[0].sql == sql:
@@ -593,17 +593,15 @@ class RelayCore:
     def _on_bind(self, body: bytes, raw: bytes, now_ns: int, now_wall: float) -> bytes:
         mode = self._param_mode
         gate = self._gate
-        candidates = self.prepared.candidates(_name(m.bind_names(body)[1]))
-        needs_values = mode != "none" or any(
+        portal, statement_name = m.bind_names(body)
+        candidates = self.prepared.candidates(_name(statement_name))
+        # The values are read only when something needs them (audit, or facts that depend on
+        # a parameter): most Binds are forwarded by their names alone.
+        bind: m.Bind | None = None
+        if mode != "none" or any(
             c.facts is not None and c.facts.param_sensitive for c in candidates
-        )
-        if needs_values:
-            bind: m.Bind | None = m.decode_bind(body)
-            assert bind is not None
-            portal = bind.portal
-        else:
-            bind = None
-            portal = m.bind_names(body)[0]
+        ):
+            bind = m.decode_bind(body)
         statement = candidates[0] if candidates else None
         params = None
         if bind is not None and mode != "none":

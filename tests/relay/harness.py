@@ -23,6 +23,7 @@ from proxy.gate import Gate
 from proxy.policy.loader import load_policy
 from proxy.relay.attempts import AttemptLimiter
 from proxy.session import Session
+from proxy.sql.pool import AnalysisPool, PoolConfig
 from proxy.state import Counters
 from proxy.wire.startup import CancelRequest
 
@@ -217,6 +218,10 @@ class Host:
 
     async def analyse(self, sql: bytes, settings: Any) -> Any:
         self.analysed.append(sql)
+        if len(sql) > self.cfg["limits.max_analysis_size"]:
+            # What the server's pool answers without starting a worker.
+            pool = AnalysisPool(PoolConfig(max_size=self.cfg["limits.max_analysis_size"]))
+            return (await pool.analyse(sql, settings)).facts
         return self.gate.inspect(sql, settings)
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:

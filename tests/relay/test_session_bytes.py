@@ -322,6 +322,10 @@ def test_statement_over_the_analysis_limit_follows_on_unparsable(tmp_path: Path)
     wire.login()
     wire.client_sends(query("select '" + "x" * 2000 + "'"))
     assert wire.upstream.take() == b""
+    import asyncio
+
+    asyncio.run(host.spawned.pop())  # the pool refuses it without analysing
+    assert wire.upstream.take() == b""
     assert b"C42501" in wire.client.take()
     [event] = host.events("query")
     assert [r["id"] for r in event["decision"]["rules"]] == ["unparsable"]
