@@ -341,6 +341,13 @@ SCHEMA: tuple[Key, ...] = (
         "so each pipelined statement is timed on its own",
     ),
     Key(
+        "audit.write_ahead",
+        parse_bool,
+        False,
+        "write a dispatch record (synced as audit.fsync says) before each statement is "
+        "forwarded; after a crash, statements that never finished are closed as unknown",
+    ),
+    Key(
         "audit.fail_closed",
         parse_bool,
         False,

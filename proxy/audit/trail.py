@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from proxy.audit import dispatch
 from proxy.audit.chain import HMAC_SHA256, Chainer, head_mac, load_hmac_key
 from proxy.audit.housekeeping import compress, fsync_quietly, retire
 from proxy.audit.jsonl import (
@@ -94,6 +95,7 @@ class AuditTrail:
         self.hmac_key_file: str = cfg["audit.hmac_key_file"]
         self.trail_id = ""  # set by open(): see proxy.audit.trailid
         self.retention: float = cfg["audit.retention"]
+        self.write_ahead: bool = cfg["audit.write_ahead"]
         self._key: bytes | None = None
         self._retention_due = False
         self._pruning = False  # a pruned record is on its way; its files go once it is written
@@ -112,6 +114,7 @@ class AuditTrail:
         self._sync_busy = False
         self._waiters: deque[tuple[int, Callable[[], None]]] = deque()
         self._not_full: list[asyncio.Future[None]] = []
+        self._when_accepting: list[Callable[[], None]] = []
         self._listeners: list[Listener] = []
         self._flush_handle: asyncio.Handle | None = None
         self._retry_handle: asyncio.TimerHandle | None = None
@@ -130,6 +133,10 @@ class AuditTrail:
         self._file_started = 0.0
         self._unsynced = False
         self._healthy = True
+        # Whether statements may be forwarded (a plain attribute: sessions read it for every
+        # statement). False from a failed write until a write succeeds with the queue below
+        # audit.queue_max; meanwhile sessions hold statements back (nothing runs unaudited).
+        self.accepting = True
         self._closed = False
         # One thread for fsync/close, in submission order, so a descriptor is never closed
         # under a pending fsync; another for gzip, which may take seconds.
@@ -189,10 +196,30 @@ class AuditTrail:
         # A head exists from the first start on, so `verify` can treat a missing one as removed.
         self._write_head()
         self._retention_due = self.retention > 0
+        if self.write_ahead:
+            self._close_unfinished()
         if self.compress_rotated:
             for trail_file in trail_files(self.directory, include_current=False):
                 if not trail_file.gzipped:
                     self._gzip_pool.submit(compress, trail_file.path)
+
+    def _close_unfinished(self) -> None:
+        """audit.write_ahead: close the statements a crash left dispatched but unrecorded
+        (``outcome: unknown``), then mark the trail settled up to here."""
+        found = dispatch.scan(self.directory)
+        closed = []
+        for record in found.unfinished:
+            self.submit(dispatch.closing_record(record, "unknown", "proxy_restarted"))
+            closed.append(int(record["seq"]))
+        if closed:
+            log.warning(
+                "%d statement(s) were forwarded before the last stop but never seen to finish "
+                "(crash?); recorded with outcome unknown (dispatch seq %s)",
+                len(closed),
+                ", ".join(map(str, closed[:20])) + (" …" if len(closed) > 20 else ""),
+            )
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        self.submit(dispatch.recovery_record(self.proxy_id, now, closed, found.records_read))
 
     def _check_head(self, last_seq: int) -> None:
         head = read_head(self.directory)
@@ -274,6 +301,11 @@ class AuditTrail:
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._not_full.append(future)
             await future
+
+    def when_accepting(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (later, from a successful write) once :attr:`accepting` is
+        true again."""
+        self._when_accepting.append(callback)
 
     def add_listener(self, fn: Listener) -> None:
         """Call ``fn`` with each batch of events right after it was written."""
@@ -358,6 +390,9 @@ class AuditTrail:
                 log.exception("audit listener %r failed", listener)
         if self._not_full and not self.full:
             self._wake_not_full()
+        if not self.accepting and not self.full:
+            self.accepting = True
+            self._wake_accepting()
         if self.fsync_mode == "interval" and self._fsync_timer is None and self._loop:
             self._fsync_timer = self._loop.call_later(self.fsync_interval, self._interval_sync)
         stats.last_flush_seconds = time.perf_counter() - started
@@ -376,6 +411,14 @@ class AuditTrail:
         for future in futures:
             if not future.done():
                 future.set_result(None)
+
+    def _wake_accepting(self) -> None:
+        callbacks, self._when_accepting = self._when_accepting, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("audit when_accepting callback failed")
 
     def _schedule_head(self) -> None:
         # audit.head trails the file by at most HEAD_INTERVAL: one small write per interval
@@ -533,6 +576,7 @@ class AuditTrail:
         if self._healthy:
             self._failing_since = now
         self._healthy = False
+        self.accepting = False
         if exc.errno != self._last_errno or now - self._last_error_log >= _ERROR_LOG_EVERY:
             log.error(
                 "%s; %d audit events are held in memory (limit audit.queue_max=%d); the "

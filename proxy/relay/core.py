@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from proxy.audit.dispatch import closing_record
 from proxy.errors import FrontendProtocolError
 from proxy.policy.decision import Decision
 from proxy.relay import enforce
@@ -28,8 +29,9 @@ from proxy.relay.enforce import Action
 from proxy.relay.prepared import ALL, PreparedStatements
 from proxy.relay.replies import Owed, Pending, Portal, ReplyQueue
 from proxy.relay.settings import ParserSettingsTracker
-from proxy.relay.statement import Statement
+from proxy.relay.statement import Statement, Via
 from proxy.relay.transactions import TransactionEnd, TransactionTracker
+from proxy.relay.writeahead import DispatchGate, dispatch_record
 from proxy.sql.catalog import builtin_function_name
 from proxy.sql.catalog.resolver import FunctionInfo, invalidates_functions
 from proxy.sql.facts import ParserSettings, QueryFacts
@@ -43,6 +45,31 @@ if TYPE_CHECKING:
 
 _FORGET_ALL = frozenset({"DEALLOCATE ALL", "DISCARD ALL"})
 _DECIDED = frozenset(b"QPBF")
+# What runs or commits something on the server: Query, FunctionCall, Execute, Sync (an
+# implicit transaction commits there), CopyDone. None of it is forwarded while the trail
+# cannot accept records.
+_RUNS = frozenset(b"QFESc")
+
+
+class TrailState(Protocol):
+    """What the relay asks of the audit trail (proxy.audit.trail.AuditTrail)."""
+
+    accepting: bool
+
+    def when_accepting(self, callback: Callable[[], None]) -> None: ...
+
+    def submit(self, event: dict[str, Any]) -> None: ...
+
+    def when_written(self, callback: Callable[[], None]) -> None: ...
+
+
+class _Unwatched:
+    """No trail attached (tests of the core alone): statements are never held for it."""
+
+    accepting = True
+
+    def when_accepting(self, callback: Callable[[], None]) -> None:
+        raise AssertionError("an unwatched core never waits for a trail")
 
 
 class _Offload(Exception):
@@ -102,6 +129,7 @@ class RelayCore:
         "_audit_refusal",
         "_backlog",
         "_deferred_upstream",
+        "_dispatches",
         "_events",
         "_framer",
         "_functions",
@@ -112,10 +140,15 @@ class RelayCore:
         "_on_parameter",
         "_param_mode",
         "_pending_events",
+        "_referenced",
         "_resume_due",
         "_sink",
         "_skip_until_sync",
+        "_trail",
+        "_trail_wait",
         "_verdict",
+        "_wa",
+        "_wake",
         "analysis_wanted",
         "catalog_lookups",
         "chunk_needs_audit",
@@ -179,6 +212,23 @@ class RelayCore:
         self._resume_due = False
         self.terminated = False  # the client sent Terminate
         self.transactions = TransactionTracker()
+        self._trail: TrailState | _Unwatched = _Unwatched()
+        self._trail_wait = False  # statements wait in the backlog for the trail
+        self._wake: Callable[[], None] | None = None
+        self._wa: DispatchGate | None = None  # audit.write_ahead
+        self._dispatches: dict[int, dict[str, Any]] = {}  # not yet known to be finished
+        self._referenced: set[int] = set()  # of those, named by a statement's record
+
+    def watch_trail(
+        self, trail: TrailState, wake: Callable[[], None], *, write_ahead: bool = False
+    ) -> None:
+        """Hold statements back while ``trail`` cannot accept records, and with
+        ``write_ahead`` forward each only after its dispatch record is written. ``wake`` is
+        called when held work may continue: the adapter then calls :meth:`resume`."""
+        self._trail = trail
+        self._wake = wake
+        if write_ahead:
+            self._wa = DispatchGate(trail, self._dispatched)
 
     # --- state for the adapter ------------------------------------------------------------
 
@@ -219,11 +269,32 @@ class RelayCore:
 
     def take_deferred_upstream(self) -> bytes:
         """Bytes for the server produced while handling server data (a stall resolved)."""
-        if not self._deferred_upstream:
-            return b""
-        out = b"".join(self._deferred_upstream)
+        out = b"".join(self._deferred_upstream) if self._deferred_upstream else b""
         self._deferred_upstream.clear()
+        wa = self._wa
+        if wa is not None:
+            released = wa.take()
+            return released + wa.forward(out)
         return out
+
+    def _dispatched(self) -> None:
+        """Held bytes may go to the server (their dispatch records are written)."""
+        self._resume_due = True
+        if self._wake is not None:
+            self._wake()
+
+    def _wait_for_trail(self, kind: int, body: bytes, raw: bytes) -> None:
+        """The trail cannot accept records: this message and all behind it wait."""
+        self._backlog.appendleft((kind, body, raw))
+        if not self._trail_wait:
+            self._trail_wait = True
+            self._trail.when_accepting(self._trail_back)
+
+    def _trail_back(self) -> None:
+        self._trail_wait = False
+        self._resume_due = True
+        if self._wake is not None:
+            self._wake()
 
     # --- client → server --------------------------------------------------------------------
 
@@ -247,9 +318,10 @@ class RelayCore:
                 unchanged = False
                 if forward:
                     out.append(forward)
-        if unchanged and consumed == len(data):
-            return data
-        return b"".join(out)
+        result = data if unchanged and consumed == len(data) else b"".join(out)
+        if self._wa is not None:
+            return self._wa.forward(result)
+        return result
 
     def resume(self, now_ns: int, now_wall: float) -> bytes:
         """After a server chunk was relayed: handle client messages that waited for it, and
@@ -260,7 +332,7 @@ class RelayCore:
         backlog = self._backlog
         while backlog:
             kind, body, raw = backlog[0]
-            if self._must_wait(kind):
+            if self._trail_wait or self._must_wait(kind):
                 break
             backlog.popleft()
             forward = self._client_message(kind, body, raw, now_ns, now_wall, resumed=True)
@@ -371,6 +443,10 @@ class RelayCore:
         if not resumed and self._must_wait(kind):
             self._backlog.append((kind, body, raw))
             return b""
+        if not self._trail.accepting and kind in _RUNS and self._audit_refusal() is None:
+            # (Under audit.fail_closed statements are refused instead, without waiting.)
+            self._wait_for_trail(kind, body, raw)
+            return b""
         queue = self.queue
         if kind in _DECIDED:  # Query, Parse, Bind, FunctionCall
             try:
@@ -397,6 +473,9 @@ class RelayCore:
             if info is not None:
                 entry.params = info.params
                 entry.values = info.values
+            if self._wa is not None and (info is None or not info.suspended):
+                # (Another Execute of a suspended portal continues the dispatched statement.)
+                entry.dispatch = self._dispatch(entry, Via.EXTENDED, now_wall)
             queue.expect(entry)
             if info is not None and info.statement is not None and info.statement.facts:
                 self.settings.forwarded(info.statement.facts)
@@ -548,6 +627,9 @@ class RelayCore:
             forward = raw
             if owed is Owed.QUERY:
                 self._record_sql_prepared(facts, entry)
+            if self._wa is not None:
+                via = Via.SIMPLE if owed is Owed.QUERY else Via.FUNCTION_CALL
+                entry.dispatch = self._dispatch(entry, via, now_wall)
         queue.expect(entry)
         if owed is Owed.FUNCTION:
             queue.expect(Pending(Owed.SYNC))
@@ -669,6 +751,33 @@ class RelayCore:
         self.queue.expect(entry)
         return raw
 
+    def _dispatch(self, entry: Pending, via: Via, now_wall: float) -> int:
+        """Submit the dispatch record of a statement about to be forwarded (write_ahead)."""
+        assert self._wa is not None
+        event = dispatch_record(
+            self._events, self._gate, entry.statement, via, now_wall, entry.portal, entry.params
+        )
+        seq = self._wa.dispatch(event)
+        self._dispatches[seq] = event
+        return seq
+
+    def _settle_dispatches(self) -> list[dict[str, Any]]:
+        """At a ReadyForQuery: a dispatched statement neither in flight nor recorded was
+        skipped by the server (an earlier statement of its pipeline failed); say so, so
+        that no dispatch stays open."""
+        queue = self.queue
+        live = {entry.dispatch for entry in queue.pending if entry.dispatch}
+        live.update(p.dispatch for p in queue.portals.values() if p.suspended and p.dispatch)
+        referenced = self._referenced
+        events = []
+        for seq in [s for s in self._dispatches if s not in live]:
+            dispatch = self._dispatches.pop(seq)
+            if seq in referenced:
+                referenced.discard(seq)
+            else:
+                events.append(closing_record(dispatch, "skipped", "earlier_error"))
+        return events
+
     def _notify(self, decision: Decision) -> None:
         notice = enforce.flag_notice(decision)
         if notice is not None:
@@ -702,6 +811,8 @@ class RelayCore:
             ends = self.transactions.ready(queue.tx_status)
             if ends:
                 pending.extend(self._transaction_events(ends))
+            if self._dispatches:
+                pending.extend(self._settle_dispatches())
             if self._backlog:
                 self._resume_due = True
         return result
@@ -731,6 +842,9 @@ class RelayCore:
             if self._functions and facts and done.error is None and invalidates_functions(facts):
                 self.forget_functions()
             event = build(done, tx_status)
+            if done.dispatch:
+                event["dispatch"] = done.dispatch
+                self._referenced.add(done.dispatch)
             events.append(event)
             ends = tracker.statement(done, event)
             if ends:
@@ -746,7 +860,15 @@ class RelayCore:
 
     def end_connection(self, client_left: bool) -> list[dict[str, Any]]:
         """The connection ends: events still owed, and the outcome of an open transaction."""
+        self._wake = None
         events = self._take_events(None)
+        if self._dispatches:
+            # Forwarded, and the server's answer never came: it may have run (and committed).
+            unfinished = {entry.dispatch for entry in self.queue.pending if entry.dispatch}
+            for seq, dispatch in self._dispatches.items():
+                if seq in unfinished or seq not in self._referenced:
+                    events.append(closing_record(dispatch, "unknown", "connection_lost"))
+            self._dispatches.clear()
         events.extend(self._transaction_events(self.transactions.connection_ended(client_left)))
         return events
 

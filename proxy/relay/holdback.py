@@ -56,6 +56,10 @@ class HeldOutput:
                 self.sent += len(data)
                 self._write(data)
             return
+        self.hold(data)
+
+    def hold(self, data: bytes) -> None:
+        """Write ``data`` once every event submitted to the trail so far is written."""
         self._held.append(data)
         self._marker += 1
         marker = self._marker

@@ -52,6 +52,7 @@ class Pending:
         "block_error",
         "block_fields",
         "changes",
+        "dispatch",
         "index",
         "owed",
         "params",
@@ -82,6 +83,7 @@ class Pending:
         self.values: tuple[bytes | None, ...] = ()  # raw Bind values, when they were read
         # Prepared-statement changes this request makes: (statement index, change).
         self.changes: list[tuple[int, Change]] | None = None
+        self.dispatch = 0  # seq of its dispatch record (audit.write_ahead)
 
 
 class Portal:
@@ -89,6 +91,7 @@ class Portal:
     until it completes or is destroyed, however many Executes it takes."""
 
     __slots__ = (
+        "dispatch",
         "name",
         "params",
         "rows",
@@ -114,6 +117,7 @@ class Portal:
         self.suspended = False
         self.started_ns = 0
         self.started_wall = 0.0
+        self.dispatch = 0  # of its first Execute, while suspended
 
 
 class ReplyQueue:
@@ -252,6 +256,7 @@ class ReplyQueue:
                     info.suspended = True
                     info.started_ns = head.started_ns
                     info.started_wall = head.started_wall
+                    info.dispatch = head.dispatch
             self.rows = 0
             return None
         if kind == 71:  # 'G' CopyInResponse: the server now ignores Sync and Flush
@@ -388,6 +393,7 @@ class ReplyQueue:
             None if error is not None else _rows(tag, self.rows),
             index=entry.index,
             scope=Scope.MESSAGE if multi else scope,
+            dispatch=entry.dispatch,
         )
         self.completed.append(self._predict(done))
         self._last_done_ns = now_ns
@@ -406,11 +412,13 @@ class ReplyQueue:
         info = self.portals.get(entry.portal) if entry.owed is Owed.EXECUTE else None
         started_ns, started_wall, scope = self._start(entry.started_ns, entry.started_wall)
         counted: int | None = None
+        dispatch = entry.dispatch
         if info is not None and info.suspended:
             # The last Execute of a suspended portal: one statement from its first Execute.
             rows += info.rows
             counted = rows
             started_ns, started_wall = info.started_ns, info.started_wall
+            dispatch = info.dispatch
             info.rows = 0
             info.suspended = False
         if error is not None:
@@ -432,6 +440,7 @@ class ReplyQueue:
             params=entry.params,
             scope=scope,
             bind_values=entry.values,
+            dispatch=dispatch,
         )
         completed = self.completed
         previous = self._open_exec
@@ -458,6 +467,7 @@ class ReplyQueue:
             portal=portal.name.decode("utf-8", "replace"),
             params=portal.params,
             suspended=True,
+            dispatch=portal.dispatch,
         )
 
     def _predict(self, done: Completion) -> Completion:

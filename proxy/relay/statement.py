@@ -97,6 +97,7 @@ class Completion:
     # ReadyForQuery confirms it; an event built after that one uses the server's word).
     tx_after: int = ord("I")
     scope: Scope = Scope.STATEMENT
+    dispatch: int = 0  # seq of its dispatch record (audit.write_ahead), 0: none
 
     @property
     def stmt(self) -> StatementFacts | None:

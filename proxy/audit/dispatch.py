@@ -1,0 +1,135 @@
+"""Dispatch records (``audit.write_ahead``) and how the ones that never finished are closed.
+
+With write-ahead a ``dispatch`` record is in the trail before a statement is forwarded; the
+statement's own ``query`` record names it later (``dispatch``: the dispatch record's seq).
+A dispatch that no record names was forwarded and never seen to finish: the proxy closes it
+with a ``query`` record of ``outcome: unknown`` when the server connection is lost, and the
+next start closes those a crash (kill -9, power loss) left open.
+
+Each start with write-ahead ends its recovery with a ``dispatch_recovery`` record. Every
+dispatch before such a record is settled (nothing is in flight when a proxy starts), so the
+recovery only reads the trail back to the newest one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from proxy.audit.jsonl import iter_raw_lines, trail_files
+
+DISPATCH = "dispatch"
+RECOVERY = "dispatch_recovery"
+
+# A record's own keys, never copied into the record that closes a dispatch.
+_OWN = frozenset({"type", "seq", "prev_hash", "hash", "chain", "trail_id", "statements"})
+
+# Byte patterns on canonical lines (sorted keys, no whitespace). A quote inside a JSON string
+# is escaped, so none of them can come from statement text.
+_IS_DISPATCH = b'"type":"dispatch",'
+_IS_RECOVERY = b'"type":"dispatch_recovery",'
+_NAMES = b'"dispatch":'
+_SEQ = re.compile(rb'"seq":(\d+)')
+_NAMED = re.compile(rb'"dispatch":(\d+)')
+_COUNT = re.compile(rb'"statements":(\d+)')
+_SETTLES = (b'"outcome":', b'"sqlstate":"')  # a closure, or an error: the rest did not run
+
+
+def closing_record(dispatch: dict[str, Any], outcome: str, reason: str) -> dict[str, Any]:
+    """The ``query`` record that closes ``dispatch`` (which carries its ``seq``) without a
+    completion: ``unknown`` (it may have run) or ``skipped`` (the server skipped it)."""
+    event = {k: v for k, v in dispatch.items() if k not in _OWN}
+    event["type"] = "query"
+    event["dispatch"] = dispatch["seq"]
+    event["outcome"] = outcome
+    event["reason"] = reason
+    event["command_tag"] = None
+    event["rows"] = None
+    event["sqlstate"] = None
+    event["error"] = None
+    return event
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """What the recovery found: the dispatch records without a finishing record, oldest
+    first, and how many records (after the newest recovery record) it examined."""
+
+    unfinished: tuple[dict[str, Any], ...]
+    records_read: int
+
+
+def _lines_since_recovery(directory: Path) -> tuple[list[list[bytes]], int]:
+    """The complete lines after the newest recovery record, file by file, oldest first, and
+    how many there are."""
+    chunks: list[list[bytes]] = []
+    for trail_file in reversed(trail_files(directory)):
+        lines = [raw for raw in iter_raw_lines(trail_file.path) if raw.endswith(b"\n")]
+        for index in range(len(lines) - 1, -1, -1):
+            if _IS_RECOVERY in lines[index]:
+                chunks.append(lines[index + 1 :])
+                break
+        else:
+            chunks.append(lines)
+            continue
+        break
+    chunks.reverse()
+    return chunks, sum(len(lines) for lines in chunks)
+
+
+def scan(directory: str | Path) -> Scan:
+    """The dispatches since the newest ``dispatch_recovery`` record that nothing finished.
+
+    A torn last line is not a record: a dispatch cut off by a crash was never completely
+    written, so its statement was never forwarded.
+    """
+    chunks, read = _lines_since_recovery(Path(directory))
+    dispatches: dict[int, bytes] = {}
+    named: dict[int, int] = {}
+    settled: set[int] = set()
+    for lines in chunks:
+        for raw in lines:
+            if _IS_DISPATCH in raw:
+                match = _SEQ.search(raw)
+                if match is not None:
+                    dispatches[int(match.group(1))] = raw
+            elif _NAMES in raw:
+                match = _NAMED.search(raw)
+                if match is None:
+                    continue
+                seq = int(match.group(1))
+                named[seq] = named.get(seq, 0) + 1
+                if any(marker in raw for marker in _SETTLES):
+                    settled.add(seq)
+    unfinished = []
+    for seq, raw in dispatches.items():
+        if seq in settled:
+            continue
+        count = _COUNT.search(raw)
+        # A multi-statement Query gets one record per statement; fewer without an error
+        # means the rest may have run.
+        if named.get(seq, 0) >= (int(count.group(1)) if count else 1):
+            continue
+        try:
+            record = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue  # not a record (verify reports it)
+        if isinstance(record, dict) and record.get("type") == DISPATCH:
+            unfinished.append(record)
+    return Scan(tuple(unfinished), read)
+
+
+def recovery_record(proxy_id: str, ts: str, closed: list[int], records_read: int) -> dict[str, Any]:
+    """The record that ends a start's recovery: every dispatch before it is settled."""
+    return {
+        "v": 1,
+        "type": RECOVERY,
+        "proxy_id": proxy_id,
+        "ts": ts,
+        "closed": closed,
+        "records_read": records_read,
+    }
