@@ -115,6 +115,10 @@ def make_events(count: int, rng: random.Random, start: datetime = T0) -> list[di
             "client_addr": rng.choice(CLIENTS),
             "client_port": 40000 + rng.randrange(1000),
         }
+        identity = rng.choice((None, None, "alice@corp", "CN=bob,O=x", "carol"))
+        if identity is not None:
+            base["identity"] = identity
+            base["identity_source"] = "client_supplied" if "@" in identity else "certificate"
         kind = rng.random()
         if kind < 0.08:
             out.append(
@@ -378,6 +382,8 @@ FILTERS: list[EventFilter] = [
     EventFilter(user=("alice",)),
     EventFilter(user=("svc_*",), database=("app",)),
     EventFilter(application=("billing", "report-?ob")),
+    EventFilter(identity=("alice@corp",)),
+    EventFilter(identity=("CN=*", "car[o]l")),
     EventFilter(client=("10.0.0.0/8",)),
     EventFilter(client=("127.0.0.1", "::1")),
     EventFilter(client=("unix",)),

@@ -159,6 +159,7 @@ class EventFilter:
     user: tuple[str, ...] = ()
     database: tuple[str, ...] = ()
     application: tuple[str, ...] = ()
+    identity: tuple[str, ...] = ()  # glob on the end identity (events without one never match)
     client: tuple[str, ...] = ()  # IP, CIDR or glob on client_addr
     session: tuple[str, ...] = ()
     command: tuple[str, ...] = ()  # glob on command or command_tag, case-insensitive
@@ -226,6 +227,7 @@ class EventFilter:
             ("user", self.user),
             ("database", self.database),
             ("application_name", self.application),
+            ("identity", self.identity),
             ("session_id", self.session),
         ):
             if patterns:
@@ -376,6 +378,14 @@ def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="NAME",
         help="application_name (glob allowed)",
+    )
+    add(
+        "--identity",
+        dest="filter_identity",
+        action="append",
+        metavar="NAME",
+        help="end identity behind the role: certificate subject, proxy user or trusted "
+        "header (glob allowed)",
     )
     add(
         "--client",

@@ -75,6 +75,12 @@ def register_test(policy_subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("--database", help="database name (default: app)")
     parser.add_argument("--application", help="application_name (default: empty)")
     parser.add_argument("--client-addr", help="client IP address, or 'unix' (default: 127.0.0.1)")
+    parser.add_argument("--identity", help="end identity behind the role (default: none)")
+    parser.add_argument(
+        "--identity-source",
+        choices=("certificate", "proxy_user", "client_supplied"),
+        help="where --identity came from (default: certificate)",
+    )
     parser.add_argument("--at", metavar="ISO-TIME", help="evaluate at this time (no offset: UTC)")
     parser.add_argument("--cases", metavar="CASES.yaml", help="run the cases in this file")
     parser.add_argument(
@@ -133,8 +139,16 @@ def run_test(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"pgwarden policy test: bad --at time {args.at!r} (use ISO-8601)", file=sys.stderr)
         return 2
+    if args.identity_source and not args.identity:
+        print("pgwarden policy test: --identity-source needs --identity", file=sys.stderr)
+        return 2
     identity = policy_cases.make_identity(
-        args.user, args.database, args.application, args.client_addr
+        args.user,
+        args.database,
+        args.application,
+        args.client_addr,
+        end_identity=args.identity,
+        identity_source=args.identity_source,
     )
     from proxy.policy import render
 

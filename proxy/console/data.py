@@ -30,6 +30,7 @@ FIELDS = (
     ("user", "--user", True),
     ("database", "--database", True),
     ("application", "--application", True),
+    ("identity", "--identity", True),
     ("client", "--client", True),
     ("session", "--session", True),
     ("command", "--command", True),

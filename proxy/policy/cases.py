@@ -24,13 +24,22 @@ from typing import Any, cast
 
 from proxy import yamlsrc
 from proxy.errors import SourceError, SourceProblem
-from proxy.identity import Identity
+from proxy.identity import Identity, IdentitySource
 from proxy.policy.decision import ACTIONS, Action, Decision
 from proxy.policy.engine import Explanation, Policy
 from proxy.policy.validate import Problems, check_keys
 from proxy.sql.facts import QueryFacts
 
-IDENTITY_KEYS = ("user", "database", "application", "client_addr", "at")
+IDENTITY_KEYS = (
+    "user",
+    "database",
+    "application",
+    "client_addr",
+    "identity",
+    "identity_source",
+    "at",
+)
+SOURCE_NAMES = tuple(s.value for s in IdentitySource)
 CASE_KEYS = ("id", "sql", "expect", "expect_rules", *IDENTITY_KEYS)
 DEFAULT_IDENTITY = Identity(user="app", database="app", client_addr="127.0.0.1")
 
@@ -91,12 +100,23 @@ def make_identity(
     application: str | None = None,
     client_addr: str | None = None,
     base: Identity = DEFAULT_IDENTITY,
+    end_identity: str | None = None,
+    identity_source: str | None = None,
 ) -> Identity:
+    """An identity for a case; an end identity without a source is ``certificate``."""
+    end = base.end_identity if end_identity is None else end_identity
+    source = base.identity_source
+    if identity_source is not None:
+        source = IdentitySource(identity_source)
+    elif end_identity is not None:
+        source = IdentitySource.CERTIFICATE if end else None
     return Identity(
         user=base.user if user is None else user,
         database=base.database if database is None else database,
         application_name=base.application_name if application is None else application,
         client_addr=base.client_addr if client_addr is None else client_addr,
+        end_identity=end,
+        identity_source=source if end else None,
     )
 
 
@@ -107,6 +127,8 @@ def _with_fields(fields: dict[str, str], base: Identity) -> Identity:
         fields.get("application"),
         fields.get("client_addr"),
         base,
+        fields.get("identity"),
+        fields.get("identity_source"),
     )
 
 
@@ -127,6 +149,8 @@ def _identity_fields(
                 at = parse_time(value)
             except ValueError:
                 problems.at(data, key, f"bad time {value!r} (use ISO-8601)", path)
+        elif key == "identity_source" and value not in SOURCE_NAMES:
+            problems.at(data, key, f"{value!r} is not one of {', '.join(SOURCE_NAMES)}", path)
         else:
             fields[key] = value
     return fields, at

@@ -82,8 +82,46 @@ class NameGlobs(Condition):
         return f"{self.attr} {getattr(ctx.identity, self.attr)!r} matches {_quoted(self.patterns)}"
 
 
+class EndIdentities(NameGlobs):
+    """identities: globs on the end identity; a session without one matches none of them."""
+
+    __slots__ = ()
+
+    def holds(self, ctx: Ctx) -> bool:
+        value = ctx.identity.end_identity
+        return bool(value) and self.regex.match(value) is not None
+
+    def why(self, ctx: Ctx) -> str:
+        ident = ctx.identity
+        if not ident.end_identity:
+            return "the session has no end identity"
+        source = ident.identity_source.value if ident.identity_source else "unknown"
+        return f"identity {ident.end_identity!r} ({source}) matches {_quoted(self.patterns)}"
+
+
+class IdentitySources(Condition):
+    """identity_sources: where the end identity came from (``none``: there is none)."""
+
+    __slots__ = ("sources",)
+    stage = "identity"
+
+    def __init__(self, key: str, sources: frozenset[str]) -> None:
+        super().__init__(key)
+        self.sources = sources
+
+    def _source(self, ctx: Ctx) -> str:
+        source = ctx.identity.identity_source
+        return source.value if source is not None and ctx.identity.end_identity else "none"
+
+    def holds(self, ctx: Ctx) -> bool:
+        return self._source(ctx) in self.sources
+
+    def why(self, ctx: Ctx) -> str:
+        return f"identity source {self._source(ctx)} is in {_quoted(sorted(self.sources))}"
+
+
 @lru_cache(maxsize=4096)
-def _parse_addr(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def parse_addr(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         addr = ipaddress.ip_address(text.split("%", 1)[0])
     except ValueError:
@@ -108,14 +146,14 @@ class ClientAddrs(Condition):
         text = ctx.identity.client_addr
         if text == "unix":
             return self.unix
-        addr = _parse_addr(text)
+        addr = parse_addr(text)
         return addr is not None and any(addr in net for net in self.networks)
 
     def why(self, ctx: Ctx) -> str:
         text = ctx.identity.client_addr
         if text == "unix":
             return "client connected over a Unix socket"
-        addr = _parse_addr(text)
+        addr = parse_addr(text)
         nets = [str(n) for n in self.networks if addr is not None and addr in n]
         return f"client address {text} is in {', '.join(nets)}"
 

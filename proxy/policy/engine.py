@@ -154,7 +154,14 @@ class Policy:
         if not facts.statements:
             return Decision(action="allow", mode=self.defaults.mode, reason="empty query")
         when = aware(now) if self.uses_time else _NO_TIME
-        key = (identity.user, identity.database, identity.application_name, identity.client_addr)
+        key = (
+            identity.user,
+            identity.database,
+            identity.application_name,
+            identity.client_addr,
+            identity.end_identity,
+            identity.identity_source,
+        )
         per_identity = self._candidates.get(key)
         if per_identity is None:
             if len(self._candidates) >= _IDENTITIES:

@@ -20,8 +20,10 @@ from proxy.policy.conditions import (
     Commands,
     Condition,
     Copy,
+    EndIdentities,
     Functions,
     Hours,
+    IdentitySources,
     IPNetwork,
     MultiStatement,
     NameGlobs,
@@ -52,7 +54,8 @@ MODES = ("enforce", "monitor")
 CLASSES = ("read", "write", "ddl", "role", "function", "misc")
 COPY_KINDS = ("program", "file", "stdin", "stdout")
 ACCESS = ("read", "write")
-RESERVED_IDS = ("unparsable", "default")
+RESERVED_IDS = ("unparsable", "default", "identity-guard")
+IDENTITY_SOURCES = ("certificate", "proxy_user", "client_supplied", "none")
 
 TOP_KEYS = ("version", "defaults", "include", "groups", "rules")
 DEFAULT_KEYS = ("action", "on_unparsable", "mode", "search_path", "message", "break_glass")
@@ -72,6 +75,9 @@ CONDITION_KEYS = (
     "users",
     "databases",
     "applications",
+    "identities",
+    "identity",
+    "identity_sources",
     "client_addrs",
     "commands",
     "classes",
@@ -88,7 +94,13 @@ CONDITION_KEYS = (
 )
 _RULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
 _SQLSTATE = re.compile(r"[0-9A-Z]{5}")
-_IDENTITY_ATTRS = {"users": "user", "databases": "database", "applications": "application_name"}
+_IDENTITY_ATTRS = {
+    "users": "user",
+    "databases": "database",
+    "applications": "application_name",
+    "identities": "end_identity",
+    "identity": "end_identity",
+}
 _FLAG_ATTRS = {"missing_where": "missing_where", "opaque": "opaque", "role_change": "role_change"}
 
 
@@ -254,6 +266,10 @@ def _clause(
     check_keys(problems, data, CONDITION_KEYS, path, "condition")
     if key == "unless" and not data:
         problems.at(rule, key, "unless has no conditions (it would exempt everything)", path)
+    if "identity" in data and "identities" in data:
+        problems.at(
+            data, "identity", "identity and identities are the same condition: use one", path
+        )
     access: frozenset[str] | None = None
     if "access" in data:
         kinds = _choices(problems, data, "access", ACCESS, f"{path}.access")
@@ -305,7 +321,15 @@ def _c_identity(
             problems.at(container, k, str(exc), path)
     if not patterns:
         return None
-    return NameGlobs(key, _IDENTITY_ATTRS[key], tuple(patterns), compile_name_globs(patterns))
+    kind = EndIdentities if key in ("identities", "identity") else NameGlobs
+    return kind(key, _IDENTITY_ATTRS[key], tuple(patterns), compile_name_globs(patterns))
+
+
+def _c_identity_sources(
+    problems: Problems, data: Any, key: str, path: str, _a: Any, _s: Any
+) -> Condition | None:
+    kinds = _choices(problems, data, key, IDENTITY_SOURCES, path)
+    return IdentitySources(key, frozenset(kinds)) if kinds is not None else None
 
 
 def _c_client_addrs(
@@ -447,6 +471,9 @@ _COMPILERS: dict[str, _Compiler] = {
     "users": _c_identity,
     "databases": _c_identity,
     "applications": _c_identity,
+    "identities": _c_identity,
+    "identity": _c_identity,
+    "identity_sources": _c_identity_sources,
     "client_addrs": _c_client_addrs,
     "commands": _c_commands,
     "classes": _c_classes,

@@ -35,6 +35,8 @@ from proxy.wire.startup import (
 _U32 = struct.Struct("!I")
 NAMEDATALEN = 64
 _FALSE = frozenset({"", "false", "off", "no", "0"})
+# Startup keys PostgreSQL reads itself; every other key is a setting (postmaster.c).
+_PACKET_KEYS = frozenset({"user", "database", "options", "replication"})
 
 
 class Phase(Enum):
@@ -121,24 +123,122 @@ def split_options(options: str) -> list[str]:
     return out
 
 
-def _option_settings(options: str) -> list[tuple[str, str]]:
-    """The ``-c name=value`` / ``--name=value`` settings of a startup ``options`` value."""
-    words = split_options(options)
-    found: list[tuple[str, str]] = []
+# The backend's getopt string for command-line switches (postgres.c,
+# process_postgres_switches): ``options`` is read with it, so ``-Ec name=value`` sets a
+# setting just as ``-c name=value`` does.
+_SWITCH_ARGS = frozenset("BCcDdfhkNprStvW-")
+_SWITCH_FLAGS = frozenset("bEeFijlnOPsT")
+
+
+def _switches(words: list[str]) -> list[tuple[str, str | None]]:
+    """Each switch of ``words`` as (letter, argument), read as getopt reads them. Where the
+    server would refuse the options (an unknown letter, a missing argument), reading stops:
+    the login fails there anyway."""
+    out: list[tuple[str, str | None]] = []
     i = 0
     while i < len(words):
         word = words[i]
-        setting = None
-        if word == "-c" and i + 1 < len(words):
-            setting = words[i + 1]
-            i += 1
-        elif word.startswith("-c") or word.startswith("--"):
-            setting = word[2:]
-        if setting and "=" in setting:
-            name, value = setting.split("=", 1)
-            found.append((name.replace("-", "_").lower(), value))
         i += 1
+        if word == "--":
+            break
+        if len(word) < 2 or word[0] != "-":
+            continue  # getopt moves it to the end; the server then refuses it
+        j = 1
+        while j < len(word):
+            letter = word[j]
+            j += 1
+            if letter in _SWITCH_FLAGS:
+                out.append((letter, None))
+            elif letter in _SWITCH_ARGS:
+                if j < len(word):
+                    out.append((letter, word[j:]))
+                elif i < len(words):
+                    out.append((letter, words[i]))
+                    i += 1
+                else:
+                    return out
+                break
+            else:
+                return out
+    return out
+
+
+def _setting_of(letter: str, argument: str | None) -> tuple[str, str] | None:
+    if letter not in "c-" or argument is None or "=" not in argument:
+        return None
+    name, value = argument.split("=", 1)
+    return name.replace("-", "_").lower(), value
+
+
+def _option_settings(options: str) -> list[tuple[str, str]]:
+    """The ``-c name=value`` / ``--name=value`` settings of a startup ``options`` value."""
+    found = []
+    for letter, argument in _switches(split_options(options)):
+        setting = _setting_of(letter, argument)
+        if setting is not None:
+            found.append(setting)
     return found
+
+
+def startup_setting(params: tuple[tuple[str, str], ...], name: str) -> str | None:
+    """The value the server gives setting ``name`` from a startup packet's parameters (None:
+    not set there). PostgreSQL applies ``options`` (its ``-c`` switches) first and then the
+    other keys in packet order, the last one winning; setting names ignore case."""
+    found: str | None = None
+    for key, value in params:
+        if key == "options":
+            for option, option_value in _option_settings(value):
+                if option == name:
+                    found = option_value
+    for key, value in params:
+        if key not in _PACKET_KEYS and key.lower() == name:
+            found = value
+    return found
+
+
+def without_settings(
+    params: tuple[tuple[str, str], ...], names: frozenset[str]
+) -> tuple[tuple[tuple[str, str], ...], bool]:
+    """``params`` with every way of setting ``names`` (a key in any case, a ``-c`` switch in
+    ``options``) removed, and whether anything was."""
+    out: list[tuple[str, str]] = []
+    removed = False
+    for key, value in params:
+        if key == "options":
+            kept, dropped = _options_without(value, names)
+            removed = removed or dropped
+            if kept:
+                out.append((key, kept))
+        elif key not in _PACKET_KEYS and key.lower() in names:
+            removed = True
+        else:
+            out.append((key, value))
+    return tuple(out), removed
+
+
+def _options_without(options: str, names: frozenset[str]) -> tuple[str, bool]:
+    switches = _switches(split_options(options))
+    kept: list[str] = []
+    removed = False
+    for letter, argument in switches:
+        setting = _setting_of(letter, argument)
+        if setting is not None and setting[0] in names:
+            removed = True
+            continue
+        if letter == "-":  # --name=value: one word ("--" alone ends the switches)
+            kept.append("--" + _escape_option(argument or ""))
+            continue
+        kept.append(f"-{letter}")
+        if argument is not None:
+            kept.append(_escape_option(argument))
+    if not removed:
+        return options, False
+    # Rebuilt one switch at a time, escaped as pg_split_opts reads it.
+    return " ".join(kept), True
+
+
+def _escape_option(word: str) -> str:
+    return "".join("\\" + ch if ch == "\\" or ch.isspace() else ch for ch in word)
 
 
 def read_login(startup: StartupMessage) -> Login:
@@ -152,10 +252,6 @@ def read_login(startup: StartupMessage) -> Login:
         raise FrontendProtocolError(
             "no PostgreSQL user name specified in startup packet", c.SQLSTATE_INVALID_AUTHORIZATION
         )
-    role = last.get("role")
-    for name, value in _option_settings(last.get("options", "")):
-        if name == "role":
-            role = value
     wanted = startup.minor
     minor = 2 if wanted >= 2 else 0
     return Login(
@@ -163,7 +259,7 @@ def read_login(startup: StartupMessage) -> Login:
         database=clip_identifier(last.get("database") or user),
         application_name=last.get("application_name", ""),
         replication=last.get("replication", "").lower() not in _FALSE,
-        role=role,
+        role=startup_setting(params, "role"),
         protocol_minor=minor,
         requested_minor=wanted,
         unsupported=tuple(k for k in last if k.startswith("_pq_.")),

@@ -30,7 +30,7 @@ from typing import Any, Literal, Protocol
 from pglast import parser as pg_parser
 
 from proxy.audit.timeparse import iso_z, parse_ts
-from proxy.identity import Identity
+from proxy.identity import Identity, IdentitySource
 from proxy.policy.decision import ACTIONS, Decision
 from proxy.sql.facts import QueryFacts
 
@@ -72,6 +72,7 @@ class Change:
     rules: tuple[str, ...]  # rules named by the new decision
     normalized: bool = False
     reason: str = ""  # for events not judged
+    identity: str = ""  # the end identity the statement ran under ('' none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +191,8 @@ class Replayer:
         if not facts.parsable:
             self._skip(event, "unparsable", old)
             return
+        end = event.get("identity")
+        end = end if isinstance(end, str) else ""
         identity = Identity(
             user=str(event.get("user") or ""),
             database=str(event.get("database") or ""),
@@ -197,6 +200,8 @@ class Replayer:
             client_addr=str(event.get("client_addr") or ""),
             client_port=_int_or_none(event.get("client_port")),
             session_id=str(event.get("session_id") or ""),
+            end_identity=end,
+            identity_source=_identity_source(event) if end else None,
         )
         ts = str(event.get("ts") or "")
         now = parse_ts(ts) if ts else None
@@ -291,8 +296,16 @@ def _change(
         rules=rules,
         normalized=normalized,
         reason=reason,
+        identity=str(event.get("identity") or ""),
     )
 
 
 def _int_or_none(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _identity_source(event: dict[str, Any]) -> IdentitySource | None:
+    try:
+        return IdentitySource(event.get("identity_source"))
+    except ValueError:
+        return None  # recorded before identity_source existed: matches no identity_sources

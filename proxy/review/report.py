@@ -178,6 +178,8 @@ class Report:
     latency_bins: tuple[LatencyBin, ...]
     reviews: tuple[ReviewRuleRow, ...] = ()  # approval requests by review rule
     approvers: tuple[ApproverRow, ...] = ()
+    # Statements per end identity, keyed "identity (source)"; sessions without one are left out.
+    by_identity: tuple[GroupRow, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data; keys are a stable contract (``report_version`` 1)."""
@@ -303,6 +305,7 @@ class ReportBuilder:
         self._by_user: dict[str, _Group] = {}
         self._by_database: dict[str, _Group] = {}
         self._by_application: dict[str, _Group] = {}
+        self._by_identity: dict[str, _Group] = {}
         self._shapes: dict[str, _Shape] = {}
         self._errors: dict[str, _Error] = {}
         self._rules: dict[str, _Rule] = {}
@@ -368,12 +371,18 @@ class ReportBuilder:
         statement = event.get("statement")
         statement = statement if isinstance(statement, str) else ""
 
-        groups = (
+        groups: tuple[_Group, ...] = (
             self._overall,
             _group(self._by_user, user),
             _group(self._by_database, str(event.get("database") or "")),
             _group(self._by_application, str(event.get("application_name") or "")),
         )
+        identity = event.get("identity")
+        if identity and isinstance(identity, str):
+            # The source is part of the key: a name a client chose is not the same as one a
+            # certificate proved.
+            source = event.get("identity_source") or "unknown"
+            groups += (_group(self._by_identity, f"{identity} ({source})"),)
         for group in groups:
             if timed:
                 group.sketch.add(duration)
@@ -514,6 +523,7 @@ class ReportBuilder:
             by_user=_group_rows(self._by_user),
             by_database=_group_rows(self._by_database),
             by_application=_group_rows(self._by_application),
+            by_identity=_group_rows(self._by_identity),
             shapes=len(self._shapes),
             shapes_by_count=tuple(_shape_row(fp, s, example) for fp, s in shapes[:top]),
             shapes_by_time=tuple(_shape_row(fp, s, example) for fp, s in by_time[:top]),

@@ -198,6 +198,7 @@ def report_tables(report: Report) -> tuple[Table, ...]:
         _group_table("users", "By user", "user", report.by_user),
         _group_table("databases", "By database", "database", report.by_database),
         _group_table("applications", "By application", "application", report.by_application),
+        _group_table("identities", "By end identity", "identity (source)", report.by_identity),
         _shape_table(
             "shapes-count",
             f"Top {top} query shapes by count",

@@ -128,6 +128,8 @@ def build_where(flt: EventFilter, since: datetime | None, until: datetime | None
     ):
         if patterns:
             _text_match(where, [column], patterns, fold=False)
+    if flt.identity:
+        _text_match(where, ["(event->>'identity')"], flt.identity, fold=False)
     if flt.client:
         networks, globs = [], []
         for pattern in flt.client:
