@@ -175,3 +175,30 @@ def test_closing_record_keeps_what_readers_need_and_drops_the_chain_fields() -> 
     assert closed["statement_truncated"] is True and closed["command"] == "INSERT"
     assert not {"seq", "prev_hash", "hash", "chain", "statements"} & closed.keys()
     assert closed["sqlstate"] is None and closed["rows"] is None
+
+
+def test_readers_hide_dispatch_records_unless_asked_and_show_outcomes(tmp_path: Path) -> None:
+    from proxy.audit.filters import EventFilter
+    from proxy.audit.render import table_row
+    from proxy.store.query import build_query
+
+    trail = make_trail(tmp_path, audit__write_ahead=True)
+    record = dispatch("s1", "insert into t values (1)")
+    trail.submit(record)
+    trail = make_trail(tmp_path, audit__write_ahead=True)
+    trail.close()
+    lines = [line for line in (tmp_path / CURRENT).read_bytes().splitlines(keepends=True)]
+    every = EventFilter()
+    shown = [e["type"] for e in events(tmp_path) if every.matches(e)]
+    assert "dispatch" not in shown and shown.count("query") == 1
+    assert [every.prefilter(raw) for raw in lines].count(False) == 1  # the dispatch line
+    asked = EventFilter(types=("dispatch",))
+    assert [e["seq"] for e in events(tmp_path) if asked.matches(e)] == [record["seq"]]
+    unknown = EventFilter(outcome=("unknown",))
+    (closed,) = [e for e in events(tmp_path) if unknown.matches(e)]
+    row = table_row(closed, 200)
+    assert "unknown" in row and "insert into t values (1)" in row and "proxy_restarted" in row
+    recovery = events(tmp_path)[-1]
+    assert "1 statement(s) closed with outcome unknown" in table_row(recovery, 200)
+    text, params = build_query(EventFilter(), since=None, until=None)
+    assert "<> ALL" in text and ["dispatch"] in params

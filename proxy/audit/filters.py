@@ -35,7 +35,14 @@ EVENT_TYPES = (
     "review_decided",
     "review_expired",
     "review_withdrawn",
+    "dispatch",
+    "dispatch_recovery",
 )
+# Shown only when asked for by --type: a dispatch (audit.write_ahead) is the first half of a
+# statement whose query record follows, or closes it with an outcome.
+HIDDEN_TYPES = frozenset({"dispatch"})
+_HIDDEN_NEEDLE = b'"type":"dispatch",'  # canonical lines: quotes in strings are escaped
+OUTCOMES = ("unknown", "skipped")
 ACTIONS = ("allow", "flag", "review", "block")
 _GLOB_CHARS = frozenset("*?[")
 
@@ -171,6 +178,7 @@ class EventFilter:
     min_duration_ms: float | None = None
     grep: str | None = None  # case-insensitive substring of statement
     types: tuple[str, ...] = ()
+    outcome: tuple[str, ...] = ()  # a statement closed without completion (write_ahead)
     _checks: tuple[Check, ...] = field(default=(), init=False, repr=False, compare=False)
     _needles: tuple[tuple[bytes, ...], ...] = field(
         default=(), init=False, repr=False, compare=False
@@ -186,7 +194,8 @@ class EventFilter:
 
     @property
     def is_empty(self) -> bool:
-        return not self._checks
+        """No selection given (dispatch records are still left out)."""
+        return len(self._checks) == (0 if self.types else 1)
 
     def matches(self, event: dict[str, Any]) -> bool:
         for check in self._checks:  # noqa: SIM110 -- a plain loop: no generator per event
@@ -202,6 +211,8 @@ class EventFilter:
                     break
             else:
                 return False
+        if not self.types and _HIDDEN_NEEDLE in raw:
+            return False
         return self._grep_needle is None or self._grep_needle in raw.lower()
 
     def _compile(self) -> tuple[list[Check], list[tuple[bytes, ...]]]:
@@ -217,6 +228,12 @@ class EventFilter:
             wanted_types = frozenset(self.types)
             checks.append(lambda e: e.get("type") in wanted_types)
             exact_needles("type", self.types)
+        else:
+            checks.append(lambda e: e.get("type") not in HIDDEN_TYPES)
+        if self.outcome:
+            wanted_outcomes = frozenset(self.outcome)
+            checks.append(lambda e: e.get("outcome") in wanted_outcomes)
+            exact_needles("outcome", self.outcome)
         if self.since is not None:
             since = iso_z(self.since)
             checks.append(lambda e: _ts(e) >= since)
@@ -456,5 +473,12 @@ def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
         dest="filter_types",
         action="append",
         choices=EVENT_TYPES,
-        help="event type (default: all)",
+        help="event type (default: all but dispatch records)",
+    )
+    add(
+        "--outcome",
+        dest="filter_outcome",
+        action="append",
+        choices=OUTCOMES,
+        help="statements closed without a completion (audit.write_ahead): unknown, skipped",
     )

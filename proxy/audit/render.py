@@ -47,6 +47,9 @@ def action_of(event: dict[str, Any]) -> str:
 
 
 def _result(event: dict[str, Any]) -> str:
+    outcome = event.get("outcome")
+    if isinstance(outcome, str) and event.get("type") == "query":
+        return outcome  # unknown / skipped: closed without a completion (write_ahead)
     if event.get("sqlstate"):
         return str(event["sqlstate"])
     rows = event.get("rows")
@@ -57,7 +60,15 @@ def _what(event: dict[str, Any]) -> str:
     kind = event.get("type")
     if kind == "query":
         text = str(event.get("statement") or "")
+        if event.get("outcome"):
+            return f"{text}  -- outcome {event['outcome']}: {event.get('reason')}"
         return f"{text}  -- {event['error']}" if event.get("error") else text
+    if kind == "dispatch":
+        return f"[dispatch] {event.get('statement') or ''}"
+    if kind == "dispatch_recovery":
+        closed = event.get("closed")
+        count = len(closed) if isinstance(closed, list) else 0
+        return f"[dispatch recovery: {count} statement(s) closed with outcome unknown]"
     if kind == "session_start":
         tls = " tls" if event.get("tls") else ""
         return f"[session start{tls} pid={event.get('backend_pid')}]"

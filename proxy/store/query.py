@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 import orjson
 
-from proxy.audit.filters import EventFilter
+from proxy.audit.filters import HIDDEN_TYPES, EventFilter
 from proxy.errors import StoreError
 from proxy.store.schema import quote_schema
 
@@ -120,6 +120,12 @@ def build_where(flt: EventFilter, since: datetime | None, until: datetime | None
         where.clauses.append(f"ts <= {where.param(until)}")
     if flt.types:
         where.clauses.append(f"type = ANY({where.param(list(flt.types))}::text[])")
+    else:
+        where.clauses.append(
+            f"coalesce(type, '') <> ALL({where.param(sorted(HIDDEN_TYPES))}::text[])"
+        )
+    if flt.outcome:
+        where.clauses.append(f"event->>'outcome' = ANY({where.param(list(flt.outcome))}::text[])")
     for column, patterns in (
         ("user_name", flt.user),
         ("database_name", flt.database),
