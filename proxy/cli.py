@@ -49,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
     args = parser.parse_args(argv)
+    args.argv = argv  # as given: serve's supervisor starts its workers with the same flags
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)

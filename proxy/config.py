@@ -191,6 +191,16 @@ def _positive_int(value: Any) -> int:
     return number
 
 
+MAX_WORKERS = 64
+
+
+def _worker_count(value: Any) -> int:
+    number = _positive_int(value)
+    if number > MAX_WORKERS:
+        raise ValueError(f"at most {MAX_WORKERS} workers")
+    return number
+
+
 def _sinks(value: Any) -> tuple[Mapping[str, Any], ...]:
     if isinstance(value, str):  # from a flag or the environment: YAML flow syntax (or JSON)
         import yaml
@@ -250,6 +260,13 @@ SCHEMA: tuple[Key, ...] = (
     Key("log_level", _choice("debug", "info", "warning", "error"), "info", "diagnostic log level"),
     Key("allow_replication", parse_bool, False, "let replication connections through"),
     Key("shutdown_grace", parse_duration, 30.0, "how long running statements may finish on stop"),
+    Key(
+        "workers",
+        _worker_count,
+        1,
+        "proxy processes accepting on the listen address (SO_REUSEPORT), each with its own "
+        "event loop and audit trail; 1 runs the proxy in this process",
+    ),
     Key(
         "limits.analysis_offload_size",
         parse_size,

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from proxy.session import Session
     from proxy.sql.catalog.resolver import FunctionInfo, FunctionResolver
     from proxy.store.shipper import StoreShipper
+    from proxy.workers.role import WorkerRole
+    from proxy.workers.worker import SiblingLink
 
 logger = logging.getLogger("pgwarden.server")
 
@@ -99,6 +101,8 @@ class ProxyServer:
         self._functions: FunctionResolver | None = None
         self.central_store: StoreShipper | None = None
         self.alerts: AlertEngine | None = None
+        # With workers: cancel keys this process does not know are asked of its siblings.
+        self.siblings: SiblingLink | None = None
 
     # --- services for sessions -------------------------------------------------------------
 
@@ -146,14 +150,25 @@ class ProxyServer:
         self._backends[pid] = session
 
     async def route_cancel(self, request: CancelRequest) -> tuple[str, str | None]:
-        """A CancelRequest from a client: forward it when it names a session of ours with its
-        exact key and something is running there; drop (and count) anything else. Returns
-        the outcome and the target session's id (for the audit record)."""
+        """A CancelRequest from a client: forward it when it names a session of ours (or,
+        with workers, of a sibling worker's) with its exact key and something is running
+        there; drop (and count) anything else. Returns the outcome and the target session's
+        id (for the audit record)."""
+        routed = await self.route_cancel_here(request)
+        if routed is None and self.siblings is not None:
+            routed = await self.siblings.route_cancel(request)
+        if routed is None:
+            self.state.counters.cancels_dropped += 1
+            return "unknown_key", None
+        return routed
+
+    async def route_cancel_here(self, request: CancelRequest) -> tuple[str, str] | None:
+        """:meth:`route_cancel` among this process's sessions; None when no session here has
+        the request's pid (nothing counted: a sibling may know it)."""
         session = self._backends.get(request.pid)
         key = session.handshake.server_key if session is not None else None
         if session is None or key is None:
-            self.state.counters.cancels_dropped += 1
-            return "unknown_key", None
+            return None
         if not hmac.compare_digest(key[1], request.secret):
             self.state.counters.cancels_dropped += 1
             logger.warning("cancel request with a wrong key for session %s", session.session_id)
@@ -250,7 +265,8 @@ class ProxyServer:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, reuse_port: bool = False) -> None:
+        """Listen; ``reuse_port`` (workers) joins the SO_REUSEPORT group of the address."""
         from proxy.session import client_protocol_factory
 
         loop = asyncio.get_running_loop()
@@ -263,7 +279,7 @@ class ProxyServer:
             sniffing = SniffingListener(
                 factory, self.tls, sniff_timeout=login_timeout, handshake_timeout=login_timeout
             )
-            await sniffing.start(listen.host, listen.port)
+            await sniffing.start(listen.host, listen.port, reuse_port=reuse_port)
             self._sniffing = sniffing
             addrs = str((listen.host, sniffing.port))
         else:
@@ -272,6 +288,7 @@ class ProxyServer:
                 listen.host,
                 listen.port,
                 reuse_address=True,
+                reuse_port=reuse_port or None,
                 backlog=1024,
             )
             self._servers.append(server)
@@ -413,8 +430,11 @@ async def _reload_notified(server: ProxyServer) -> None:
         sdnotify.notify("READY=1", "STATUS=serving")
 
 
-async def serve(cfg: Config, ready: asyncio.Event | None = None) -> int:
-    """Run the proxy until SIGTERM/SIGINT. Returns the process exit code."""
+async def serve(
+    cfg: Config, ready: asyncio.Event | None = None, role: WorkerRole | None = None
+) -> int:
+    """Run the proxy until SIGTERM/SIGINT. Returns the process exit code. ``role``: this
+    process is one of the supervisor's workers (proxy.workers)."""
     from proxy.audit.trail import AuditTrail
 
     policy = load_policies(cfg)
@@ -422,7 +442,11 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> int:
     trail.open()
     server = ProxyServer(cfg, trail, policy)
     extras = await _start_extras(cfg, server, trail)
-    await server.start()
+    await server.start(reuse_port=role is not None)
+    if role is not None:
+        from proxy.workers.worker import attach_worker
+
+        extras.append(await attach_worker(server, role, extras))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -522,13 +546,13 @@ def run_loop(main: Coroutine[Any, Any, int]) -> int:
     return int(uvloop.run(main))
 
 
-def run_server(cfg: Config) -> int:
+def run_server(cfg: Config, role: WorkerRole | None = None) -> int:
     """Blocking entry point used by ``pgwarden serve`` and ``pgwarden demo``."""
     diagnostics.configure(cfg["log_format"], cfg["log_level"])
     for warning in cfg.warnings:
         logger.warning("%s", warning)
     try:
-        return run_loop(serve(cfg))
+        return run_loop(serve(cfg, role=role))
     except PgWardenError as exc:
         logger.error("%s", exc)
         return 2

@@ -14,6 +14,7 @@ from proxy.identity import Identity
 
 if TYPE_CHECKING:
     from proxy.approvals.broker import ApprovalBroker
+    from proxy.approvals.model import Approver, Request
 
 
 class SessionView(Protocol):
@@ -44,6 +45,34 @@ class SessionView(Protocol):
 
     def terminate(self, reason: str) -> None:
         """Close the client with FATAL 57P01 and the upstream connection."""
+
+
+class SiblingsView(Protocol):
+    """The other worker processes, as the admin API of worker 0 reaches them (proxy.workers)."""
+
+    async def sessions(self) -> list[dict[str, Any]]:
+        """Their live sessions as ``/sessions`` items, each with its ``worker``."""
+
+    async def session_action(
+        self, session_id: str, action: str, reason: str
+    ) -> dict[str, Any] | None:
+        """Cancel or terminate a session of theirs; None when none of them has it."""
+
+    async def metrics(self, own: bytes) -> bytes:
+        """``own`` exposition merged with theirs (a ``worker`` label on every series)."""
+
+
+class RemoteApprovals(Protocol):
+    """The approval requests other workers hold, for worker 0's admin API and console."""
+
+    async def requests(self) -> list[Request]:
+        """Snapshots of their requests."""
+
+    async def decide(
+        self, request_id: str, approver: Approver, approve: bool, reason: str, break_glass: bool
+    ) -> Request | None:
+        """One vote, applied by the owner; None when no other worker holds ``request_id``
+        (raises ApprovalError with the owner's refusal)."""
 
 
 @dataclass
@@ -80,4 +109,6 @@ class ServerState:
     upstream_ok: Callable[[], Awaitable[bool]] | None = None
     # Set by the server: the approval requests of this process.
     approvals: ApprovalBroker | None = None
+    # Set in worker 0 when the proxy runs several workers: the others' sessions and metrics.
+    siblings: SiblingsView | None = None
     extra: dict[str, Any] = field(default_factory=dict)

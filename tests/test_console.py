@@ -82,12 +82,13 @@ async def console(
     admin: str | None = ADMIN,
     audit: list[dict[str, Any]] | None = None,
     people: Path | None = None,
+    remote: Any = None,
 ) -> AsyncIterator[tuple[ApprovalBroker, Browser]]:
     broker = ApprovalBroker("p", lambda e: None, console_url="http://x")
     from proxy.approvals.people import People
 
     app = web.Application()
-    Console(
+    made = Console(
         audit_dir=str(trail(tmp_path)),
         broker=broker,
         people=load_people(people or people_file(tmp_path)) if with_people else People(),
@@ -96,7 +97,9 @@ async def console(
         audit=lambda request, action, **fields: (audit if audit is not None else []).append(
             {"action": action, **fields}
         ),
-    ).add_routes(app)
+    )
+    made.remote = remote  # the other workers' requests (proxy.workers), when given
+    made.add_routes(app)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

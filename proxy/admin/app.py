@@ -247,6 +247,8 @@ class AdminServer:
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         body = self.metrics.exposition()
+        if self.state.siblings is not None:
+            body = await self.state.siblings.metrics(body)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def readyz(self, request: web.Request) -> web.Response:
@@ -272,6 +274,10 @@ class AdminServer:
     async def sessions(self, request: web.Request) -> web.Response:
         now = time.time()
         items = [session_json(s, now) for s in list(self.state.sessions.values())]
+        if self.state.siblings is not None:
+            for item in items:
+                item["worker"] = 0
+            items += await self.state.siblings.sessions()
         items.sort(key=lambda item: (item["started_at"], item["session_id"]))
         # A read of statement text: recorded, with the sessions whose statements were shown.
         shown = [item["session_id"] for item in items if item["current_statement"]]
@@ -290,7 +296,29 @@ class AdminServer:
             )
         return session
 
+    async def _sibling_session(
+        self, request: web.Request, action: str, reason: str = ""
+    ) -> web.Response | None:
+        """Cancel or terminate a session another worker holds; None when none holds it."""
+        siblings = self.state.siblings
+        target = request.match_info["id"]
+        if siblings is None or target in self.state.sessions:
+            return None
+        answer = await siblings.session_action(target, action, reason)
+        if answer is None:
+            return None
+        done = "cancelled" if action == "cancel" else "terminated"
+        result = ("sent" if answer.get(done) else "nothing running") if action == "cancel" else done
+        self._audit(request, action, caller="admin-token", target_session=target,
+                    target_user=answer.get("user"), result=result)  # fmt: skip
+        log.info("admin API: %s of session %s from %s: %s", action, target, request.remote,
+                 result)  # fmt: skip
+        return web.json_response({"session_id": target, done: bool(answer.get(done))})
+
     async def cancel(self, request: web.Request) -> web.Response:
+        elsewhere = await self._sibling_session(request, "cancel")
+        if elsewhere is not None:
+            return elsewhere
         session = self._session(request, "cancel")
         cancelled = await session.cancel()
         self._audit(request, "cancel", caller="admin-token", target_session=session.session_id,
@@ -301,6 +329,11 @@ class AdminServer:
         return web.json_response({"session_id": session.session_id, "cancelled": cancelled})
 
     async def terminate(self, request: web.Request) -> web.Response:
+        elsewhere = await self._sibling_session(
+            request, "terminate", f"terminated by administrator (admin API, {request.remote})"
+        )
+        if elsewhere is not None:
+            return elsewhere
         session = self._session(request, "terminate")
         self._audit(request, "terminate", caller="admin-token", target_session=session.session_id,
                     target_user=session.identity.user, result="terminated")  # fmt: skip

@@ -23,9 +23,10 @@ from aiohttp import web
 from proxy.admin.auth import FailureLimiter
 from proxy.approvals.broker import ApprovalBroker
 from proxy.approvals.events import iso
-from proxy.approvals.model import Request, RequestState
+from proxy.approvals.model import Approver, Request, RequestState
 from proxy.approvals.people import People
 from proxy.errors import ApprovalError
+from proxy.state import RemoteApprovals
 
 log = logging.getLogger("pgwarden.admin")
 
@@ -101,6 +102,8 @@ class ApprovalsApi:
         self.admin_token = admin_token
         self.audit = audit
         self.failures = failures or FailureLimiter()
+        # With workers: the requests the other workers hold (set by proxy.workers).
+        self.remote: RemoteApprovals | None = None
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get(PREFIX, self.list)
@@ -143,14 +146,18 @@ class ApprovalsApi:
         states = {s.value for s in RequestState}
         if state and state not in states:
             return _error(400, f"state must be one of {', '.join(sorted(states))}")
-        chosen = [r for r in broker.book if not state or r.state.value == state]
+        every = list(broker.book)
+        if self.remote is not None:
+            every = sorted([*every, *await self.remote.requests()],
+                           key=lambda r: r.created_at, reverse=True)  # fmt: skip
+        chosen = [r for r in every if not state or r.state.value == state]
         self.audit(request, "approvals_read", caller=caller, requests=[r.id for r in chosen])
         return web.json_response([request_json(r, broker.link(r)) for r in chosen])
 
     async def show(self, request: web.Request) -> web.Response:
         broker, caller = self._broker_or_raise(request, read=True)
         try:
-            found = broker.book.get(request.match_info["id"])
+            found = await self._find(broker, request.match_info["id"])
         except ApprovalError as exc:
             return _error(exc.status, str(exc))
         self.audit(request, "approvals_read", caller=caller, requests=[found.id])
@@ -179,7 +186,7 @@ class ApprovalsApi:
         request_id = request.match_info["id"]
         verb = "approve" if approve else "deny"
         try:
-            decided = broker.decide(request_id, person, approve, reason, break_glass=break_glass)
+            decided = await self._vote(broker, request_id, person, approve, reason, break_glass)
         except ApprovalError as exc:
             self.audit(
                 request,
@@ -208,6 +215,34 @@ class ApprovalsApi:
             request.remote,
         )
         return web.json_response(request_json(decided, broker.link(decided)))
+
+    async def _find(self, broker: ApprovalBroker, request_id: str) -> Request:
+        """The request of that id, in this worker's broker or (workers) another's."""
+        try:
+            return broker.book.get(request_id)
+        except ApprovalError:
+            if self.remote is None:
+                raise
+        for found in await self.remote.requests():
+            if found.id == request_id:
+                return found
+        raise ApprovalError(f"no approval request {request_id!r}", status=404)
+
+    async def _vote(
+        self,
+        broker: ApprovalBroker,
+        request_id: str,
+        person: Approver,
+        approve: bool,
+        reason: str,
+        break_glass: bool,
+    ) -> Request:
+        """Record the vote where the request lives: here, or the worker holding it."""
+        if self.remote is not None and request_id not in {r.id for r in broker.book}:
+            decided = await self.remote.decide(request_id, person, approve, reason, break_glass)
+            if decided is not None:
+                return decided
+        return broker.decide(request_id, person, approve, reason, break_glass=break_glass)
 
     def _broker_or_raise(
         self, request: web.Request, *, read: bool

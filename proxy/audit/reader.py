@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import heapq
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from typing import IO, Any
 import orjson
 
 from proxy.audit.jsonl import CURRENT, TrailFile, iter_raw_lines, trail_files
+from proxy.audit.trailset import trail_dirs
 
 _ONE_SECOND = timedelta(seconds=1)
 
@@ -58,8 +61,27 @@ def iter_raw(
 
     If the writer rotates while we read, the newly rotated file is read too and records
     already seen (by ``seq``) are not repeated.
+
+    A directory of several workers' trails (:mod:`proxy.audit.trailset`) is read as one:
+    each trail in its own order, the trails merged by ``ts``.
     """
     del until  # accepted for symmetry; see docstring
+    trails = trail_dirs(directory)
+    if len(trails) == 1:
+        return _iter_one(trails[0], since)
+    return heapq.merge(*(_iter_one(d, since) for d in trails), key=_ts_of)
+
+
+_TS = re.compile(rb'"ts":\s*"([^"]*)"')
+
+
+def _ts_of(raw: bytes) -> bytes:
+    # The trail's ts format orders as text (proxy.audit.timeparse.iso_z).
+    found = _TS.search(raw)
+    return found.group(1) if found else b""
+
+
+def _iter_one(directory: Path, since: datetime | None) -> Iterator[bytes]:
     last_seq = 0
     read: set[int] = set()
     dedupe = False  # only after a rotation raced with us: then parse to skip what we had

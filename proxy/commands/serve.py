@@ -22,6 +22,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         action="store_true",
         help="validate the configuration and policies, print it, and exit",
     )
+    # Set by the supervisor of ``workers`` > 1 for each worker process it starts.
+    parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--run-dir", default=None, help=argparse.SUPPRESS)
     config.add_flags(parser)
     parser.set_defaults(func=run)
 
@@ -41,6 +44,17 @@ def run(args: argparse.Namespace) -> int:
         return check_config(cfg)
     from proxy.server import run_server
 
+    if args.worker_index is not None:
+        from proxy.workers.role import worker_role
+        from proxy.workers.supervisor import die_with_parent
+
+        die_with_parent()
+        role = worker_role(cfg, args.worker_index, args.run_dir)
+        return run_server(role.config, role.role)
+    if cfg["workers"] > 1:
+        from proxy.workers.supervisor import supervise
+
+        return supervise(cfg, list(getattr(args, "argv", None) or sys.argv[1:]))
     return run_server(cfg)
 
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from proxy.audit.anchor import load_anchors
 from proxy.audit.chain import load_hmac_key
-from proxy.audit.verify import verify_trail
+from proxy.audit.trailset import trail_dirs, trail_label
+from proxy.audit.verify import VerifyResult, verify_trail
 from proxy.commands.options import add_format_argument
 from proxy.review.progress import estimate_records, progress, wanted
 from proxy.review.source import add_location_arguments, audit_dir, hmac_key_file
@@ -59,24 +61,39 @@ def run(args: argparse.Namespace) -> int:
     key_file = hmac_key_file(args)
     key = load_hmac_key(key_file) if key_file else None
     anchors = [a for spec in args.anchor for a in load_anchors(spec, args.store_schema)]
-    directory = audit_dir(args, require_trail=False)
-    total = estimate_records(Path(directory), None) if wanted() else None
-    result = verify_trail(
-        directory,
-        key,
-        allow_pruned=args.allow_pruned,
-        anchors=anchors,
-        watch=lambda records: progress(records, total=total, desc="verify"),
-    )
+    directory = Path(audit_dir(args, require_trail=False))
+    trails = trail_dirs(directory)
+    total = estimate_records(directory, None) if wanted() else None
+    results: list[tuple[Path, VerifyResult]] = []
+    for trail in trails:
+        # One chain per worker: each is verified on its own, all must be intact.
+        results.append((trail, verify_trail(
+            trail,
+            key,
+            allow_pruned=args.allow_pruned,
+            anchors=anchors,
+            watch=lambda records: progress(records, total=total, desc="verify"),
+        )))  # fmt: skip
     if args.format == "json":
-        sys.stdout.write(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2).decode())
+        body: Any = results[0][1].as_dict()
+        if len(results) > 1:
+            body = {
+                "ok": all(r.ok for _, r in results),
+                "trails": [
+                    {"trail": trail_label(directory, t), "directory": str(t), **r.as_dict()}
+                    for t, r in results
+                ],
+            }
+        sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
         sys.stdout.write("\n")
     else:
-        for warning in result.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
-        if result.problem is None:
-            print(f"ok: {result.summary()}")
-        else:
-            print(f"FAILED: {result.problem}")
-            print(f"verified before the problem: {result.summary()}")
-    return 0 if result.ok else 1
+        for trail, result in results:
+            label = f"{trail_label(directory, trail)} ({trail}): " if len(results) > 1 else ""
+            for warning in result.warnings:
+                print(f"warning: {label}{warning}", file=sys.stderr)
+            if result.problem is None:
+                print(f"{label}ok: {result.summary()}")
+            else:
+                print(f"{label}FAILED: {result.problem}")
+                print(f"{label}verified before the problem: {result.summary()}")
+    return 0 if all(r.ok for _, r in results) else 1

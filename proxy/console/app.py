@@ -42,6 +42,7 @@ from proxy.errors import ApprovalError
 from proxy.review import svg
 from proxy.review.render_html import section_html
 from proxy.review.tables import report_tables, summary_items
+from proxy.state import RemoteApprovals
 
 log = logging.getLogger("pgwarden.console")
 
@@ -83,6 +84,9 @@ class Console:
         self.failures = failures or FailureLimiter()
         self.reader = TrailReader(audit_dir, store)
         self.broker = broker
+        # With workers: the requests the other workers hold (set by proxy.workers).
+        self.remote: RemoteApprovals | None = None
+        self._remote_pending = 0  # as of the last look, for the header's count
         self.explain_dsn = explain_dsn
         # Nobody can log in and the listener is reachable from elsewhere: refuse to serve.
         self.refused = self.gate.open and not is_loopback(host)
@@ -184,7 +188,9 @@ class Console:
         html = template.render(
             login=login,
             csrf=self.gate.signer.csrf(login.nonce) if login is not None else "",
-            pending=len(self.broker.book.pending()) if self.broker is not None else 0,
+            pending=(len(self.broker.book.pending()) + self._remote_pending)
+            if self.broker is not None
+            else 0,
             **ctx,
         )
         response = web.Response(status=status, text=html, content_type="text/html")
@@ -348,18 +354,34 @@ class Console:
     async def reviews(
         self, request: web.Request, login: Login, form: dict[str, str]
     ) -> web.Response:
-        requests = list(self.broker.book) if self.broker is not None else []
+        requests = await self._requests()
         pending = [r for r in requests if r.state is RequestState.PENDING]
         decided = [r for r in requests if r.state is not RequestState.PENDING][:100]
         return self.render("reviews.html", login, queue=pending, decided=decided, now=time.time())
 
-    def _find(self, request: web.Request, login: Login) -> ApprovalRequest | web.Response:
+    async def _requests(self) -> list[ApprovalRequest]:
+        """Every request, newest first: this worker's and (workers) the others'."""
+        if self.broker is None:
+            return []
+        requests = list(self.broker.book)
+        if self.remote is not None:
+            remote = await self.remote.requests()
+            self._remote_pending = sum(r.state is RequestState.PENDING for r in remote)
+            requests = sorted([*requests, *remote], key=lambda r: r.created_at, reverse=True)
+        return requests
+
+    async def _find(self, request: web.Request, login: Login) -> ApprovalRequest | web.Response:
         """The request the URL names, or the error page saying why there is none."""
         if self.broker is None:
             return self.render("error.html", login, status=503, message="approvals are not running")
+        wanted = request.match_info["id"]
         try:
-            return self.broker.book.get(request.match_info["id"])
+            return self.broker.book.get(wanted)
         except ApprovalError as exc:
+            if self.remote is not None:
+                for found in await self._requests():
+                    if found.id == wanted:
+                        return found
             return self.render("error.html", login, status=exc.status, message=str(exc))
 
     async def review(
@@ -373,7 +395,7 @@ class Console:
         status: int = 200,
         plan: explain.Plan | None = None,
     ) -> web.Response:
-        found = self._find(request, login)
+        found = await self._find(request, login)
         if isinstance(found, web.Response):
             return found
         similar = await self._blocking(self.reader.similar, found.fingerprint)
@@ -409,14 +431,18 @@ class Console:
             return await self.review(
                 request, login, form, error="choose approve or deny", status=400
             )
+        approve, reason = verdict == "approve", form.get("reason", "")
+        break_glass = form.get("break_glass") == "on"
         try:
-            self.broker.decide(
-                request_id,
-                login.person,
-                verdict == "approve",
-                form.get("reason", ""),
-                break_glass=form.get("break_glass") == "on",
-            )
+            decided = None
+            if self.remote is not None and request_id not in {r.id for r in self.broker.book}:
+                decided = await self.remote.decide(
+                    request_id, login.person, approve, reason, break_glass
+                )
+            if decided is None:
+                self.broker.decide(
+                    request_id, login.person, approve, reason, break_glass=break_glass
+                )
         except ApprovalError as exc:
             log.warning(
                 "console: %s refused for %s on %s: %s", verdict, login.person.name, request_id, exc
@@ -428,7 +454,7 @@ class Console:
     async def explain(
         self, request: web.Request, login: Login, form: dict[str, str]
     ) -> web.Response:
-        found = self._find(request, login)
+        found = await self._find(request, login)
         if isinstance(found, web.Response):
             return found
         log.info("console: %s asked for EXPLAIN of %s", login.person.name, found.id)

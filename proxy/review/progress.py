@@ -55,7 +55,16 @@ def progress(
 
 def estimate_records(directory: Path, since: datetime | None) -> int | None:
     """About how many records reading ``directory`` from ``since`` goes through: from the
-    first seq of the first file read to the newest seq in ``audit.head``."""
+    first seq of the first file read to the newest seq in ``audit.head``, summed over the
+    trails of a set (workers)."""
+    from proxy.audit.trailset import trail_dirs
+
+    counts = [_estimate_one(trail, since) for trail in trail_dirs(directory)]
+    known = [c for c in counts if c is not None]
+    return sum(known) if known else None
+
+
+def _estimate_one(directory: Path, since: datetime | None) -> int | None:
     head = read_head(directory)
     files = files_for(directory, since)
     if head is None or not files:

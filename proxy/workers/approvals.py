@@ -1,0 +1,132 @@
+"""Approval requests across workers: a held statement's request lives in the broker of the
+worker whose session holds it; worker 0's admin API and console list every worker's requests
+and send a decision to the worker that owns it, where its broker applies the very same
+rules (approvers, two-person, break-glass, deadlines) as for its own.
+
+Requests cross the sibling channel as plain JSON values (never pickled), rebuilt into the
+same frozen :class:`~proxy.approvals.model.Request` values the console renders.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.approvals.model import Approver, Binding, Request, RequestState, Vote
+from proxy.identity import Identity
+from proxy.policy.review import ReviewSpec
+
+
+def _groups(value: Any) -> tuple[tuple[str, frozenset[str]], ...]:
+    return tuple((str(name), frozenset(str(m) for m in members)) for name, members in value)
+
+
+def _groups_json(groups: tuple[tuple[str, frozenset[str]], ...]) -> list[Any]:
+    return [[name, sorted(members)] for name, members in groups]
+
+
+def request_to_json(r: Request) -> dict[str, Any]:
+    spec = r.spec
+    ident = r.identity
+    return {
+        "id": r.id,
+        "binding": [
+            r.binding.text_sha256,
+            r.binding.params_sha256,
+            r.binding.user,
+            r.binding.database,
+            r.binding.session_id,
+        ],
+        "spec": {
+            "rule_id": spec.rule_id,
+            "users": sorted(spec.users),
+            "groups": _groups_json(spec.groups),
+            "approvals": spec.approvals,
+            "timeout": spec.timeout,
+            "reason_required": spec.reason_required,
+            "on_timeout": spec.on_timeout,
+            "mode": spec.mode,
+            "ticket_valid": spec.ticket_valid,
+            "break_glass": _groups_json(spec.break_glass),
+            "source": spec.source,
+        },
+        "statement": r.statement,
+        "identity": [
+            ident.user,
+            ident.database,
+            ident.application_name,
+            ident.client_addr,
+            ident.client_port,
+            ident.session_id,
+            ident.end_identity,
+        ],
+        "created_at": r.created_at,
+        "deadline": r.deadline,
+        "fingerprint": r.fingerprint,
+        "state": r.state.value,
+        "votes": [[v.approver, v.approve, v.reason, v.at, v.break_glass] for v in r.votes],
+        "decided_at": r.decided_at,
+        "reason": r.reason,
+        "ticket_until": r.ticket_until,
+        "ticket_used": r.ticket_used,
+        # The exact text for an EXPLAIN an approver asks for in worker 0's console; it stays
+        # inside the proxy's own processes (the channel is the proxy user's alone).
+        "text": r.text,
+        "params": [p.hex() if p is not None else None for p in r.params],
+    }
+
+
+def request_from_json(data: dict[str, Any]) -> Request:
+    spec = data["spec"]
+    user, database, app, addr, port, session_id, end_identity = data["identity"]
+    return Request(
+        id=str(data["id"]),
+        binding=Binding(*(str(part) for part in data["binding"])),
+        spec=ReviewSpec(
+            rule_id=str(spec["rule_id"]),
+            users=frozenset(str(u) for u in spec["users"]),
+            groups=_groups(spec["groups"]),
+            approvals=int(spec["approvals"]),
+            timeout=float(spec["timeout"]),
+            reason_required=bool(spec["reason_required"]),
+            on_timeout=spec["on_timeout"],
+            mode=spec["mode"],
+            ticket_valid=float(spec["ticket_valid"]),
+            break_glass=_groups(spec["break_glass"]),
+            source=str(spec["source"]),
+        ),
+        statement=str(data["statement"]),
+        identity=Identity(
+            str(user),
+            str(database),
+            str(app),
+            str(addr),
+            None if port is None else int(port),
+            str(session_id),
+            str(end_identity),
+        ),
+        created_at=float(data["created_at"]),
+        deadline=float(data["deadline"]),
+        fingerprint=str(data["fingerprint"]),
+        state=RequestState(data["state"]),
+        votes=tuple(
+            Vote(str(a), bool(ok), str(why), float(at), bool(bg))
+            for a, ok, why, at, bg in data["votes"]
+        ),
+        decided_at=None if data["decided_at"] is None else float(data["decided_at"]),
+        reason=str(data["reason"]),
+        ticket_until=None if data["ticket_until"] is None else float(data["ticket_until"]),
+        ticket_used=bool(data["ticket_used"]),
+        text=str(data["text"]),
+        params=tuple(bytes.fromhex(p) if p is not None else None for p in data["params"]),
+    )
+
+
+def approver_to_json(person: Approver) -> dict[str, Any]:
+    return {"name": person.name, "groups": sorted(person.groups), "role": person.role}
+
+
+def approver_from_json(data: dict[str, Any]) -> Approver:
+    role = data["role"]
+    if role not in ("viewer", "approver"):
+        raise ValueError(f"unknown role {role!r}")
+    return Approver(str(data["name"]), frozenset(str(g) for g in data["groups"]), role)
