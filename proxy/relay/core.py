@@ -41,6 +41,7 @@ from proxy.wire.framing import Framer
 
 if TYPE_CHECKING:
     from proxy.audit.events import SessionEvents
+    from proxy.config import Config
     from proxy.gate import Gate
 
 _FORGET_ALL = frozenset({"DEALLOCATE ALL", "DISCARD ALL"})
@@ -113,6 +114,29 @@ class AnalysisRequest:
     settings: ParserSettings
 
 
+@dataclass(frozen=True, slots=True)
+class RelayOptions:
+    """What the configuration says about relaying, read once when a session becomes ready."""
+
+    max_message_size: int
+    parameters: str  # audit.parameters
+    offload_size: int = 1 << 62  # statements this long are analysed off the loop
+    max_analysis_size: int = 1 << 62  # beyond this, on_unparsable decides
+    exact_timings: bool = False
+    catalog_lookups: bool = False  # the adapter can ask the catalog (catalog.dsn)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> RelayOptions:
+        return cls(
+            max_message_size=cfg["limits.max_message_size"],
+            parameters=cfg["audit.parameters"],
+            offload_size=cfg["limits.analysis_offload_size"],
+            max_analysis_size=cfg["limits.max_analysis_size"],
+            exact_timings=cfg["audit.exact_timings"],
+            catalog_lookups=bool(cfg["catalog.dsn"]),
+        )
+
+
 class ClientSink(Protocol):
     """Where bytes for the client go: after ``events`` (if any) have reached the trail."""
 
@@ -168,42 +192,43 @@ class RelayCore:
         gate: Gate,
         events: SessionEvents,
         sink: ClientSink,
+        options: RelayOptions,
         *,
-        max_message_size: int,
-        parameters: str,
         audit_refusal: Callable[[], Decision | None],
         settings: ParserSettingsTracker,
         on_parameter: Callable[[str, str], None],
-        offload_size: int = 1 << 62,
-        max_analysis_size: int = 1 << 62,
+        tx_status: int = c.TX_IDLE,
+        server_version: str = "",
     ) -> None:
         self._gate = gate
         self._events = events
         self._sink = sink
-        self._param_mode = parameters
+        self._param_mode = options.parameters
         self._audit_refusal = audit_refusal
         self._on_parameter = on_parameter  # ParameterStatus: the adapter follows identity
         self._framer = Framer(
-            FrontendProtocolError, large_limit=max_message_size, allowed=c.FRONTEND_TYPES
+            FrontendProtocolError, large_limit=options.max_message_size, allowed=c.FRONTEND_TYPES
         )
         self.identity = events.identity
         self.prepared = PreparedStatements()
         self.queue = ReplyQueue(self.prepared)
+        self.queue.tx_status = tx_status
+        self.queue.exact_timings = options.exact_timings
         self.settings = settings
         self._skip_until_sync = False
         self._backlog: deque[tuple[int, bytes | None, bytes]] = deque()
         self._deferred_upstream: list[bytes] = []
         self._now_ns = 0
-        self._offload_size = offload_size
-        self._max_analysis = max_analysis_size
+        self._offload_size = options.offload_size
+        self._max_analysis = options.max_analysis_size
         self.analysis_wanted: AnalysisRequest | None = None
         self.review_wanted: ReviewRequest | None = None
         # FunctionCall OIDs named from the server's catalog (None: not a function there).
-        self.catalog_lookups = False  # the adapter can ask the catalog (catalog.dsn)
+        self.catalog_lookups = options.catalog_lookups
         self.function_wanted: int | None = None
         self._functions: dict[int, FunctionInfo | None] = {}
         self._verdict: tuple[ReviewRequest, ReviewVerdict] | None = None
-        self.server_major: int | None = None  # from server_version, for catalog lookups
+        self.server_major = _major(server_version)  # for catalog lookups
         self._analysed: tuple[AnalysisRequest, QueryFacts] | None = None
         self._pending_events: list[dict[str, Any]] = []
         # False while every record of the current server chunk is a refusal because the trail
@@ -879,3 +904,8 @@ class RelayCore:
 
 def _name(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
+
+
+def _major(version: str) -> int | None:
+    head = version.split(".")[0].split()[0] if version else ""
+    return int(head) if head.isdigit() else None

@@ -252,10 +252,10 @@ class Wire:
             for coro in self.host.spawned:
                 coro.close()
             self.host.spawned.clear()
-            if self.session.login is not None:
-                self.session.upstream_connected(
+            if self.session.flow.login is not None:
+                self.session.flow.upstream_connected(
                     self.upstream,  # type: ignore[arg-type]
-                    self.session.login.upstream_packet(),
+                    self.session.flow.login.upstream_packet(),
                 )
 
     def server_sends(self, data: bytes) -> None:

@@ -14,7 +14,7 @@ from proxy.audit.events import SessionEvents
 from proxy.gate import Gate
 from proxy.identity import Identity
 from proxy.policy.decision import Decision
-from proxy.relay.core import RelayCore
+from proxy.relay.core import RelayCore, RelayOptions
 from proxy.relay.settings import ParserSettingsTracker
 from tests.relay.harness import (
     bind,
@@ -98,8 +98,7 @@ class Relay:
             self.gate,
             events,
             self.sink,
-            max_message_size=1 << 20,
-            parameters="none",
+            RelayOptions(max_message_size=1 << 20, parameters="none"),
             audit_refusal=refusal,
             settings=ParserSettingsTracker(),
             on_parameter=lambda name, value: None,
