@@ -124,6 +124,7 @@ class RelayOptions:
     max_analysis_size: int = 1 << 62  # beyond this, on_unparsable decides
     exact_timings: bool = False
     catalog_lookups: bool = False  # the adapter can ask the catalog (catalog.dsn)
+    write_ahead: bool = False  # audit.write_ahead: dispatch records before forwarding
 
     @classmethod
     def from_config(cls, cfg: Config) -> RelayOptions:
@@ -134,6 +135,7 @@ class RelayOptions:
             max_analysis_size=cfg["limits.max_analysis_size"],
             exact_timings=cfg["audit.exact_timings"],
             catalog_lookups=bool(cfg["catalog.dsn"]),
+            write_ahead=cfg["audit.write_ahead"],
         )
 
 

@@ -158,16 +158,21 @@ class Session:
 
     def ready(self, tx_status: int) -> None:
         """The server's first ReadyForQuery: the relay takes over."""
+        options = RelayOptions.from_config(self.cfg)
         core = RelayCore(
             self.server.gate,
             self.events,
             self,
-            RelayOptions.from_config(self.cfg),
+            options,
             audit_refusal=self._audit_refusal,
             settings=self._settings,
             on_parameter=self.parameter_status,
             tx_status=tx_status,
             server_version=self.server_params.get("server_version", ""),
+        )
+        # Nothing runs unaudited: statements wait while the trail cannot accept records.
+        core.watch_trail(
+            self.server.trail, lambda: self._stalls.resume(core), write_ahead=options.write_ahead
         )
         self._settings.ready(tx_status)
         self.core = core
