@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -121,6 +124,15 @@ def settle(proxy: Any, app: str, quiet: float = 0.5, timeout: float = 10.0) -> l
             return last
         time.sleep(0.05)
     return last
+
+
+def readiness(proxy: Any) -> dict[str, Any]:
+    """The proxy's /readyz answer (its checks, e.g. ``audit_trail``), ready or not."""
+    try:
+        with urllib.request.urlopen(proxy.admin_url("/readyz"), timeout=5) as reply:
+            return dict(json.load(reply))
+    except urllib.error.HTTPError as exc:
+        return dict(json.load(exc))
 
 
 def admin(pg: Any) -> psycopg.Connection[Any]:

@@ -11,21 +11,14 @@ import json
 import resource
 import threading
 import time
-import urllib.request
 from typing import Any
 
 import psycopg
 import pytest
 
+from tests.e2e.kit import readiness
+
 pytestmark = pytest.mark.e2e
-
-
-def _ready(proxy: Any) -> dict[str, Any]:
-    try:
-        with urllib.request.urlopen(proxy.admin_url("/readyz"), timeout=5) as r:
-            return dict(json.load(r))
-    except urllib.error.HTTPError as exc:
-        return dict(json.load(exc))
 
 
 def test_a_failing_trail_refuses_new_statements_at_once(proxy_factory: Any) -> None:
@@ -46,7 +39,7 @@ def test_a_failing_trail_refuses_new_statements_at_once(proxy_factory: Any) -> N
         thread = threading.Thread(target=run)
         thread.start()
         deadline = time.monotonic() + 15
-        while _ready(proxy)["checks"]["audit_trail"]:
+        while readiness(proxy)["checks"]["audit_trail"]:
             assert time.monotonic() < deadline, "the trail never failed"
             time.sleep(0.05)
         refused: list[BaseException] = []
