@@ -50,6 +50,7 @@ ALL_TARGETS = (
     "pgwarden-store",
 )
 BASELINE = "pgwarden-baseline"
+WORKERS_PREFIX = "pgwarden-w"  # pgwarden-w2: `serve --workers 2`, default config otherwise
 STORE_DATABASE = "pgwarden_store"
 ALL_MODES = ("simple", "extended", "prepared")
 DATABASE = "bench"
@@ -101,6 +102,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="ARG",
         help="extra argument for `pgwarden serve` (repeatable), e.g. --pgwarden-arg=--workers=2",
     )
+    parser.add_argument(
+        "--workers",
+        help="comma-separated worker counts: each adds a target pgwarden-wN (default config, "
+        "`serve --workers N`), e.g. --workers 2,4 on a machine with cores to spare "
+        "(CPU us/tx sums the supervisor and every worker)",
+    )
     parser.add_argument("--json", type=Path, help="write all raw numbers here")
     parser.add_argument(
         "--baseline-repo",
@@ -131,6 +138,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"unknown target {target!r}")
     # Keep the canonical order so tables always read direct, pgbouncer, pgwarden, policy.
     args.targets = [t for t in ALL_TARGETS if t in args.targets]
+    for count in _csv(args.workers) if args.workers else []:
+        if not count.isdigit() or not 1 <= int(count) <= 64:
+            parser.error(f"--workers takes counts from 1 to 64, got {count!r}")
+        args.targets.append(f"{WORKERS_PREFIX}{int(count)}")
     if BASELINE in args.targets and args.baseline_repo is None:
         args.targets.remove(BASELINE)  # only with --baseline-repo
     return args
@@ -234,11 +245,15 @@ class Bench:
             # compete for the same two cores, as they would on a small host.
             dsn = f"postgresql://{self.cluster.superuser}@127.0.0.1:{pg_port}/{STORE_DATABASE}"
             extra += ["--audit-sinks", f'[{{type: postgres, dsn: "{dsn}"}}]']
+        workers = 1
+        if name.startswith(WORKERS_PREFIX):
+            workers = int(name.removeprefix(WORKERS_PREFIX))
+            extra += ["--workers", str(workers)]
         repo = self.args.baseline_repo if name == BASELINE else REPO_ROOT
         warden = PgWarden(name, self.scratch / f"{name}-{label}", pg_port, policies, extra, repo)
         self.wardens.append(warden)
         print(f"  {shlex.join(warden.command())}", file=sys.stderr)
-        return warden.start(), warden
+        return warden.start(workers), warden
 
     def start_target(self, name: str, direct: Target, label: str) -> Target:
         if name == "direct":

@@ -48,6 +48,7 @@ def check(cfg: Config) -> Findings:
     _check_audit_dir(str(cfg["audit.dir"]), out)
     _check_hmac_key(str(cfg["audit.hmac_key_file"]), out)
     _check_listen("listen", str(cfg.listen), out)
+    _check_workers(int(cfg["workers"]), out)
     _check_admin(cfg, out)
     _check_sinks(cfg, out)
     return Findings(tuple(out.problems), tuple(out.warnings))
@@ -128,6 +129,19 @@ def _check_admin(cfg: Config, out: _Collect) -> None:
     except SourceError as exc:
         out.problems.extend(exc.problems)
     _check_listen("admin.listen", listen, out)
+
+
+def _check_workers(workers: int, out: _Collect) -> None:
+    if workers == 1:
+        return
+    if not hasattr(socket, "SO_REUSEPORT"):
+        out.problem("workers", "several workers need SO_REUSEPORT, which this system lacks")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if cores is not None and workers > cores:
+        out.warnings.append(
+            f"workers: {workers} workers on {cores} CPU{'s' if cores != 1 else ''}; workers "
+            "beyond the cores only compete for them (docs/operations.md, Workers)"
+        )
 
 
 def _check_listen(key: str, address: str, out: _Collect) -> None:

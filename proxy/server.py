@@ -548,9 +548,10 @@ def run_loop(main: Coroutine[Any, Any, int]) -> int:
 
 def run_server(cfg: Config, role: WorkerRole | None = None) -> int:
     """Blocking entry point used by ``pgwarden serve`` and ``pgwarden demo``."""
-    diagnostics.configure(cfg["log_format"], cfg["log_level"])
+    diagnostics.configure(cfg["log_format"], cfg["log_level"], role.index if role else None)
     for warning in cfg.warnings:
-        logger.warning("%s", warning)
+        if role is None:  # a worker's were logged once by its supervisor
+            logger.warning("%s", warning)
     try:
         return run_loop(serve(cfg, role=role))
     except PgWardenError as exc:

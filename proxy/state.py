@@ -61,6 +61,10 @@ class SiblingsView(Protocol):
     async def metrics(self, own: bytes) -> bytes:
         """``own`` exposition merged with theirs (a ``worker`` label on every series)."""
 
+    async def ready(self) -> dict[str, bool]:
+        """Their readiness checks, named ``worker K <check>`` (``worker K`` when it did not
+        answer)."""
+
 
 class RemoteApprovals(Protocol):
     """The approval requests other workers hold, for worker 0's admin API and console."""

@@ -142,6 +142,21 @@ def test_a_port_in_use_is_a_warning(tmp_path: Path) -> None:
     assert f"pgwarden: warning: listen: 127.0.0.1:{port} is in use right now" in err
 
 
+def test_too_many_workers_is_refused(tmp_path: Path) -> None:
+    code, _out, err = pgwarden("serve", *base(tmp_path), "--workers", "65", "--check-config")
+    assert code == 2 and "at most 64 workers" in err and "workers" in err
+
+
+def test_more_workers_than_cores_is_a_warning(tmp_path: Path) -> None:
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    code, out, err = pgwarden("serve", *base(tmp_path), "--workers", str(cores + 1),
+                              "--check-config")  # fmt: skip
+    assert code == 0 and f"workers: {cores + 1}\n" in out
+    assert f"pgwarden: warning: workers: {cores + 1} workers on {cores} CPU" in err
+
+
 def test_unknown_keys_say_what_was_meant(tmp_path: Path) -> None:
     path = tmp_path / "pgwarden.yaml"
     path.write_text("listn: 1\nlimits:\n  login_timout: 5s\nlogin_timeout: 4s\nfrob: 1\n")

@@ -179,3 +179,66 @@ def test_workers_out_of_range_is_a_config_error(value: str) -> None:
     with pytest.raises(ValueError):
         key.parse(value)
     assert key.parse("4") == 4 and key.default == 1
+
+
+def _events(directory: Path, trail_id: str, events: list[dict[str, Any]]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "audit.id").write_text(trail_id + "\n")
+    lines = [json.dumps(e, sort_keys=True, separators=(",", ":")) for e in events]
+    (directory / "audit.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def _query(seq: int, ts: str, session: str, text: str) -> dict[str, Any]:
+    return {"type": "query", "seq": seq, "ts": ts, "proxy_id": "p", "session_id": session,
+            "statement": text, "user": "u", "database": "d"}  # fmt: skip
+
+
+def _two_trails(tmp_path: Path) -> None:
+    """Worker 0 and worker 1 each ran a statement as their seq 1, one of them rolled back."""
+    _events(tmp_path, "a" * 32, [
+        _query(1, "2026-12-01T10:00:00.000000Z", "s0", "insert into t values (0)"),
+        {"type": "transaction", "seq": 2, "ts": "2026-12-01T10:00:00.500000Z", "proxy_id": "p",
+         "session_id": "s0", "outcome": "rolled_back", "statements": [1]},
+    ])  # fmt: skip
+    _events(tmp_path / "worker-1", "b" * 32, [
+        _query(1, "2026-12-01T10:00:01.000000Z", "s1", "insert into t values (1)"),
+        {"type": "transaction", "seq": 2, "ts": "2026-12-01T10:00:01.500000Z", "proxy_id": "p",
+         "session_id": "s1", "outcome": "committed", "statements": [1]},
+    ])  # fmt: skip
+
+
+def test_outcomes_are_told_apart_per_worker_trail(tmp_path: Path, capsys: Any) -> None:
+    from proxy.cli import main
+
+    _two_trails(tmp_path)
+    assert main(["logs", str(tmp_path), "--rolled-back", "--format", "json"]) == 0
+    shown = [json.loads(line)["statement"] for line in capsys.readouterr().out.splitlines()]
+    assert shown == ["insert into t values (0)"]
+    assert main(["logs", str(tmp_path), "--committed", "--format", "json"]) == 0
+    shown = [json.loads(line)["statement"] for line in capsys.readouterr().out.splitlines()]
+    assert shown == ["insert into t values (1)"]
+
+
+def test_the_console_finds_an_event_by_seq_and_time_in_its_own_trail(tmp_path: Path) -> None:
+    from proxy.console.data import TrailReader
+
+    _two_trails(tmp_path)
+    reader = TrailReader(str(tmp_path), None)
+    found = reader.event(1, "p", "2026-12-01T10:00:01.000000Z")
+    assert found is not None and found["session_id"] == "s1"
+    found = reader.event(1, "p", "2026-12-01T10:00:00.000000Z")
+    assert found is not None and found["session_id"] == "s0"
+
+
+def test_following_a_trail_set_reads_every_trail_after_its_own_seq(tmp_path: Path) -> None:
+    from proxy.audit.reader import follow_set
+
+    _two_trails(tmp_path)
+    events = follow_set({tmp_path: 1, tmp_path / "worker-1": 0}, poll=0.02)
+    got = [next(events) for _ in range(3)]
+    with (tmp_path / "worker-1" / "audit.jsonl").open("a") as handle:
+        handle.write(json.dumps(_query(3, "2026-12-01T10:00:02Z", "s1", "select 3")) + "\n")
+    got.append(next(events))
+    events.close()
+    seen = sorted((e["session_id"], e["seq"]) for e in got)
+    assert seen == [("s0", 2), ("s1", 1), ("s1", 2), ("s1", 3)]

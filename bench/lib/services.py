@@ -53,6 +53,19 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: 
     raise BenchSetupError(f"{proc.args!r} did not listen on port {port}:\n{tail(log)}")
 
 
+def wait_for_line(text: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    """Poll until ``log`` holds ``text``, failing early if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchSetupError(f"{proc.args!r} exited with {proc.returncode}:\n{tail(log)}")
+        with contextlib.suppress(OSError):
+            if text in log.read_text(errors="replace"):
+                return
+        time.sleep(0.05)
+    raise BenchSetupError(f"{proc.args!r} never logged {text!r}:\n{tail(log)}")
+
+
 def tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -218,7 +231,7 @@ class PgWarden:
             cmd += ["--policy", str(policy)]
         return cmd + self.extra_args
 
-    def start(self) -> Target:
+    def start(self, workers: int = 1) -> Target:
         self.audit_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONPATH": str(self.repo)}
         # Only our flags: a stray PGWARDEN_* in the caller's environment would change what we
@@ -235,16 +248,18 @@ class PgWarden:
                 start_new_session=True,
             )
         wait_for_port(self.port, self.proc, self.log, timeout=60)
+        if workers > 1:  # the port answers once one worker listens: wait for all of them
+            wait_for_line(f"all {workers} workers ready", self.proc, self.log, timeout=60)
         return Target(self.name, "127.0.0.1", self.port, self.proc.pid)
 
     def prune_rotated_audit(self) -> None:
         """Delete rotated audit files so long runs do not fill the disk; the live file stays."""
-        for path in self.audit_dir.glob("audit-*.jsonl*"):
+        for path in self.audit_dir.rglob("audit-*.jsonl*"):  # with workers: worker-k/ too
             with contextlib.suppress(OSError):
                 path.unlink()
 
     def audit_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.audit_dir.glob("audit*.jsonl*"))
+        return sum(p.stat().st_size for p in self.audit_dir.rglob("audit*.jsonl*"))
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -262,6 +262,8 @@ class AdminServer:
         checks["audit_trail"] = bool(self.trail.healthy)
         if self.shipper is not None:
             checks["store"] = bool(self.shipper.healthy)
+        if self.state.siblings is not None:
+            checks.update(await self.state.siblings.ready())
         ready = all(checks.values())
         failed = [name for name, ok in checks.items() if not ok]
         body: dict[str, object] = {"ready": ready, "checks": checks, "failed": failed}

@@ -230,9 +230,11 @@ class AlertEngine:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:
             self._loop = None
-        trail.add_listener(self._on_events)
+        trail.add_listener(self.feed)
 
-    def _on_events(self, events: list[dict[str, Any]]) -> None:
+    def feed(self, events: list[dict[str, Any]]) -> None:
+        """Observe ``events`` as they are written (the trail's listener; with workers, also
+        the sibling workers' events, see proxy.workers.alerts)."""
         at = self._now()
         for event in events:
             for alert in self.observe(event, at):

@@ -11,7 +11,7 @@ import heapq
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -54,6 +54,7 @@ def iter_raw(
     *,
     since: datetime | None = None,
     until: datetime | None = None,
+    upto: Mapping[Path, int] | None = None,
 ) -> Iterator[bytes]:
     """Complete JSONL records (newline included) in trail order, skipping files that cannot
     hold events at or after ``since``. ``until`` is left to the caller's filter: a long
@@ -63,13 +64,28 @@ def iter_raw(
     already seen (by ``seq``) are not repeated.
 
     A directory of several workers' trails (:mod:`proxy.audit.trailset`) is read as one:
-    each trail in its own order, the trails merged by ``ts``.
+    each trail in its own order, the trails merged by ``ts``. ``upto`` (trail directory ->
+    seq) stops each trail it names after that seq (``logs --follow`` then follows from there).
     """
     del until  # accepted for symmetry; see docstring
     trails = trail_dirs(directory)
-    if len(trails) == 1:
-        return _iter_one(trails[0], since)
-    return heapq.merge(*(_iter_one(d, since) for d in trails), key=_ts_of)
+    reads = [_iter_one(d, since) for d in trails]
+    if upto is not None:
+        reads = [_upto(read, upto.get(d)) for read, d in zip(reads, trails, strict=True)]
+    if len(reads) == 1:
+        return reads[0]
+    return heapq.merge(*reads, key=_ts_of)
+
+
+def _upto(read: Iterator[bytes], last: int | None) -> Iterator[bytes]:
+    if last is None:
+        yield from read
+        return
+    for raw in read:
+        seq = _seq_of(raw)
+        if seq is not None and seq > last:
+            return
+        yield raw
 
 
 _TS = re.compile(rb'"ts":\s*"([^"]*)"')
@@ -252,3 +268,42 @@ def follow(
     finally:
         if handle is not None:
             handle.close()
+
+
+def follow_set(
+    after: Mapping[Path, int],
+    *,
+    poll: float = 0.25,
+) -> Iterator[dict[str, Any]]:
+    """:func:`follow` for several trails at once (one per worker): each trail's events in
+    its own order, after its seq in ``after``, as they arrive."""
+    import queue
+    import threading
+
+    arrived: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=10000)
+    done = threading.Event()
+
+    def pump(directory: Path, seq: int) -> None:
+        for event in follow(directory, after_seq=seq, poll=poll, stop=done.is_set):
+            while not done.is_set():
+                try:
+                    arrived.put(event, timeout=poll)
+                    break
+                except queue.Full:
+                    continue
+
+    threads = [
+        threading.Thread(target=pump, args=(d, seq), daemon=True, name=f"follow {d}")
+        for d, seq in after.items()
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        while True:
+            try:
+                yield arrived.get(timeout=poll)
+            except queue.Empty:
+                if not any(t.is_alive() for t in threads):
+                    return
+    finally:
+        done.set()

@@ -99,3 +99,11 @@ def state_of(record: dict[str, Any] | None) -> ChainState:
     if record is None:
         return ChainState()
     return ChainState(int(record["seq"]), str(record["hash"]))
+
+
+def trail_end(directory: Path) -> int:
+    """The seq of the newest intact record on disk right now (0 for an empty trail)."""
+    current = inspect_current(directory)
+    record = current.last_record if current is not None else None
+    record = record or last_rotated_record(directory)
+    return int(record["seq"]) if record else 0

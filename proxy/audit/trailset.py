@@ -59,3 +59,19 @@ def trail_label(base: str | Path, directory: Path) -> str:
 
 def _holds_trail(directory: Path) -> bool:
     return (directory / ID_FILE).exists() or bool(trail_files(directory))
+
+
+def trail_ids(base: str | Path) -> frozenset[str]:
+    """The trail identities (``audit.id``) of every trail in the set rooted at ``base``."""
+    from proxy.audit.trailid import read_trail_id
+    from proxy.errors import AuditError
+
+    found: set[str] = set()
+    for directory in trail_dirs(base):
+        try:
+            trail_id = read_trail_id(directory)
+        except AuditError:
+            continue  # the trail's own writer reports a damaged id; here it is just not ours
+        if trail_id is not None:
+            found.add(trail_id)
+    return frozenset(found)

@@ -8,7 +8,7 @@ import os
 import shutil
 import sys
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,9 @@ import orjson
 
 from proxy.audit import render
 from proxy.audit.filters import EventFilter
-from proxy.audit.reader import follow, iter_raw
-from proxy.audit.recovery import inspect_current, last_rotated_record
+from proxy.audit.reader import follow, follow_set, iter_raw
+from proxy.audit.recovery import trail_end
+from proxy.audit.trailset import trail_dirs
 from proxy.commands.options import add_format_argument
 from proxy.errors import PgWardenError
 from proxy.review.progress import estimate_records, progress, wanted
@@ -64,7 +65,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _outcomes(directory: Path) -> dict[tuple[str, int], str]:
-    """``(proxy_id, seq) -> outcome`` of every statement a transaction event names."""
+    """``(session_id, seq) -> outcome`` of every statement a transaction event names (by
+    session: each worker's trail has its own seqs, a session lives in one of them)."""
     found: dict[tuple[str, int], str] = {}
     for raw in iter_raw(directory):
         if b'"transaction"' not in raw:
@@ -74,11 +76,11 @@ def _outcomes(directory: Path) -> dict[tuple[str, int], str]:
         except orjson.JSONDecodeError:
             continue
         if isinstance(event, dict) and event.get("type") == "transaction":
-            proxy = str(event.get("proxy_id"))
+            session = str(event.get("session_id"))
             for seq in event.get("statements") or ():
                 # A savepoint's rollback is final even if the enclosing one commits.
-                if isinstance(seq, int) and found.get((proxy, seq)) != "rolled_back":
-                    found[(proxy, seq)] = str(event.get("outcome"))
+                if isinstance(seq, int) and found.get((session, seq)) != "rolled_back":
+                    found[(session, seq)] = str(event.get("outcome"))
     return found
 
 
@@ -91,7 +93,7 @@ def _by_outcome(
         if event.get("type") != "query":
             continue
         seq = event.get("seq")
-        outcome = outcomes.get((str(event.get("proxy_id")), seq if isinstance(seq, int) else -1))
+        outcome = outcomes.get((str(event.get("session_id")), seq if isinstance(seq, int) else -1))
         if wanted_outcome == "rolled_back":
             if outcome == "rolled_back":
                 yield raw, event
@@ -99,12 +101,14 @@ def _by_outcome(
             yield raw, event
 
 
-def _matching(directory: Path, flt: EventFilter) -> Iterator[tuple[bytes, dict[str, Any]]]:
+def _matching(
+    directory: Path, flt: EventFilter, upto: Mapping[Path, int] | None = None
+) -> Iterator[tuple[bytes, dict[str, Any]]]:
     loads = orjson.loads
     prefilter = flt.prefilter
     matches = flt.matches
     total = estimate_records(directory, flt.since) if wanted(streams_to_stdout=True) else None
-    lines = iter_raw(directory, since=flt.since, until=flt.until)
+    lines = iter_raw(directory, since=flt.since, until=flt.until, upto=upto)
     for raw in progress(lines, total=total, desc="logs", streams_to_stdout=True):
         if not prefilter(raw):
             continue
@@ -194,13 +198,25 @@ def run(args: argparse.Namespace) -> int:
 def _from_trail(
     directory: Path, flt: EventFilter, out: _Output, limit: int | None, keep_following: bool
 ) -> None:
-    end = _trail_end(directory) if keep_following else 0
+    trails = trail_dirs(directory)
+    if keep_following and len(trails) > 1:
+        # Several workers' trails: the history up to each trail's end as it is now, then
+        # each trail followed from exactly there (nothing twice, nothing missed).
+        ends = {trail: trail_end(trail) for trail in trails}
+        _history(_matching(directory, flt, ends), out, limit)
+        _print_followed(follow_set(ends), flt, out)
+        return
+    end = trail_end(directory) if keep_following else 0
     printed = _history(_matching(directory, flt), out, limit)
     if not keep_following:
         return
     # Events written while the history was read are either printed already (seq <= printed)
     # or come after `end`; `follow` resumes after the larger of the two.
-    for event in follow(directory, after_seq=max(end, printed or 0)):
+    _print_followed(follow(directory, after_seq=max(end, printed or 0)), flt, out)
+
+
+def _print_followed(events: Iterator[dict[str, Any]], flt: EventFilter, out: _Output) -> None:
+    for event in events:
         if flt.matches(event):
             raw = orjson.dumps(event) + b"\n" if out.fmt == "json" else b""
             out.write(raw, event)
@@ -218,11 +234,3 @@ def _history(
         out.write(raw, event)
         last_seq = event.get("seq", last_seq)
     return last_seq
-
-
-def _trail_end(directory: Path) -> int:
-    """The seq of the newest intact record on disk right now (0 for an empty trail)."""
-    current = inspect_current(directory)
-    record = current.last_record if current is not None else None
-    record = record or last_rotated_record(directory)
-    return int(record["seq"]) if record else 0

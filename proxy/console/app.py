@@ -334,7 +334,9 @@ class Console:
 
     async def event(self, request: web.Request, login: Login, form: dict[str, str]) -> web.Response:
         seq = int(request.match_info["seq"])
-        found = await self._blocking(self.reader.event, seq, request.query.get("proxy", ""))
+        found = await self._blocking(
+            self.reader.event, seq, request.query.get("proxy", ""), request.query.get("ts", "")
+        )
         if found is None:
             return self.render("error.html", login, status=404, message=f"no event with seq {seq}")
         return self.render("event.html", login, event=found)

@@ -114,14 +114,16 @@ class TrailReader:
         chunk = ordered[page * size : (page + 1) * size]
         return Page(tuple(chunk), page, len(ordered) > (page + 1) * size)
 
-    def event(self, seq: int, proxy_id: str = "") -> dict[str, Any] | None:
-        """The event with this seq (and, in the store, of this proxy)."""
+    def event(self, seq: int, proxy_id: str = "", ts: str = "") -> dict[str, Any] | None:
+        """The event with this seq (and, in the store, of this proxy). ``ts`` tells apart
+        the events of one seq in several trails (workers, or proxies sharing a proxy_id)."""
         if not self._exists():
             return None
         if self.store is not None:
             return next(
                 (e for e in self._select(EventFilter())
-                 if e.get("seq") == seq and (not proxy_id or e.get("proxy_id") == proxy_id)),
+                 if e.get("seq") == seq and (not proxy_id or e.get("proxy_id") == proxy_id)
+                 and (not ts or e.get("ts") == ts)),
                 None,
             )  # fmt: skip
         needles = (f'"seq":{seq},'.encode(), f'"seq":{seq}}}'.encode())
@@ -131,7 +133,11 @@ class TrailReader:
                     event = orjson.loads(raw)
                 except orjson.JSONDecodeError:
                     continue
-                if isinstance(event, dict) and event.get("seq") == seq:
+                if (
+                    isinstance(event, dict)
+                    and event.get("seq") == seq
+                    and (not ts or event.get("ts") == ts)
+                ):
                     return event
         return None
 

@@ -151,6 +151,9 @@ class SinkShipper:
         # Other trails that ship under this proxy_id right now, or that hold different
         # records under this trail id: each is logged once and kept for metrics and /readyz.
         self.conflicts: dict[str, str] = {}
+        # The trail ids of this proxy's sibling workers (proxy.workers): one proxy, one
+        # proxy_id, several trails by design, never a naming conflict.
+        self.siblings: Callable[[], frozenset[str]] = frozenset
         self._heartbeat_at = 0.0
         self._conn: asyncpg.Connection | None = None
         self._wake = asyncio.Event()
@@ -324,7 +327,10 @@ class SinkShipper:
             self.trail_id,
         )
         self._heartbeat_at = time.monotonic()
+        siblings = self.siblings() if others else frozenset()
         for row in others:
+            if row["trail_id"] in siblings:
+                continue
             self._conflict(
                 f"proxy:{row['trail_id']}",
                 f"proxy_id {self.proxy_id!r} is also shipped by another trail"

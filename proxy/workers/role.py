@@ -14,6 +14,7 @@ class WorkerRole:
     index: int  # 0 .. count-1
     count: int
     run_dir: Path  # the supervisor's private directory (mode 0700): sibling sockets
+    audit_root: Path  # audit.dir as configured: worker 0's trail, the others' below it
 
     def socket_path(self, index: int) -> Path:
         return self.run_dir / f"worker-{index}.sock"
@@ -23,17 +24,19 @@ class WorkerRole:
         return tuple(i for i in range(self.count) if i != self.index)
 
     @property
-    def serves_admin(self) -> bool:
-        """Worker 0 serves the one admin listener (and /metrics) for all of them."""
+    def leads(self) -> bool:
+        """Worker 0 serves the one admin listener (and /metrics) and runs the one alert
+        engine for all of them."""
         return self.index == 0
 
 
 def worker_config(cfg: Config, role: WorkerRole) -> Config:
     """The configuration worker ``role`` runs with: its own audit directory (trail identity,
-    chain), and the admin listener only in worker 0."""
-    changes: dict[str, object] = {"audit__dir": str(worker_audit_dir(cfg["audit.dir"], role.index))}
-    if not role.serves_admin:
+    chain); the admin listener and the alert rules only in worker 0."""
+    changes: dict[str, object] = {"audit__dir": str(worker_audit_dir(role.audit_root, role.index))}
+    if not role.leads:
         changes["admin__listen"] = ""
+        changes["alerts"] = ()
     return cfg.replace(**changes)
 
 
@@ -53,5 +56,5 @@ def worker_role(cfg: Config, index: int, run_dir: str | None) -> WorkerStart:
             "", 0, 0, f"--worker-index {index} needs --run-dir and 0 <= index < workers ({count})",
             "workers",
         )])  # fmt: skip
-    role = WorkerRole(index, count, Path(run_dir))
+    role = WorkerRole(index, count, Path(run_dir), Path(cfg["audit.dir"]))
     return WorkerStart(role, worker_config(cfg, role))

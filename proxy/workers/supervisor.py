@@ -141,11 +141,12 @@ class Supervisor:
             self._stop(signal.SIGTERM)
             await asyncio.gather(*watchers, return_exceptions=True)
             return 2
-        self.ready = True
-        log.info("all %d workers ready on %s (pids %s)", self.count,
-                 listen_text(self.cfg.listen.host, self.port),
-                 ", ".join(str(w.proc.pid) for w in self.workers if w.proc))  # fmt: skip
-        sdnotify.notify("READY=1", f"STATUS=serving with {self.count} workers")
+        if not self.stopping:
+            self.ready = True
+            log.info("all %d workers ready on %s (pids %s)", self.count,
+                     listen_text(self.cfg.listen.host, self.port),
+                     ", ".join(str(w.proc.pid) for w in self.workers if w.proc))  # fmt: skip
+            sdnotify.notify("READY=1", f"STATUS=serving with {self.count} workers")
         await asyncio.gather(*watchers)
         failed = [w for w in self.workers if w.last_rc != 0]
         for worker in failed:
@@ -156,8 +157,8 @@ class Supervisor:
     async def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
-            if all(self._socket(w.index).exists() for w in self.workers):
-                return
+            if self.stopping or all(self._socket(w.index).exists() for w in self.workers):
+                return  # (a signal while starting: the workers are told to stop at once)
             dead = [w for w in self.workers if w.last_rc is not None and w.restarts == 0]
             if dead:
                 worker = dead[0]

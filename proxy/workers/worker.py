@@ -10,6 +10,7 @@ What each sibling answers (:class:`~proxy.workers.siblings.SiblingServer` ops):
   terminate one of them;
 * ``reload`` -- reload its policies, alert rules, certificates and users files;
 * ``metrics`` -- its Prometheus exposition, which worker 0 merges with a ``worker`` label;
+* ``ready`` -- its readiness checks (audit trail, store) for worker 0's ``/readyz``;
 * ``approvals`` / ``approval_decide`` -- its approval requests; one person's vote on one of
   them (see :mod:`proxy.workers.approvals`).
 """
@@ -18,9 +19,11 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from proxy.approvals.model import Approver, Request
+from proxy.audit.trailset import trail_ids
 from proxy.errors import ApprovalError
 from proxy.state import ReloadResult
 from proxy.wire.startup import CancelRequest
@@ -126,6 +129,15 @@ class SiblingLink:
             return request_from_json(answer["request"])
         return None
 
+    async def ready(self) -> dict[str, bool]:
+        checks: dict[str, bool] = {}
+        for index, answer in await self.siblings.ask_all("ready"):
+            if isinstance(answer, dict):
+                checks.update({f"worker {index} {name}": bool(ok) for name, ok in answer.items()})
+            else:
+                checks[f"worker {index}"] = False  # restarting, or stuck
+        return checks
+
     async def metrics(self, own: bytes) -> bytes:
         pages: list[tuple[int, bytes]] = [(self.role.index, own)]
         for index, answer in await self.siblings.ask_all("metrics"):
@@ -139,6 +151,13 @@ async def attach_worker(server: ProxyServer, role: WorkerRole, extras: list[Any]
     with the other extras."""
     link = SiblingLink(server, role)
     server.siblings = link
+    if server.central_store is not None:
+        for sink in server.central_store.sinks:
+            sink.siblings = partial(trail_ids, role.audit_root)
+    if role.leads and server.alerts is not None:
+        from proxy.workers.alerts import feed_from_siblings
+
+        server.spawn(feed_from_siblings(role, server.alerts.feed))
     admin = _admin_of(extras)
     metrics: Metrics
     if admin is not None:
@@ -202,6 +221,12 @@ async def attach_worker(server: ProxyServer, role: WorkerRole, extras: list[Any]
             return {"error": str(exc), "status": exc.status}
         return {"request": request_to_json(decided)}
 
+    async def ready(request: dict[str, Any]) -> dict[str, bool]:
+        checks = {"audit_trail": bool(server.trail.healthy)}
+        if server.central_store is not None:
+            checks["store"] = bool(server.central_store.healthy)
+        return checks
+
     async def metrics_page(request: dict[str, Any]) -> str:
         return metrics.exposition().decode()
 
@@ -214,6 +239,7 @@ async def attach_worker(server: ProxyServer, role: WorkerRole, extras: list[Any]
             "session": session,
             "metrics": metrics_page,
             "approvals": approvals,
+            "ready": ready,
             "approval_decide": approval_decide,
         },
     )

@@ -429,3 +429,76 @@ def test_a_review_held_in_worker_one_is_approved_through_worker_zero(
         finally:
             for c in conns.values():
                 c.close()
+
+
+def test_the_store_gets_every_worker_trail_without_a_naming_conflict(
+    proxy_factory: ProxyFactory, store_server: Any
+) -> None:
+    import asyncio
+
+    from tests.test_store_e2e import _drop_store_tables, poll, store_rows
+
+    dsn = store_server.dsn(database="postgres")
+    asyncio.run(_drop_store_tables(dsn))
+    sinks = json.dumps([{"type": "postgres", "dsn": dsn, "batch_size": 10}])
+    proxy = _start(proxy_factory, "--audit-sinks", sinks)
+    apps = {unique("stored") for _ in range(16)}
+    conns = [psycopg.connect(proxy.dsn(), application_name=a, autocommit=True) for a in apps]
+    for conn in conns:
+        conn.execute("select 1")
+    assert {s["worker"] for s in _sessions(proxy, apps)} == {0, 1}
+    for conn in conns:
+        conn.close()
+    ids = {
+        w: (proxy.audit_dir / ("" if w == 0 else f"worker-{w}") / "audit.id").read_text().strip()
+        for w in (0, 1)
+    }
+
+    def caught_up() -> bool:
+        counts = {t: len(e) for t, e in (store_rows(dsn, "trail_id") or {}).items()}
+        return counts == {ids[w]: len(_trail(proxy, w)) for w in (0, 1)}
+
+    poll(caught_up)
+    rows = store_rows(dsn, "trail_id") or {}
+    for worker in (0, 1):
+        assert rows[ids[worker]] == _trail(proxy, worker)
+    status, ready = _http(proxy, "/readyz")
+    assert status == 200 and "warnings" not in ready, ready
+    assert ready["checks"]["worker 1 audit_trail"] and ready["checks"]["worker 1 store"], ready
+    assert "is also shipped by another trail" not in proxy.stderr_text()
+
+
+ALERT_RULES = """\
+version: 1
+alerts:
+  - id: failing-selects
+    filter: {type: query, sqlstate: "22"}
+    threshold: "count >= 4 in 1m"
+    by: user
+    severity: medium
+"""
+
+
+def test_alert_thresholds_count_every_worker(proxy_factory: ProxyFactory, tmp_path: Path) -> None:
+    rules = tmp_path / "alerts.yaml"
+    rules.write_text(ALERT_RULES)
+    proxy = _start(proxy_factory, "--alerts", str(rules))
+    apps = {unique("alerting") for _ in range(12)}
+    conns = {a: psycopg.connect(proxy.dsn(), application_name=a, autocommit=True) for a in apps}
+    try:
+        by_worker: dict[int, list[str]] = {0: [], 1: []}
+        for item in _sessions(proxy, apps):
+            by_worker[item["worker"]].append(item["application_name"])
+        assert by_worker[0] and by_worker[1], by_worker
+        # Two failures in each worker: neither alone reaches the threshold of four.
+        for app in by_worker[0][:1] * 2 + by_worker[1][:1] * 2:
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                conns[app].execute("select 1/0")
+        fired = wait_until(
+            lambda: [e for e in _trail(proxy, 0) if e["type"] == "alert"], 10, "the alert"
+        )
+        assert [e["alert"] for e in fired] == ["failing-selects"], fired
+        assert not [e for e in _trail(proxy, 1) if e["type"] == "alert"]
+    finally:
+        for conn in conns.values():
+            conn.close()
