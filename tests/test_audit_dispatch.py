@@ -202,3 +202,18 @@ def test_readers_hide_dispatch_records_unless_asked_and_show_outcomes(tmp_path: 
     assert "1 statement(s) closed with outcome unknown" in table_row(recovery, 200)
     text, params = build_query(EventFilter(), since=None, until=None)
     assert "<> ALL" in text and ["dispatch"] in params
+
+
+def test_report_counts_unknown_outcomes_untimed_and_leaves_skipped_ones_out() -> None:
+    from proxy.review.report import build_report
+    from proxy.review.tables import summary_items
+
+    base = dispatch("s1", "insert into t values (1)") | {"seq": 3}
+    ran = completion(base) | {"duration_ms": 2.0, "duration_scope": "statement", "seq": 4}
+    unknown = closing_record(base | {"seq": 5}, "unknown", "proxy_restarted")
+    skipped = closing_record(base | {"seq": 6}, "skipped", "earlier_error")
+    report = build_report([base, ran, unknown, skipped])
+    assert report.totals.statements == 2  # the dispatch is no statement; skipped never ran
+    assert report.totals.unknown_outcomes == 1
+    assert report.totals.p50_ms is not None and report.totals.p50_ms >= 1.9  # not a 0 ms sample
+    assert ("outcome unknown", "1 (forwarded, end never seen)") in summary_items(report)

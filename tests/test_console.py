@@ -32,7 +32,7 @@ SPEC = ReviewSpec(
 HOSTILE = "SELECT '<script>alert(1)</script>' AS x"
 
 
-def trail(tmp_path: Path) -> Path:
+def trail(tmp_path: Path, extra: list[dict[str, Any]] | None = None) -> Path:
     since = datetime.now(UTC) - timedelta(hours=1)  # inside the overview's default 24 h
     t = Trail()
     t.session_start(since, ALICE_S)
@@ -43,7 +43,7 @@ def trail(tmp_path: Path) -> Path:
     t.query(since + timedelta(seconds=5), BOB_S, "DELETE FROM accounts", 0.1, action="block",
             rules=[("no-delete-without-where", "block", "high")], sqlstate="42501",
             error="no", command="DELETE")  # fmt: skip
-    return write_trail(tmp_path / "audit", t.events)
+    return write_trail(tmp_path / "audit", t.events + (extra or []))
 
 
 class Browser:
@@ -83,13 +83,14 @@ async def console(
     audit: list[dict[str, Any]] | None = None,
     people: Path | None = None,
     remote: Any = None,
+    extra: list[dict[str, Any]] | None = None,
 ) -> AsyncIterator[tuple[ApprovalBroker, Browser]]:
     broker = ApprovalBroker("p", lambda e: None, console_url="http://x")
     from proxy.approvals.people import People
 
     app = web.Application()
     made = Console(
-        audit_dir=str(trail(tmp_path)),
+        audit_dir=str(trail(tmp_path, extra)),
         broker=broker,
         people=load_people(people or people_file(tmp_path)) if with_people else People(),
         admin_token=admin,
@@ -262,5 +263,27 @@ def test_login_by_name_and_password(tmp_path: Path, capsys: Any) -> None:
             form = {**form, "login_nonce": nonce.group(1), "password": "correct horse battery"}
             status, page = await b.post("/console/login", form)
             assert status == 200 and '<span id="whoami">erin</span>' in page
+
+    asyncio.run(scenario())
+
+
+def test_dispatch_records_are_left_out_and_unknown_outcomes_shown(tmp_path: Path) -> None:
+    from proxy.audit.dispatch import closing_record
+
+    ts = (datetime.now(UTC) - timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    sent = {"v": 1, "type": "dispatch", "ts": ts, "proxy_id": "p", "session_id": "s9",
+            "user": "alice", "database": "app", "statement": "UPDATE accounts SET x = 1",
+            "decision": {"action": "allow", "rules": []}, "seq": 7}  # fmt: skip
+    unknown = closing_record(sent, "unknown", "proxy_restarted") | {"seq": 8}
+
+    async def scenario() -> None:
+        async with console(tmp_path, extra=[sent, unknown]) as (_broker, b):
+            await b.login(TOKENS["vera"])
+            _, page = await b.get("/console/statements")
+            seqs = re.findall(r'class="seq">(\d+)<', page)
+            assert seqs[:1] == ["8"], seqs  # not the dispatch (7)
+            assert "outcome unknown: proxy_restarted" in page
+            _, page = await b.get("/console/statements?type=dispatch")
+            assert re.findall(r'class="seq">(\d+)<', page) == ["7"]
 
     asyncio.run(scenario())

@@ -51,6 +51,9 @@ class Totals:
     # Statements whose duration covers more than themselves (duration_scope message or
     # pipeline): counted, but left out of every latency figure.
     untimed: int = 0
+    # Statements forwarded whose end pgwarden never saw (audit.write_ahead, outcome unknown):
+    # counted as statements, not timed; they may or may not have run.
+    unknown_outcomes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +300,7 @@ class ReportBuilder:
         self._known = known_fingerprints
         self._events = 0
         self._auth_failures = 0
+        self._unknown_outcomes = 0
         self._first_ts: str | None = None
         self._last_ts: str | None = None
         self._proxy_ids: set[str] = set()
@@ -355,10 +359,15 @@ class ReportBuilder:
     def _add_query(
         self, event: dict[str, Any], ts: str, user: str, session: _Session | None
     ) -> None:
+        outcome = event.get("outcome")
+        if outcome == "skipped":
+            return  # forwarded in a failed pipeline; the server ran nothing of it
         duration = event.get("duration_ms")
         duration = float(duration) if isinstance(duration, int | float) else 0.0
         # Only a duration measured for the statement alone is a latency (docs/audit-log.md).
-        timed = event.get("duration_scope", "statement") == "statement"
+        timed = event.get("duration_scope", "statement") == "statement" and outcome is None
+        if outcome is not None:
+            self._unknown_outcomes += 1
         decision = event.get("decision")
         action = decision.get("action", "allow") if isinstance(decision, dict) else "allow"
         error = event.get("error")
@@ -519,6 +528,7 @@ class ReportBuilder:
                 p95_ms=overall.quantile(0.95),
                 p99_ms=overall.quantile(0.99),
                 untimed=self._overall.untimed,
+                unknown_outcomes=self._unknown_outcomes,
             ),
             by_user=_group_rows(self._by_user),
             by_database=_group_rows(self._by_database),

@@ -176,6 +176,11 @@ def summary_items(report: Report) -> tuple[tuple[str, str], ...]:
         ("p95", fmt_ms(t.p95_ms)),
         ("p99", fmt_ms(t.p99_ms)),
         ("untimed", fmt_int(t.untimed) + " (duration covers more than the statement: left out)"),
+        *(
+            [("outcome unknown", fmt_int(t.unknown_outcomes) + " (forwarded, end never seen)")]
+            if t.unknown_outcomes
+            else []
+        ),
         ("query shapes", fmt_int(report.shapes)),
     )
 
