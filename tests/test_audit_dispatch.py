@@ -217,3 +217,16 @@ def test_report_counts_unknown_outcomes_untimed_and_leaves_skipped_ones_out() ->
     assert report.totals.unknown_outcomes == 1
     assert report.totals.p50_ms is not None and report.totals.p50_ms >= 1.9  # not a 0 ms sample
     assert ("outcome unknown", "1 (forwarded, end never seen)") in summary_items(report)
+
+
+def test_the_first_start_with_write_ahead_reads_the_whole_trail_once(tmp_path: Path) -> None:
+    trail = make_trail(tmp_path)  # a trail written without write-ahead, in two files
+    for n in range(4):
+        trail.submit(completion(dispatch("s1", f"select {n}") | {"seq": 0}))
+        if n == 1:
+            trail.rotate()
+    trail = make_trail(tmp_path, audit__write_ahead=True)
+    trail.close()
+    recovery = events(tmp_path)[-1]
+    assert recovery["type"] == "dispatch_recovery"
+    assert recovery["records_read"] == 4 and recovery["closed"] == []

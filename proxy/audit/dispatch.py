@@ -14,6 +14,7 @@ recovery only reads the trail back to the newest one.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,22 +64,25 @@ class Scan:
     records_read: int
 
 
-def _lines_since_recovery(directory: Path) -> tuple[list[list[bytes]], int]:
-    """The complete lines after the newest recovery record, file by file, oldest first, and
-    how many there are."""
-    chunks: list[list[bytes]] = []
-    for trail_file in reversed(trail_files(directory)):
-        lines = [raw for raw in iter_raw_lines(trail_file.path) if raw.endswith(b"\n")]
-        for index in range(len(lines) - 1, -1, -1):
-            if _IS_RECOVERY in lines[index]:
-                chunks.append(lines[index + 1 :])
-                break
-        else:
-            chunks.append(lines)
-            continue
-        break
-    chunks.reverse()
-    return chunks, sum(len(lines) for lines in chunks)
+def _since_recovery(directory: Path) -> Iterator[bytes]:
+    """The complete lines after the newest recovery record, oldest first, streamed (a first
+    start with write-ahead on a long trail reads it all, holding only open dispatches)."""
+    files = trail_files(directory)
+    first, skip = 0, 0
+    for index in range(len(files) - 1, -1, -1):
+        marker = -1
+        for number, raw in enumerate(iter_raw_lines(files[index].path)):
+            if _IS_RECOVERY in raw and raw.endswith(b"\n"):
+                marker = number
+        if marker >= 0:
+            first, skip = index, marker + 1
+            break
+    for position, trail_file in enumerate(files[first:]):
+        for number, raw in enumerate(iter_raw_lines(trail_file.path)):
+            if position == 0 and number < skip:
+                continue
+            if raw.endswith(b"\n"):
+                yield raw
 
 
 def scan(directory: str | Path) -> Scan:
@@ -87,33 +91,31 @@ def scan(directory: str | Path) -> Scan:
     A torn last line is not a record: a dispatch cut off by a crash was never completely
     written, so its statement was never forwarded.
     """
-    chunks, read = _lines_since_recovery(Path(directory))
-    dispatches: dict[int, bytes] = {}
+    open_: dict[int, tuple[bytes, int]] = {}  # seq -> (line, records it needs)
     named: dict[int, int] = {}
-    settled: set[int] = set()
-    for lines in chunks:
-        for raw in lines:
-            if _IS_DISPATCH in raw:
-                match = _SEQ.search(raw)
-                if match is not None:
-                    dispatches[int(match.group(1))] = raw
-            elif _NAMES in raw:
-                match = _NAMED.search(raw)
-                if match is None:
-                    continue
-                seq = int(match.group(1))
-                named[seq] = named.get(seq, 0) + 1
-                if any(marker in raw for marker in _SETTLES):
-                    settled.add(seq)
+    read = 0
+    for raw in _since_recovery(Path(directory)):
+        read += 1
+        if _IS_DISPATCH in raw:
+            match = _SEQ.search(raw)
+            if match is not None:
+                count = _COUNT.search(raw)
+                # A multi-statement Query gets one record per statement; fewer without an
+                # error means the rest may have run.
+                open_[int(match.group(1))] = (raw, int(count.group(1)) if count else 1)
+        elif _NAMES in raw:
+            match = _NAMED.search(raw)
+            if match is None:
+                continue
+            seq = int(match.group(1))
+            if seq not in open_:
+                continue
+            seen = named[seq] = named.get(seq, 0) + 1
+            if seen >= open_[seq][1] or any(marker in raw for marker in _SETTLES):
+                del open_[seq]
+                named.pop(seq, None)
     unfinished = []
-    for seq, raw in dispatches.items():
-        if seq in settled:
-            continue
-        count = _COUNT.search(raw)
-        # A multi-statement Query gets one record per statement; fewer without an error
-        # means the rest may have run.
-        if named.get(seq, 0) >= (int(count.group(1)) if count else 1):
-            continue
+    for raw, _needed in open_.values():
         try:
             record = orjson.loads(raw)
         except orjson.JSONDecodeError:
