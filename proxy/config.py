@@ -163,6 +163,17 @@ def _str_list(value: Any) -> tuple[str, ...]:
     raise ValueError("expected a list of strings")
 
 
+CLIENT_METHODS = ("scram-sha-256", "md5", "password")
+
+
+def _client_methods(value: Any) -> tuple[str, ...]:
+    methods = _str_list(value)
+    unknown = [m for m in methods if m not in CLIENT_METHODS]
+    if unknown or not methods:
+        raise ValueError(f"expected some of {', '.join(CLIENT_METHODS)}; got {value!r}")
+    return tuple(dict.fromkeys(methods))
+
+
 def _anchor_syslog(value: Any) -> str:
     text = str(value).strip()
     if text:
@@ -467,6 +478,30 @@ SCHEMA: tuple[Key, ...] = (
         "",
         "passwords for pgwarden's upstream login in auth.mode proxy/cert (.pgpass format)",
     ),
+    Key(
+        "auth.client_methods",
+        _client_methods,
+        ("scram-sha-256",),
+        "how auth.mode proxy asks for passwords, first answerable wins: scram-sha-256, md5, "
+        "password (cleartext)",
+    ),
+    Key(
+        "auth.cleartext_without_tls",
+        parse_bool,
+        False,
+        "let the password method ask for a cleartext password over a plaintext client leg",
+    ),
+    Key("auth.ident_file", str, "", "certificate identity → role map for auth.mode cert"),
+    Key("auth.ident_map", str, "", "the map of auth.ident_file to use (as map= in pg_hba)"),
+    Key("auth.auth_user", str, "", "role that runs auth.auth_query on the server (empty: off)"),
+    Key(
+        "auth.auth_query",
+        str,
+        "SELECT usename, passwd FROM pg_shadow WHERE usename=$1",
+        "query returning (user, secret) for $1, run as auth.auth_user",
+    ),
+    Key("auth.auth_dbname", str, "", "database auth.auth_query runs in (default: the client's)"),
+    Key("auth.auth_query_cache", parse_duration, 10.0, "how long auth_query results are kept"),
 )
 
 _BY_PATH = {k.path: k for k in SCHEMA}

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 from proxy import diagnostics, sdnotify
 from proxy.approvals.broker import ApprovalBroker, console_url
 from proxy.auth import passfile
-from proxy.auth import users as users_file
 from proxy.auth.ratelimit import LoginLimiter
 from proxy.buildinfo import version_line
 from proxy.config import Config, display_value
 from proxy.errors import ConfigError, PgWardenError, SourceError, UpstreamError
 from proxy.gate import Gate
+from proxy.relay import credentials
 from proxy.relay.attempts import AttemptLimiter
 from proxy.sql import redact
 from proxy.sql.facts import ParserSettings, QueryFacts
@@ -69,10 +69,16 @@ class ProxyServer:
         self.gate = Gate(cfg, policy)
         # Certificates for both legs; sessions take tls.current when they start.
         self.tls = load_tls(cfg)
-        self.users = (
-            users_file.load(cfg["auth.users_file"]) if cfg["auth.mode"] == "proxy" else None
-        )
+        self.users = credentials.load_users(cfg)
+        self.local_auth = credentials.load_settings(cfg)
         self.passfile = passfile.load(cfg["auth.passfile"]) if cfg["auth.passfile"] else None
+        self.auth_query = credentials.make_auth_query(
+            cfg,
+            lambda factory: self.connect_upstream(factory, self.tls.current),
+            lambda database, user: credentials.passfile_password(
+                self.passfile, cfg.upstream, database, user
+            ),
+        )
         self.limiter = LoginLimiter()
         self.state = ServerState(proxy_id=self.proxy_id, started_at=time.time())
         self.state.reload = self.reload
@@ -338,11 +344,16 @@ class ProxyServer:
         return ReloadResult(not problems, problems, files)
 
     def _reload_users(self) -> tuple[str, ...]:
-        """Re-read auth.users_file and auth.passfile; a bad file keeps the old one."""
+        """Re-read auth.users_file, auth.passfile and auth.ident_file; a bad file keeps the
+        old one."""
         try:
             if self.users is not None:
-                self.users = users_file.load(self.cfg["auth.users_file"])
-                logger.info("users file reloaded: %d users", len(self.users.secrets))
+                self.users = credentials.load_users(self.cfg)
+                assert self.users is not None
+                logger.info("users file reloaded: %d users", len(self.users.names))
+            if self.local_auth.ident is not None:
+                self.local_auth = credentials.load_settings(self.cfg)
+                logger.info("ident map reloaded: %s", self.cfg["auth.ident_file"])
             if self.passfile is not None:
                 self.passfile = passfile.load(self.cfg["auth.passfile"])
                 logger.info("passfile reloaded: %d lines", len(self.passfile.entries))

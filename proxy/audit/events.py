@@ -77,6 +77,8 @@ class SessionEvents:
         }
         if ident.end_identity:
             self._base["identity"] = ident.end_identity
+            if ident.identity_source is not None:
+                self._base["identity_source"] = ident.identity_source.value
 
     def event(self, kind: str, ts: float, **fields: Any) -> dict[str, Any]:
         event = self._base.copy()

@@ -85,6 +85,11 @@ class ScramServer:
             return [scram.MECHANISM_PLUS, scram.MECHANISM]
         return [scram.MECHANISM]
 
+    @property
+    def mechanism(self) -> str:
+        """The mechanism the client chose (after its SASLInitialResponse)."""
+        return scram.MECHANISM_PLUS if self._plus else scram.MECHANISM
+
     def sasl_request(self) -> bytes:
         return sasl.authentication_sasl(self.mechanisms)
 

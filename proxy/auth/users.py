@@ -1,14 +1,16 @@
-"""The users file of ``auth.mode: proxy``: one SCRAM-SHA-256 secret per user.
+"""The users file of ``auth.mode: proxy``: one secret per user.
 
 The format is PgBouncer's ``auth_file``, so an existing ``userlist.txt`` of SCRAM secrets
 works unchanged::
 
     "alice" "SCRAM-SHA-256$4096:…$…:…"
+    "olduser" "md5…"
 
 One user per line, both fields double-quoted (a quote inside is doubled), ``#`` or ``;``
-starts a comment line. Only SCRAM secrets are accepted: a plaintext or md5 entry would let
-anyone who reads the file log in. The file must not be readable by other users (mode 0600
-or 0640), like PostgreSQL's key files; pgwarden refuses it otherwise.
+starts a comment line. SCRAM secrets are always accepted; an md5 entry only when
+``auth.client_methods`` lists ``md5`` (it answers md5 challenges as it is, so whoever reads
+it can log in as that user); a plaintext entry never. The file must not be readable by other
+users (mode 0600 or 0640), like PostgreSQL's key files; pgwarden refuses it otherwise.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import stat
 import tempfile
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from proxy.auth.password import Md5Secret, Verifier, parse_verifier
 from proxy.auth.scram import DEFAULT_ITERATIONS, ScramSecret
 from proxy.errors import ConfigError, SourceProblem
 
@@ -31,9 +34,17 @@ KEY = "auth.users_file"
 class UsersFile:
     path: str
     secrets: Mapping[str, ScramSecret]
+    md5: Mapping[str, Md5Secret] = field(default_factory=dict)
 
     def secret(self, user: str) -> ScramSecret | None:
         return self.secrets.get(user)
+
+    def verifier(self, user: str) -> Verifier | None:
+        return self.secrets.get(user) or self.md5.get(user)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted({*self.secrets, *self.md5})
 
     @property
     def typical_iterations(self) -> int:
@@ -89,9 +100,12 @@ def _fields(text: str) -> list[str] | None:
         out.append("".join(value))
 
 
-def parse(text: str, path: str) -> UsersFile:
+def parse(text: str, path: str, *, allow_md5: bool = False) -> UsersFile:
+    """``allow_md5``: ``auth.client_methods`` lists md5 or password (which can check a
+    cleartext password against an md5 entry), so md5 entries are wanted."""
     problems: list[SourceProblem] = []
     secrets: dict[str, ScramSecret] = {}
+    md5: dict[str, Md5Secret] = {}
     for number, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
         if not stripped or stripped.startswith(("#", ";")):
@@ -101,44 +115,58 @@ def parse(text: str, path: str) -> UsersFile:
             problems.append(_problem(path, number, 'expected "user" "SCRAM-SHA-256$…"'))
             continue
         name, secret_text = fields[0], fields[1]
-        if name in secrets:
+        if name in secrets or name in md5:
             problems.append(_problem(path, number, f"user {name!r} is listed twice"))
             continue
         try:
-            secrets[name] = ScramSecret.parse(secret_text)
+            verifier = parse_verifier(secret_text)
         except ValueError as exc:
-            kind = "md5" if secret_text.startswith("md5") else "plaintext or unknown"
+            kind = "an invalid md5" if secret_text.startswith("md5") else "a plaintext or unknown"
             problems.append(
                 _problem(
                     path,
                     number,
-                    f"user {name!r}: {exc}; a {kind} entry is not accepted "
+                    f"user {name!r}: {exc}; {kind} entry is not accepted "
                     f"(pgwarden users add {name} writes a SCRAM secret)",
+                )
+            )
+            continue
+        if isinstance(verifier, ScramSecret):
+            secrets[name] = verifier
+        elif allow_md5:
+            md5[name] = verifier
+        else:
+            problems.append(
+                _problem(
+                    path,
+                    number,
+                    f"user {name!r}: an md5 entry is only accepted when auth.client_methods "
+                    f"lists md5 or password (pgwarden users add {name} writes a SCRAM secret)",
                 )
             )
     if problems:
         raise ConfigError(problems)
-    return UsersFile(path, secrets)
+    return UsersFile(path, secrets, md5)
 
 
-def load(path: str) -> UsersFile:
+def load(path: str, *, allow_md5: bool = False) -> UsersFile:
     """Read and check the users file (mode, format); ConfigError naming each problem."""
     try:
         check_mode(path)
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([_problem(path, 0, f"cannot read: {exc.strerror or exc}")]) from None
-    return parse(text, path)
+    return parse(text, path, allow_md5=allow_md5)
 
 
 def _quote(value: str) -> str:
     return '"' + value.replace('"', '""') + '"'
 
 
-def write(path: str, secrets: Mapping[str, ScramSecret]) -> None:
+def write(path: str, secrets: Mapping[str, Verifier]) -> None:
     """Replace the file atomically, mode 0600, users in name order."""
     target = Path(path)
-    lines = ["# pgwarden users file: SCRAM-SHA-256 secrets (pgwarden users add NAME)"]
+    lines = ["# pgwarden users file: SCRAM-SHA-256 (or md5) secrets (pgwarden users add NAME)"]
     lines += [f"{_quote(name)} {_quote(str(secrets[name]))}" for name in sorted(secrets)]
     fd, tmp = tempfile.mkstemp(prefix=".users-", dir=target.parent or Path("."))
     try:
@@ -153,11 +181,12 @@ def write(path: str, secrets: Mapping[str, ScramSecret]) -> None:
         raise
 
 
-def add(path: str, name: str, secret: ScramSecret) -> bool:
+def add(path: str, name: str, secret: Verifier) -> bool:
     """Add or replace ``name``; True when it replaced an existing entry."""
-    existing: dict[str, ScramSecret] = {}
+    existing: dict[str, Verifier] = {}
     if Path(path).exists():
-        existing = dict(load(path).secrets)
+        current = load(path, allow_md5=True)
+        existing = {**current.secrets, **current.md5}
     replaced = name in existing
     existing[name] = secret
     write(path, existing)

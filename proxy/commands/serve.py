@@ -34,10 +34,11 @@ def run(args: argparse.Namespace) -> int:
     from proxy import tls
 
     tls.load(cfg)  # certificate, key and CA files are checked before anything starts
-    from proxy.auth import passfile, users
+    from proxy.auth import passfile
+    from proxy.relay import credentials
 
-    if cfg["auth.mode"] == "proxy":
-        users.load(cfg["auth.users_file"])  # mode and format, also for --check-config
+    credentials.load_users(cfg)  # mode and format, also for --check-config
+    credentials.load_settings(cfg)  # the ident map
     if cfg["auth.passfile"]:
         passfile.load(cfg["auth.passfile"])
     if args.check_config:

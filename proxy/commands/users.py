@@ -7,6 +7,7 @@ import getpass
 import os
 import sys
 
+from proxy.auth import password as md5_auth
 from proxy.auth import scram, users
 
 
@@ -31,6 +32,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=int,
         default=scram.DEFAULT_ITERATIONS,
         help=f"PBKDF2 iterations (default {scram.DEFAULT_ITERATIONS}, PostgreSQL's)",
+    )
+    add.add_argument(
+        "--md5",
+        action="store_true",
+        help="write an md5 entry instead (for clients that only speak md5; needs md5 in "
+        "auth.client_methods; whoever reads the entry can log in with it)",
     )
     add.add_argument(
         "--print-sql",
@@ -76,7 +83,11 @@ def run_add(args: argparse.Namespace) -> int:
     if not password:
         print("pgwarden users add: empty password refused", file=sys.stderr)
         return 2
-    secret = scram.make_secret(password, args.iterations)
+    secret = (
+        md5_auth.make_md5(password, args.name)
+        if args.md5
+        else scram.make_secret(password, args.iterations)
+    )
     replaced = users.add(args.file, args.name, secret)
     verb = "changed the password of" if replaced else "added"
     print(f"{verb} {args.name!r} in {args.file}", file=sys.stderr)
@@ -87,6 +98,6 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    for name in sorted(users.load(args.file).secrets):
+    for name in users.load(args.file, allow_md5=True).names:
         print(name)
     return 0

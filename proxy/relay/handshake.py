@@ -11,12 +11,12 @@ it differently from pgwarden.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from dataclasses import dataclass, field
 from enum import Enum
 
 from proxy.auth import passthrough
+from proxy.auth.password import Md5Secret, md5_password, md5_response
 from proxy.auth.scram_client import ScramClient
 from proxy.errors import AuthenticationError, BackendProtocolError, FrontendProtocolError
 from proxy.wire import constants as c
@@ -411,6 +411,7 @@ class AuthRelay:
     __slots__ = (
         "_local",
         "_login",
+        "_md5",
         "_negotiated",
         "_password",
         "failure",
@@ -429,19 +430,24 @@ class AuthRelay:
         local: bool = False,
         upstream_login: ScramClient | None = None,
         password: str | None = None,
+        md5_secret: Md5Secret | None = None,
     ) -> None:
         """``local``: pgwarden authenticated the client itself (and gave it its protocol
         negotiation); it answers the server's authentication requests with
         ``upstream_login`` (None: the server must need no password, trust or cert), and
         only the server's final AuthenticationOk reaches the client. ``password`` (from
-        auth.passfile) also answers a server asking for md5 or a cleartext password."""
+        auth.passfile, or the client's cleartext one) also answers a server asking for md5
+        or a cleartext password; ``md5_secret`` (the users file's md5 entry) answers md5."""
         self._login = login
         self._local = local
-        self._negotiated = local
+        self._negotiated = False
         self._password = password
+        self._md5 = md5_secret
         self.upstream_login = upstream_login
         self.to_server = b""
-        self.protocol_minor = login.protocol_minor  # what the server agreed to
+        # The protocol the client speaks: what the server agreed to, or in local mode what
+        # pgwarden agreed to.
+        self.protocol_minor = login.protocol_minor
         self.server_key: tuple[int, bytes] | None = None
         self.parameter: tuple[str, str] = ("", "")
         self.failure: dict[str, str] = {}
@@ -456,9 +462,15 @@ class AuthRelay:
             self._negotiated = True
             if kind == 118:  # 'v'
                 minor, declined = m.decode_negotiate_protocol_version(body)
+                if self._local:
+                    # pgwarden answered the client's negotiation already; a server speaking
+                    # 3.0 to a 3.2 client changes nothing it sees (only the cancel key's
+                    # length differs, and its 4-byte key is valid in 3.2). pgwarden sends
+                    # the server no _pq_ options, so there are none for it to decline.
+                    return b"", AuthStep.RELAY
                 self.protocol_minor = min(minor, login.protocol_minor)
                 return login.negotiation(minor, declined), AuthStep.RELAY
-            if login.owes_negotiation:
+            if login.owes_negotiation and not self._local:
                 rest, step = self.on_message(kind, body)
                 original = m.message(kind, body) if rest is None else rest
                 return login.negotiation(login.protocol_minor, []) + original, step
@@ -496,6 +508,10 @@ class AuthRelay:
             secret = password if code == 3 else md5_password(password, self._login.user, body[4:8])
             self.to_server = m.message(ord("p"), secret.encode() + b"\x00")
             return b"", AuthStep.TO_SERVER
+        if code == 5 and self._md5 is not None:
+            answer = md5_response(self._md5, body[4:8])
+            self.to_server = m.message(ord("p"), answer.encode() + b"\x00")
+            return b"", AuthStep.TO_SERVER
         if client is None or code not in (10, 11, 12):
             raise AuthenticationError(
                 f'pgwarden has no credential for role "{self._login.user}" that answers the '
@@ -511,12 +527,6 @@ class AuthRelay:
             client.final(body[4:])
             return b"", AuthStep.RELAY
         return b"", AuthStep.TO_SERVER
-
-
-def md5_password(password: str, user: str, salt: bytes) -> str:
-    """The answer to AuthenticationMD5Password, as libpq computes it."""
-    inner = hashlib.md5((password + user).encode()).hexdigest()
-    return "md5" + hashlib.md5(inner.encode() + salt).hexdigest()
 
 
 def check_ready(body: bytes) -> int:

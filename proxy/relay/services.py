@@ -9,12 +9,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from proxy.approvals.broker import ApprovalBroker
     from proxy.audit.trail import AuditTrail
+    from proxy.auth.authquery import AuthQuery
     from proxy.auth.passfile import Passfile
     from proxy.auth.ratelimit import LoginLimiter
     from proxy.auth.users import UsersFile
     from proxy.config import Config
     from proxy.gate import Gate
     from proxy.relay.attempts import AttemptLimiter
+    from proxy.relay.localauth import LocalAuthSettings
     from proxy.sql.catalog.resolver import FunctionInfo
     from proxy.sql.facts import ParserSettings, QueryFacts
     from proxy.state import Counters
@@ -29,7 +31,9 @@ class SessionHost(Protocol):
     gate: Gate
     trail: AuditTrail
     tls: TLSHolder
-    users: UsersFile | None  # auth.mode proxy: the SCRAM secrets clients log in with
+    users: UsersFile | None  # auth.mode proxy: the secrets clients log in with
+    auth_query: AuthQuery | None  # auth.mode proxy: secrets looked up on the server
+    local_auth: LocalAuthSettings  # methods, certificate → role map
     passfile: Passfile | None  # passwords for pgwarden's own upstream login
     limiter: LoginLimiter
     attempts: AttemptLimiter

@@ -15,9 +15,11 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from proxy.auth.scram_client import ScramClient
+from proxy.auth.authquery import AuthQueryError
+from proxy.auth.password import Verifier
 from proxy.errors import AuthenticationError, FrontendProtocolError, UpstreamError
 from proxy.identity import Identity
+from proxy.relay import credentials
 from proxy.relay.handshake import AuthRelay, AuthStep, Login, Phase, StartupEvent
 from proxy.relay.localauth import MODES as LOCAL_AUTH_MODES
 from proxy.relay.localauth import LocalAuth
@@ -294,21 +296,52 @@ class LoginFlow:
             raise FrontendProtocolError("unexpected message before the authentication request")
         self.local = local
         self.login = local.login
+        session.phase = Phase.LOGIN
+        if local.mode == "cert":
+            self._start_local(local, None, 0)
+        else:
+            self.server.spawn(self._look_up_verifier(local))
+
+    async def _look_up_verifier(self, local: LocalAuth) -> None:
+        """The user's secret from the users file, else auth_query on the server."""
+        session = self.session
+        login = local.login
         try:
-            greeting, done = local.start(
-                self.server.users, self.secured, session.contexts.settings.client.identity
+            verifier, iterations = await credentials.verifier_for(
+                self.server.users, self.server.auth_query, login.database, login.user
             )
+        except AuthQueryError as exc:
+            logger.error("session %s: auth_query lookup failed: %s", session.session_id, exc)
+            session.fatal(
+                exc.sqlstate,
+                f'pgwarden could not look up the password of user "{login.user}" on the '
+                "server (auth_query); see pgwarden's log",
+                reason="auth_query_failed",
+            )
+            return
+        if session.phase is Phase.LOGIN:
+            self._start_local(local, verifier, iterations)
+
+    def _start_local(self, local: LocalAuth, verifier: Verifier | None, iterations: int) -> None:
+        session = self.session
+        try:
+            greeting, done = local.start(self.secured, self.server.local_auth, verifier, iterations)
         except AuthenticationError as exc:
             self._failed(exc)
             return
         if local.end_identity:
-            session.set_identity(replace(session.identity, end_identity=local.end_identity))
+            session.set_identity(
+                replace(
+                    session.identity,
+                    end_identity=local.end_identity,
+                    identity_source=local.identity_source,
+                )
+            )
         if greeting:
             session.send(greeting, None)
         if done:
+            session.phase = Phase.CONNECTING
             self.server.spawn(self._connect_upstream(local.login.upstream_packet()))
-        else:
-            session.phase = Phase.LOGIN
 
     def _local_message(self, data: bytes) -> None:
         session = self.session
@@ -365,28 +398,14 @@ class LoginFlow:
         session.phase = Phase.AUTH
         local = self.local
         if local is not None:
-            password = self._upstream_password(local.login)
-            keys = local.keys
-            client = (
-                ScramClient(password=password, server_cert=server_cert)
-                if password is not None
-                else ScramClient(keys=keys, server_cert=server_cert)
-                if keys is not None
-                else None
+            login = local.login
+            password = credentials.passfile_password(
+                self.server.passfile, self.cfg.upstream, login.database, login.user
             )
-            self.auth = AuthRelay(local.login, upstream_login=client, local=True, password=password)
+            self.auth = local.upstream_relay(password, server_cert)
         elif self.login is not None:
             self.auth = AuthRelay(self.login)
         transport.write(packet + self.handshake.take_early())
-
-    def _upstream_password(self, login: Login) -> str | None:
-        """The auth.passfile password for pgwarden's own upstream login as ``login.user``."""
-        passfile = self.server.passfile
-        if passfile is None:
-            return None
-        upstream = self.cfg.upstream
-        host = "localhost" if upstream.unix_path else upstream.host
-        return passfile.password(host, upstream.port, login.database, login.user)
 
     def server_message(self, kind: int, body: bytes) -> bytes | None:
         """A watched server message during authentication."""
@@ -454,6 +473,7 @@ class LoginFlow:
                 else None
             ),
             "auth_mode": self.cfg["auth.mode"],
+            **({"client_auth": self.local.method} if self.local is not None else {}),
             "upstream_tls": self.upstream_tls.audit() if self.upstream_tls else None,
             "server_version": self.session.server_params.get("server_version", ""),
             **({"role": login.role} if login is not None and login.role else {}),

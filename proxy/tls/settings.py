@@ -242,8 +242,42 @@ def _auth(cfg: Config, client: ClientTLS, problems: _Problems) -> None:
             "cert authentication needs verified client certificates: "
             "client_tls.mode verify-ca or verify-full",
         )
-    if mode == "proxy" and not cfg["auth.users_file"]:
-        problems.add("auth.users_file", "auth.mode proxy needs a users file (pgwarden users add)")
+    if mode == "proxy" and not cfg["auth.users_file"] and not cfg["auth.auth_user"]:
+        problems.add(
+            "auth.users_file",
+            "auth.mode proxy needs a users file (pgwarden users add) or auth.auth_user",
+        )
+    if mode != "proxy" and cfg["auth.auth_user"]:
+        problems.add("auth.auth_user", f"is set but auth.mode is {mode}; only proxy reads it")
+    if cfg["auth.auth_user"] and not cfg["auth.passfile"]:
+        problems.add(
+            "auth.passfile",
+            "auth.auth_user needs its password in auth.passfile (.pgpass format)",
+        )
+    if mode != "cert" and cfg["auth.ident_file"]:
+        problems.add("auth.ident_file", f"is set but auth.mode is {mode}; only cert reads it")
+    if bool(cfg["auth.ident_file"]) != bool(cfg["auth.ident_map"]):
+        problems.add(
+            "auth.ident_map",
+            "auth.ident_file and auth.ident_map go together (the file, and the map in it)",
+        )
+    if (
+        mode == "proxy"
+        and tuple(cfg["auth.client_methods"]) == ("password",)
+        and client.mode is ClientMode.DISABLE
+        and not cfg["auth.cleartext_without_tls"]
+    ):
+        problems.add(
+            "auth.client_methods",
+            "password (cleartext) is only asked over TLS and client_tls.mode is disable: "
+            "no client could log in (add scram-sha-256, or turn client TLS on)",
+        )
+    if mode == "cert" and cfg["auth.ident_file"] and client.mode is ClientMode.VERIFY_FULL:
+        problems.add(
+            "client_tls.mode",
+            "verify-full requires the certificate to name the user itself; with "
+            "auth.ident_file the map decides, so use verify-ca",
+        )
     if mode != "proxy" and cfg["auth.users_file"]:
         problems.add("auth.users_file", f"is set but auth.mode is {mode}; it is only read by proxy")
     if mode == "passthrough" and cfg["auth.passfile"]:

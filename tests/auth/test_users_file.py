@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import stat
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from proxy.auth import scram, users
+from proxy.auth.password import Md5Secret
 from proxy.auth.scram_client import ScramClient
 from proxy.auth.scram_server import ScramServer
 from proxy.cli import main
@@ -24,6 +26,10 @@ def _login(secret: scram.ScramSecret, password: str) -> None:
         client.initial_response(m.sasl_mechanisms(server.sasl_request()[5:]))[5:]
     )
     client.final(server.final_response(client.continue_response(challenge[9:])[5:])[9:])
+
+
+# md5("erin-pw" + "erin"), as PostgreSQL stores it with password_encryption=md5
+MD5 = "md5" + hashlib.md5(b"erin-pwerin").hexdigest()
 
 
 def test_parse_pgbouncer_format() -> None:
@@ -42,15 +48,37 @@ def test_bad_entries_are_named_with_their_line() -> None:
         '"carol" "plain-password"\n'
         f'"alice" "{secret}"\n'
         "dave secret\n"
+        f'"erin" "{MD5}"\n'
     )
     with pytest.raises(ConfigError) as err:
         users.parse(text, "users.txt")
     problems = [str(p) for p in err.value.problems]
-    assert problems[0].startswith("users.txt:2: auth.users_file: user 'bob': not a SCRAM")
-    assert "a md5 entry is not accepted" in problems[0]
+    assert problems[0].startswith("users.txt:2: auth.users_file: user 'bob': not an md5 secret")
+    assert "an invalid md5 entry is not accepted" in problems[0]
     assert "users.txt:3:" in problems[1] and "plaintext or unknown entry" in problems[1]
     assert "users.txt:4:" in problems[2] and "listed twice" in problems[2]
     assert "users.txt:5:" in problems[3] and 'expected "user"' in problems[3]
+    assert "users.txt:6:" in problems[4]
+    assert "only accepted when auth.client_methods lists md5 or password" in problems[4]
+
+
+def test_md5_entries_where_md5_is_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = scram.make_secret("pw")
+    parsed = users.parse(f'"alice" "{secret}"\n"erin" "{MD5}"\n', "u", allow_md5=True)
+    assert parsed.verifier("alice") == secret and parsed.verifier("erin") == Md5Secret(MD5)
+    assert parsed.secret("erin") is None and parsed.names == ["alice", "erin"]
+    path = tmp_path / "users.txt"
+    path.write_text(f'"alice" "{secret}"\n')
+    path.chmod(0o600)
+    monkeypatch.setattr("sys.stdin", io.StringIO("erin-pw\n"))
+    assert main(["users", "add", "erin", "--md5", "--password-stdin", "--file", str(path)]) == 0
+    written = users.load(str(path), allow_md5=True)
+    assert written.md5 == {"erin": Md5Secret(MD5)} and written.secret("alice") == secret
+    capsys.readouterr()
+    assert main(["users", "list", "--file", str(path)]) == 0
+    assert capsys.readouterr().out.split() == ["alice", "erin"]
 
 
 def test_mode_is_checked(tmp_path: Path) -> None:

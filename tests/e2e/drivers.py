@@ -273,23 +273,35 @@ def jdbc_url(target: Target) -> str:
 
 
 def run_pgjdbc(scenario: str, target: Target, app: str, workdir: Path) -> Result:
+    return run_pgjdbc_url(scenario, jdbc_url(target), app, workdir)
+
+
+def run_pgjdbc_url(scenario: str, url: str, app: str, workdir: Path) -> Result:
+    """The scenario with pgjdbc connecting to ``url`` (a full jdbc:postgresql:// URL)."""
     java, classes = _java_program(workdir)
     cp = os.pathsep.join([str(classes), str(_jdbc_jar())])
     # C1 only and class data sharing: the JVM starts in a fraction of a second.
     argv = [java, "-XX:TieredStopAtLevel=1", "-Xshare:auto", "-cp", cp, "DriverScenario"]
-    return _run_json([*argv, scenario, jdbc_url(target), app], "pgjdbc")
+    return _run_json([*argv, scenario, url, app], "pgjdbc")
+
+
+def pgjdbc_version() -> tuple[int, ...]:
+    """The installed pgjdbc's version, from its jar's manifest."""
+    import zipfile
+
+    with zipfile.ZipFile(_jdbc_jar()) as jar:
+        manifest = jar.read("META-INF/MANIFEST.MF").decode("utf-8", "replace")
+    for line in manifest.splitlines():
+        if line.startswith(("Bundle-Version:", "Implementation-Version:")):
+            text = line.split(":", 1)[1].strip()
+            return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
+    raise AssertionError(f"no version in the pgjdbc manifest:\n{manifest}")
 
 
 # --- node-postgres ---------------------------------------------------------------------
 
 
 def run_node_postgres(scenario: str, target: Target, app: str) -> Result:
-    node = shutil.which("node")
-    if node is None:
-        missing("Node.js is not installed (apt-get install nodejs npm)")
-    assert node is not None
-    if not (NODE_DIR / "node_modules" / "pg" / "package.json").exists():
-        missing(f"node-postgres is not installed: run `npm ci` in {NODE_DIR}")
     config = {
         "host": target.host,
         "port": target.port,
@@ -298,6 +310,17 @@ def run_node_postgres(scenario: str, target: Target, app: str) -> Result:
         "password": target.superuser_password,
         "application_name": app,
     }
+    return run_node_config(scenario, config)
+
+
+def run_node_config(scenario: str, config: dict[str, Any]) -> Result:
+    """The scenario with node-postgres given ``config`` (pg.Client's options, as JSON)."""
+    node = shutil.which("node")
+    if node is None:
+        missing("Node.js is not installed (apt-get install nodejs npm)")
+    assert node is not None
+    if not (NODE_DIR / "node_modules" / "pg" / "package.json").exists():
+        missing(f"node-postgres is not installed: run `npm ci` in {NODE_DIR}")
     return _run_json([node, str(NODE_DIR / "scenario.js"), scenario, json.dumps(config)], "node")
 
 

@@ -22,6 +22,7 @@ from proxy.config import Config
 from proxy.gate import Gate
 from proxy.policy.loader import load_policy
 from proxy.relay.attempts import AttemptLimiter
+from proxy.relay.localauth import LocalAuthSettings
 from proxy.session import Session
 from proxy.sql.pool import AnalysisPool, PoolConfig
 from proxy.state import Counters
@@ -177,6 +178,8 @@ class Host:
         self.tls = tls_module.load(self.cfg)
         self.users = None
         self.passfile = None
+        self.auth_query = None
+        self.local_auth = LocalAuthSettings()
         self.limiter = LoginLimiter()
         self._counters = Counters()
         self.spawned: list[Coroutine[Any, Any, Any]] = []

@@ -11,6 +11,7 @@ certificate names the role and pgwarden presents a certificate for that role ups
 from __future__ import annotations
 
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -211,3 +212,60 @@ def test_cert_mode_with_a_passfile_for_a_password_role(
         assert conn.execute("SELECT current_user").fetchone() == ("alice",)
     (start,) = proxy.wait_for(lambda e: e["type"] == "session_start")
     assert start["identity"].startswith("CN=alice,") and start["auth_mode"] == "cert"
+
+
+def test_cert_mode_role_map_and_its_reload(
+    proxy_factory: ProxyFactory, pki: TestPKI, server_pki: TestPKI, tmp_path: Path
+) -> None:
+    ident = tmp_path / "pg_ident.conf"
+    ident.write_text(
+        "# MAPNAME SYSTEM-USERNAME DATABASE-USERNAME\nops alice dave\nops /^(cecil)$ \\1\n"
+    )
+    proxy = proxy_factory(
+        *both_legs(pki, server_pki, "verify-ca"),
+        *("--client-tls-ca-file", str(pki.ca_file), "--auth-mode", "cert"),
+        *("--auth-ident-file", str(ident), "--auth-ident-map", "ops"),
+        *("--upstream-tls-cert-file", str(server_pki.cecil_cert)),
+        *("--upstream-tls-key-file", str(server_pki.cecil_key)),
+    )
+    alice = {"sslcert": str(pki.client_cert), "sslkey": str(pki.client_key), "password": ""}
+    cecil = {"sslcert": str(pki.cecil_cert), "sslkey": str(pki.cecil_key)}
+    with psycopg.connect(conninfo(proxy, pki, "dave", **alice)) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("dave",)
+    with psycopg.connect(conninfo(proxy, pki, "cecil", **cecil)) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("cecil",)
+    for user, cert in (("alice", alice), ("dave", cecil)):
+        with pytest.raises(psycopg.OperationalError) as info:
+            psycopg.connect(conninfo(proxy, pki, user, **cert)).close()
+        assert f'FATAL:  certificate authentication failed for user "{user}"' in str(info.value)
+    starts = proxy.wait_for(lambda e: e["type"] == "session_start", count=2)
+    assert [(e["user"], e["identity"].split(",")[0], e["identity_source"]) for e in starts] == [
+        ("dave", "CN=alice", "certificate"),
+        ("cecil", "CN=cecil", "certificate"),
+    ]
+    failures = proxy.wait_for(lambda e: e["type"] == "auth_failure", count=2)
+    assert {e["sqlstate"] for e in failures} == {"28000"}
+    # the map is re-read on SIGHUP: alice's line goes, cecil may now be dave
+    ident.write_text("ops cecil dave\n")
+    proxy.reload()
+    deadline = time.monotonic() + 10
+    while "ident map reloaded" not in proxy.stderr_text():
+        assert time.monotonic() < deadline, proxy.stderr_text()
+        time.sleep(0.05)  # polling interval, not synchronization
+    with pytest.raises(psycopg.OperationalError, match="certificate authentication failed"):
+        psycopg.connect(conninfo(proxy, pki, "dave", **alice)).close()
+    with psycopg.connect(conninfo(proxy, pki, "dave", **cecil)) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("dave",)
+    # a broken map on reload keeps the old one and says so
+    ident.write_text("ops cecil\n")
+    request = urllib.request.Request(
+        proxy.admin_url("/reload"), method="POST", headers=proxy.admin_headers()
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+    assert b"expected MAPNAME SYSTEM-USERNAME DATABASE-USERNAME" in body
+    with psycopg.connect(conninfo(proxy, pki, "dave", **cecil)) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("dave",)

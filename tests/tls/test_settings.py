@@ -124,6 +124,39 @@ def test_auth_mode_rules(pki: TestPKI, tmp_path: Path) -> None:
     assert any("only read by proxy and cert" in p for p in _problems(passthrough))
 
 
+def test_auth_method_query_and_map_rules(pki: TestPKI, tmp_path: Path) -> None:
+    users = str(tmp_path / "users")
+    only_cleartext = _cfg(
+        auth__mode="proxy", auth__users_file=users, auth__client_methods="password"
+    )
+    assert any("no client could log in" in p for p in _problems(only_cleartext))
+    settings.load(only_cleartext.replace(auth__cleartext_without_tls=True))
+    with pytest.raises(ValueError, match="expected some of scram-sha-256, md5, password"):
+        config._client_methods("scram-sha-256,sha1")
+    assert config._client_methods("md5, scram-sha-256,md5") == ("md5", "scram-sha-256")
+    query = _cfg(auth__mode="proxy", auth__auth_user="pgbouncer")
+    assert any("needs its password in auth.passfile" in p for p in _problems(query))
+    settings.load(query.replace(auth__passfile=str(tmp_path / "pgpass")))  # no users file
+    stray = _cfg(auth__auth_user="pgbouncer", auth__passfile=str(tmp_path / "pgpass"))
+    assert any("auth.auth_user: is set but auth.mode is passthrough" in p for p in _problems(stray))
+    verify = {
+        "client_tls__cert_file": str(pki.server_cert),
+        "client_tls__key_file": str(pki.server_key),
+        "client_tls__ca_file": str(pki.ca_file),
+    }
+    mapped = _cfg(
+        auth__mode="cert", auth__ident_file=str(tmp_path / "ident"), client_tls__mode="verify-ca"
+    ).replace(**verify)
+    assert any("go together" in p for p in _problems(mapped))
+    settings.load(mapped.replace(auth__ident_map="ops"))
+    full = mapped.replace(auth__ident_map="ops", client_tls__mode="verify-full")
+    assert any("use verify-ca" in p for p in _problems(full))
+    assert any(
+        "only cert reads it" in p
+        for p in _problems(_cfg(auth__ident_file="x", auth__ident_map="ops"))
+    )
+
+
 def test_check_config_reports_tls_problems(capsys: pytest.CaptureFixture[str]) -> None:
     from proxy.cli import main
 

@@ -35,6 +35,7 @@ public final class DriverScenario {
         DriverScenario s = new DriverScenario(args[1], args[2]);
         switch (args[0]) {
             case "pid" -> s.pid();
+            case "whoami" -> s.whoami();
             case "prepared" -> s.prepared();
             case "batch" -> s.batch();
             case "transaction" -> s.transaction();
@@ -62,6 +63,16 @@ public final class DriverScenario {
 
     private void pid() throws SQLException {
         try (Connection conn = connect()) {
+            out.put("driver_pid", conn.unwrap(PGConnection.class).getBackendPID());
+            out.put("server_pid", one(conn, "select pg_backend_pid()"));
+        }
+    }
+
+    // Who the session is and whether the server's own leg is encrypted (pg_stat_ssl).
+    private void whoami() throws SQLException {
+        try (Connection conn = connect()) {
+            out.put("user", one(conn, "select current_user::text"));
+            out.put("server_ssl", one(conn, "select ssl from pg_stat_ssl where pid = pg_backend_pid()"));
             out.put("driver_pid", conn.unwrap(PGConnection.class).getBackendPID());
             out.put("server_pid", one(conn, "select pg_backend_pid()"));
         }

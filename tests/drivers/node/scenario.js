@@ -73,6 +73,16 @@ const scenarios = {
     return { driver_pid: client.processID, server_pid: await one(client, 'select pg_backend_pid()') }
   },
 
+  // Who the session is and whether the server's own leg is encrypted (pg_stat_ssl).
+  async whoami (client) {
+    return {
+      user: await one(client, 'select current_user::text'),
+      server_ssl: await one(client, 'select ssl from pg_stat_ssl where pid = pg_backend_pid()'),
+      driver_pid: client.processID,
+      server_pid: await one(client, 'select pg_backend_pid()')
+    }
+  },
+
   async prepared (client) {
     const values = []
     for (const i of [1, 2, 3]) {
