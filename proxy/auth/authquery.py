@@ -38,6 +38,7 @@ APPLICATION_NAME = "pgwarden auth_query"
 _H = struct.Struct("!h")
 _I = struct.Struct("!i")
 _MESSAGE_LIMIT = 1 << 20
+_CACHE_LIMIT = 10_000
 
 Connect = Callable[[Callable[[], asyncio.Protocol]], Awaitable[UpstreamLink[asyncio.Protocol]]]
 PasswordFor = Callable[[str, str], str | None]  # (database, user) → auth.passfile password
@@ -125,7 +126,7 @@ class _Lookup(asyncio.Protocol):
             for kind, body, _raw in self._framer.feed(data):
                 assert body is not None
                 self._message(kind, body)
-        except (ProtocolError, AuthenticationError, struct.error) as exc:
+        except (ProtocolError, AuthenticationError, struct.error, ValueError) as exc:
             self.fail(f"as {self._login.user}: {exc}")
 
     def _message(self, kind: int, body: bytes) -> None:
@@ -189,15 +190,24 @@ class AuthQuery:
         try:
             verifier = await self._ask(*key)
         except BaseException as exc:
-            future.set_exception(exc)
+            # Logins sharing this lookup get its error; a cancelled one (its session went
+            # away) must not cancel theirs.
+            shared = (
+                AuthQueryError("the lookup was abandoned")
+                if isinstance(exc, asyncio.CancelledError)
+                else exc
+            )
+            future.set_exception(shared)
             future.exception()  # retrieved: waiters that left must not log it
             raise
         finally:
             del self._pending[key]
         future.set_result(verifier)
         self._cache[key] = (self._clock() + self.settings.cache_seconds, verifier)
-        if len(self._cache) > 10_000:
+        if len(self._cache) > _CACHE_LIMIT:
             self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+            if len(self._cache) > _CACHE_LIMIT:  # a flood of names: start again
+                self._cache.clear()
         return verifier
 
     async def _ask(self, database: str, user: str) -> Verifier | None:

@@ -90,8 +90,9 @@ def new_salt() -> bytes:
     return os.urandom(4)
 
 
-def read_password_message(body: bytes) -> str:
-    """A PasswordMessage body → its text, refused as PostgreSQL's recv_password_packet does."""
+def read_password_message(body: bytes) -> str | None:
+    """A PasswordMessage body → its text (None: not UTF-8), refused as PostgreSQL's
+    recv_password_packet does."""
     if not body or body.find(b"\x00") != len(body) - 1:
         raise AuthenticationError("invalid password packet size", c.SQLSTATE_PROTOCOL_VIOLATION)
     if len(body) == 1:
@@ -99,29 +100,39 @@ def read_password_message(body: bytes) -> str:
     try:
         return body[:-1].decode("utf-8")
     except UnicodeDecodeError:
-        # libpq sends the bytes as typed; a password that is not UTF-8 matches no secret.
-        return body[:-1].decode("utf-8", "surrogateescape")
+        # pgwarden's secrets are made from text; bytes that are not UTF-8 match none.
+        return None
 
 
-def verify_cleartext(password: str, user: str, verifier: Verifier | None) -> bool:
-    """Whether ``password`` is the one ``verifier`` was made from (None: unknown user)."""
+def verify_cleartext(
+    password: str, user: str, verifier: Verifier | None, mock_iterations: int
+) -> bool:
+    """Whether ``password`` is the one ``verifier`` was made from. An unknown user (None)
+    costs the same PBKDF2 rounds as a known one, so the time taken does not tell them
+    apart."""
+    if verifier is None:
+        scram.keys_from_password(password, b"pgwarden-mock-salt", mock_iterations)
+        return False
     if isinstance(verifier, ScramSecret):
         keys = scram.keys_from_password(password, verifier.salt, verifier.iterations)
         stored = scram.sha256(keys.client_key)
         return hmac.compare_digest(stored, verifier.stored_key) and hmac.compare_digest(
             keys.server_key, verifier.server_key
         )
-    if isinstance(verifier, Md5Secret):
-        expected = make_md5(password, user).digest
-        return hmac.compare_digest(expected.encode(), verifier.digest.encode())
-    return False
+    expected = make_md5(password, user).digest
+    return hmac.compare_digest(expected.encode(), verifier.digest.encode())
 
 
-def check_cleartext(body: bytes, user: str, verifier: Verifier | None) -> str:
+def check_cleartext(
+    body: bytes,
+    user: str,
+    verifier: Verifier | None,
+    mock_iterations: int = scram.DEFAULT_ITERATIONS,
+) -> str:
     """The client's cleartext PasswordMessage → the password when it is right; else 28P01
     with PostgreSQL's text."""
     password = read_password_message(body)
-    if not verify_cleartext(password, user, verifier):
+    if password is None or not verify_cleartext(password, user, verifier, mock_iterations):
         raise password_failed(user)
     return password
 
@@ -129,7 +140,9 @@ def check_cleartext(body: bytes, user: str, verifier: Verifier | None) -> str:
 def check_md5(body: bytes, user: str, verifier: Md5Secret | None, salt: bytes) -> None:
     """The client's answer to an md5 challenge with ``salt``; 28P01 unless it is right."""
     answer = read_password_message(body)
-    if verifier is None or not hmac.compare_digest(
-        answer.encode(), md5_response(verifier, salt).encode()
+    if (
+        answer is None
+        or verifier is None
+        or not hmac.compare_digest(answer.encode(), md5_response(verifier, salt).encode())
     ):
         raise password_failed(user)

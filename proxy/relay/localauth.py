@@ -82,6 +82,7 @@ class LocalAuth:
 
     __slots__ = (
         "_method",
+        "_mock_iterations",
         "_salt",
         "_scram",
         "_verifier",
@@ -101,6 +102,7 @@ class LocalAuth:
         self._scram: ScramServer | None = None
         self._method = ""
         self._salt = b""
+        self._mock_iterations = DEFAULT_ITERATIONS
         self._verifier: Verifier | None = None
         # After success, what logs pgwarden in upstream as the same role:
         self.keys: ClientKeys | None = None  # recovered from a SCRAM proof
@@ -138,6 +140,7 @@ class LocalAuth:
             )
         self._method = method
         self._verifier = verifier
+        self._mock_iterations = mock_iterations
         if method == PASSWORD:
             return greeting + pw.cleartext_request(), False
         if method == MD5:
@@ -187,7 +190,7 @@ class LocalAuth:
         text)."""
         user = self.login.user
         if self._method == PASSWORD:
-            self.password = pw.check_cleartext(body, user, self._verifier)
+            self.password = pw.check_cleartext(body, user, self._verifier, self._mock_iterations)
             self.method = PASSWORD
             return b"", True
         if self._method == MD5:
