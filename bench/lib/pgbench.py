@@ -64,8 +64,11 @@ def run(
     clients: int,
     duration: float,
     scratch: Path,
+    *,
+    connect_each: bool = False,
 ) -> PgbenchRun:
-    """One timed select-only run; raises :class:`PgbenchFailed` if pgbench reports an error."""
+    """One timed select-only run; raises :class:`PgbenchFailed` if pgbench reports an error.
+    ``connect_each``: a new connection for every transaction (``-C``, the handshake cost)."""
     threads = min(clients, 2)
     with tempfile.TemporaryDirectory(dir=scratch, prefix="pgbench-log-") as tmp:
         log_dir = Path(tmp)
@@ -81,6 +84,7 @@ def run(
             str(threads),
             "-T",
             str(max(1, round(duration))),
+            *(["-C"] if connect_each else []),
             "--log",
             f"--log-prefix={log_dir / 'tx'}",
             *client_args(target, database),

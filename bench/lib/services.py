@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,12 +126,22 @@ def ensure_pgbouncer() -> str:
 
 
 class PgBouncer:
-    """PgBouncer in session mode in front of one Postgres, from a generated ini file."""
+    """PgBouncer in session mode in front of one Postgres, from a generated ini file;
+    ``settings`` are more ``[pgbouncer]`` lines (e.g. its client_tls_* / server_tls_*)."""
 
-    def __init__(self, workdir: Path, pg_port: int, max_clients: int) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        pg_port: int,
+        max_clients: int,
+        name: str = "pgbouncer",
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.pg_port = pg_port
         self.max_clients = max_clients
+        self.name = name
+        self.settings = dict(settings or {})
         self.port = free_port()
         self.log = workdir / "pgbouncer.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -158,6 +169,7 @@ class PgBouncer:
             "log_connections = 0\n"
             "log_disconnections = 0\n"
             "admin_users = postgres\n"
+            + "".join(f"{key} = {value}\n" for key, value in self.settings.items())
         )
         user = _run_as()
         if user is not None:
@@ -179,7 +191,7 @@ class PgBouncer:
                 start_new_session=True,
             )
         wait_for_port(self.port, self.proc, self.log, timeout=15)
-        return Target("pgbouncer", "127.0.0.1", self.port, self.proc.pid)
+        return Target(self.name, "127.0.0.1", self.port, self.proc.pid)
 
     def stop(self) -> None:
         if self.proc is not None:
