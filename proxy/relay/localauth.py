@@ -60,8 +60,8 @@ def choose_method(methods: tuple[str, ...], verifier: Verifier | None, tls: bool
     when only ``password`` is configured and ``tls`` (or its override) is false.
 
     ``md5`` with a SCRAM secret means SCRAM, as in PostgreSQL (an md5 pg_hba line uses SCRAM
-    for a role whose password is a SCRAM secret). An unknown user (None) gets the first
-    method, failing only at the password, as PostgreSQL's mock exchange does.
+    for a role whose password is a SCRAM secret). An unknown user (None) fails only at the
+    password, as in PostgreSQL's mock exchange.
     """
     fallback = None
     for method in methods:
@@ -73,7 +73,10 @@ def choose_method(methods: tuple[str, ...], verifier: Verifier | None, tls: bool
                 return SCRAM
             fallback = SCRAM  # an md5 entry cannot answer SCRAM: the mock exchange fails it
         elif method == MD5:
-            return SCRAM if isinstance(verifier, ScramSecret) else MD5
+            # An unknown user gets SCRAM's mock exchange, as from PostgreSQL with its default
+            # password_encryption, so md5 being asked tells that an md5 entry exists, not
+            # that a user does.
+            return MD5 if isinstance(verifier, Md5Secret) else SCRAM
     return fallback
 
 
