@@ -139,6 +139,19 @@ def test_auth_query_failures_are_clear(
         assert time.monotonic() < deadline, proxy.stderr_text()
         time.sleep(0.05)  # polling interval, not synchronization
     assert 'password authentication failed for user "pgw_auth_lookup"' in proxy.stderr_text()
+    # a query that does not return (user name, secret)
+    wrong = proxy_factory(
+        *both_legs(pki, server_pki, "require"),
+        *("--auth-mode", "proxy", "--auth-auth-user", AUTH_USER, "--auth-auth-dbname", "postgres"),
+        *("--auth-auth-query", "SELECT usename, passwd, 1 FROM pgw_lookup($1)"),
+        *("--auth-passfile", str(_passfile(tmp_path))),
+    )
+    with pytest.raises(psycopg.OperationalError, match="could not look up the password"):
+        psycopg.connect(conninfo(wrong, pki, "alice")).close()
+    deadline = time.monotonic() + 10
+    while "must return two columns (user name, secret); it returned 3" not in wrong.stderr_text():
+        assert time.monotonic() < deadline, wrong.stderr_text()
+        time.sleep(0.05)  # polling interval, not synchronization
     # the server unreachable
     closed = _proxy(
         proxy_factory, pki, server_pki, _passfile(tmp_path), "--upstream", "127.0.0.1:1"
