@@ -8,6 +8,9 @@ and a ``password`` line, alice SCRAM. pgwarden's users file holds the server's s
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -58,6 +61,28 @@ def _proxy(
     )
 
 
+def _psql(proxy: ProxyProcess, pki: TestPKI, pg: PgServer, user: str, password: str) -> str:
+    """``psql -w`` with PGPASSWORD (libpq answers whatever it is asked): its output, or the
+    error it printed."""
+    psql = shutil.which("psql") or (str(pg.bin_dir / "psql") if pg.bin_dir else None)
+    if psql is None or not os.path.exists(psql):
+        pytest.skip("psql is not installed")
+    conninfo = (
+        f"host={proxy.host} port={proxy.port} user={user} dbname=app sslmode=verify-full "
+        f"sslrootcert={pki.ca_file} connect_timeout=10"
+    )
+    env = {**os.environ, "PGPASSWORD": password}
+    env.pop("PGSERVICE", None)
+    done = subprocess.run(
+        [psql, "-X", "-w", "-At", conninfo, "-c", "SELECT current_user"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    return done.stdout.strip() if done.returncode == 0 else done.stderr.strip()
+
+
 def _fatal(conninfo_text: str) -> str:
     """The server's message of a refused libpq login (after libpq's own prefix)."""
     with pytest.raises(psycopg.OperationalError) as info:
@@ -78,6 +103,10 @@ def test_md5_where_configured(
     # bob has an md5 entry: md5 to pgwarden, and pgwarden answers the server's md5 with it
     with psycopg.connect(conninfo(proxy, pki, "bob", require_auth="md5")) as conn:
         assert conn.execute("SELECT current_user").fetchone() == ("bob",)
+    assert _psql(proxy, pki, pg, "bob", PASSWORDS["bob"]) == "bob"
+    assert _psql(proxy, pki, pg, "bob", "wrong").endswith(
+        'FATAL:  password authentication failed for user "bob"'
+    )
     # alice has a SCRAM secret: md5 being allowed changes nothing for her (as PostgreSQL)
     with psycopg.connect(conninfo(proxy, pki, "alice", require_auth="scram-sha-256")) as conn:
         assert conn.execute("SELECT current_user").fetchone() == ("alice",)
@@ -88,8 +117,8 @@ def test_md5_where_configured(
     expected = _fatal(direct)
     assert expected == 'password authentication failed for user "bob"'
     assert _fatal(conninfo(proxy, pki, "bob", password="wrong")) == expected
-    (failure,) = proxy.wait_for(lambda e: e["type"] == "auth_failure")
-    assert (failure["user"], failure["sqlstate"]) == ("bob", "28P01")
+    failures = proxy.wait_for(lambda e: e["type"] == "auth_failure", count=2)
+    assert [(e["user"], e["sqlstate"]) for e in failures] == [("bob", "28P01")] * 2
     # md5 not configured: bob's md5 entry is refused at start-up, naming the line
     with pytest.raises(AssertionError, match="exited with 2 before listening") as info:
         proxy_factory(
@@ -127,7 +156,7 @@ def test_md5_raw_client_and_the_rate_limiter(
 
 
 def test_cleartext_over_tls_checked_against_scram_and_md5_secrets(
-    proxy_factory: ProxyFactory, pki: TestPKI, server_pki: TestPKI, tmp_path: Path
+    proxy_factory: ProxyFactory, pki: TestPKI, server_pki: TestPKI, tmp_path: Path, pg: PgServer
 ) -> None:
     # pgwarden's own SCRAM secrets (new salts) and an md5 entry: the cleartext password is
     # checked against them, then logs in upstream itself (SCRAM, md5 or cleartext, whatever
@@ -145,6 +174,7 @@ def test_cleartext_over_tls_checked_against_scram_and_md5_secrets(
     for role in ("alice", "bob", "carol"):
         with psycopg.connect(conninfo(proxy, pki, role, require_auth="password")) as conn:
             assert conn.execute("SELECT current_user").fetchone() == (role,)
+    assert _psql(proxy, pki, pg, "carol", PASSWORDS["carol"]) == "carol"
     assert _fatal(conninfo(proxy, pki, "carol", password="wrong")) == (
         'password authentication failed for user "carol"'
     )
