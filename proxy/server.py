@@ -351,6 +351,8 @@ class ProxyServer:
                 self.users = credentials.load_users(self.cfg)
                 assert self.users is not None
                 logger.info("users file reloaded: %d users", len(self.users.names))
+            if self.auth_query is not None:
+                self.auth_query.forget()
             if self.local_auth.ident is not None:
                 self.local_auth = credentials.load_settings(self.cfg)
                 logger.info("ident map reloaded: %s", self.cfg["auth.ident_file"])

@@ -175,6 +175,10 @@ class AuthQuery:
         self._cache: dict[tuple[str, str], tuple[float, Verifier | None]] = {}
         self._pending: dict[tuple[str, str], asyncio.Future[Verifier | None]] = {}
 
+    def forget(self) -> None:
+        """Drop the cached answers (a reload: the operator may have changed a password)."""
+        self._cache.clear()
+
     async def lookup(self, database: str, user: str) -> Verifier | None:
         """The user's secret, or None (no such user, no password, an unusable secret)."""
         key = (self.settings.dbname or database, user)

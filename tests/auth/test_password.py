@@ -104,5 +104,8 @@ def test_answers_found_or_not_are_cached() -> None:
             assert await query.lookup("app", "nobody") is None
         assert await query.lookup("other", "nobody") is None  # another database
         assert calls == ["alice", "nobody", "nobody"]
+        query.forget()  # a reload
+        assert await query.lookup("app", "alice") == pw.make_md5("x", "alice")
+        assert calls == ["alice", "nobody", "nobody", "alice"]
 
     asyncio.run(main())
