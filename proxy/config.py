@@ -230,6 +230,35 @@ def _sinks(value: Any) -> tuple[Mapping[str, Any], ...]:
     return tuple(out)
 
 
+_SETTING_NAME = re.compile(r"[a-z_][a-z0-9_$]*(\.[a-z_][a-z0-9_$]*)+")
+
+
+def _identity_parameter(value: Any) -> str:
+    """``identity.parameter``: '', ``application_name`` or a custom setting name (``app.user``)."""
+    text = str(value).strip().lower()
+    if text in ("", "application_name") or _SETTING_NAME.fullmatch(text):
+        return text
+    raise ValueError(
+        "expected application_name or a setting name with a dot such as app.end_user "
+        f"(PostgreSQL refuses other unknown startup settings), got {value!r}"
+    )
+
+
+def _identity_pattern(value: Any) -> str:
+    text = str(value)
+    if text:
+        try:
+            compiled = re.compile(text)
+        except re.error as exc:
+            raise ValueError(f"bad regular expression {text!r}: {exc}") from None
+        if "identity" not in compiled.groupindex and compiled.groups > 1:
+            raise ValueError(
+                "a pattern with several groups must name the one that is the identity: "
+                "(?P<identity>...)"
+            )
+    return text
+
+
 # Mode names are libpq's sslmode / PgBouncer's client_tls_sslmode. Upstream ``allow`` is left
 # out: it means "retry with TLS after a failed plaintext login", which a proxy cannot replay.
 TLS_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
@@ -502,6 +531,34 @@ SCHEMA: tuple[Key, ...] = (
     ),
     Key("auth.auth_dbname", str, "", "database auth.auth_query runs in (default: the client's)"),
     Key("auth.auth_query_cache", parse_duration, 10.0, "how long auth_query results are kept"),
+    # End identity (issue 11 §4): checked as a whole by proxy.relay.endidentity.load.
+    Key(
+        "identity.parameter",
+        _identity_parameter,
+        "",
+        "startup parameter a client names the person behind its role with (marked "
+        "client_supplied): application_name or a setting such as app.end_user; empty: off",
+    ),
+    Key(
+        "identity.pattern",
+        _identity_pattern,
+        "",
+        "regex searched in identity.parameter's value: the identity is its group 'identity', else "
+        "group 1, else the match; no match: no identity (required for application_name)",
+    ),
+    Key(
+        "identity.client_addrs",
+        _str_list,
+        (),
+        "take identity.parameter only from these networks (CIDR, or unix); empty: from any client",
+    ),
+    Key(
+        "identity.propagate",
+        _choice("none", "guc"),
+        "none",
+        "guc: tell the server the end identity as pgwarden.identity and "
+        "pgwarden.identity_source (the client cannot set them itself)",
+    ),
 )
 
 _BY_PATH = {k.path: k for k in SCHEMA}

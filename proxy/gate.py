@@ -43,6 +43,26 @@ _AUDIT_REFUSAL = Decision(
 )
 
 
+# identity.propagate guc: what pgwarden tells the server about the session is pgwarden's alone,
+# whatever the policy says (and in monitor mode too).
+_IDENTITY_GUARD = Decision(
+    action="block",
+    intended="block",
+    rules=(RuleMatch("identity-guard", "block", "critical", "identity.propagate"),),
+    reason="sets pgwarden.identity or pgwarden.identity_source, which pgwarden propagates",
+    message="pgwarden: pgwarden.identity and pgwarden.identity_source are set by pgwarden "
+    "(identity.propagate); a client cannot change them",
+    sqlstate="42501",
+)
+
+
+def _sets_identity(facts: QueryFacts) -> bool:
+    for stmt in facts.statements:
+        if stmt.identity_change or (stmt.body is not None and stmt.body.identity_change):
+            return True
+    return False
+
+
 _REDACTED_ENTRIES = 4096
 _REDACTED_TEXT_MAX = 4096
 
@@ -54,6 +74,7 @@ class Gate:
         self.policy = policy
         self.generation = 0
         self._text_mode = cfg["audit.statement_text"]
+        self._guard_identity = cfg["identity.propagate"] != "none"
         # Keyed hashes of redacted parameters: with audit.hmac_key_file the same value hashes
         # the same across restarts and proxies sharing the key; without it a per-process
         # random key keeps low-entropy values from being guessed from the trail.
@@ -70,6 +91,8 @@ class Gate:
         return facts_cache.analyze_bytes_cached(sql, settings)
 
     def decide(self, identity: Identity, facts: QueryFacts) -> Decision:
+        if self._guard_identity and _sets_identity(facts):
+            return _IDENTITY_GUARD
         policy = self.policy
         if policy is None:
             return ALLOW

@@ -24,6 +24,7 @@ from proxy.audit.timeparse import iso_z, parse_time
 EVENT_TYPES = (
     "session_start",
     "query",
+    "identity_claim_ignored",
     "transaction",
     "session_end",
     "auth_failure",

@@ -34,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     from proxy import tls
 
     tls.load(cfg)  # certificate, key and CA files are checked before anything starts
+    from proxy.relay import endidentity
+
+    endidentity.load(cfg)  # identity.* as a whole (a pattern for application_name, networks)
     from proxy.auth import passfile
     from proxy.relay import credentials
 

@@ -131,6 +131,30 @@ def parse_addr(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | Non
     return addr
 
 
+def parse_networks(texts: Iterable[str]) -> tuple[list[IPNetwork], bool, list[tuple[int, str]]]:
+    """CIDR networks and ``unix`` (Unix-socket clients): (networks, unix, [(index, why)])."""
+    networks: list[IPNetwork] = []
+    unix = False
+    bad: list[tuple[int, str]] = []
+    for index, text in enumerate(texts):
+        if text == "unix":
+            unix = True
+            continue
+        try:
+            networks.append(ipaddress.ip_network(text, strict=True))
+        except ValueError as exc:
+            bad.append((index, f"bad CIDR {text!r}: {exc}"))
+    return networks, unix, bad
+
+
+def addr_in(text: str, networks: tuple[IPNetwork, ...], unix: bool) -> bool:
+    """Whether a client address (an IP, or ``unix``) is in ``networks`` / ``unix``."""
+    if text == "unix":
+        return unix
+    addr = parse_addr(text)
+    return addr is not None and any(addr in net for net in networks)
+
+
 class ClientAddrs(Condition):
     """client_addrs: CIDR networks, plus ``unix`` for Unix-socket clients."""
 
@@ -143,11 +167,7 @@ class ClientAddrs(Condition):
         self.unix = unix
 
     def holds(self, ctx: Ctx) -> bool:
-        text = ctx.identity.client_addr
-        if text == "unix":
-            return self.unix
-        addr = parse_addr(text)
-        return addr is not None and any(addr in net for net in self.networks)
+        return addr_in(ctx.identity.client_addr, self.networks, self.unix)
 
     def why(self, ctx: Ctx) -> str:
         text = ctx.identity.client_addr

@@ -6,7 +6,6 @@ key or list item, labelled by rule id, so ``pgwarden policy check`` shows them a
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable
 from typing import Any, cast
@@ -24,13 +23,13 @@ from proxy.policy.conditions import (
     Functions,
     Hours,
     IdentitySources,
-    IPNetwork,
     MultiStatement,
     NameGlobs,
     NoCopy,
     SqlRegex,
     StatementFlag,
     Tables,
+    parse_networks,
 )
 from proxy.policy.decision import ACTIONS, Action, Mode, RuleMatch, Severity
 from proxy.policy.engine import Defaults, Rule
@@ -335,20 +334,12 @@ def _c_identity_sources(
 def _c_client_addrs(
     problems: Problems, data: Any, key: str, path: str, _a: Any, _s: Any
 ) -> Condition | None:
-    networks: list[IPNetwork] = []
-    unix = False
     items = _string_list(problems, data, key, path)
-    ok = bool(items)
-    for container, k, text in items:
-        if text == "unix":
-            unix = True
-            continue
-        try:
-            networks.append(ipaddress.ip_network(text, strict=True))
-        except ValueError as exc:
-            problems.at(container, k, f"bad CIDR {text!r}: {exc}", path)
-            ok = False
-    return ClientAddrs(key, tuple(networks), unix) if ok else None
+    networks, unix, bad = parse_networks(text for _c, _k, text in items)
+    for index, why in bad:
+        container, k, _text = items[index]
+        problems.at(container, k, why, path)
+    return ClientAddrs(key, tuple(networks), unix) if items and not bad else None
 
 
 def _c_commands(

@@ -154,6 +154,12 @@ class Session:
         self.server_params[name] = value
         self._settings.reported(name, value)
         if name == "application_name" and value != self.identity.application_name:
+            if self.phase is Phase.READY:
+                ignored = self.flow.who.application_name_changed(self.identity, value)
+                if ignored is not None:  # the identity stays the one fixed at login
+                    self.queue_event(
+                        self.events.event("identity_claim_ignored", time.time(), **ignored)
+                    )
             self.set_identity(replace(self.identity, application_name=value))
 
     def ready(self, tx_status: int) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from proxy.auth.authquery import AuthQueryError
@@ -20,6 +19,8 @@ from proxy.auth.password import Verifier
 from proxy.errors import AuthenticationError, FrontendProtocolError, UpstreamError
 from proxy.identity import Identity
 from proxy.relay import credentials
+from proxy.relay.endidentity import SessionIdentity
+from proxy.relay.endidentity import load as load_identity_settings
 from proxy.relay.handshake import AuthRelay, AuthStep, Login, Phase, StartupEvent
 from proxy.relay.localauth import MODES as LOCAL_AUTH_MODES
 from proxy.relay.localauth import LocalAuth
@@ -55,6 +56,7 @@ class LoginFlow:
         self.upstream_cert: bytes | None = None  # the server's certificate (DER)
         self.auth: AuthRelay | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.who = SessionIdentity(load_identity_settings(self.cfg))  # the end identity
 
     # --- the client leg -------------------------------------------------------------------
 
@@ -198,13 +200,16 @@ class LoginFlow:
         self.login = login
         ident = session.identity
         session.set_identity(
-            Identity(
-                login.user,
-                login.database,
-                login.application_name,
-                ident.client_addr,
-                ident.client_port,
-                session.session_id,
+            self.who.at_login(
+                Identity(
+                    login.user,
+                    login.database,
+                    login.application_name,
+                    ident.client_addr,
+                    ident.client_port,
+                    session.session_id,
+                ),
+                login,
             )
         )
         settings = session.contexts.settings.client
@@ -243,7 +248,7 @@ class LoginFlow:
         if mode in LOCAL_AUTH_MODES:
             self._local_login(LocalAuth(mode, login))
             return
-        self.server.spawn(self._connect_upstream(login.upstream_packet()))
+        self._go_upstream(login)
 
     def _allowed(self, login: Login) -> bool:
         """The login rate limiter: past its failures, an address or user waits."""
@@ -331,17 +336,13 @@ class LoginFlow:
             return
         if local.end_identity:
             session.set_identity(
-                replace(
-                    session.identity,
-                    end_identity=local.end_identity,
-                    identity_source=local.identity_source,
-                )
+                self.who.authenticated(session.identity, local.end_identity, local.identity_source)
             )
         if greeting:
             session.send(greeting, None)
         if done:
             session.phase = Phase.CONNECTING
-            self.server.spawn(self._connect_upstream(local.login.upstream_packet()))
+            self._go_upstream(local.login)
 
     def _local_message(self, data: bytes) -> None:
         session = self.session
@@ -363,10 +364,14 @@ class LoginFlow:
                     session.identity.client_addr, local.login.user, time.time()
                 )
                 session.phase = Phase.CONNECTING
-                self.server.spawn(self._connect_upstream(local.login.upstream_packet()))
+                self._go_upstream(local.login)
                 return
 
     # --- the server leg -------------------------------------------------------------------
+
+    def _go_upstream(self, login: Login) -> None:
+        """Connect to the server with ``login``'s packet (pgwarden.identity when propagated)."""
+        self.server.spawn(self._connect_upstream(self.who.packet(login, self.session.identity)))
 
     async def _connect_upstream(self, packet: bytes) -> None:
         session = self.session
@@ -477,6 +482,7 @@ class LoginFlow:
             "upstream_tls": self.upstream_tls.audit() if self.upstream_tls else None,
             "server_version": self.session.server_params.get("server_version", ""),
             **({"role": login.role} if login is not None and login.role else {}),
+            **self.who.start_fields(),
         }
 
     def attempt_fields(self) -> dict[str, Any] | None:

@@ -295,6 +295,7 @@ def _facts(
         execute_name=collector.execute_name,
         notes=tuple(collector.notes),
         param_sensitive=collector.param_sensitive,
+        identity_change=collector.identity_change,
     )
 
 
@@ -347,6 +348,7 @@ def resolve_execute(stmt: StatementFacts, prepared: Mapping[str, StatementFacts]
         missing_where=stmt.missing_where or body.missing_where,
         copy=stmt.copy or body.copy,
         role_change=stmt.role_change or body.role_change,
+        identity_change=stmt.identity_change or body.identity_change,
         opaque=body.opaque or any(n.endswith(OPAQUE_MARK) for n in own_notes),
         notes=(*own_notes, f"EXECUTE {name} runs prepared {body.command}", *body.notes),
     )

@@ -54,6 +54,8 @@ class StatementFacts:
     # Some fact depends on a $n parameter's value (WHERE $1, nextval($1), set_config($1, …)):
     # judged strictly without values; proxy.sql.params re-judges with the bound ones.
     param_sensitive: bool = False
+    # Sets a setting pgwarden reserves for itself (pgwarden.identity: walker.IDENTITY_SETTINGS).
+    identity_change: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,9 @@ _LEAVES = frozenset(
 # Suffix of the notes that explain why a statement is opaque.
 OPAQUE_MARK = " [opaque]"
 _ROLE_SETTINGS = frozenset({"role", "session_authorization"})
+# What pgwarden itself tells the server about the session (identity.propagate: guc): a
+# client that sets one forges it (docs/tls.md, "Identity").
+IDENTITY_SETTINGS = frozenset({"pgwarden.identity", "pgwarden.identity_source"})
 _DML = {
     "InsertStmt": "INSERT",
     "UpdateStmt": "UPDATE",
@@ -167,6 +170,7 @@ class Collector:
         self.missing_where = False
         self.copy: CopyKind | None = None
         self.role_change = False
+        self.identity_change = False
         self.opaque = False
         self.notes: list[str] = []
         self.execute_name: str | None = None
@@ -321,13 +325,16 @@ class Collector:
     def _set_config(self, args: list[Any]) -> None:
         settings = self._setting_names(args[0] if args else None)
         if settings is None:
-            self.role_change = True
+            self.role_change = self.identity_change = True
             self.note("set_config() with a computed setting name may change the role")
             return
         for setting in settings:
             if setting in _ROLE_SETTINGS:
                 self.role_change = True
                 self.note(f"set_config('{setting}', …) changes the current role")
+            elif setting in IDENTITY_SETTINGS:
+                self.identity_change = True
+                self.note(f"set_config('{setting}', …) sets what pgwarden tells the server")
 
     def _setting_names(self, node: Any) -> tuple[str, ...] | None:
         """The setting names set_config's first argument can have; None: cannot tell."""
@@ -572,6 +579,10 @@ class Collector:
 
     def variable_set(self, body: dict[str, Any]) -> None:
         name = str(body.get("name", "")).lower()
+        if name in IDENTITY_SETTINGS and body.get("kind") == "VAR_SET_VALUE":
+            # A value of the client's own (RESET and SET … TO DEFAULT restore pgwarden's).
+            self.identity_change = True
+            self.note(f"SET {name} sets what pgwarden tells the server")
         if name in _ROLE_SETTINGS:
             self.role_change = True
             scope = "SET LOCAL" if body.get("is_local") else "SET"
@@ -629,6 +640,11 @@ class Collector:
         # function bodies at creation: list those relations as referenced (read).
         if kind == "CreateFunctionStmt":
             self.literal_sensitive = True  # the language and body are string literals
+            for option in body.get("options") or ():
+                elem = option.get("DefElem") if isinstance(option, dict) else None
+                arg = elem.get("arg") if isinstance(elem, dict) else None
+                if isinstance(arg, dict) and "VariableSetStmt" in arg:
+                    self.variable_set(arg["VariableSetStmt"])  # SET clause: runs at each call
             for code in _sql_function_bodies(body):
                 self.references(code, why)
         elif kind != "CreateTrigStmt":

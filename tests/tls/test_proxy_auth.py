@@ -126,8 +126,11 @@ def test_cert_mode_maps_the_certificate_to_its_role(
         assert row == ("cecil", True)
     (start,) = proxy.wait_for(lambda e: e["type"] == "session_start")
     assert start["auth_mode"] == "cert" and start["identity"].startswith("CN=cecil,")
+    assert start["identity_source"] == "certificate"
     queries = proxy.wait_for(lambda e: e["type"] == "query" and "pg_stat_ssl" in e["statement"])
-    assert [(q["user"], q["identity"]) for q in queries] == [("cecil", start["identity"])]
+    assert [(q["user"], q["identity"], q["identity_source"]) for q in queries] == [
+        ("cecil", start["identity"], "certificate")
+    ]
     with pytest.raises(
         psycopg.OperationalError, match='certificate authentication failed for user "dave"'
     ):
