@@ -4,6 +4,7 @@ files' answer in test_store.py."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -81,3 +82,32 @@ def test_report_counts_statements_per_identity_and_source(
     assert cli.main(["report", str(audit), "--format", "json", "--identity", "bob"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["totals"]["statements"] == 1
+
+
+def test_an_approval_request_names_the_person_behind_the_role() -> None:
+    asyncio.run(_approval_request())
+
+
+async def _approval_request() -> None:
+    from proxy.admin.approvals import request_json
+    from proxy.approvals.broker import ApprovalBroker
+    from proxy.identity import Identity, IdentitySource
+    from proxy.policy.review import ReviewSpec
+
+    spec = ReviewSpec("review-deletes", frozenset({"carol"}), (), approvals=1)
+    broker = ApprovalBroker("p", lambda e: None, console_url="http://x")
+    shared = Identity(
+        "app", "app", "billing/bob", "10.0.0.9", 5000, "s-9",
+        end_identity="bob", identity_source=IdentitySource.CLIENT_SUPPLIED,
+    )  # fmt: skip
+    request = broker.request(spec, text="DELETE FROM t", identity=shared, statement="DELETE")
+    item = request_json(request)
+    assert (item["requester"], item["identity"], item["identity_source"]) == (
+        "app",
+        "bob",
+        "client_supplied",
+    )
+    plain = broker.request(
+        spec, text="DELETE FROM u", identity=Identity("app", "app"), statement="DELETE"
+    )
+    assert (request_json(plain)["identity"], request_json(plain)["identity_source"]) == (None, None)

@@ -60,6 +60,8 @@ def session_json(session: SessionView, now: float) -> dict[str, Any]:
         "application_name": ident.application_name,
         "client_addr": ident.client_addr,
         "client_port": ident.client_port,
+        "identity": ident.end_identity or None,  # who is behind the role, when known
+        "identity_source": ident.identity_source.value if ident.identity_source else None,
         "state": session.state,
         # The session redacts already; again here, so no SessionView can leak one.
         "current_statement": redact(current) if (current := session.current_statement) else current,

@@ -46,6 +46,12 @@ def request_json(request: Request, link: str = "") -> dict[str, Any]:
         "session_id": request.binding.session_id,
         "application_name": request.identity.application_name,
         "client_addr": request.identity.client_addr,
+        # The person behind the requesting role, when the session knows (the requester above
+        # is the role, which several people may share).
+        "identity": request.identity.end_identity or None,
+        "identity_source": (
+            request.identity.identity_source.value if request.identity.identity_source else None
+        ),
         "statement": request.statement,
         "fingerprint": request.fingerprint or None,
         "params_sha256": request.binding.params_sha256 or None,

@@ -16,7 +16,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from tests.e2e.kit import admin, unique, wait_until
+from tests.e2e.kit import admin, unique
 from tests.support.proxyproc import ProxyFactory, ProxyProcess
 
 pytestmark = pytest.mark.e2e
@@ -99,6 +99,19 @@ def test_one_role_two_people_a_policy_tells_them_apart(
     starts = proxy.wait_for(lambda e: e["type"] == "session_start" and "identity" in e, count=3)
     assert {e["identity"] for e in starts} == {"alice", "mallory", "dba"}
     assert all(e["user"] == starts[0]["user"] for e in starts)  # one shared role
+
+
+def test_live_sessions_show_the_identity(proxy: ProxyProcess) -> None:
+    import urllib.request
+
+    with connect(proxy, "billing/alice"), connect(proxy, "psql"):
+        request = urllib.request.Request(
+            proxy.admin_url("/sessions"), headers=proxy.admin_headers()
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            sessions = json.loads(response.read())
+    seen = {(s["application_name"], s["identity"], s["identity_source"]) for s in sessions}
+    assert {("billing/alice", "alice", "client_supplied"), ("psql", None, None)} <= seen
 
 
 def test_no_claim_no_identity_and_the_server_sees_pgwarden_identity(proxy: ProxyProcess) -> None:
@@ -239,7 +252,7 @@ def test_a_custom_setting_names_the_person(proxy_factory: ProxyFactory) -> None:
         conn.execute("set pgwarden.identity = 'anything'")
 
 
-def test_bad_identity_settings_stop_the_start(pg: Any, tmp_path: Path) -> None:
+def test_bad_identity_settings_stop_the_start(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "proxy", "serve", "--check-config",
          "--identity-parameter", "application_name", "--audit-dir", str(tmp_path)],
@@ -247,4 +260,21 @@ def test_bad_identity_settings_stop_the_start(pg: Any, tmp_path: Path) -> None:
     )  # fmt: skip
     assert run.returncode == 2
     assert "identity.pattern" in run.stderr and "needs identity.pattern" in run.stderr
-    wait_until(lambda: True)
+
+
+def test_a_role_default_does_not_override_what_pgwarden_sends(proxy: ProxyProcess, pg: Any) -> None:
+    role = unique("identrole")
+    with admin(pg) as conn:
+        conn.execute(f"create role {role} login password 'pw'")
+        conn.execute(f"alter role {role} set pgwarden.identity = 'forged'")
+    try:
+        direct = pg.dsn(user=role, password="pw")
+        with psycopg.connect(direct) as conn:  # without pgwarden the role default applies
+            row = conn.execute("select current_setting('pgwarden.identity')").fetchone()
+            assert row == ("forged",)
+        dsn = proxy.dsn(user=role, password="pw")
+        with psycopg.connect(dsn, application_name="billing/alice") as conn:
+            assert conn.execute(GUC).fetchone() == ("alice", "client_supplied")
+    finally:
+        with admin(pg) as conn:
+            conn.execute(f"drop role {role}")
