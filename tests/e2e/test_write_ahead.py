@@ -163,13 +163,17 @@ def _recorded(events: list[dict[str, Any]], table: str) -> dict[int, dict[str, A
     return found
 
 
-@pytest.mark.parametrize("write_ahead", [True, False], ids=["write_ahead", "default"])
+@pytest.mark.parametrize(
+    ("write_ahead", "fsync"),
+    [(True, "interval"), (True, "always"), (False, "interval")],
+    ids=["write_ahead", "write_ahead_fsync_always", "default"],
+)
 def test_kill_9_with_statements_held_on_the_server(
-    proxy_factory: Any, pg: Any, write_ahead: bool
+    proxy_factory: Any, pg: Any, write_ahead: bool, fsync: str
 ) -> None:
     table = _table(pg, "inflight")
     app = unique("inflight")
-    proxy = proxy_factory("--audit-write-ahead", str(write_ahead).lower())
+    proxy = proxy_factory("--audit-write-ahead", str(write_ahead).lower(), "--audit-fsync", fsync)
     dsn = proxy.dsn() + ("&" if "?" in proxy.dsn() else "?") + f"application_name={app}"
     _run_inserts(dsn, table, [1, 2, 3], "simple")  # finished before the kill
     _run_inserts(dsn, table, [4, 5], "extended")
