@@ -509,6 +509,8 @@ class Collector:
         inner.ctes = self.ctes
         inner.walk(node)
         self.literal_sensitive |= inner.literal_sensitive
+        # Stored code that sets pgwarden's own settings would set them each time it runs.
+        self.identity_change |= inner.identity_change
         for schema, name, _access in inner.relations:
             self.relations[(schema, name, "read")] = None
         if inner.effective or inner.functions:
@@ -647,6 +649,7 @@ class Collector:
                     self.variable_set(arg["VariableSetStmt"])  # SET clause: runs at each call
             for code in _sql_function_bodies(body):
                 self.references(code, why)
+            self._plpgsql_sets_identity(body)
         elif kind != "CreateTrigStmt":
             self.references(
                 [
@@ -657,6 +660,20 @@ class Collector:
                 ],
                 why,
             )
+
+    def _plpgsql_sets_identity(self, body: dict[str, Any]) -> None:
+        """A LANGUAGE plpgsql body that sets pgwarden's own settings (read as a DO block;
+        a body that cannot be read that way is left alone: only this fact is sought)."""
+        language, code = _function_code(body)
+        if language != "plpgsql" or code is None:
+            return
+        from proxy.sql.plpgsql import walk_do_block
+
+        inner = Collector()
+        walk_do_block(inner, code)
+        if inner.identity_change:
+            self.identity_change = True
+            self.note("the function body sets what pgwarden tells the server")
 
     def comment(self, body: dict[str, Any]) -> None:
         objtype = body.get("objtype")
@@ -709,11 +726,9 @@ def _pinned_columns(where: Any) -> dict[tuple[str, ...], tuple[str, ...]]:
     return {tuple(_names(column[1].get("fields"))): tuple(v for v in values if v is not None)}
 
 
-def _sql_function_bodies(body: dict[str, Any]) -> list[Any]:
-    """Parsed statements of a LANGUAGE sql function body (string or BEGIN ATOMIC)."""
-    if body.get("sql_body") is not None:
-        return [body["sql_body"]]
-    language, code = None, None
+def _function_code(body: dict[str, Any]) -> tuple[str, str | None]:
+    """A CREATE FUNCTION's language (lower case, '' if not given) and its one-string body."""
+    language, code = "", None
     for option in body.get("options") or ():
         elem = option.get("DefElem") if isinstance(option, dict) else None
         if not isinstance(elem, dict):
@@ -723,6 +738,14 @@ def _sql_function_bodies(body: dict[str, Any]) -> list[Any]:
         elif elem.get("defname") == "as":
             parts = _names((elem.get("arg") or {}).get("List", {}).get("items"))
             code = parts[0] if len(parts) == 1 else None
+    return language, code
+
+
+def _sql_function_bodies(body: dict[str, Any]) -> list[Any]:
+    """Parsed statements of a LANGUAGE sql function body (string or BEGIN ATOMIC)."""
+    if body.get("sql_body") is not None:
+        return [body["sql_body"]]
+    language, code = _function_code(body)
     if language != "sql" or code is None:
         return []
     try:

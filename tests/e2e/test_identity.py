@@ -158,6 +158,9 @@ def test_forged_startup_settings_are_stripped(proxy: ProxyProcess) -> None:
         "set pgwarden.identity_source = 'certificate'",
         "select set_config('pgwarden.identity', 'root', false)",
         "select 1; select set_config('pgwarden.identity', 'root', false)",
+        "do $$ begin perform set_config('pgwarden.identity', 'root', false); end $$",
+        "create function pg_temp.forge() returns text language sql"
+        " as $$ select set_config('pgwarden.identity', 'root', false) $$",
     ],
 )
 def test_setting_it_later_is_refused_whatever_the_policy(proxy: ProxyProcess, attempt: str) -> None:

@@ -133,6 +133,24 @@ def test_a_later_application_name_is_recorded_not_adopted() -> None:
             True,
         ),
         ("ALTER FUNCTION f() SET pgwarden.identity = 'm'", True),
+        # Stored code that would set it whenever it runs.
+        (
+            "CREATE FUNCTION f() RETURNS text LANGUAGE sql AS $$ SELECT set_config("
+            "'pgwarden.identity', 'm', false) $$",
+            True,
+        ),
+        (
+            "CREATE FUNCTION g() RETURNS void LANGUAGE plpgsql AS $$ BEGIN PERFORM set_config("
+            "'pgwarden.identity', 'm', false); END $$",
+            True,
+        ),
+        ("CREATE VIEW v AS SELECT set_config('pgwarden.identity', 'm', false)", True),
+        ("DO $$ BEGIN SET pgwarden.identity = 'm'; END $$", True),
+        (
+            "CREATE FUNCTION h() RETURNS text LANGUAGE sql AS $$ SELECT "
+            "current_setting('pgwarden.identity') $$",
+            False,
+        ),
         ("RESET pgwarden.identity", False),  # back to the startup value: pgwarden's
         ("SET pgwarden.identity TO DEFAULT", False),
         ("RESET ALL", False),
