@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from proxy.identity import Identity
+from proxy.relay.rowguard import monitored
 from proxy.relay.statement import Via
 
 if TYPE_CHECKING:
@@ -145,6 +146,12 @@ class SessionEvents:
                 event["statement_action"] = own.action
         if done.suspended:
             event["suspended"] = True  # no CommandComplete: the client stopped fetching
+        if done.guard is not None:
+            event["row_guard"] = done.guard.audit()
+        elif statement is not None and refusal is None:
+            decided = statement.decision
+            if decided is not None and decided.guard is not None and done.index < 0:
+                event["row_guard"] = monitored(decided.guard, decided.mode, done.rows)
         if not single:
             event["command"] = event["class"] = event["fingerprint"] = None
         return event

@@ -18,6 +18,17 @@ ACTION_STRENGTH: dict[str, int] = {"allow": 0, "flag": 1, "review": 2, "block": 
 
 
 @dataclass(frozen=True, slots=True)
+class RowLimit:
+    """A rule's ``max_rows``: the statement runs inside a savepoint pgwarden creates, and is
+    rolled back and refused when its command tag reports more rows (docs/policies.md)."""
+
+    limit: int
+    rule_id: str
+    message: str
+    sqlstate: str = "42501"
+
+
+@dataclass(frozen=True, slots=True)
 class RuleMatch:
     id: str
     action: Action
@@ -27,6 +38,7 @@ class RuleMatch:
     sqlstate: str = "42501"
     notify: bool = False
     review: ReviewSpec | None = None  # review rules only
+    max_rows: RowLimit | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +58,8 @@ class Decision:
     sqlstate: str = "42501"
     notify: bool = False
     review: ReviewSpec | None = None
+    # The strictest max_rows of the matched rules when the statement runs (allow or flag).
+    guard: RowLimit | None = None
     facts_summary: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def as_audit(self) -> dict[str, Any]:
@@ -58,6 +72,8 @@ class Decision:
         }
         if self.review is not None:
             out["review_rule"] = self.review.rule_id
+        if self.guard is not None:
+            out["max_rows"] = self.guard.limit
         return out
 
 

@@ -318,6 +318,11 @@ class Policy:
         if notify and chosen is not None and not chosen.notify:
             chosen = next(r for r in rules if r.notify and r.action == "flag")
         message = (chosen.message if chosen is not None else "") + suffix
+        guard = None
+        if action in ("allow", "flag"):
+            limits = [r.max_rows for r in rules if r.max_rows is not None]
+            if limits:
+                guard = min(limits, key=lambda g: g.limit)
         return Decision(
             action=action,
             rules=rules,
@@ -328,6 +333,7 @@ class Policy:
             sqlstate=chosen.sqlstate if chosen is not None else "42501",
             notify=notify,
             review=review,
+            guard=guard,
         )
 
     def _unparsable(self, facts: QueryFacts) -> Decision:

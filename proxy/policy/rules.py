@@ -31,7 +31,7 @@ from proxy.policy.conditions import (
     Tables,
     parse_networks,
 )
-from proxy.policy.decision import ACTIONS, Action, Mode, RuleMatch, Severity
+from proxy.policy.decision import ACTIONS, Action, Mode, RowLimit, RuleMatch, Severity
 from proxy.policy.engine import Defaults, Rule
 from proxy.policy.hours import HoursError, HoursWindow, parse_hours
 from proxy.policy.names import (
@@ -69,7 +69,10 @@ RULE_KEYS = (
     "sqlstate",
     "notify",
     "review",
+    "max_rows",
 )
+# What max_rows can count: the command tag of these reports the rows they changed.
+GUARDED_COMMANDS = ("UPDATE", "DELETE", "MERGE", "INSERT")
 CONDITION_KEYS = (
     "users",
     "databases",
@@ -209,6 +212,7 @@ def compile_rule(
             review = compiler.compile(data, rule_id, path, source)
     elif "review" in data and action is not None:
         problems.at(data, "review", "review settings apply only to action: review", path)
+    max_rows = _max_rows(problems, data, path, action) if "max_rows" in data else None
     when = _clause(problems, data, "when", path, search_path) if "when" in data else Clause(())
     unless = _clause(problems, data, "unless", path, search_path) if "unless" in data else None
     if len(problems.out) != errors_before or when is None or action is None:
@@ -220,6 +224,13 @@ def compile_rule(
             if verb
             else f"statement needs approval under pgwarden policy rule {rule_id}"
         )
+    limit = None
+    if max_rows is not None:
+        if "message" not in data:
+            message = description or (
+                f"statement changes more rows than pgwarden policy rule {rule_id} allows"
+            )
+        limit = RowLimit(max_rows, cast(str, rule_id), message, sqlstate)
     match = RuleMatch(
         cast(str, rule_id),
         cast(Action, action),
@@ -229,6 +240,7 @@ def compile_rule(
         sqlstate,
         notify,
         review,
+        limit,
     )
     return Rule(
         cast(str, rule_id),
@@ -240,6 +252,46 @@ def compile_rule(
         description,
         load_index,
     )
+
+
+def _max_rows(problems: Problems, data: Any, path: str, action: Any) -> int | None:
+    """``max_rows: N`` of an allow or flag rule whose commands are all ones a command tag
+    counts; anything else is an error at the key."""
+    value = data["max_rows"]
+    where = f"{path}.max_rows"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        problems.at(data, "max_rows", "max_rows must be a positive whole number of rows", where)
+        return None
+    if action is not None and action not in ("allow", "flag"):
+        problems.at(
+            data,
+            "max_rows",
+            f"max_rows applies to rules that let the statement run (allow or flag), not {action}",
+            where,
+        )
+        return None
+    when = data.get("when")
+    commands = when.get("commands") if isinstance(when, dict) else None
+    if not isinstance(commands, list) or not commands:
+        problems.at(
+            data,
+            "max_rows",
+            "max_rows needs when.commands listing the guarded commands "
+            f"({', '.join(GUARDED_COMMANDS)})",
+            where,
+        )
+        return None
+    wrong = [c for c in commands if not isinstance(c, str) or c.upper() not in GUARDED_COMMANDS]
+    if wrong:
+        problems.at(
+            data,
+            "max_rows",
+            f"max_rows guards only {', '.join(GUARDED_COMMANDS)}: their command tag counts the "
+            f"rows changed; not {', '.join(map(str, wrong))}",
+            where,
+        )
+        return None
+    return value
 
 
 def _text(problems: Problems, data: Any, key: str, path: str) -> str:

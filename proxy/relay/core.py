@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 from proxy.audit.dispatch import closing_record
 from proxy.errors import FrontendProtocolError
 from proxy.policy.decision import Decision
-from proxy.relay import enforce
+from proxy.relay import enforce, rowguard
 from proxy.relay.enforce import Action
 from proxy.relay.prepared import ALL, PreparedStatements
 from proxy.relay.replies import Owed, Pending, Portal, ReplyQueue
+from proxy.relay.rowguard import Phase, RowGuard
 from proxy.relay.settings import ParserSettingsTracker
 from proxy.relay.statement import Statement, Via
 from proxy.relay.transactions import TransactionEnd, TransactionTracker
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
     from proxy.audit.events import SessionEvents
     from proxy.config import Config
     from proxy.gate import Gate
+    from proxy.policy.decision import RowLimit
+    from proxy.relay.inject import Answer
+    from proxy.wire.backend import BackendScanner
 
 _FORGET_ALL = frozenset({"DEALLOCATE ALL", "DISCARD ALL"})
 _DECIDED = frozenset(b"QPBF")
@@ -85,6 +89,18 @@ class _Lookup(Exception):
     """A FunctionCall names an OID only the server's catalog can name: ask the adapter."""
 
 
+class _Probe(Exception):
+    """The statement waits for pgwarden's own question to the server (the bytes to send)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self.data = data
+
+
+class _Drain(Exception):
+    """A guarded statement waits until the server has answered everything before it."""
+
+
 @dataclass(frozen=True, slots=True)
 class ReviewRequest:
     """A statement a ``review`` rule holds: the adapter asks the approvals broker, then hands
@@ -95,6 +111,9 @@ class ReviewRequest:
     params: tuple[bytes | None, ...]
     audit_text: str
     fingerprint: str
+    # Inside a transaction block: the server's idle_in_transaction_session_timeout in seconds
+    # (0: off), asked of the server while the statement is held; None outside one.
+    idle_in_transaction_timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +179,8 @@ class RelayCore:
         "_framer",
         "_functions",
         "_gate",
+        "_guard",
+        "_idle_timeout",
         "_max_analysis",
         "_now_ns",
         "_offload_size",
@@ -180,9 +201,11 @@ class RelayCore:
         "chunk_needs_audit",
         "function_wanted",
         "identity",
+        "owned",
         "prepared",
         "queue",
         "review_wanted",
+        "scanner",
         "server_major",
         "settings",
         "terminated",
@@ -245,6 +268,14 @@ class RelayCore:
         self._wa: DispatchGate | None = None  # audit.write_ahead
         self._dispatches: dict[int, dict[str, Any]] = {}  # not yet known to be finished
         self._referenced: set[int] = set()  # of those, named by a statement's record
+        # The row guard (proxy.relay.rowguard): the statement it follows, whether the client's
+        # implicit transaction is one the guard made explicit (its Sync ends it), and the
+        # backend scanner whose output it holds back (set by the adapter; without it guarded
+        # statements are refused).
+        self._guard: RowGuard | None = None
+        self._idle_timeout: float | None = None  # what the last probe found out
+        self.owned = False
+        self.scanner: BackendScanner | None = None
 
     def watch_trail(
         self, trail: TrailState, wake: Callable[[], None], *, write_ahead: bool = False
@@ -261,7 +292,7 @@ class RelayCore:
 
     @property
     def stalled(self) -> bool:
-        return bool(self._backlog)
+        return bool(self._backlog) or self._guard is not None
 
     @property
     def tx_status(self) -> int:
@@ -356,6 +387,9 @@ class RelayCore:
         if not self._resume_due:
             return b""
         self._resume_due = False
+        guard = self._guard
+        if guard is not None and guard.phase is Phase.DONE:
+            self._guard = None  # released: what waited behind it goes on
         backlog = self._backlog
         while backlog:
             kind, body, raw = backlog[0]
@@ -372,6 +406,7 @@ class RelayCore:
             self.analysis_wanted is not None
             or self.review_wanted is not None
             or self.function_wanted is not None
+            or (self._guard is not None and self._guard.phase is not Phase.DONE)
         ):
             return True  # everything waits behind the statement being analysed
         # A Query is lexed by the server under the settings in force when it arrives; wait for
@@ -405,6 +440,19 @@ class RelayCore:
         if done is not None and done[0].text == statement.text and done[0].params == params:
             self._verdict = None
             return done[1]
+        idle_timeout = self._idle_timeout
+        queue = self.queue
+        if idle_timeout is None and queue.predicted == c.TX_IN_BLOCK and not queue.discarding:
+            # Held inside a transaction: first ask the server how long it lets one sit idle.
+            if queue.pending:
+                self._guard = RowGuard(Phase.DRAIN)
+                raise _Drain
+            if self.scanner is not None:
+                guard = RowGuard(Phase.PROBE)
+                self._guard = guard
+                self.scanner.capture = []
+                raise _Probe(guard.probe())
+        self._idle_timeout = None
         stmt = statement.stmt
         self.review_wanted = ReviewRequest(
             decision,
@@ -412,6 +460,7 @@ class RelayCore:
             params,
             self._gate.audit_text(statement.text, stmt) or "",
             stmt.fingerprint if stmt is not None else "",
+            idle_timeout,
         )
         raise _Hold
 
@@ -492,6 +541,12 @@ class RelayCore:
                 # First in line: later messages queue behind it until its decision.
                 self._backlog.appendleft((kind, body, raw))
                 return b""
+            except _Drain:
+                self._backlog.appendleft((kind, body, raw))
+                return m.FLUSH  # the replies owed before it are sent at once
+            except _Probe as probe:
+                self._backlog.appendleft((kind, body, raw))
+                return probe.data
         if kind == 69:  # 'E'
             portal, _limit = m.decode_execute(body)
             info = queue.portals.get(portal)
@@ -500,6 +555,17 @@ class RelayCore:
             if info is not None:
                 entry.params = info.params
                 entry.values = info.values
+                statement = info.statement
+                if statement is not None and statement.decision is not None:
+                    limit = statement.decision.guard
+                    if limit is not None:
+                        try:
+                            guarded = self._guarded(entry, raw, limit, statement.decision)
+                        except _Drain:
+                            self._backlog.appendleft((kind, body, raw))
+                            return m.FLUSH
+                        if guarded is not None:
+                            return guarded
             if self._wa is not None and (info is None or not info.suspended):
                 # (Another Execute of a suspended portal continues the dispatched statement.)
                 entry.dispatch = self._dispatch(entry, Via.EXTENDED, now_wall)
@@ -511,6 +577,8 @@ class RelayCore:
             return raw
         if kind == 83:  # 'S'
             self._skip_until_sync = False
+            if self.owned:
+                return self._end_owned(kind, body, raw)
             queue.sync()
             return raw
         if kind == 68:  # 'D'
@@ -629,6 +697,16 @@ class RelayCore:
         refusal = enforce.refusal(decision, self._audit_refusal())
         if verdict is not None:
             refusal = self._apply_verdict(verdict, statement, entry, decision)
+        limit = decision.guard
+        if limit is not None and refusal is None and owed is Owed.QUERY:
+            if len(facts.statements) > 1:
+                refusal = rowguard.multi_statement_refusal(decision, limit)
+            else:
+                guarded = self._guarded(entry, raw, limit, decision)
+                if guarded is not None:
+                    self._notify(decision)
+                    self._record_sql_prepared(facts, entry)
+                    return guarded
         action = enforce.action_for(refusal, in_flight=queue.in_flight, tx_status=queue.tx_status)
         if action is Action.ANSWER_LOCALLY:
             assert refusal is not None
@@ -805,6 +883,130 @@ class RelayCore:
                 events.append(closing_record(dispatch, "skipped", "earlier_error"))
         return events
 
+    # --- the row guard (proxy.relay.rowguard) -----------------------------------------------
+
+    def _guarded(
+        self, entry: Pending, raw: bytes, limit: RowLimit, decision: Decision
+    ) -> bytes | None:
+        """Start guarding the statement of ``entry``: the bytes to send the server now, or
+        None to forward it as it is (monitor mode; or the server will not run it: its
+        transaction failed, or it discards everything up to the client's Sync)."""
+        if decision.mode != "enforce":
+            return None
+        queue = self.queue
+        if queue.discarding:
+            return None
+        if queue.pending:
+            self._guard = RowGuard(Phase.DRAIN)
+            raise _Drain
+        if queue.predicted == c.TX_FAILED:
+            return None
+        simple = entry.owed is Owed.QUERY
+        if self.scanner is None:
+            return self._refuse_guarded(entry, rowguard.unavailable(decision, limit), simple)
+        guard = RowGuard(Phase.OPEN, simple, queue.predicted, limit, decision, entry, raw)
+        self._guard = guard
+        if self._wa is not None:
+            via = Via.SIMPLE if simple else Via.EXTENDED
+            entry.dispatch = self._dispatch(entry, via, entry.started_wall)
+        return guard.open()
+
+    def _refuse_guarded(self, entry: Pending, refusal: Decision, simple: bool) -> bytes:
+        """A guarded statement that cannot be guarded is refused, as a blocked one is."""
+        entry.block = refusal
+        queue = self.queue
+        if simple and queue.tx_status != c.TX_IN_BLOCK:
+            queue.refused(entry, entry.started_ns, refusal)
+            self._sink.send(
+                enforce.policy_error(refusal) + m.ready_for_query(queue.tx_status),
+                self._take_events(None),
+            )
+            return b""
+        queue.expect(entry)
+        if simple:
+            return enforce.poison_query(refusal)
+        self._skip_until_sync = True
+        return enforce.poison_parse(rowguard.POISON_NAME, refusal)
+
+    def _end_owned(self, kind: int, body: bytes | None, raw: bytes) -> bytes:
+        """The client's Sync ends the implicit transaction a guard made explicit."""
+        queue = self.queue
+        if queue.pending and not queue.discarding:
+            self._guard = RowGuard(Phase.DRAIN)
+            self._backlog.appendleft((kind, body, raw))
+            return m.FLUSH
+        self.owned = False
+        guard = RowGuard(Phase.SETTLE)
+        self._guard = guard
+        out = guard.settle(self, raw)
+        queue.sync()
+        return out
+
+    def plain_server(self, kind: int, body: bytes, rows: int) -> bytes | None:
+        """A server message handled as if no guard ran (the guard decides when)."""
+        guard = self._guard
+        self._guard = None
+        try:
+            return self.on_server(kind, body, rows)
+        finally:
+            if self._guard is None:
+                self._guard = guard
+
+    def upstream_later(self, data: bytes) -> None:
+        """Bytes for the server once the current server chunk is handled."""
+        self._deferred_upstream.append(data)
+        self._resume_due = True
+
+    def skip_until_sync(self) -> None:
+        self._skip_until_sync = True
+
+    def guard_finished(self, guard: RowGuard | None) -> None:
+        """A draining guard is done: the statement waiting behind it is handled again."""
+        self._guard = guard
+        self._resume_due = True
+
+    def guard_run(self, guard: RowGuard) -> None:
+        """The savepoint is there: send the statement, hold what the client would see."""
+        entry = guard.entry
+        assert entry is not None and self.scanner is not None
+        self.queue.expect(entry)
+        self.scanner.capture = []
+        self.upstream_later(guard.raw if guard.simple else guard.raw + m.FLUSH)
+
+    def guard_failed(self, guard: RowGuard, answer: Answer) -> None:
+        """The server refused the BEGIN/SAVEPOINT: the statement is refused, never run."""
+        entry = guard.entry
+        assert entry is not None and guard.limit is not None and guard.decision is not None
+        refusal = rowguard.unavailable(guard.decision, guard.limit, answer)
+        entry.block = refusal
+        queue = self.queue
+        queue.refused(entry, entry.started_ns, refusal)
+        guard.extra = enforce.policy_error(refusal)
+        if guard.simple:
+            guard.extra += m.ready_for_query(answer.status or queue.tx_status)
+        else:
+            self._skip_until_sync = True
+        guard.phase = Phase.DONE  # the client is answered at the end of this server chunk
+
+    def _release(self, guard: RowGuard, events: list[dict[str, Any]]) -> None:
+        """The guard decided: the client gets what was held (or the refusal) after
+        ``events`` are in the trail."""
+        guard.released = True
+        scanner = self.scanner
+        held = b""
+        if scanner is not None and scanner.capture is not None:
+            held = b"".join(scanner.capture)
+            scanner.capture = None
+        if guard.probing:  # its answer is pgwarden's, not the client's
+            value = rowguard.first_value(held)
+            found = rowguard.setting_seconds(value) if value is not None else None
+            self._idle_timeout = found if found is not None else 0.0
+            held = rowguard.keep_async(held)
+        elif guard.outcome is not None and guard.outcome not in rowguard.DELIVERED:
+            held = rowguard.keep_async(held)
+        self._sink.send(held + guard.extra, events)
+        self._resume_due = True
+
     def _notify(self, decision: Decision) -> None:
         notice = enforce.flag_notice(decision)
         if notice is not None:
@@ -820,6 +1022,8 @@ class RelayCore:
 
     def on_server(self, kind: int, body: bytes, rows: int) -> bytes | None:
         """The scanner's handler for watched messages once the session is ready."""
+        if self._guard is not None:
+            return self._guard.on_server(self, kind, body, rows)
         queue = self.queue
         if rows:
             queue.rows += rows
@@ -850,6 +1054,10 @@ class RelayCore:
         if self.queue.completed:
             events.extend(self._take_events(None))
         self._pending_events = []
+        guard = self._guard
+        if guard is not None and guard.phase is Phase.DONE and not guard.released:
+            self._release(guard, events)
+            return []
         return events
 
     def _take_events(self, tx_status: str | None) -> list[dict[str, Any]]:

@@ -129,6 +129,7 @@ class ReplyQueue:
         "_open_exec",
         "completed",
         "copy_in",
+        "discarding",
         "exact_timings",
         "fatal",
         "passthrough",
@@ -148,6 +149,9 @@ class ReplyQueue:
         self.tx_status = c.TX_IDLE
         self.predicted = c.TX_IDLE  # the status after the last completion (see tx_after)
         self.copy_in = False
+        # An extended-protocol error with no Sync sent after it: the server discards what the
+        # client sends until its next Sync.
+        self.discarding = False
         self.passthrough = False  # CopyBoth: the rest of the connection is a raw stream
         self.fatal = False  # the server sent FATAL/PANIC: the connection is ending
         self.rows = 0  # DataRows since the last completion
@@ -170,6 +174,7 @@ class ReplyQueue:
         """A Sync goes to the server; False when the server ignores it (inside COPY-in)."""
         if self._ignore_syncs_in_copy:
             return False
+        self.discarding = False
         self.pending.append(Pending(Owed.SYNC))
         return True
 
@@ -334,6 +339,8 @@ class ReplyQueue:
             later = pending.popleft()
             self._settle(later, 0)
             discarded.append(later)
+        if not pending:
+            self.discarding = True
         if entry.block is None:
             failed = _failed_statement(entry, discarded)
             if failed is not None:

@@ -30,6 +30,33 @@ class Scope(Enum):
     PIPELINE = "pipeline"
 
 
+class GuardOutcome(Enum):
+    """What a ``max_rows`` guard did with a statement (the audit record's ``row_guard``)."""
+
+    WITHIN = "within"  # released: the client got the result
+    EXCEEDED = "exceeded"  # more rows than allowed: rolled back, refused
+    UNCOUNTED = "uncounted"  # its reply did not count rows: rolled back, refused
+    FAILED = "failed"  # it failed by itself: the client got the server's error
+    MONITOR = "monitor"  # monitor mode: not guarded, the count is only recorded
+    SKIPPED = "skipped"  # not run (the transaction had failed, or the server discarded it)
+
+
+@dataclass(frozen=True, slots=True)
+class GuardResult:
+    limit: int
+    rule_id: str
+    outcome: GuardOutcome
+    rows: int | None = None  # rows the command tag reported (attempted)
+
+    def audit(self) -> dict[str, Any]:
+        return {
+            "max_rows": self.limit,
+            "rule": self.rule_id,
+            "outcome": self.outcome.value,
+            "rows": self.rows,
+        }
+
+
 class Statement:
     """A statement the session follows: a Query's text, a prepared statement, a FunctionCall.
 
@@ -98,6 +125,7 @@ class Completion:
     tx_after: int = ord("I")
     scope: Scope = Scope.STATEMENT
     dispatch: int = 0  # seq of its dispatch record (audit.write_ahead), 0: none
+    guard: GuardResult | None = None  # a max_rows guard ran it
 
     @property
     def stmt(self) -> StatementFacts | None:

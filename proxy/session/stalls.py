@@ -106,7 +106,13 @@ class StallTasks:
                 ticketed, refusal = ticket(broker, spec, held)
                 verdict = _verdict(ticketed.id, refusal)
             else:
-                outcome = await hold(broker, spec, held, lambda data: session.send(data, None))
+                outcome = await hold(
+                    broker,
+                    spec,
+                    held,
+                    lambda data: session.send(data, None),
+                    idle_in_transaction_timeout=request.idle_in_transaction_timeout,
+                )
                 verdict = _verdict(outcome.request.id, outcome.refusal())
         except asyncio.CancelledError:
             # A CancelRequest while waiting: the request is withdrawn, and the statement ends

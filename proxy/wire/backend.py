@@ -47,7 +47,7 @@ Handler = Callable[[int, bytes, int], "bytes | None"]
 class BackendScanner:
     """Incremental scanner for one server connection (auth phase and after)."""
 
-    __slots__ = ("_handle", "_need", "_partial", "_stream_left", "passthrough")
+    __slots__ = ("_handle", "_need", "_partial", "_stream_left", "capture", "passthrough")
 
     def __init__(self, handle: Handler) -> None:
         self._handle = handle
@@ -56,6 +56,9 @@ class BackendScanner:
         self._stream_left = 0  # bytes of a passed-through message still to come
         # CopyBoth (replication) after startup: relay everything blindly from here on.
         self.passthrough = False
+        # While set, what would go to the client is kept here instead (a statement the row
+        # guard must decide before the client sees any of its reply).
+        self.capture: list[bytes] | None = None
 
     @property
     def buffered(self) -> int:
@@ -63,6 +66,8 @@ class BackendScanner:
         return len(self._partial)
 
     def feed(self, data: bytes) -> bytes:
+        if self.capture is not None:
+            return self._captured(data)
         if self.passthrough:
             return data
         pieces: list[bytes] = []
@@ -81,6 +86,16 @@ class BackendScanner:
         if len(pieces) == 1:
             return pieces[0]
         return b"".join(pieces)
+
+    def _captured(self, data: bytes) -> bytes:
+        capture = self.capture
+        assert capture is not None
+        self.capture = None
+        try:
+            capture.append(self.feed(data))
+        finally:
+            self.capture = capture  # ended only between chunks (by the relay core)
+        return b""
 
     def _complete_partial(self, data: bytes, pieces: list[bytes]) -> bytes:
         """Add ``data`` to the held message; return what follows it once it is complete."""

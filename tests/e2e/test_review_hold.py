@@ -221,3 +221,28 @@ def test_a_two_approval_rule_needs_two_different_approvers(
         assert out == [1]
     with admin(pg) as check:
         assert check.execute(f"select count(*) from {table} where id = 11").fetchone() == (1,)
+
+
+@pytest.mark.parametrize(("setting", "warned"), [("15s", True), ("0", False)])
+def test_a_hold_inside_begin_warns_when_the_servers_idle_timeout_is_shorter(
+    reviewed: Any, pg: Any, table: str, setting: str, warned: bool
+) -> None:
+    """The session's real idle_in_transaction_session_timeout (set inside the transaction,
+    so only the server knows it) is asked of the server while the statement is held."""
+    notices: list[str] = []
+    with psycopg.connect(reviewed.dsn(), autocommit=True) as conn:
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        conn.execute("begin")
+        conn.execute(f"set local idle_in_transaction_session_timeout = '{setting}'")
+        seen = _requests(reviewed)
+        thread, out = _in_thread(lambda: conn.execute(f"delete from {table} where id = 1"))
+        request_id = _pending(reviewed, "review-deletes", seen)
+        wait_until(lambda: notices or None, 10, "the waiting notice")
+        assert _vote(reviewed, "bob", "deny", request_id, "--reason", "no").returncode == 0
+        thread.join(20)
+        assert isinstance(out[0], psycopg.errors.InsufficientPrivilege)
+        assert conn.info.transaction_status.name == "INERROR"  # as after a block
+        conn.execute("rollback")
+    warning = "idle_in_transaction_session_timeout (15s) is shorter than the review timeout"
+    assert (warning in notices[0]) is warned, notices[0]
+    assert _count(pg, table) == 3
