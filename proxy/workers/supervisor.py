@@ -119,7 +119,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop, sig)
-        loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
         try:
             return await self._serve()
         finally:
@@ -222,6 +222,14 @@ class Supervisor:
         self.stopping = True
         self._changed.set()
         self._forward(sig)
+
+    def _reload(self) -> None:
+        # Each worker reloads itself and logs the outcome; the service manager only needs
+        # the RELOADING=1 / READY=1 pair a single process sends around its reload.
+        sdnotify.reloading()
+        log.info("SIGHUP: reloading %d workers", self.count)
+        self._forward(signal.SIGHUP)
+        sdnotify.notify("READY=1", f"STATUS=serving with {self.count} workers")
 
     def _forward(self, sig: signal.Signals) -> None:
         for worker in self.workers:
