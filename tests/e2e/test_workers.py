@@ -25,6 +25,7 @@ import psycopg
 import pytest
 
 from tests.e2e.kit import admin, unique, wait_until
+from tests.e2e.test_cancel import _running
 from tests.support import rawpg
 from tests.support.proxyproc import REPO_ROOT, ProxyFactory, ProxyProcess, read_events
 
@@ -90,16 +91,6 @@ def _pgwarden(*args: str) -> subprocess.CompletedProcess[str]:
         env=env,
         check=False,
     )
-
-
-def _running(pg: Any, app: str) -> int | None:
-    with admin(pg) as conn:
-        row = conn.execute(
-            "select pid from pg_stat_activity where application_name = %s and state = 'active'"
-            " and query like '%%pg_sleep%%'",
-            (app,),
-        ).fetchone()
-    return int(row[0]) if row else None
 
 
 def _worker_pids(proxy: ProxyProcess) -> list[int]:
@@ -468,20 +459,11 @@ def test_the_store_gets_every_worker_trail_without_a_naming_conflict(
     assert "is also shipped by another trail" not in proxy.stderr_text()
 
 
-ALERT_RULES = """\
-version: 1
-alerts:
-  - id: failing-selects
-    filter: {type: query, sqlstate: "22"}
-    threshold: "count >= 4 in 1m"
-    by: user
-    severity: medium
-"""
-
-
 def test_alert_thresholds_count_every_worker(proxy_factory: ProxyFactory, tmp_path: Path) -> None:
+    from tests.test_store_e2e import RULES  # failing-selects: 3 in a minute, by user
+
     rules = tmp_path / "alerts.yaml"
-    rules.write_text(ALERT_RULES)
+    rules.write_text(RULES)
     proxy = _start(proxy_factory, "--alerts", str(rules))
     apps = {unique("alerting") for _ in range(12)}
     conns = {a: psycopg.connect(proxy.dsn(), application_name=a, autocommit=True) for a in apps}
@@ -490,8 +472,8 @@ def test_alert_thresholds_count_every_worker(proxy_factory: ProxyFactory, tmp_pa
         for item in _sessions(proxy, apps):
             by_worker[item["worker"]].append(item["application_name"])
         assert by_worker[0] and by_worker[1], by_worker
-        # Two failures in each worker: neither alone reaches the threshold of four.
-        for app in by_worker[0][:1] * 2 + by_worker[1][:1] * 2:
+        # Two failures in worker 0, one in worker 1: neither alone reaches the three.
+        for app in by_worker[0][:1] * 2 + by_worker[1][:1]:
             with pytest.raises(psycopg.errors.DivisionByZero):
                 conns[app].execute("select 1/0")
         fired = wait_until(
