@@ -484,3 +484,19 @@ def test_alert_thresholds_count_every_worker(proxy_factory: ProxyFactory, tmp_pa
     finally:
         for conn in conns.values():
             conn.close()
+
+
+def test_workers_stop_when_the_supervisor_is_killed(proxy_factory: ProxyFactory) -> None:
+    proxy = _start(proxy_factory)
+    workers = _worker_pids(proxy)
+    assert len(workers) == 2
+    proxy.kill()  # SIGKILL: no chance to forward anything
+
+    def gone(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                return stat.read().split(") ", 1)[1].startswith("Z")  # a zombie of init's
+        except FileNotFoundError:
+            return True
+
+    wait_until(lambda: all(gone(pid) for pid in workers), 30, "the orphaned workers to stop")
