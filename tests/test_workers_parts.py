@@ -18,7 +18,7 @@ from proxy.approvals.model import Approver, Request
 from proxy.audit.reader import iter_events
 from proxy.audit.trailset import trail_dirs, worker_audit_dir
 from proxy.errors import ApprovalError
-from proxy.identity import Identity
+from proxy.identity import Identity, IdentitySource
 from proxy.metrics import Metrics
 from proxy.state import ServerState
 from proxy.workers.approvals import request_from_json, request_to_json
@@ -63,7 +63,9 @@ def test_a_single_trail_reads_as_before(tmp_path: Path) -> None:
 
 
 def _request(broker: ApprovalBroker, user: str = "alice") -> Request:
-    who = Identity(user, "app", "psql", "127.0.0.1", 5, "s1", "CN=alice")
+    who = Identity(
+        user, "app", "psql", "127.0.0.1", 5, "s1", "CN=alice", IdentitySource.CERTIFICATE
+    )
     return broker.request(
         SPEC, text="DELETE FROM t WHERE a = $1", params=(b"1", None), identity=who,
         statement="DELETE FROM t WHERE a = $1", fingerprint="f00",
@@ -79,6 +81,26 @@ def test_a_request_survives_the_sibling_channel_exactly() -> None:
             again = request_from_json(json.loads(json.dumps(request_to_json(value))))
             assert again == value
             assert (again.text, again.params) == (value.text, value.params)
+
+    asyncio.run(scenario())
+
+
+def test_the_codec_knows_every_field_of_what_it_carries() -> None:
+    """A field added to a request's values must be carried across (or this fails)."""
+    import dataclasses
+
+    from proxy.approvals.model import Binding, Vote
+    from proxy.policy.review import ReviewSpec
+
+    async def scenario() -> None:
+        broker = ApprovalBroker("p", lambda e: None)
+        data = request_to_json(_request(broker))
+        request_fields = {f.name for f in dataclasses.fields(Request)}
+        assert set(data) == request_fields
+        assert set(data["spec"]) == {f.name for f in dataclasses.fields(ReviewSpec)}
+        assert set(data["identity"]) == {f.name for f in dataclasses.fields(Identity)}
+        assert len(data["binding"]) == len(dataclasses.fields(Binding))
+        assert len(dataclasses.fields(Vote)) == 5
 
     asyncio.run(scenario())
 

@@ -9,10 +9,12 @@ same frozen :class:`~proxy.approvals.model.Request` values the console renders.
 
 from __future__ import annotations
 
+from dataclasses import fields
+from enum import Enum
 from typing import Any
 
 from proxy.approvals.model import Approver, Binding, Request, RequestState, Vote
-from proxy.identity import Identity
+from proxy.identity import Identity, IdentitySource
 from proxy.policy.review import ReviewSpec
 
 
@@ -22,6 +24,21 @@ def _groups(value: Any) -> tuple[tuple[str, frozenset[str]], ...]:
 
 def _groups_json(groups: tuple[tuple[str, frozenset[str]], ...]) -> list[Any]:
     return [[name, sorted(members)] for name, members in groups]
+
+
+def _identity_json(ident: Identity) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(Identity):
+        value = getattr(ident, f.name)
+        out[f.name] = value.value if isinstance(value, Enum) else value
+    return out
+
+
+def _identity(data: dict[str, Any]) -> Identity:
+    values = {f.name: data[f.name] for f in fields(Identity)}
+    source = values["identity_source"]
+    values["identity_source"] = IdentitySource(source) if source is not None else None
+    return Identity(**values)
 
 
 def request_to_json(r: Request) -> dict[str, Any]:
@@ -50,15 +67,7 @@ def request_to_json(r: Request) -> dict[str, Any]:
             "source": spec.source,
         },
         "statement": r.statement,
-        "identity": [
-            ident.user,
-            ident.database,
-            ident.application_name,
-            ident.client_addr,
-            ident.client_port,
-            ident.session_id,
-            ident.end_identity,
-        ],
+        "identity": _identity_json(ident),
         "created_at": r.created_at,
         "deadline": r.deadline,
         "fingerprint": r.fingerprint,
@@ -77,7 +86,6 @@ def request_to_json(r: Request) -> dict[str, Any]:
 
 def request_from_json(data: dict[str, Any]) -> Request:
     spec = data["spec"]
-    user, database, app, addr, port, session_id, end_identity = data["identity"]
     return Request(
         id=str(data["id"]),
         binding=Binding(*(str(part) for part in data["binding"])),
@@ -95,15 +103,7 @@ def request_from_json(data: dict[str, Any]) -> Request:
             source=str(spec["source"]),
         ),
         statement=str(data["statement"]),
-        identity=Identity(
-            str(user),
-            str(database),
-            str(app),
-            str(addr),
-            None if port is None else int(port),
-            str(session_id),
-            str(end_identity),
-        ),
+        identity=_identity(data["identity"]),
         created_at=float(data["created_at"]),
         deadline=float(data["deadline"]),
         fingerprint=str(data["fingerprint"]),
