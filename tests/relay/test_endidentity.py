@@ -3,6 +3,8 @@ trusted-parameter claim, the upstream packet with pgwarden.identity, the stateme
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from proxy import config
@@ -176,3 +178,19 @@ def test_a_prepared_body_that_sets_it_is_refused_at_execute() -> None:
     guarded = Gate(config.defaults().replace(identity__propagate="guc"), None)
     prepare = analyze("PREPARE p AS SELECT set_config('pgwarden.identity', 'm', false)")
     assert guarded.decide(Identity("app", "app"), prepare).action == "block"
+
+
+def test_the_guard_holds_in_monitor_mode_too(tmp_path: Path) -> None:
+    from proxy.policy.loader import load_policy
+
+    path = tmp_path / "monitor.yaml"
+    path.write_text(
+        "defaults: {mode: monitor}\n"
+        "rules: [{id: x, when: {commands: [DROP TABLE]}, action: block}]\n"
+    )
+    policy = load_policy([path])
+    guarded = Gate(config.defaults().replace(identity__propagate="guc"), policy)
+    who = Identity("app", "app")
+    assert guarded.decide(who, analyze("DROP TABLE t")).action == "flag"  # monitor: would-be
+    decision = guarded.decide(who, analyze("SET pgwarden.identity = 'm'"))
+    assert (decision.action, decision.mode) == ("block", "enforce")
