@@ -33,6 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from proxy import diagnostics, sdnotify
 from proxy.config import Config, Endpoint
@@ -70,6 +71,8 @@ def reserve(listen: Endpoint) -> tuple[list[socket.socket], int]:
     held: list[socket.socket] = []
     try:
         for family, kind, proto, _name, sockaddr in infos:
+            if port:
+                _probe(family, kind, proto, (sockaddr[0], port, *sockaddr[2:]))
             sock = socket.socket(family, kind, proto)
             held.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -83,6 +86,17 @@ def reserve(listen: Endpoint) -> tuple[list[socket.socket], int]:
             sock.close()
         raise
     return held, port
+
+
+def _probe(family: int, kind: int, proto: int, address: tuple[Any, ...]) -> None:
+    """Fail when something listens on ``address`` already. A socket in an SO_REUSEPORT group
+    would join whatever is there, another pgwarden's workers included (two writers of one
+    audit trail), so first one without SO_REUSEPORT must be able to bind."""
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        probe.bind(address)
 
 
 def listen_text(host: str, port: int) -> str:

@@ -500,3 +500,19 @@ def test_workers_stop_when_the_supervisor_is_killed(proxy_factory: ProxyFactory)
             return True
 
     wait_until(lambda: all(gone(pid) for pid in workers), 30, "the orphaned workers to stop")
+
+
+def test_a_second_proxy_on_the_same_address_does_not_join_it(
+    proxy_factory: ProxyFactory, tmp_path: Path
+) -> None:
+    first = _start(proxy_factory)
+    second = ProxyProcess(
+        proxy_factory.pg,
+        tmp_path / "second",
+        ("--workers", "2", "--listen", f"{first.host}:{first.port}"),
+    )
+    with pytest.raises(AssertionError, match="exited with 2"):
+        second.start()
+    assert "address already in use" in second.stderr_text().lower()
+    assert not (second.audit_dir / "audit.jsonl").exists()  # it never opened a trail
+    assert first.returncode is None
