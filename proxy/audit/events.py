@@ -150,7 +150,7 @@ class SessionEvents:
             event["row_guard"] = done.guard.audit()
         elif statement is not None and refusal is None:
             decided = statement.decision
-            if decided is not None and decided.guard is not None and done.index < 0:
+            if decided is not None and decided.guard is not None and statement.stmt is not None:
                 event["row_guard"] = monitored(decided.guard, decided.mode, done.rows)
         if not single:
             event["command"] = event["class"] = event["fingerprint"] = None

@@ -224,11 +224,13 @@ def test_psycopg_pipeline(
         assert proxied == direct
 
 
-async def _asyncpg(dsn: str, table: str, prepared: bool) -> list[Any]:
+async def _asyncpg(dsn: str, table: str, prepared: bool, many: str) -> list[Any]:
+    """asyncpg (extended protocol; ``prepared``: named statements): outside a transaction,
+    then inside one; ``many`` is the statement over the limit (directly: its stand-in)."""
     seen: list[Any] = []
     conn = await asyncpg.connect(dsn)
     try:
-        for sql in (FEW, MANY, FEW + " returning id"):
+        for sql in (FEW, many, FEW + " returning id"):
             text = sql.format(t=table)
             try:
                 if prepared:
@@ -239,17 +241,17 @@ async def _asyncpg(dsn: str, table: str, prepared: bool) -> list[Any]:
                     seen.append(await conn.execute(text))
             except asyncpg.PostgresError as exc:
                 seen.append(("error", exc.sqlstate))
-        async with conn.transaction():
-            seen.append(await conn.execute(FEW.format(t=table)))
-            try:
-                await conn.execute(MANY.format(t=table))
-            except asyncpg.PostgresError as exc:
-                seen.append(("error", exc.sqlstate))
-            seen.append(conn.is_in_transaction())
-            raise_ = False
-        assert not raise_
-    except asyncpg.PostgresError as exc:
-        seen.append(("tx", exc.sqlstate))
+        try:
+            async with conn.transaction():
+                seen.append(await conn.execute(FEW.format(t=table)))
+                try:
+                    await conn.execute(many.format(t=table))
+                except asyncpg.PostgresError as exc:
+                    seen.append(("error", exc.sqlstate))
+                seen.append(conn.is_in_transaction())
+        except asyncpg.PostgresError as exc:  # its COMMIT of a failed transaction
+            seen.append(("tx", exc.sqlstate))
+        seen.append(conn.is_in_transaction())
     finally:
         await conn.close()
     return seen
@@ -257,24 +259,18 @@ async def _asyncpg(dsn: str, table: str, prepared: bool) -> list[Any]:
 
 @pytest.mark.parametrize("prepared", [False, True])
 def test_asyncpg(guarded: Any, pg: Any, table: str, prepared: bool) -> None:
-    proxied = asyncio.run(_asyncpg(guarded.dsn(), table, prepared))
+    proxied = asyncio.run(_asyncpg(guarded.dsn(), table, prepared, MANY))
     after = _contents(pg, table)
-    # Directly the second statement is the stand-in of a refused one.
-    global MANY
-    saved = MANY
-    MANY = STAND_IN
-    try:
-        _reset(pg, table)
-        direct = asyncio.run(_asyncpg(_direct(pg), table, prepared))
-    finally:
-        MANY = saved
+    _reset(pg, table)
+    direct = asyncio.run(_asyncpg(_direct(pg), table, prepared, STAND_IN))
     assert _contents(pg, table) == after
     assert len(proxied) == len(direct)
+    assert ("error", "42501") in proxied
     for p, d in zip(proxied, direct, strict=True):
-        if isinstance(d, tuple) and d[0] in ("error", "tx"):
-            assert p == (d[0], "42501"), (p, d)
+        if isinstance(d, tuple) and d[0] == "error":
+            assert p == ("error", "42501"), (p, d)
         else:
-            assert p == d
+            assert p == d, (p, d)
 
 
 def _raw_pipeline(host: str, port: int, table: str, middle: str) -> list[Any]:

@@ -276,6 +276,38 @@ def test_any_chunking_gives_the_same_session(
     )
 
 
+def test_monitor_mode_runs_the_statement_unguarded_and_records_the_count(
+    tmp_path: Path,
+) -> None:
+    host = Host(
+        tmp_path, POLICY.replace("on_unparsable: block}", "on_unparsable: block, mode: monitor}")
+    )
+    wire = Wire(host)
+    wire.login()
+    wire.client_sends(query(MANY))
+    assert wire.upstream.take() == query(MANY)  # no savepoint: nothing is guarded
+    wire.server_sends(complete("UPDATE 7") + ready())
+    assert wire.client.take() == complete("UPDATE 7") + ready()
+    [event] = host.events("query")
+    assert event["row_guard"] == {
+        "max_rows": 3,
+        "rule": "few-rows",
+        "outcome": "monitor",
+        "rows": 7,
+        "would_refuse": True,
+    }
+
+
+def test_a_guarded_statement_in_a_query_of_several_is_refused_unsent(tmp_path: Path) -> None:
+    host = Host(tmp_path, POLICY)
+    wire = Wire(host)
+    wire.login()
+    wire.client_sends(query(f"select 1; {FEW}"))
+    assert wire.upstream.take() == b""  # answered locally, as a block outside a transaction
+    out = wire.client.take()
+    assert b"C42501" in out and b"on its own" in out and out.endswith(ready())
+
+
 def test_injector_consumes_exactly_its_replies() -> None:
     injector = inject.Injector()
     sent = injector.send(inject.Injected("SAVEPOINT x", False), inject.Injected("SHOW y", True))
