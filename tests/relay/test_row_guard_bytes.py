@@ -9,6 +9,7 @@ same bytes and records however both streams are chunked.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +60,14 @@ def _injected_ok(tag: str) -> bytes:
 
 
 def _play(
-    tmp: Path, rounds: list[tuple[bytes, bytes]], client_cuts: list[int], server_cuts: list[int]
+    tmp: Path,
+    rounds: list[tuple[bytes, bytes]],
+    client_cuts: list[int],
+    server_cuts: list[int],
+    **cfg: Any,
 ) -> tuple[list[bytes], list[bytes], list[dict[str, Any]]]:
     """Each round: the client's bytes, then the server's answer to what it was sent."""
-    host = Host(tmp, POLICY)
+    host = Host(tmp, POLICY, **cfg)
     wire = Wire(host)
     wire.login()
     to_client, to_server = [], []
@@ -274,6 +279,18 @@ def test_any_chunking_gives_the_same_session(
         b"".join(whole[1]),
         whole[2],
     )
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_write_ahead_dispatches_a_guarded_statement_once(tmp_path: Path, name: str) -> None:
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "ahead").mkdir()
+    plain = _play(tmp_path / "plain", SCRIPTS[name], [], [])
+    ahead = _play(tmp_path / "ahead", SCRIPTS[name], [], [], audit__write_ahead=True)
+    assert ahead == plain  # same bytes both ways, same records
+    trail = sorted((tmp_path / "ahead" / "audit").glob("*.jsonl"))
+    kinds = [json.loads(line)["type"] for f in trail for line in f.read_text().splitlines()]
+    assert kinds.count("dispatch") == kinds.count("query")
 
 
 def test_monitor_mode_runs_the_statement_unguarded_and_records_the_count(
