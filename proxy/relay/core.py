@@ -527,6 +527,8 @@ class RelayCore:
         if kind in _DECIDED:  # Query, Parse, Bind, FunctionCall
             try:
                 if kind == 81:
+                    if self.owned:
+                        return self._commit_owned(kind, body, raw)
                     return self._on_query(body, raw, now_ns, now_wall)
                 if kind == 80:
                     return self._on_parse(body, raw, now_ns, now_wall)
@@ -941,6 +943,22 @@ class RelayCore:
         out = guard.settle(self, raw)
         queue.sync()
         return out
+
+    def _commit_owned(self, kind: int, body: bytes, raw: bytes) -> bytes:
+        """A Query inside the extended-protocol batch whose implicit transaction a guard made
+        explicit: PostgreSQL would end that transaction with this Query, so it is committed
+        first and the Query then runs on its own."""
+        queue = self.queue
+        if queue.discarding:
+            return self._on_query(body, raw, 0, 0.0)  # ignored by the server until Sync
+        self._backlog.appendleft((kind, body, raw))
+        if queue.pending:
+            self._guard = RowGuard(Phase.DRAIN)
+            return m.FLUSH
+        self.owned = False
+        guard = RowGuard(Phase.SETTLE)
+        self._guard = guard
+        return guard.commit_before_query()
 
     def plain_server(self, kind: int, body: bytes, rows: int) -> bytes | None:
         """A server message handled as if no guard ran (the guard decides when)."""

@@ -48,6 +48,7 @@ class Injected:
     sql: str
     simple: bool
     fails: bool = False
+    sync: bool = False  # a bare Sync: ends the server's discarding after an injected error
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,8 @@ _SIMPLE_OWES = (Owes.COMPLETION, Owes.READY)
 
 def encode(request: Injected) -> bytes:
     """The wire bytes of ``request``."""
+    if request.sync:
+        return m.SYNC
     if request.simple:
         return m.query(request.sql)
     if request.fails:
@@ -168,6 +171,8 @@ class Injector:
 
 
 def _owed(request: Injected) -> tuple[Owes, ...]:
+    if request.sync:
+        return (Owes.READY,)
     if request.simple:
         return _SIMPLE_OWES
     if request.fails:

@@ -185,6 +185,7 @@ class RowGuard:
     """One guarded statement from its first injected request to its release."""
 
     __slots__ = (
+        "before_query",
         "decision",
         "entry",
         "extra",
@@ -226,6 +227,7 @@ class RowGuard:
         self.status = 0  # the ReadyForQuery status the client gets (simple)
         self.released = False  # what was held went to the client
         self.probing = False  # a question of pgwarden's own, not a guard
+        self.before_query = False  # a COMMIT before a Query, not at the client's Sync
         self.returned = 0  # DataRows of the statement so far (RETURNING)
 
     # --- starting -------------------------------------------------------------------------
@@ -441,6 +443,14 @@ class RowGuard:
         self.outcome = GuardOutcome.WITHIN
         return self.injector.send(Injected("COMMIT", False)) + raw
 
+    def commit_before_query(self) -> bytes:
+        """COMMIT the transaction the guard opened before a Query the client sends inside
+        that batch (which would have ended it)."""
+        self.phase = Phase.SETTLE
+        self.outcome = GuardOutcome.WITHIN
+        self.before_query = True
+        return self.injector.send(Injected("COMMIT", False))
+
     def on_settle_ready(self, core: RelayCore, body: bytes) -> bytes | None:
         if self.outcome is GuardOutcome.FAILED and body == b"E":
             core.upstream_later(self.injector.send(Injected("ROLLBACK", True)))
@@ -450,6 +460,14 @@ class RowGuard:
         return result
 
     def _settled(self, core: RelayCore, answer: Answer) -> None:
+        if self.before_query:
+            if not answer.ok:
+                # A deferred constraint failed the COMMIT (its error went to the client): the
+                # server now discards up to a Sync, so it gets one before the Query.
+                core.upstream_later(self.injector.send(Injected("", False, sync=True)))
+                return
+            self._done()
+            return
         if answer.request.sql == "ROLLBACK":
             core.plain_server(90, bytes((c.TX_IDLE,)), 0)
             self.extra = m.ready_for_query(c.TX_IDLE)

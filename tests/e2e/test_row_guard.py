@@ -303,3 +303,28 @@ def test_raw_pipeline(guarded: Any, pg: Any, table: str, middle: str) -> None:
         assert ("E", "42501") in proxied
     else:
         assert proxied == direct
+
+
+def _raw_query_inside_the_batch(host: str, port: int, table: str) -> list[Any]:
+    """A simple Query sent inside an unfinished extended-protocol batch (no Sync before it):
+    PostgreSQL ends the batch's implicit transaction with it."""
+    with rawpg.RawConn(host, port, timeout=20) as conn:
+        conn.login()
+        conn.send(
+            rawpg.parse(FEW.format(t=table)), rawpg.bind(), rawpg.execute(),
+            rawpg.query("select 1"),
+        )  # fmt: skip
+        replies = conn.recv_until("Z")
+        seen = [(r.type, r.tag if r.type == "C" else r.status) for r in replies if r.type in "CZ"]
+    return seen
+
+
+def test_a_query_inside_the_batch_commits_as_postgres_does(
+    guarded: Any, pg: Any, table: str
+) -> None:
+    direct = _raw_query_inside_the_batch(pg.host, pg.port, table)
+    direct_table = _contents(pg, table)
+    _reset(pg, table)
+    assert _raw_query_inside_the_batch(guarded.host, guarded.port, table) == direct
+    assert _contents(pg, table) == direct_table  # committed, after the connection closed
+    assert direct[-1] == ("Z", "I")

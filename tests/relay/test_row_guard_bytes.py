@@ -247,7 +247,31 @@ def test_a_statement_that_fails_by_itself_keeps_its_error(tmp_path: Path) -> Non
     assert events[0]["row_guard"]["outcome"] == "failed"
 
 
+# A simple Query inside that batch ends the implicit transaction in PostgreSQL: the guard's
+# transaction is committed before it, and the Query runs on its own.
+QUERY_INSIDE_THE_BATCH = [
+    (parse(FEW) + bind() + execute() + query("select 1"), PARSED + BOUND),
+    (b"", _injected_ok("BEGIN")),
+    (b"", complete("UPDATE 2")),
+    (b"", _injected_ok("COMMIT")),
+    (b"", complete("SELECT 1") + ready(b"I")),
+]
+
+
+def test_a_query_inside_the_batch_ends_the_transaction_the_guard_opened(
+    tmp_path: Path,
+) -> None:
+    to_client, to_server, events = _play(tmp_path, QUERY_INSIDE_THE_BATCH, [], [])
+    assert to_server[3] == inject.encode(inject.Injected("COMMIT", False))
+    assert to_server[4] == query("select 1")
+    assert b"".join(to_client) == (
+        PARSED + BOUND + complete("UPDATE 2") + complete("SELECT 1") + ready(b"I")
+    )
+    assert [e["tx_status"] for e in events] == ["I", "I"]
+
+
 SCRIPTS = {
+    "query_inside_the_batch": QUERY_INSIDE_THE_BATCH,
     "simple_within": SIMPLE_WITHIN,
     "simple_exceeded": SIMPLE_EXCEEDED,
     "in_block_exceeded": IN_BLOCK_EXCEEDED,
