@@ -264,3 +264,48 @@ def test_following_a_trail_set_reads_every_trail_after_its_own_seq(tmp_path: Pat
     events.close()
     seen = sorted((e["session_id"], e["seq"]) for e in got)
     assert seen == [("s0", 2), ("s1", 1), ("s1", 2), ("s1", 3)]
+
+
+def test_the_owner_answer_does_not_wait_for_a_stuck_sibling(tmp_path: Path) -> None:
+    from proxy.workers.role import WorkerRole
+    from proxy.workers.siblings import Siblings, SiblingServer
+
+    async def scenario() -> None:
+        never = asyncio.Event()
+
+        async def stuck(request: dict[str, Any]) -> None:
+            await never.wait()
+
+        async def owner(request: dict[str, Any]) -> list[str]:
+            return ["forwarded", f"session of pid {request['pid']}"]
+
+        async def stranger(request: dict[str, Any]) -> None:
+            return None
+
+        roles = [WorkerRole(i, 4, tmp_path, tmp_path / "audit") for i in range(4)]
+        servers = [
+            SiblingServer(roles[1], {"cancel": stuck}),
+            SiblingServer(roles[2], {"cancel": stranger}),
+            SiblingServer(roles[3], {"cancel": owner}),
+        ]
+        for server in servers:
+            await server.start()
+        assert all(roles[i].socket_path(i).exists() for i in (1, 2, 3))
+        try:
+            link = Siblings(roles[0])
+            answer = await asyncio.wait_for(
+                link.first("cancel", lambda a: isinstance(a, list), 30.0, pid=7), 5
+            )
+            assert answer == ["forwarded", "session of pid 7"]
+            nobody = await asyncio.wait_for(
+                Siblings(roles[3]).first("cancel", lambda a: a == "x", 0.5, pid=7), 5
+            )
+            assert nobody is None  # worker 1 timed out, worker 2 knew nothing
+            with pytest.raises(RuntimeError, match="unknown op"):
+                await link.call(2, "reload")
+        finally:
+            for server in servers:
+                await server.aclose()
+        assert not any(roles[i].socket_path(i).exists() for i in (1, 2, 3))
+
+    asyncio.run(scenario())

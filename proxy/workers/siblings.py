@@ -15,7 +15,6 @@ import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -35,6 +34,7 @@ class SiblingServer:
         self.role = role
         self.handlers = handlers
         self._server: asyncio.AbstractServer | None = None
+        self._answering: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         path = self.role.socket_path(self.role.index)
@@ -53,30 +53,42 @@ class SiblingServer:
         server, self._server = self._server, None
         if server is not None:
             server.close()
+        # Requests still being answered (a cancel being forwarded) end with the worker.
+        for task in list(self._answering):
+            task.cancel()
+        await asyncio.gather(*self._answering, return_exceptions=True)
+        if server is not None:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
         self.role.socket_path(self.role.index).unlink(missing_ok=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._answering.add(task)
         try:
-            line = await reader.readline()
-            request = orjson.loads(line)
+            answer = await self._answer(reader)
+            writer.write(orjson.dumps(answer) + b"\n")
+            await writer.drain()
+        except OSError:
+            pass  # the asking sibling went away (it had its answer elsewhere, or gave up)
+        finally:
+            writer.close()
+            if task is not None:
+                self._answering.discard(task)
+
+    async def _answer(self, reader: asyncio.StreamReader) -> dict[str, Any]:
+        try:
+            request = orjson.loads(await reader.readline())
             if not isinstance(request, dict):
                 raise ValueError("a request is a JSON object")
             handler = self.handlers.get(str(request.get("op")))
             if handler is None:
                 raise ValueError(f"unknown op {request.get('op')!r}")
-            answer: Any = {"ok": True, "result": await handler(request)}
+            return {"ok": True, "result": await handler(request)}
         except Exception as exc:  # a bad request gets an answer, never a dead worker
             log.warning("sibling request failed: %s", exc)
-            answer = {"ok": False, "error": str(exc)}
-        try:
-            writer.write(orjson.dumps(answer) + b"\n")
-            await writer.drain()
-        except OSError:
-            pass
-        finally:
-            writer.close()
+            return {"ok": False, "error": str(exc)}
 
 
 class Siblings:
@@ -123,6 +135,22 @@ class Siblings:
             out.append((index, answer))
         return out
 
-
-def socket_ready(path: Path) -> bool:
-    return path.exists()
+    async def first(
+        self, op: str, wanted: Callable[[Any], bool], wait: float = 5.0, **args: Any
+    ) -> Any | None:
+        """The first sibling answer that is ``wanted`` (the others are not waited for), or
+        None when no sibling gives one."""
+        calls = [asyncio.ensure_future(self.call(i, op, wait, **args)) for i in self.role.siblings]
+        try:
+            for done in asyncio.as_completed(calls):
+                try:
+                    answer = await done
+                except Exception as exc:
+                    log.warning("a worker did not answer %s: %s", op, exc)
+                    continue
+                if wanted(answer):
+                    return answer
+            return None
+        finally:
+            for call in calls:
+                call.cancel()

@@ -59,13 +59,14 @@ class SiblingLink:
         """The outcome from the sibling whose session holds ``request.pid``, or None when
         none does (or none could be asked)."""
         timeout = float(self.server.cfg["limits.cancel_timeout"]) + _SLACK
-        answers = await self.siblings.ask_all(
-            "cancel", timeout, pid=request.pid, secret=request.secret.hex()
+        answer = await self.siblings.first(
+            "cancel",
+            lambda a: isinstance(a, list) and len(a) == 2,
+            timeout,
+            pid=request.pid,
+            secret=request.secret.hex(),
         )
-        for _index, answer in answers:
-            if isinstance(answer, list) and len(answer) == 2:
-                return str(answer[0]), str(answer[1])
-        return None
+        return (str(answer[0]), str(answer[1])) if answer is not None else None
 
     async def sessions(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -80,12 +81,10 @@ class SiblingLink:
         """Cancel or terminate a sibling's session: its answer, or None when no sibling has
         a session of that id."""
         timeout = float(self.server.cfg["limits.cancel_timeout"]) + _SLACK
-        for _index, answer in await self.siblings.ask_all(
-            "session", timeout, id=session_id, action=action, reason=reason
-        ):
-            if isinstance(answer, dict):
-                return answer
-        return None
+        answer = await self.siblings.first(
+            "session", _is_dict, timeout, id=session_id, action=action, reason=reason
+        )
+        return dict(answer) if answer is not None else None
 
     async def reload_all(self) -> ReloadResult:
         """Reload this worker, then every sibling; one result naming every failure."""
@@ -114,20 +113,20 @@ class SiblingLink:
     ) -> Request | None:
         """``approver``'s vote, applied by the sibling whose broker holds ``request_id``; None
         when none does. Raises ApprovalError with the owner's refusal."""
-        for _index, answer in await self.siblings.ask_all(
+        answer = await self.siblings.first(
             "approval_decide",
+            _is_dict,
             id=request_id,
             approver=approver_to_json(approver),
             approve=approve,
             reason=reason,
             break_glass=break_glass,
-        ):
-            if not isinstance(answer, dict):
-                continue
-            if "error" in answer:
-                raise ApprovalError(str(answer["error"]), int(answer["status"]))
-            return request_from_json(answer["request"])
-        return None
+        )
+        if answer is None:
+            return None
+        if "error" in answer:
+            raise ApprovalError(str(answer["error"]), int(answer["status"]))
+        return request_from_json(answer["request"])
 
     async def ready(self) -> dict[str, bool]:
         checks: dict[str, bool] = {}
@@ -246,6 +245,10 @@ async def attach_worker(server: ProxyServer, role: WorkerRole, extras: list[Any]
     await channel.start()
     log.info("worker %d of %d ready", role.index, role.count)
     return channel
+
+
+def _is_dict(answer: Any) -> bool:
+    return isinstance(answer, dict)
 
 
 def _admin_of(extras: list[Any]) -> AdminServer | None:
