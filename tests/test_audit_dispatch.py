@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy import config
-from proxy.audit.dispatch import closing_record, scan
+from proxy.audit.dispatch import closing_record, scan, skipped_record
 from proxy.audit.jsonl import CURRENT
 from proxy.audit.reader import iter_events
 from proxy.audit.trail import AuditTrail
@@ -201,19 +201,19 @@ def test_readers_hide_dispatch_records_unless_asked_and_show_outcomes(tmp_path: 
     recovery = events(tmp_path)[-1]
     assert "1 statement(s) closed with outcome unknown" in table_row(recovery, 200)
     text, params = build_query(EventFilter(), since=None, until=None)
-    assert "<> ALL" in text and ["dispatch"] in params
+    assert "<> ALL" in text and ["dispatch", "dispatch_closed"] in params
 
 
-def test_report_counts_unknown_outcomes_untimed_and_leaves_skipped_ones_out() -> None:
+def test_report_counts_unknown_outcomes_untimed() -> None:
     from proxy.review.report import build_report
     from proxy.review.tables import summary_items
 
     base = dispatch("s1", "insert into t values (1)") | {"seq": 3}
     ran = completion(base) | {"duration_ms": 2.0, "duration_scope": "statement", "seq": 4}
     unknown = closing_record(base | {"seq": 5}, "unknown", "proxy_restarted")
-    skipped = closing_record(base | {"seq": 6}, "skipped", "earlier_error")
+    skipped = skipped_record(base | {"seq": 6}, base["ts"])
     report = build_report([base, ran, unknown, skipped])
-    assert report.totals.statements == 2  # the dispatch is no statement; skipped never ran
+    assert report.totals.statements == 2  # dispatch records are no statements
     assert report.totals.unknown_outcomes == 1
     assert report.totals.p50_ms is not None and report.totals.p50_ms >= 1.9  # not a 0 ms sample
     assert ("outcome unknown", "1 (forwarded, end never seen)") in summary_items(report)
@@ -230,3 +230,20 @@ def test_the_first_start_with_write_ahead_reads_the_whole_trail_once(tmp_path: P
     recovery = events(tmp_path)[-1]
     assert recovery["type"] == "dispatch_recovery"
     assert recovery["records_read"] == 4 and recovery["closed"] == []
+
+
+def test_a_skipped_dispatch_is_settled_and_hidden_unless_asked(tmp_path: Path) -> None:
+    from proxy.audit.filters import EventFilter
+
+    trail = make_trail(tmp_path, audit__write_ahead=True)
+    record = dispatch("s1", "insert into t values (2)")
+    trail.submit(record)
+    trail.submit(skipped_record(record, record["ts"]))
+    trail = make_trail(tmp_path, audit__write_ahead=True)
+    trail.close()
+    assert not [e for e in events(tmp_path) if e.get("outcome") == "unknown"]
+    every = EventFilter()
+    assert not [e for e in events(tmp_path) if every.matches(e) and "dispatch" in e]
+    asked = EventFilter(outcome=("skipped",))
+    (closed,) = [e for e in events(tmp_path) if asked.matches(e)]
+    assert closed["type"] == "dispatch_closed" and closed["dispatch"] == record["seq"]

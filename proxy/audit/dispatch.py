@@ -24,10 +24,23 @@ import orjson
 from proxy.audit.jsonl import iter_raw_lines, trail_files
 
 DISPATCH = "dispatch"
+CLOSED = "dispatch_closed"
 RECOVERY = "dispatch_recovery"
 
 # A record's own keys, never copied into the record that closes a dispatch.
 _OWN = frozenset({"type", "seq", "prev_hash", "hash", "chain", "trail_id", "statements"})
+_SESSION = (
+    "v",
+    "proxy_id",
+    "session_id",
+    "user",
+    "database",
+    "application_name",
+    "client_addr",
+    "client_port",
+    "identity",
+    "identity_source",
+)
 
 # Byte patterns on canonical lines (sorted keys, no whitespace). A quote inside a JSON string
 # is escaped, so none of them can come from statement text.
@@ -42,7 +55,7 @@ _SETTLES = (b'"outcome":', b'"sqlstate":"')  # a closure, or an error: the rest 
 
 def closing_record(dispatch: dict[str, Any], outcome: str, reason: str) -> dict[str, Any]:
     """The ``query`` record that closes ``dispatch`` (which carries its ``seq``) without a
-    completion: ``unknown`` (it may have run) or ``skipped`` (the server skipped it)."""
+    completion: ``outcome: unknown``, it may have run."""
     event = {k: v for k, v in dispatch.items() if k not in _OWN}
     event["type"] = "query"
     event["dispatch"] = dispatch["seq"]
@@ -52,6 +65,18 @@ def closing_record(dispatch: dict[str, Any], outcome: str, reason: str) -> dict[
     event["rows"] = None
     event["sqlstate"] = None
     event["error"] = None
+    return event
+
+
+def skipped_record(dispatch: dict[str, Any], ts: str) -> dict[str, Any]:
+    """The ``dispatch_closed`` record of a dispatched statement the server skipped (an
+    earlier statement of its pipeline failed): nothing of it ran, so it is no ``query``."""
+    event = {k: dispatch[k] for k in _SESSION if k in dispatch}
+    event["type"] = CLOSED
+    event["ts"] = ts
+    event["dispatch"] = dispatch["seq"]
+    event["outcome"] = "skipped"
+    event["reason"] = "earlier_error"
     return event
 
 

@@ -37,12 +37,14 @@ EVENT_TYPES = (
     "review_expired",
     "review_withdrawn",
     "dispatch",
+    "dispatch_closed",
     "dispatch_recovery",
 )
 # Shown only when asked for by --type: a dispatch (audit.write_ahead) is the first half of a
 # statement whose query record follows, or closes it with an outcome.
-HIDDEN_TYPES = frozenset({"dispatch"})
-_HIDDEN_NEEDLE = b'"type":"dispatch",'  # canonical lines: quotes in strings are escaped
+HIDDEN_TYPES = frozenset({"dispatch", "dispatch_closed"})
+# Canonical lines: quotes inside strings are escaped, so these are exact.
+_HIDDEN_NEEDLES = (b'"type":"dispatch",', b'"type":"dispatch_closed",')
 OUTCOMES = ("unknown", "skipped")
 ACTIONS = ("allow", "flag", "review", "block")
 _GLOB_CHARS = frozenset("*?[")
@@ -196,7 +198,7 @@ class EventFilter:
     @property
     def is_empty(self) -> bool:
         """No selection given (dispatch records are still left out)."""
-        return len(self._checks) == (0 if self.types else 1)
+        return len(self._checks) == (0 if self.types or self.outcome else 1)
 
     def matches(self, event: dict[str, Any]) -> bool:
         for check in self._checks:  # noqa: SIM110 -- a plain loop: no generator per event
@@ -212,8 +214,10 @@ class EventFilter:
                     break
             else:
                 return False
-        if not self.types and _HIDDEN_NEEDLE in raw:
-            return False
+        if not self.types and not self.outcome:
+            for needle in _HIDDEN_NEEDLES:
+                if needle in raw:
+                    return False
         return self._grep_needle is None or self._grep_needle in raw.lower()
 
     def _compile(self) -> tuple[list[Check], list[tuple[bytes, ...]]]:
@@ -229,7 +233,7 @@ class EventFilter:
             wanted_types = frozenset(self.types)
             checks.append(lambda e: e.get("type") in wanted_types)
             exact_needles("type", self.types)
-        else:
+        elif not self.outcome:
             checks.append(lambda e: e.get("type") not in HIDDEN_TYPES)
         if self.outcome:
             wanted_outcomes = frozenset(self.outcome)

@@ -48,7 +48,7 @@ def action_of(event: dict[str, Any]) -> str:
 
 def _result(event: dict[str, Any]) -> str:
     outcome = event.get("outcome")
-    if isinstance(outcome, str) and event.get("type") == "query":
+    if isinstance(outcome, str):
         return outcome  # unknown / skipped: closed without a completion (write_ahead)
     if event.get("sqlstate"):
         return str(event["sqlstate"])
@@ -65,6 +65,8 @@ def _what(event: dict[str, Any]) -> str:
         return f"{text}  -- {event['error']}" if event.get("error") else text
     if kind == "dispatch":
         return f"[dispatch] {event.get('statement') or ''}"
+    if kind == "dispatch_closed":
+        return f"[dispatch {event.get('dispatch')} closed: {event.get('outcome')}]"
     if kind == "dispatch_recovery":
         closed = event.get("closed")
         count = len(closed) if isinstance(closed, list) else 0

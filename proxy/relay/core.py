@@ -21,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from proxy.audit.dispatch import closing_record
+from proxy.audit.dispatch import closing_record, skipped_record
+from proxy.audit.events import iso
 from proxy.errors import FrontendProtocolError
 from proxy.policy.decision import Decision
 from proxy.relay import enforce, rowguard
@@ -568,9 +569,12 @@ class RelayCore:
                             return m.FLUSH
                         if guarded is not None:
                             return guarded
-            if self._wa is not None and (info is None or not info.suspended):
-                # (Another Execute of a suspended portal continues the dispatched statement.)
+            if self._wa is not None and (info is None or not info.dispatch):
+                # One dispatch per bound portal: another Execute of it (a suspended portal,
+                # pipelined or not) continues the dispatched statement.
                 entry.dispatch = self._dispatch(entry, Via.EXTENDED, now_wall)
+                if info is not None:
+                    info.dispatch = entry.dispatch
             queue.expect(entry)
             if info is not None and info.statement is not None and info.statement.facts:
                 self.settings.forwarded(info.statement.facts)
@@ -877,12 +881,13 @@ class RelayCore:
         live.update(p.dispatch for p in queue.portals.values() if p.suspended and p.dispatch)
         referenced = self._referenced
         events = []
+        now = iso(time.time())
         for seq in [s for s in self._dispatches if s not in live]:
             dispatch = self._dispatches.pop(seq)
             if seq in referenced:
                 referenced.discard(seq)
             else:
-                events.append(closing_record(dispatch, "skipped", "earlier_error"))
+                events.append(skipped_record(dispatch, now))
         return events
 
     # --- the row guard (proxy.relay.rowguard) -----------------------------------------------
@@ -1117,7 +1122,7 @@ class RelayCore:
         events = self._take_events(None)
         if self._dispatches:
             # Forwarded, and the server's answer never came: it may have run (and committed).
-            unfinished = {entry.dispatch for entry in self.queue.pending if entry.dispatch}
+            unfinished = {e.dispatch for e in self.queue.pending if e.dispatch and _unfinished(e)}
             for seq, dispatch in self._dispatches.items():
                 if seq in unfinished or seq not in self._referenced:
                     events.append(closing_record(dispatch, "unknown", "connection_lost"))
@@ -1132,6 +1137,15 @@ class RelayCore:
 
 def _name(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
+
+
+def _unfinished(entry: Pending) -> bool:
+    """Whether a request still owed may have more to run: a Query until each of its
+    statements completed (an error ends the rest), anything else until its completion."""
+    if entry.owed is not Owed.QUERY:
+        return True
+    facts = entry.statement.facts if entry.statement is not None else None
+    return entry.index < (len(facts.statements) if facts is not None else 1)
 
 
 def _major(version: str) -> int | None:

@@ -117,7 +117,7 @@ class Portal:
         self.suspended = False
         self.started_ns = 0
         self.started_wall = 0.0
-        self.dispatch = 0  # of its first Execute, while suspended
+        self.dispatch = 0  # of its first Execute (audit.write_ahead)
 
 
 class ReplyQueue:
@@ -261,7 +261,6 @@ class ReplyQueue:
                     info.suspended = True
                     info.started_ns = head.started_ns
                     info.started_wall = head.started_wall
-                    info.dispatch = head.dispatch
             self.rows = 0
             return None
         if kind == 71:  # 'G' CopyInResponse: the server now ignores Sync and Flush

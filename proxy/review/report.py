@@ -360,8 +360,6 @@ class ReportBuilder:
         self, event: dict[str, Any], ts: str, user: str, session: _Session | None
     ) -> None:
         outcome = event.get("outcome")
-        if outcome == "skipped":
-            return  # forwarded in a failed pipeline; the server ran nothing of it
         duration = event.get("duration_ms")
         duration = float(duration) if isinstance(duration, int | float) else 0.0
         # Only a duration measured for the statement alone is a latency (docs/audit-log.md).

@@ -120,7 +120,7 @@ def build_where(flt: EventFilter, since: datetime | None, until: datetime | None
         where.clauses.append(f"ts <= {where.param(until)}")
     if flt.types:
         where.clauses.append(f"type = ANY({where.param(list(flt.types))}::text[])")
-    else:
+    elif not flt.outcome:
         where.clauses.append(
             f"coalesce(type, '') <> ALL({where.param(sorted(HIDDEN_TYPES))}::text[])"
         )

@@ -243,11 +243,11 @@ def test_a_skipped_execute_closes_its_dispatch() -> None:
     relay.trail.write()
     relay.server(msg(b"1") + msg(b"2") + error("22012", "division by zero") + ready())
     first, second = relay.trail.of_type("dispatch")
-    records = relay.trail.of_type("query")
-    assert [r.get("dispatch") for r in records] == [first["seq"], second["seq"]]
-    failed, skipped = records
-    assert failed["sqlstate"] == "22012" and "outcome" not in failed
-    assert skipped["outcome"] == "skipped" and skipped["statement"] == "select 2"
+    (failed,) = relay.trail.of_type("query")  # nothing of the second ran: no query record
+    assert failed["dispatch"] == first["seq"] and failed["sqlstate"] == "22012"
+    (skipped,) = relay.trail.of_type("dispatch_closed")
+    assert skipped["dispatch"] == second["seq"] and skipped["outcome"] == "skipped"
+    assert skipped["session_id"] == first["session_id"] and "statement" not in skipped
 
 
 def test_a_statement_in_flight_when_the_connection_ends_is_unknown() -> None:
@@ -284,3 +284,32 @@ def test_a_suspended_portal_is_one_dispatched_statement(limit: int) -> None:
     (record,) = relay.trail.of_type("query")
     assert record["dispatch"] == relay.trail.of_type("dispatch")[0]["seq"]
     assert "outcome" not in record and record.get("suspended", False) == bool(limit)
+
+
+def test_pipelined_executes_of_one_portal_are_one_dispatched_statement() -> None:
+    relay = Relay(write_ahead=True)
+    relay.client(
+        parse("select generate_series(1, 5)")
+        + bind()
+        + execute(limit=2)
+        + execute(limit=2)
+        + execute()
+        + sync()
+    )
+    relay.trail.write()
+    relay.server(msg(b"1") + msg(b"2") + msg(b"s") + msg(b"s") + complete("SELECT 5") + ready())
+    (dispatch,) = relay.trail.of_type("dispatch")
+    (record,) = relay.trail.of_type("query")
+    assert record["dispatch"] == dispatch["seq"] and record["command_tag"] == "SELECT 5"
+    assert relay.trail.of_type("dispatch_closed") == []
+
+
+def test_a_statement_ended_by_a_fatal_error_is_not_unknown() -> None:
+    relay = Relay(write_ahead=True)
+    relay.client(query("select pg_sleep(10)"))
+    relay.trail.write()
+    relay.server(error("57P01", "terminating connection", severity="FATAL"))
+    for event in relay.core.end_connection(client_left=False):
+        relay.trail.submit(event)
+    (record,) = relay.trail.of_type("query")
+    assert record["sqlstate"] == "57P01" and "outcome" not in record
