@@ -911,7 +911,9 @@ class RelayCore:
         simple = entry.owed is Owed.QUERY
         if self.scanner is None:
             return self._refuse_guarded(entry, rowguard.unavailable(decision, limit), simple)
-        guard = RowGuard(Phase.OPEN, simple, queue.predicted, limit, decision, entry, raw)
+        guard = RowGuard(
+            Phase.OPEN, simple, queue.predicted, limit, decision, entry, raw, self.owned
+        )
         self._guard = guard
         if self._wa is not None:
             via = Via.SIMPLE if simple else Via.EXTENDED

@@ -198,6 +198,7 @@ class RowGuard:
         "released",
         "returned",
         "rows",
+        "savepoint",
         "simple",
         "status",
         "tx",
@@ -212,10 +213,14 @@ class RowGuard:
         decision: Decision | None = None,
         entry: Pending | None = None,
         raw: bytes = b"",
+        owned: bool = False,
     ) -> None:
         self.phase = phase
         self.simple = simple
         self.tx = tx  # the client's transaction status when the guard began
+        # A savepoint inside a block: the client's, or the one an earlier guard of the same
+        # pipeline batch opened (``owned``; undoing still rolls back that whole block).
+        self.savepoint = tx != c.TX_IDLE or owned
         self.limit = limit
         self.decision = decision
         self.entry = entry
@@ -243,7 +248,7 @@ class RowGuard:
     def open(self) -> bytes:
         """The BEGIN or SAVEPOINT that starts the guard."""
         self.phase = Phase.OPEN
-        sql = "BEGIN" if self.tx == c.TX_IDLE else f"SAVEPOINT {SAVEPOINT}"
+        sql = f"SAVEPOINT {SAVEPOINT}" if self.savepoint else "BEGIN"
         return self.injector.send(Injected(sql, self.simple))
 
     # --- server messages --------------------------------------------------------------------
@@ -315,7 +320,7 @@ class RowGuard:
             if self.simple:
                 self.phase = Phase.CLOSE  # decided at its ReadyForQuery
                 return
-            if self.tx == c.TX_IDLE:
+            if not self.savepoint:
                 core.owned = True
                 self._done()
                 return
@@ -353,6 +358,7 @@ class RowGuard:
         self.extra = error_for(limit, rows)
         if self.simple:
             return  # undone at its ReadyForQuery
+        core.owned = False  # undone with the whole implicit transaction, as a block undoes it
         core.upstream_later(self.injector.send(*self._undo()))
 
     def _undo(self) -> tuple[Injected, ...]:

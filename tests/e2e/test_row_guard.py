@@ -206,6 +206,8 @@ def _pipeline(dsn: str, table: str, steps: list[str], begin: bool) -> list[Any]:
         (["update {t} set q = 0 where id = 10", FEW, "select 1"], False),
         (["update {t} set q = 0 where id = 10", MANY, "select 1"], True),
         ([FEW, FAILS_ITSELF, "select 1"], False),
+        ([FEW, "update {t} set q = 0 where id = 9", FEW, "select 1"], False),
+        ([FEW, MANY, "select 1"], True),
     ],
 )
 def test_psycopg_pipeline(

@@ -270,7 +270,31 @@ def test_a_query_inside_the_batch_ends_the_transaction_the_guard_opened(
     assert [e["tx_status"] for e in events] == ["I", "I"]
 
 
+# Two guarded statements in one batch outside a transaction: the second runs inside a
+# savepoint of the transaction the first one's guard opened.
+TWO_IN_ONE_BATCH = [
+    (parse(FEW) + bind() + execute() + parse(FEW) + bind() + execute() + sync(), PARSED + BOUND),
+    (b"", _injected_ok("BEGIN")),
+    (b"", complete("UPDATE 2")),
+    (b"", PARSED + BOUND),
+    (b"", _injected_ok("SAVEPOINT")),
+    (b"", complete("UPDATE 2")),
+    (b"", _injected_ok("RELEASE")),
+    (b"", _injected_ok("COMMIT") + ready(b"I")),
+]
+
+
+def test_two_guarded_statements_in_one_batch(tmp_path: Path) -> None:
+    to_client, to_server, events = _play(tmp_path, TWO_IN_ONE_BATCH, [], [])
+    sent = b"".join(to_server)
+    assert sent.count(b"BEGIN") == 1 and sent.count(b"SAVEPOINT pgwarden_row_guard") == 2
+    assert to_server[-1] == inject.encode(inject.Injected("COMMIT", False)) + sync()
+    assert b"".join(to_client) == (PARSED + BOUND + complete("UPDATE 2")) * 2 + ready(b"I")
+    assert [e["row_guard"]["outcome"] for e in events] == ["within", "within"]
+
+
 SCRIPTS = {
+    "two_in_one_batch": TWO_IN_ONE_BATCH,
     "query_inside_the_batch": QUERY_INSIDE_THE_BATCH,
     "simple_within": SIMPLE_WITHIN,
     "simple_exceeded": SIMPLE_EXCEEDED,
