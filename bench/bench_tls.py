@@ -166,7 +166,7 @@ def _check(variant: Variant) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class Args:
+class Context:
     """What every run needs besides its cell."""
 
     scratch: Path
@@ -174,12 +174,12 @@ class Args:
 
 
 def _sample(
-    variant: Variant, mode: str, clients: int, round_no: int, seconds: float, args: Args
+    variant: Variant, mode: str, clients: int, round_no: int, seconds: float, context: Context
 ) -> Sample:
     connect = mode.startswith(CONNECT)
     target = variant.target
     before = procstat.usage(target.pid).cpu_seconds if target.pid else None
-    server_before = procstat.usage(args.server_pid).cpu_seconds
+    server_before = procstat.usage(context.server_pid).cpu_seconds
     label = f"{variant.name:<14} {mode:<16} -c {clients:<3} round {round_no + 1}"
     try:
         run = pgbench.run(
@@ -188,19 +188,21 @@ def _sample(
             mode.removeprefix(CONNECT),
             clients,
             seconds,
-            args.scratch,
+            context.scratch,
             connect_each=connect,
         )
     except pgbench.PgbenchFailed as exc:
         print(f"{label}: FAILED\n{exc}", file=sys.stderr)
         return Sample(variant.name, mode, clients, round_no, None, str(exc)[-500:])
     cpu = procstat.usage(target.pid).cpu_seconds - before if before is not None else None
-    server = procstat.usage(args.server_pid).cpu_seconds - server_before
+    server = procstat.usage(context.server_pid).cpu_seconds - server_before
     print(f"{label}: {run.tps:9.0f} {'conn/s' if connect else 'TPS'}", file=sys.stderr)
     return Sample(variant.name, mode, clients, round_no, run, None, cpu, None, None, server)
 
 
-def _cells(variants: list[Variant], args: argparse.Namespace, run: Args) -> Results:
+def _cells(variants: list[Variant], args: argparse.Namespace, context: Context) -> Results:
+    for variant in variants:  # warm caches (the proxy's code paths, the server's pages)
+        pgbench.run(variant.target, variant.conninfo, "simple", 1, 1, context.scratch)
     results = Results()
     cells = [(mode, c, args.duration) for mode in args.modes for c in args.clients]
     cells += [(CONNECT + "simple", c, args.connect_duration) for c in args.connect_clients]
@@ -208,7 +210,7 @@ def _cells(variants: list[Variant], args: argparse.Namespace, run: Args) -> Resu
         for round_no in range(args.rounds):
             shift = round_no % len(variants)
             for variant in variants[shift:] + variants[:shift]:
-                results.samples.append(_sample(variant, mode, clients, round_no, seconds, run))
+                results.samples.append(_sample(variant, mode, clients, round_no, seconds, context))
     return results
 
 
@@ -270,7 +272,7 @@ def main() -> int:
             if cluster.tls is None:
                 raise SystemExit("these PostgreSQL binaries were built without TLS")
             pid_file = cluster.data_dir / "postmaster.pid"
-            run = Args(scratch, int(pid_file.read_text().split("\n", 1)[0]))
+            context = Context(scratch, int(pid_file.read_text().split("\n", 1)[0]))
             cluster.create_database(DATABASE, open_to_all=False)
             direct = Target("direct", cluster.host, cluster.port, None)
             print(f"pgbench -i -s {args.scale} ...", file=sys.stderr)
@@ -302,7 +304,7 @@ def main() -> int:
                     variants.append(Variant(kind, tls, target, _conninfo(tls, pki)))
             for variant in variants:
                 _check(variant)
-            results = _cells(variants, args, run)
+            results = _cells(variants, args, context)
         finally:
             for service in services:
                 service.stop()
