@@ -293,7 +293,31 @@ def test_two_guarded_statements_in_one_batch(tmp_path: Path) -> None:
     assert [e["row_guard"]["outcome"] for e in events] == ["within", "within"]
 
 
+# An Execute with a row limit that suspends the portal: its rows are not counted by a tag,
+# so it is rolled back and refused (fail closed), never left half-known.
+SUSPENDED = [
+    (parse(FEW + " returning id") + bind() + execute(limit=1) + sync(), PARSED + BOUND),
+    (b"", _injected_ok("BEGIN")),
+    (b"", data_row(b"1") + msg(b"s")),
+    (b"", _injected_ok("ROLLBACK")),
+    (b"", ready(b"I")),
+]
+
+
+def test_a_suspended_portal_counts_nothing_and_is_refused(tmp_path: Path) -> None:
+    to_client, to_server, events = _play(tmp_path, SUSPENDED, [], [])
+    assert to_server[2] == execute(limit=1) + msg(b"H")
+    assert to_server[4] == sync()
+    out = b"".join(to_client)
+    assert out.startswith(PARSED + BOUND + b"E") and b"C42501" in out
+    assert b"did not say how many rows" in out and out.endswith(ready(b"I"))
+    assert data_row(b"1") not in out
+    [event] = events
+    assert event["row_guard"]["outcome"] == "uncounted" and event["sqlstate"] == "42501"
+
+
 SCRIPTS = {
+    "suspended": SUSPENDED,
     "two_in_one_batch": TWO_IN_ONE_BATCH,
     "query_inside_the_batch": QUERY_INSIDE_THE_BATCH,
     "simple_within": SIMPLE_WITHIN,
