@@ -309,3 +309,30 @@ def test_the_owner_answer_does_not_wait_for_a_stuck_sibling(tmp_path: Path) -> N
         assert not any(roles[i].socket_path(i).exists() for i in (1, 2, 3))
 
     asyncio.run(scenario())
+
+
+def test_shared_login_failures_throttle_in_every_worker() -> None:
+    from proxy.auth.ratelimit import LoginLimiter
+
+    workers = [LoginLimiter(), LoginLimiter()]
+    told: list[tuple[str, str, str, float]] = []
+
+    def share_from(index: int) -> Any:
+        def share(outcome: str, address: str, user: str, now: float) -> None:
+            told.append((outcome, address, user, now))
+            other = workers[1 - index]
+            apply = other.failed if outcome == "failed" else other.succeeded
+            apply(address, user, now, shared=True)
+
+        return share
+
+    for index, limiter in enumerate(workers):
+        limiter.share = share_from(index)
+    for attempt in range(10):  # the per-address threshold, alternating workers
+        workers[attempt % 2].failed("192.0.2.7", "alice", 100.0 + attempt)
+    assert len(told) == 10  # each told once, never echoed back
+    for limiter in workers:
+        assert not limiter.check("192.0.2.7", "bob", 109.5).allowed
+    workers[0].succeeded("192.0.2.7", "alice", 111.0)
+    workers[0].succeeded("192.0.2.7", "alice", 112.0)  # nothing left to clear: not told
+    assert [t[0] for t in told[10:]] == ["succeeded"]

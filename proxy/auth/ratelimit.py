@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -105,6 +106,9 @@ class LoginLimiter:
     ) -> None:
         self._addresses = _Table(per_address)
         self._users = _Table(per_user)
+        # With workers (proxy.workers): told of each failure, and of each success that cleared
+        # one, so that every worker counts the logins all of them saw.
+        self.share: Callable[[str, str, str, float], None] | None = None
 
     def check(self, address: str, user: str, now: float) -> Verdict:
         """May a login from ``address`` as ``user`` be tried now?"""
@@ -116,9 +120,15 @@ class LoginLimiter:
             return Verdict(False, by_address, Limited.ADDRESS)
         return Verdict(False, by_user, Limited.USER)
 
-    def failed(self, address: str, user: str, now: float) -> None:
+    def failed(self, address: str, user: str, now: float, *, shared: bool = False) -> None:
+        """A failed login (``shared``: one a sibling worker saw, not told on again)."""
         self._addresses.fail(address_key(address), now)
         self._users.fail(user, now)
+        if self.share is not None and not shared:
+            self.share("failed", address, user, now)
 
-    def succeeded(self, address: str, user: str, now: float) -> None:
+    def succeeded(self, address: str, user: str, now: float, *, shared: bool = False) -> None:
+        had = user in self._users.records
         self._users.clear(user)
+        if had and self.share is not None and not shared:
+            self.share("succeeded", address, user, now)

@@ -10,6 +10,8 @@ What each sibling answers (:class:`~proxy.workers.siblings.SiblingServer` ops):
   terminate one of them;
 * ``reload`` -- reload its policies, alert rules, certificates and users files;
 * ``metrics`` -- its Prometheus exposition, which worker 0 merges with a ``worker`` label;
+* ``login`` -- a failed login (or the success that cleared failures) another worker saw,
+  so the login rate limiter counts every worker's;
 * ``ready`` -- its readiness checks (audit trail, store) for worker 0's ``/readyz``;
 * ``approvals`` / ``approval_decide`` -- its approval requests; one person's vote on one of
   them (see :mod:`proxy.workers.approvals`).
@@ -157,6 +159,13 @@ async def attach_worker(server: ProxyServer, role: WorkerRole, extras: list[Any]
         from proxy.workers.alerts import feed_from_siblings
 
         server.spawn(feed_from_siblings(role, server.alerts.feed))
+
+    def share_login(outcome: str, address: str, user: str, now: float) -> None:
+        server.spawn(
+            link.siblings.ask_all("login", outcome=outcome, address=address, user=user, now=now)
+        )
+
+    server.limiter.share = share_login
     admin = _admin_of(extras)
     metrics: Metrics
     if admin is not None:
@@ -226,6 +235,13 @@ async def attach_worker(server: ProxyServer, role: WorkerRole, extras: list[Any]
             checks["store"] = bool(server.central_store.healthy)
         return checks
 
+    async def login(request: dict[str, Any]) -> None:
+        address, user, now = str(request["address"]), str(request["user"]), float(request["now"])
+        if request["outcome"] == "failed":
+            server.limiter.failed(address, user, now, shared=True)
+        else:
+            server.limiter.succeeded(address, user, now, shared=True)
+
     async def metrics_page(request: dict[str, Any]) -> str:
         return metrics.exposition().decode()
 
@@ -239,6 +255,7 @@ async def attach_worker(server: ProxyServer, role: WorkerRole, extras: list[Any]
             "metrics": metrics_page,
             "approvals": approvals,
             "ready": ready,
+            "login": login,
             "approval_decide": approval_decide,
         },
     )

@@ -516,3 +516,19 @@ def test_a_second_proxy_on_the_same_address_does_not_join_it(
     assert "address already in use" in second.stderr_text().lower()
     assert not (second.audit_dir / "audit.jsonl").exists()  # it never opened a trail
     assert first.returncode is None
+
+
+def test_failed_logins_count_over_every_worker(proxy_factory: ProxyFactory) -> None:
+    """Ten wrong passwords throttle the address whichever workers saw them, as in one
+    process (tests/tls/test_proxy_auth.py): no N-fold allowance with N workers."""
+    proxy = _start(proxy_factory)
+    wrong = proxy.dsn("alice", "app", "wrong") + "?sslmode=disable"
+    for _ in range(10):
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(wrong, connect_timeout=10).close()
+    # Which worker saw each (both, but for a 2**-9 chance; then this passes without sharing).
+    failures = [w for w in (0, 1) for e in _trail(proxy, w) if e["type"] == "auth_failure"]
+    for _ in range(4):  # whichever worker the next connections land on
+        with pytest.raises(psycopg.OperationalError, match="too many failed logins from this"):
+            psycopg.connect(proxy.dsn("alice", "app", "alice-pw"), connect_timeout=10).close()
+    assert len(failures) == 10, failures
