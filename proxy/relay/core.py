@@ -764,6 +764,9 @@ class RelayCore:
         candidates = self.settings.candidates()
         facts = self._inspect(parse.query, candidates[0])
         alternatives = [gate.inspect(parse.query, s) for s in candidates[1:]]
+        # A Parse of ``EXECUTE name`` runs the body a SQL PREPARE stored, as a Query of it does.
+        facts, bodies = self._resolve_sql_prepared(facts)
+        alternatives.extend(bodies)
         decision = self._decide(facts, alternatives)
         name = _name(parse.name)
         statement = Statement(facts.text, facts, decision, name, parse.param_types)

@@ -330,3 +330,16 @@ def test_a_query_inside_the_batch_commits_as_postgres_does(
     assert _raw_query_inside_the_batch(guarded.host, guarded.port, table) == direct
     assert _contents(pg, table) == direct_table  # committed, after the connection closed
     assert direct[-1] == ("Z", "I")
+
+
+def test_a_protocol_parse_of_sql_execute_is_guarded(guarded: Any, pg: Any, table: str) -> None:
+    before = _contents(pg, table)
+    with rawpg.RawConn(guarded.host, guarded.port, timeout=20) as conn:
+        conn.login()
+        conn.send(rawpg.query(f"prepare q as {MANY.format(t=table)}"))
+        conn.recv_until("Z")
+        conn.send(rawpg.parse("execute q"), rawpg.bind(), rawpg.execute(), rawpg.sync())
+        replies = conn.recv_until("Z")
+    assert [r.sqlstate for r in replies if r.type == "E"] == ["42501"]
+    assert replies[-1].status == "I"
+    assert _contents(pg, table) == before

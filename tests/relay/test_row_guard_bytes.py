@@ -416,3 +416,21 @@ def test_injector_consumes_exactly_its_replies() -> None:
     assert not injector.busy
     with pytest.raises(Exception, match="no injected request"):
         injector.on_message(90, b"I", 0)
+
+
+def test_a_parse_of_sql_execute_is_judged_by_the_body_it_runs(tmp_path: Path) -> None:
+    """``PREPARE q AS UPDATE …`` then a protocol Parse of ``EXECUTE q``: the Parse runs the
+    stored body, so it is judged (and blocked, or guarded) as that body."""
+    blocking = POLICY.replace("action: allow\n    max_rows: 3\n", "action: block\n")
+    for policy, expect in ((blocking, b"PGWARDEN BLOCKED STATEMENT"), (POLICY, b"H\x00")):
+        (tmp_path / str(len(policy))).mkdir()
+        host = Host(tmp_path / str(len(policy)), policy)
+        wire = Wire(host)
+        wire.login()
+        wire.client_sends(query(f"prepare q as {MANY}"))
+        wire.server_sends(complete("PREPARE") + ready())
+        wire.upstream.take()
+        wire.client_sends(parse("execute q") + bind() + execute() + sync())
+        sent = wire.upstream.take()
+        assert expect in sent, sent
+        assert execute() not in sent  # not forwarded unjudged (guarded: it waits first)
