@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from proxy import config as config_module
 from proxy.gate import Gate
 from proxy.identity import Identity
 from proxy.policy.loader import load_policy
@@ -20,12 +21,12 @@ from tests.test_policy_shipped import SHIPPED
 MUTATIONS = mutations()
 POLICY = load_policy([SHIPPED["default"]])
 APP = Identity(user="app", database="app")
+GATE = Gate(config_module.defaults(), None)
 
 
 def session_facts(sql: str) -> QueryFacts:
     """Facts as the session sees them: SQL-level PREPARE bodies merged into EXECUTEs."""
-    resolve: Any = Gate.resolve_prepared  # uses no Gate state
-    facts: QueryFacts = resolve(None, analyze(sql), {})
+    facts: QueryFacts = GATE.resolve_prepared(analyze(sql), {})
     return facts
 
 
