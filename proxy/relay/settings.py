@@ -174,11 +174,12 @@ class ParserSettingsTracker:
     def __init__(self) -> None:
         self.confirmed = ParserSettings()
         self.unsettled = False
-        self._scs: set[bool] = set()
-        self._encodings: set[str] = set()
+        # Small tuples, not sets: an idle session then holds no container of its own here.
+        self._scs: tuple[bool, ...] = ()
+        self._encodings: tuple[str, ...] = ()
         self._unknown = False
         # Settings seen since the transaction began: a rollback may return to any of them.
-        self._history: set[ParserSettings] = set()
+        self._history: tuple[ParserSettings, ...] = ()
 
     def reported(self, name: str, value: str) -> None:
         """A ParameterStatus from the server."""
@@ -197,29 +198,37 @@ class ParserSettingsTracker:
             if change.effect is Effect.UNKNOWN:
                 if stmt.command in _TX_UNDO:
                     for seen in self._history:
-                        self._scs.add(seen.standard_conforming_strings)
-                        self._encodings.add(seen.client_encoding)
+                        self._add_scs(seen.standard_conforming_strings)
+                        self._add_encoding(seen.client_encoding)
                 else:
                     self._unknown = True
                 continue
             if change.standard_conforming_strings is not None:
-                self._scs.add(change.standard_conforming_strings)
+                self._add_scs(change.standard_conforming_strings)
             if change.client_encoding is not None:
-                self._encodings.add(change.client_encoding)
+                self._add_encoding(change.client_encoding)
+
+    def _add_scs(self, value: bool) -> None:
+        if value not in self._scs:
+            self._scs += (value,)
+
+    def _add_encoding(self, value: str) -> None:
+        if value not in self._encodings:
+            self._encodings += (value,)
 
     def ready(self, tx_status: int) -> None:
         """ReadyForQuery: everything before it is settled and reported."""
         if self.unsettled:
             self.unsettled = False
             self._unknown = False
-            self._scs.clear()
-            self._encodings.clear()
+            self._scs = ()
+            self._encodings = ()
         history = self._history
         if tx_status == _IDLE:
             if len(history) != 1 or self.confirmed not in history:
-                self._history = {self.confirmed}
+                self._history = (self.confirmed,)
         elif self.confirmed not in history:
-            history.add(self.confirmed)
+            self._history = (*history, self.confirmed)
 
     def candidates(self) -> tuple[ParserSettings, ...]:
         """Every setting combination the server may lex the next message with; the first is

@@ -357,7 +357,7 @@ class Session:
 
     def _wait_for_audit_capacity(self) -> None:
         gate = self._client_gate
-        if gate is None or Pause.AUDIT_FULL in gate.reasons:
+        if gate is None or gate.holds(Pause.AUDIT_FULL):
             return
         gate.hold(Pause.AUDIT_FULL)
 
