@@ -127,8 +127,14 @@ def test_exact_timings_time_each_pipelined_statement_alone(proxy_factory: Any, p
     # The proxy asked the server to flush after each Execute: each completion was seen when
     # it was produced, so each statement has its own duration.
     assert [e["duration_scope"] for e in events] == ["statement"] * 3
-    # Each one at least what the server itself logged for that Execute.
-    server = sorted(d for d, text in _server_durations(pg, pid) if "pg_sleep" in text)[-3:]
-    mine = sorted(e["duration_ms"] for e in events)
-    assert len(server) == 3
-    assert all(m >= s >= 50 for m, s in zip(mine, server, strict=True)), (mine, server)
+    # Against what the server itself logged for each Execute, in order. The first starts when
+    # it was forwarded and ends when its completion arrived: at least the server's time. A
+    # later one starts when the proxy handled the previous completion, which a busy machine
+    # may delay by a few milliseconds while the server already runs it; the pipeline as a
+    # whole still starts before and ends after the server's work.
+    server = [d for d, text in _server_durations(pg, pid) if "pg_sleep" in text][-3:]
+    mine = [e["duration_ms"] for e in sorted(events, key=lambda e: e["seq"])]
+    assert len(server) == 3 and all(s >= 50 for s in server), server
+    assert mine[0] >= server[0], (mine, server)
+    assert all(m >= s - 15 for m, s in zip(mine[1:], server[1:], strict=True)), (mine, server)
+    assert sum(mine) >= sum(server), (mine, server)
