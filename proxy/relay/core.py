@@ -242,7 +242,8 @@ class RelayCore:
         self.queue.exact_timings = options.exact_timings
         self.settings = settings
         self._skip_until_sync = False
-        self._backlog: deque[tuple[int, bytes | None, bytes]] = deque()
+        # Client messages that wait (created on first use: most sessions never stall).
+        self._backlog: deque[tuple[int, bytes | None, bytes]] | None = None
         self._deferred_upstream: list[bytes] = []
         self._now_ns = 0
         self._offload_size = options.offload_size
@@ -344,10 +345,19 @@ class RelayCore:
 
     def _wait_for_trail(self, kind: int, body: bytes, raw: bytes) -> None:
         """The trail cannot accept records: this message and all behind it wait."""
-        self._backlog.appendleft((kind, body, raw))
+        self._wait(kind, body, raw, first=True)
         if not self._trail_wait:
             self._trail_wait = True
             self._trail.when_accepting(self._trail_back)
+
+    def _wait(self, kind: int, body: bytes | None, raw: bytes, *, first: bool = False) -> None:
+        backlog = self._backlog
+        if backlog is None:
+            backlog = self._backlog = deque()
+        if first:
+            backlog.appendleft((kind, body, raw))
+        else:
+            backlog.append((kind, body, raw))
 
     def _trail_back(self) -> None:
         self._trail_wait = False
@@ -363,9 +373,9 @@ class RelayCore:
         framer = self._framer
         unchanged = not framer.buffered and not framer.in_stream and not self._backlog
         consumed = 0
-        backlog = self._backlog
         for kind, body, raw in framer.feed(data):
             consumed += len(raw)
+            backlog = self._backlog
             if backlog:
                 backlog.append((kind, body, raw))
                 unchanged = False
@@ -518,7 +528,7 @@ class RelayCore:
             # After a blocked request the server discards everything up to Sync; so do we.
             return b""
         if not resumed and self._must_wait(kind):
-            self._backlog.append((kind, body, raw))
+            self._wait(kind, body, raw)
             return b""
         if not self._trail.accepting and kind in _RUNS and self._audit_refusal() is None:
             # (Under audit.fail_closed statements are refused instead, without waiting.)
@@ -542,13 +552,13 @@ class RelayCore:
                 return self._judge_cycle(Owed.FUNCTION, facts, raw, now_ns, now_wall)
             except (_Offload, _Hold, _Lookup):
                 # First in line: later messages queue behind it until its decision.
-                self._backlog.appendleft((kind, body, raw))
+                self._wait(kind, body, raw, first=True)
                 return b""
             except _Drain:
-                self._backlog.appendleft((kind, body, raw))
+                self._wait(kind, body, raw, first=True)
                 return m.FLUSH  # the replies owed before it are sent at once
             except _Probe as probe:
-                self._backlog.appendleft((kind, body, raw))
+                self._wait(kind, body, raw, first=True)
                 return probe.data
         if kind == 69:  # 'E'
             portal, _limit = m.decode_execute(body)
@@ -565,7 +575,7 @@ class RelayCore:
                         try:
                             guarded = self._guarded(entry, raw, limit, statement.decision)
                         except _Drain:
-                            self._backlog.appendleft((kind, body, raw))
+                            self._wait(kind, body, raw, first=True)
                             return m.FLUSH
                         if guarded is not None:
                             return guarded
@@ -945,7 +955,7 @@ class RelayCore:
         queue = self.queue
         if queue.pending and not queue.discarding:
             self._guard = RowGuard(Phase.DRAIN)
-            self._backlog.appendleft((kind, body, raw))
+            self._wait(kind, body, raw, first=True)
             return m.FLUSH
         self.owned = False
         guard = RowGuard(Phase.SETTLE)
@@ -961,7 +971,7 @@ class RelayCore:
         queue = self.queue
         if queue.discarding:
             return self._on_query(body, raw, 0, 0.0)  # ignored by the server until Sync
-        self._backlog.appendleft((kind, body, raw))
+        self._wait(kind, body, raw, first=True)
         if queue.pending:
             self._guard = RowGuard(Phase.DRAIN)
             return m.FLUSH
