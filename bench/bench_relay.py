@@ -21,6 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from proxy.server import tune_gc
+
 # The in-process test tier's harness: fake transports, the real Session, gate and trail. It
 # follows the session's API as that changes (setting session attributes by hand stopped
 # driving the rebuilt session: it then relayed and audited nothing).
@@ -58,6 +60,7 @@ async def relay(queries: list[bytes], policy_text: str | None = None, warmup: in
             wire.client_sends(text)
             wire.server_sends(reply)
         await asyncio.sleep(0)
+        tune_gc()  # as `pgwarden serve` does once it is started
         started = time.process_time()
         for i, text in enumerate(queries[warmup:]):
             wire.client_sends(text)

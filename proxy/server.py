@@ -468,7 +468,7 @@ async def serve(
     loop.add_signal_handler(signal.SIGHUP, lambda: server.spawn(_reload_notified(server)))
     if cfg["policies"]:
         server.spawn(server.watch_policy_files())
-    _tune_gc()
+    tune_gc()
     if ready is not None:
         ready.set()
     sdnotify.notify("READY=1", "STATUS=serving")
@@ -501,7 +501,7 @@ async def serve(
 _GC_THRESHOLDS = (10_000, 20, 20)
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
     """What start-up loaded (modules, policies, TLS contexts) lives as long as the process:
     keep it out of every collection, and collect the young generation less often."""
     gc.collect()
