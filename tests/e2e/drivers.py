@@ -212,7 +212,7 @@ def _pg2_cancel(psycopg2: Any, conn: Any, target: Target, app: str) -> Result:
 
 def _pg2_cancel_then_next(psycopg2: Any, conn: Any, target: Target, app: str) -> Result:
     result = _pg2_cancel_common(
-        psycopg2, conn, target, app, "select pg_sleep(0.15)", "select pg_sleep(1.5), 'next'"
+        psycopg2, conn, target, app, "select pg_sleep(0.3)", "select pg_sleep(1.5), 'next'"
     )
     del result["seconds"]
     return result
@@ -345,7 +345,7 @@ def run_psycopg3(scenario: str, target: Target, app: str) -> Result:
 
         def first() -> None:
             try:
-                conn.execute("select pg_sleep(0.15)")
+                conn.execute("select pg_sleep(0.3)")
                 outcome["first"] = "ok"
             except psycopg.Error as exc:
                 outcome["first"] = exc.sqlstate
@@ -383,7 +383,7 @@ def run_asyncpg(scenario: str, target: Target, app: str) -> Result:
             assert scenario == "cancel_then_next", scenario
             # Cancelling the awaiting task makes asyncpg send a CancelRequest (as a timeout
             # does), and its next statement waits until that cancel connection is closed.
-            task = asyncio.ensure_future(conn.fetch("select pg_sleep(0.15)"))
+            task = asyncio.ensure_future(conn.fetch("select pg_sleep(0.3)"))
             watcher = await asyncpg.connect(target.dsn(), timeout=5)
             try:
                 deadline = time.monotonic() + 5
@@ -482,7 +482,7 @@ def run_psql(scenario: str, target: Target, app: str) -> Result:
             return {"driver_pid": driver_pid, "server_pid": server_pid}
         assert scenario == "cancel_then_next", scenario
         with target.connect() as watcher:
-            tty.send("select pg_sleep(0.15);")
+            tty.send("select pg_sleep(0.3);")
 
             def count() -> int:
                 row = watcher.execute(_running_sql(app)).fetchone()

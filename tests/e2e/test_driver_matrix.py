@@ -28,7 +28,7 @@ from tests.support.slowlink import SlowCancelLink
 
 pytestmark = pytest.mark.e2e
 
-# How long the slow link holds a CancelRequest: far longer than the 0.15 s statement it is
+# How long the slow link holds a CancelRequest: twice the 0.3 s statement it is
 # meant for, far shorter than the 1.5 s statement after it.
 CANCEL_DELAY = 0.6
 
@@ -162,7 +162,7 @@ def test_cancel_done_before_next_statement(
     slow_target: Target,
     slow_link: SlowCancelLink,
 ) -> None:
-    """The driver cancels a 0.15 s statement and, once told the cancel is done, runs the next.
+    """The driver cancels a 0.3 s statement and, once told the cancel is done, runs the next.
 
     The link holds the cancel for 0.6 s, so the first statement ends on its own; a cancel the
     server acts on only after the driver was told "done" lands on the next statement instead.

@@ -214,7 +214,7 @@ public final class DriverScenario {
     private void cancelThenNext() throws Exception {
         try (Connection conn = connect(); Connection watcher = connect();
                 Statement st = conn.createStatement()) {
-            CompletableFuture<String> first = runAsync(st, "select pg_sleep(0.15)");
+            CompletableFuture<String> first = runAsync(st, "select pg_sleep(0.3)");
             awaitRunning(watcher);
             st.cancel(); // returns once the cancel connection is closed: "the server acted"
             out.put("first", first.get());

@@ -175,7 +175,7 @@ const scenarios = {
   async cancel_then_next (client) {
     const watcher = await connect()
     try {
-      const first = submit(client, 'select pg_sleep(0.15)')
+      const first = submit(client, 'select pg_sleep(0.3)')
       await awaitRunning(watcher)
       await cancel(client, first.query)
       const outcome = await first.done
