@@ -177,3 +177,13 @@ def scratch_table(pg: Any, prefix: str, rows: int) -> Iterator[str]:
     finally:
         with admin(pg) as conn:
             conn.execute(f"drop table if exists {name}")
+
+
+def sleep_until_cancelled(conn: psycopg.Connection[Any], seconds: int = 30) -> str | None:
+    """Run ``pg_sleep(seconds)`` on ``conn``: the SQLSTATE when a cancel ended it, else None
+    (for a pool thread while the test cancels)."""
+    try:
+        conn.execute(f"select pg_sleep({seconds})")
+    except psycopg.errors.QueryCanceled as exc:
+        return exc.sqlstate
+    return None

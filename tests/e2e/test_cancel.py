@@ -16,7 +16,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from tests.e2e.kit import Target, admin, unique, wait_until
+from tests.e2e.kit import Target, admin, sleep_until_cancelled, unique, wait_until
 from tests.support import rawpg
 
 pytestmark = pytest.mark.e2e
@@ -40,15 +40,7 @@ def test_psycopg_cancel(target: Target, pg: Any) -> None:
         target.connect(application_name=other_app) as bystander,
         ThreadPoolExecutor(2) as pool,
     ):
-
-        def sleep_long() -> str | None:
-            try:
-                victim.execute("select pg_sleep(30)")
-            except psycopg.errors.QueryCanceled as exc:
-                return exc.sqlstate
-            return None
-
-        victim_result = pool.submit(sleep_long)
+        victim_result = pool.submit(sleep_until_cancelled, victim)
         bystander_result = pool.submit(
             lambda: bystander.execute("select pg_sleep(1.5), 'still here'").fetchone()
         )
@@ -209,15 +201,7 @@ def test_psycopg_cancel_with_protocol_3_2(target: Target, pg: Any) -> None:
     with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
         with ThreadPoolExecutor(1) as pool:
-
-            def sleep_long() -> str | None:
-                try:
-                    conn.execute("select pg_sleep(30)")
-                except psycopg.errors.QueryCanceled as exc:
-                    return exc.sqlstate
-                return None
-
-            result = pool.submit(sleep_long)
+            result = pool.submit(sleep_until_cancelled, conn)
             wait_until(lambda: _running(pg, app), 5, "pg_sleep to start")
             conn.cancel_safe(timeout=5)
             assert result.result(timeout=5) == "57014"

@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.e2e.kit import admin, unique, wait_until
+from tests.e2e.kit import admin, sleep_until_cancelled, unique, wait_until
 from tests.e2e.test_cancel import _running
 from tests.support import rawpg
 from tests.support.proxyproc import REPO_ROOT, ProxyFactory, ProxyProcess, read_events
@@ -148,14 +148,7 @@ def test_cancel_reaches_the_session_in_the_other_worker(
         ):
             owner = _sessions(proxy, {app})[0]
 
-            def sleep_long(conn: psycopg.Connection[Any] = victim) -> str | None:
-                try:
-                    conn.execute("select pg_sleep(30)")
-                except psycopg.errors.QueryCanceled as exc:
-                    return exc.sqlstate
-                return None
-
-            result = pool.submit(sleep_long)
+            result = pool.submit(sleep_until_cancelled, victim)
             other = pool.submit(
                 lambda c=bystander: c.execute("select pg_sleep(0.3), 'still here'").fetchone()
             )

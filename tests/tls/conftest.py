@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.support.pgcluster import PgServer
@@ -19,3 +20,16 @@ def server_pki(pg: PgServer) -> TestPKI:
     if pg.tls is None:
         pytest.skip("the suite's PostgreSQL was not started with ssl=on by the suite")
     return pg.tls
+
+
+@pytest.fixture
+def users_file(pg: PgServer, tmp_path: Path) -> Path:
+    """The server's SCRAM secrets of alice and tess, in a users file (mode 0600)."""
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT rolname, rolpassword FROM pg_authid WHERE rolname IN ('alice', 'tess')"
+        ).fetchall()
+    path = tmp_path / "users.txt"
+    path.write_text("".join(f'"{name}" "{secret}"\n' for name, secret in rows))
+    path.chmod(0o600)
+    return path

@@ -12,11 +12,10 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from tests.e2e import drivers
-from tests.support.pgcluster import PASSWORDS, PgServer, needs_managed_cluster
+from tests.support.pgcluster import PASSWORDS, needs_managed_cluster
 from tests.support.proxyproc import ProxyFactory, ProxyProcess
 from tests.support.tlspair import TestPKI
 from tests.tls.proxytls import both_legs
@@ -30,18 +29,6 @@ PGJDBC_CHANNEL_BINDING = (42, 7, 4)
 @pytest.fixture(scope="module")
 def java_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("java-tls")
-
-
-@pytest.fixture
-def users_file(pg: PgServer, tmp_path: Path) -> Path:
-    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT rolname, rolpassword FROM pg_authid WHERE rolname IN ('alice', 'tess')"
-        ).fetchall()
-    path = tmp_path / "users.txt"
-    path.write_text("".join(f'"{name}" "{secret}"\n' for name, secret in rows))
-    path.chmod(0o600)
-    return path
 
 
 @pytest.fixture(params=["passthrough", "proxy"])

@@ -27,19 +27,6 @@ from tests.tls.proxytls import asyncpg_current_user, both_legs, conninfo
 
 
 @pytest.fixture
-def users_file(pg: PgServer, tmp_path: Path) -> Path:
-    """The server's SCRAM secrets of alice and tess, in a users file (mode 0600)."""
-    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT rolname, rolpassword FROM pg_authid WHERE rolname IN ('alice', 'tess')"
-        ).fetchall()
-    path = tmp_path / "users.txt"
-    path.write_text("".join(f'"{name}" "{secret}"\n' for name, secret in rows))
-    path.chmod(0o600)
-    return path
-
-
-@pytest.fixture
 def proxied(
     proxy_factory: ProxyFactory, pki: TestPKI, server_pki: TestPKI, users_file: Path
 ) -> ProxyProcess:

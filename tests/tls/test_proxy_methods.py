@@ -21,6 +21,7 @@ import pytest
 from proxy.auth import scram
 from proxy.auth.password import md5_password
 from proxy.auth.users import write as write_users
+from tests.e2e.kit import sleep_until_cancelled
 from tests.support import rawpg
 from tests.support.pgcluster import PASSWORDS, PgServer, needs_managed_cluster
 from tests.support.proxyproc import ProxyFactory, ProxyProcess
@@ -251,15 +252,7 @@ def test_protocol_32_in_proxy_mode(
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert conn.pgconn.full_protocol_version == 30002
         with ThreadPoolExecutor(1) as pool:
-
-            def sleep_long() -> str | None:
-                try:
-                    conn.execute("select pg_sleep(30)")
-                except psycopg.errors.QueryCanceled as exc:
-                    return exc.sqlstate
-                return None
-
-            result = pool.submit(sleep_long)
+            result = pool.submit(sleep_until_cancelled, conn)
             deadline = time.monotonic() + 5
             while not _running(pg, "p32"):
                 assert time.monotonic() < deadline, "pg_sleep did not start"
