@@ -12,7 +12,7 @@ from proxy.approvals.book import ApprovalBook
 from proxy.approvals.broker import ApprovalBroker
 from proxy.approvals.model import Approver, RequestState
 from proxy.errors import ApprovalError
-from proxy.identity import Identity
+from proxy.identity import Identity, IdentitySource
 from proxy.policy.review import ReviewSpec
 
 SPEC = ReviewSpec(
@@ -489,3 +489,45 @@ def test_the_server_withdraws_the_requests_of_a_closed_session(tmp_path: Any) ->
         assert events[-1]["reason"] == "the client disconnected"
 
     asyncio.run(scenario())
+
+
+def test_the_person_behind_a_shared_role_cannot_approve_or_redeem_their_own_statement() -> None:
+    book = ApprovalBook()
+    shared = Identity(
+        user="app",
+        database="app",
+        session_id="s-9",
+        end_identity="alice",
+        identity_source=IdentitySource.CERTIFICATE,
+    )
+    request, _records = book.open(
+        spec=SPEC, text=TEXT, params=(b"42",), identity=shared, statement=TEXT, now=0.0
+    )
+    # alice is the end identity behind the role "app": she asked, so she cannot decide.
+    err = refused(book, request.id, who("alice", "dba"))
+    assert err.status == 403 and "alice asked for this statement" in str(err)
+    book.vote(request.id, who("bob"), True, "", 1.0)
+    approved, _ = book.vote(request.id, who("carol"), True, "", 2.0)
+    assert approved.state is RequestState.APPROVED
+    assert approved.requesters == frozenset({"app", "alice"})
+
+
+def test_a_ticket_behind_a_shared_role_is_only_for_the_person_it_was_approved_for() -> None:
+    book = ApprovalBook()
+    ticket = ReviewSpec(**{**_fields(SPEC), "mode": "ticket", "ticket_valid": 60.0, "approvals": 1})  # type: ignore[arg-type]
+    alice = Identity(
+        user="app", database="app", end_identity="alice", identity_source=IdentitySource.CERTIFICATE
+    )
+    request, _ = book.open(
+        spec=ticket, text=TEXT, params=(b"42",), identity=alice, statement=TEXT, now=0.0
+    )
+    book.vote(request.id, who("bob"), True, "", 10.0)
+    mallory = Identity(
+        user="app",
+        database="app",
+        end_identity="mallory",
+        identity_source=IdentitySource.CERTIFICATE,
+    )
+    assert book.redeem_ticket(TEXT, (b"42",), mallory, 20.0) is None
+    used = book.redeem_ticket(TEXT, (b"42",), alice, 20.0)
+    assert used is not None and used.id == request.id

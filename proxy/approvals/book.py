@@ -117,7 +117,7 @@ class ApprovalBook:
         name = approver.name
         if approver.role != "approver":
             raise ApprovalError(f"{name} may view requests but not decide them", status=403)
-        if name == request.requester:
+        if name in request.requesters:
             raise ApprovalError(
                 f"{name} asked for this statement; someone else must decide it "
                 "(the requester never counts as an approver)",

@@ -56,6 +56,9 @@ class Binding:
     user: str
     database: str
     session_id: str
+    # Who is behind the role when pgwarden knows (a certificate, a trusted claim): a shared
+    # role must not let one person approve, or redeem a ticket of, another's statement.
+    end_identity: str = ""
 
     @classmethod
     def of(cls, text: str, params: Sequence[bytes | None], identity: Identity) -> Binding:
@@ -65,14 +68,17 @@ class Binding:
             identity.user,
             identity.database,
             identity.session_id,
+            identity.end_identity,
         )
 
     def same_statement(self, other: Binding) -> bool:
-        """Same text, parameters, user and database (ticket mode: any session of the user)."""
+        """Same text, parameters, user (and end identity) and database (ticket mode: any
+        session of the same person)."""
         return (
             self.text_sha256 == other.text_sha256
             and self.params_sha256 == other.params_sha256
             and self.user == other.user
+            and self.end_identity == other.end_identity
             and self.database == other.database
         )
 
@@ -119,6 +125,11 @@ class Request:
     @property
     def requester(self) -> str:
         return self.binding.user
+
+    @property
+    def requesters(self) -> frozenset[str]:
+        """The names that asked: the role, and the person behind it when known."""
+        return frozenset(n for n in (self.binding.user, self.binding.end_identity) if n)
 
     @property
     def approved_by(self) -> tuple[str, ...]:

@@ -52,6 +52,7 @@ def request_to_json(r: Request) -> dict[str, Any]:
             r.binding.user,
             r.binding.database,
             r.binding.session_id,
+            r.binding.end_identity,
         ],
         "spec": {
             "rule_id": spec.rule_id,
