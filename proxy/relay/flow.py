@@ -27,10 +27,6 @@ class ReadGate:
         self._resume = resume
         self._held = 0  # a bit per reason (a set per gate cost 216 bytes per idle session)
 
-    @property
-    def reasons(self) -> frozenset[Pause]:
-        return frozenset(p for p in Pause if self._held & _BIT[p])
-
     def holds(self, reason: Pause) -> bool:
         return bool(self._held & _BIT[reason])
 

@@ -475,10 +475,6 @@ class Session:
         if client is not None and not client.is_closing():
             client.write(data)
 
-    @property
-    def bytes_to_client(self) -> int:
-        return self._out.sent
-
 
 def client_protocol_factory(
     server: SessionHost,
