@@ -20,7 +20,7 @@ from proxy.audit.chain import load_hmac_key
 from proxy.identity import Identity
 from proxy.policy.decision import ALLOW, Decision, RuleMatch
 from proxy.sql import cache as facts_cache
-from proxy.sql import extract, fastpath, params, redact
+from proxy.sql import extract, fastpath, params, recordtext, redact
 from proxy.sql.facts import ParserSettings, QueryFacts, StatementFacts
 
 if TYPE_CHECKING:
@@ -74,6 +74,7 @@ class Gate:
         self.policy = policy
         self.generation = 0
         self._text_mode = cfg["audit.statement_text"]
+        self._statement_max = cfg["audit.statement_max"]
         self._guard_identity = cfg["identity.propagate"] != "none"
         # Keyed hashes of redacted parameters: with audit.hmac_key_file the same value hashes
         # the same across restarts and proxies sharing the key; without it a per-process
@@ -225,6 +226,23 @@ class Gate:
         if mode == "normalized":
             return redact.normalize(text)
         return None
+
+    def record_statement(
+        self,
+        event: dict[str, Any],
+        text: str,
+        stmt: StatementFacts | None,
+        facts: QueryFacts | None,
+    ) -> None:
+        """Set ``event["statement"]`` to what the trail may keep of ``text``: for a long
+        statement the text its analysis worker made (redacted and capped off the loop), else
+        :meth:`audit_text` (the trail caps it)."""
+        mode = self._text_mode
+        made = recordtext.made(text, stmt, facts, mode, self._statement_max)
+        if made is not None:
+            recordtext.fill(event, made)
+        else:
+            event["statement"] = self.audit_text(text, stmt)
 
     def display_text(self, text: str, stmt: StatementFacts | None = None) -> str:
         return redact.redact_statement(text, stmt)

@@ -102,6 +102,8 @@ class ProxyServer:
                 workers=cfg["limits.analysis_workers"],
                 worker_memory=cfg["limits.analysis_worker_memory"],
                 timeout=cfg["limits.analysis_timeout"],
+                text_mode=cfg["audit.statement_text"],
+                statement_max=cfg["audit.statement_max"],
             )
         )
         self.attempts = AttemptLimiter()

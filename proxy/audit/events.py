@@ -108,7 +108,7 @@ class SessionEvents:
         event = self._base.copy()
         event["type"] = "query"
         event["ts"] = iso(done.started_wall)
-        event["statement"] = gate.audit_text(text, stmt)
+        gate.record_statement(event, text, stmt, statement.facts if statement is not None else None)
         event["protocol"] = done.via.value
         event["statement_name"] = (
             (statement.name or None) if statement is not None and done.index < 0 else None

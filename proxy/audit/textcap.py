@@ -11,16 +11,32 @@ import hashlib
 from typing import Any
 
 
+def cap_text(text: str, limit: int) -> tuple[str, int, str] | None:
+    """``(kept start, whole length in bytes, whole SHA-256)`` when ``text`` is longer than
+    ``limit`` UTF-8 bytes; None when it is kept whole (``limit`` 0: no cap)."""
+    # A character is at most 4 bytes in UTF-8: most texts are decided without encoding them.
+    if not limit or len(text) * 4 <= limit:
+        return None
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) <= limit:
+        return None
+    kept = encoded[:limit].decode("utf-8", "ignore")
+    return kept, len(encoded), hashlib.sha256(encoded).hexdigest()
+
+
 def cap_statement(event: dict[str, Any], limit: int) -> None:
     """Cap ``event["statement"]`` in place at ``limit`` bytes (0: no cap)."""
     text = event.get("statement")
-    # A character is at most 4 bytes in UTF-8: most texts are decided without encoding them.
-    if not limit or not isinstance(text, str) or len(text) * 4 <= limit:
+    if not isinstance(text, str):
         return
-    encoded = text.encode("utf-8", "surrogatepass")
-    if len(encoded) <= limit:
-        return
-    event["statement"] = encoded[:limit].decode("utf-8", "ignore")
+    capped = cap_text(text, limit)
+    if capped is not None:
+        mark_capped(event, *capped)
+
+
+def mark_capped(event: dict[str, Any], kept: str, length: int, sha256: str) -> None:
+    """The fields of a capped statement text (docs/audit-log.md)."""
+    event["statement"] = kept
     event["statement_truncated"] = True
-    event["statement_length"] = len(encoded)
-    event["statement_sha256"] = hashlib.sha256(encoded).hexdigest()
+    event["statement_length"] = length
+    event["statement_sha256"] = sha256

@@ -92,7 +92,7 @@ def dispatch_record(
         text = stmt.text
     else:
         text = statement.text
-    event["statement"] = gate.audit_text(text, stmt)
+    gate.record_statement(event, text, stmt, statement.facts)
     gate.add_facts(event, stmt, statement.decision)
     facts = statement.facts
     if facts is not None and len(facts.statements) > 1:

@@ -29,6 +29,20 @@ class Relation:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordedText:
+    """A statement's text as its audit record keeps it (``audit.statement_text``, capped at
+    ``audit.statement_max``), made where a long statement was analysed (proxy.sql.recordtext).
+    ``mode`` and ``limit`` are the settings it was made under; ``length`` and ``sha256`` are
+    those of the whole recorded text when ``text`` is only its start (None: not capped)."""
+
+    text: str | None
+    mode: str
+    limit: int
+    length: int | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StatementFacts:
     """Facts about one SQL statement (one element of a possibly multi-statement string)."""
 
@@ -56,6 +70,8 @@ class StatementFacts:
     param_sensitive: bool = False
     # Sets a setting pgwarden reserves for itself (pgwarden.identity: walker.IDENTITY_SETTINGS).
     identity_change: bool = False
+    # The audit record's text of a long statement, made off the event loop; not a fact.
+    record: RecordedText | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +85,9 @@ class QueryFacts:
     # Some fact was read from a literal's value (a folded WHERE, set_config's setting name, a DO
     # body...): texts differing only in literals may have different facts. See proxy.sql.cache.
     literal_sensitive: bool = False
+    # The audit record's text of ``text`` when it is long and no statement's own (a parse
+    # error), made off the event loop; not a fact.
+    record: RecordedText | None = field(default=None, compare=False)
 
     @property
     def parsable(self) -> bool:

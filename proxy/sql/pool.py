@@ -77,6 +77,10 @@ class PoolConfig:
     workers: int = 2
     worker_memory: int = 4 * 1024**3  # RLIMIT_AS of each worker, bytes (0: no limit)
     timeout: float = 60.0  # seconds one analysis may take
+    # What audit records keep of a statement (audit.statement_text, audit.statement_max): the
+    # worker makes a long statement's record text as well (proxy.sql.recordtext).
+    text_mode: str = "none"
+    statement_max: int = 0
 
     def offloads(self, size: int) -> bool:
         """Whether a text of ``size`` bytes goes to the pool (else: analyse it inline)."""
@@ -237,6 +241,8 @@ class AnalysisPool:
             {
                 "standard_conforming_strings": settings.standard_conforming_strings,
                 "client_encoding": settings.client_encoding,
+                "text_mode": self.config.text_mode,
+                "statement_max": self.config.statement_max,
             }
         )
         try:

@@ -76,6 +76,8 @@ _URI_PASSWORD = re.compile(r"(?i)(?<![a-z0-9+.-])([a-z0-9+.-]+://[^:/@\s'?]*:)([
 _NAMED_SECRET = re.compile(
     r"(?i)(\b[\w.-]*(?:pass(?:word|wd)?|pwd|secret|token|api_?key)\s*[:=]\s*)((?:(?!\*/)\S)+)"
 )
+# Words one of which every _NAMED_SECRET match holds (lower-cased: api_key holds "key").
+_NAMED_HINTS = ("pass", "pwd", "secret", "token", "key")
 # SQL text that hands a secret to the server when a literal is spliced into it.
 _SECRET_SQL = re.compile(r"(?i)\b(password|connection)\b|password\s*=")
 # Cheap pre-check: text without any of these cannot hold a secret we know how to find.
@@ -91,8 +93,16 @@ _NEAR_LITERAL = re.compile(r"""(at or near ")(?:[eEuUbBxXnN]?&?'|\$\w*\$)[^\n]*"
 _ECHOED_VALUE = re.compile(r"""((?:invalid input (?:syntax|value) for [^:"]*):\s*)"[^\n]*\"""")
 
 
-def _has_hint(text: str) -> bool:
+def _lowered(text: str) -> str:
+    """``text`` lower-cased for the hint checks, so that they find every word the
+    case-insensitive patterns match: Python's IGNORECASE also matches "s" with the long s
+    (U+017F), which ``lower()`` keeps (the Kelvin sign it lowers to "k" itself)."""
     lowered = text.lower()
+    return lowered.replace("\u017f", "s") if "\u017f" in lowered else lowered
+
+
+def _has_hint(text: str) -> bool:
+    lowered = _lowered(text)
     return any(hint in lowered for hint in _SECRET_HINTS)
 
 
@@ -129,12 +139,15 @@ def _redact(text: str, depth: int) -> str:
         return _fallback_redact(text)
 
 
-def redact_statement(text: str, stmt: StatementFacts | None) -> str:
+def redact_statement(text: str, stmt: StatementFacts | None, *, unresolved: bool = False) -> str:
     """:func:`redact` plus what only the statement's (resolved) facts can tell: the arguments
     of ``EXECUTE name(…)`` are masked when the prepared body may take secrets (a PREPARE of
-    ``set_config('app.token', $1, …)``, ``pgp_sym_encrypt(…, $2)``, ``dblink_connect($1)``)."""
+    ``set_config('app.token', $1, …)``, ``pgp_sym_encrypt(…, $2)``, ``dblink_connect($1)``).
+    ``unresolved``: the body is not known (an analysis worker), so they are always masked."""
     out = redact(text)
-    if stmt is None or not stmt.execute_name or not statement_may_carry_secrets(stmt):
+    if stmt is None or not stmt.execute_name:
+        return out
+    if not unresolved and not statement_may_carry_secrets(stmt):
         return out
     try:
         tokens = pg_parser.scan(out)
@@ -185,7 +198,17 @@ def redact_error(
             out = out.replace(text, "***")
     if extended:
         out = _ECHOED_VALUE.sub(lambda m: m.group(1) + '"***"', out)
+    if len(out) >= _REMEMBER_REDACTED:
+        _redacted[0] = (out, extended)
     return out
+
+
+# The last long message redact_error produced, with its ``extended``: a statement's record
+# carries it, and the trail's scrub_event (the sink boundary) is then handed that very string.
+# Redacting it again would find nothing more, at the cost of a second pass over a message
+# that may be megabytes long.
+_REMEMBER_REDACTED = 4096
+_redacted: list[tuple[str, bool] | None] = [None]
 
 
 def scrub_event(event: dict[str, Any]) -> None:
@@ -194,7 +217,12 @@ def scrub_event(event: dict[str, Any]) -> None:
     statement's echoed input values are masked by their message form."""
     error = event.get("error")
     if isinstance(error, str) and error:
-        event["error"] = redact_error(error, extended=event.get("protocol") == "extended")
+        extended = event.get("protocol") == "extended"
+        done = _redacted[0]
+        if done is not None and done[0] is error and done[1] == extended:
+            _redacted[0] = None  # (once: not kept alive longer than its record)
+            return
+        event["error"] = redact_error(error, extended=extended)
 
 
 def _secret_values(statement: str) -> list[str]:
@@ -419,9 +447,18 @@ def _clean_conninfo(literal: str) -> str | None:
 
 
 def _clean_text(text: str) -> str:
-    """Free text (a comment, a message) with URI passwords and name=secret values masked."""
-    text = _URI_PASSWORD.sub(lambda m: m.group(1) + "***" + m.group(3), text)
-    return _NAMED_SECRET.sub(lambda m: m.group(1) + "***", text)
+    """Free text (a comment, a message) with URI passwords and name=secret values masked.
+
+    Each pattern runs only where its literal part occurs: both are case-insensitive, which
+    Python's regex engine cannot search fast (a 16 MB error message took 3.5 s through them,
+    on the event loop), while ``in`` on the text finds "://" or a secret word at memory speed.
+    """
+    if "://" in text:
+        text = _URI_PASSWORD.sub(lambda m: m.group(1) + "***" + m.group(3), text)
+    lowered = _lowered(text)
+    if any(word in lowered for word in _NAMED_HINTS):
+        text = _NAMED_SECRET.sub(lambda m: m.group(1) + "***", text)
+    return text
 
 
 _FALLBACK_KEYWORD = re.compile(

@@ -2,7 +2,7 @@
 
 The worker (:mod:`proxy.sql.worker`) parses attacker-supplied text with a C library, so its
 answer is treated as untrusted data: no pickle (which would let a subverted worker run code
-in the proxy), only JSON scalars, lists and objects, rebuilt into the three facts classes
+in the proxy), only JSON scalars, lists and objects, rebuilt into the facts classes
 named in :data:`_CLASSES` and nothing else. A malformed answer raises
 :class:`~proxy.errors.AnalysisWorkerError`.
 
@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from proxy.errors import AnalysisWorkerError
-from proxy.sql.facts import QueryFacts, Relation, StatementFacts
+from proxy.sql.facts import QueryFacts, RecordedText, Relation, StatementFacts
 
 _CLASSES: dict[str, type[Any]] = {
-    cls.__name__: cls for cls in (QueryFacts, StatementFacts, Relation)
+    cls.__name__: cls for cls in (QueryFacts, StatementFacts, Relation, RecordedText)
 }
 _FIELDS: dict[str, tuple[str, ...]] = {
     name: tuple(f.name for f in dataclasses.fields(cls)) for name, cls in _CLASSES.items()

@@ -3,8 +3,10 @@
 Started by :mod:`proxy.sql.pool`. Reads requests on stdin and writes answers on stdout, one
 at a time, each a frame: a 4-byte big-endian length, then that many bytes.
 
-* request: frame 1 is JSON ``{"standard_conforming_strings": bool, "client_encoding": str}``,
-  frame 2 the statement text (UTF-8, already decoded by the proxy);
+* request: frame 1 is JSON ``{"standard_conforming_strings": bool, "client_encoding": str,
+  "text_mode": str, "statement_max": int}`` (the last two: how audit records keep a statement's
+  text, made here for long statements, proxy.sql.recordtext), frame 2 the statement text
+  (UTF-8, already decoded by the proxy);
 * answer: JSON ``{"facts": <proxy.sql.transfer encoding>}`` or ``{"memory": true}`` when the
   analysis reached the memory limit, after which the worker exits (its heap is spent; the
   pool starts a fresh one).
@@ -28,7 +30,7 @@ from typing import BinaryIO
 
 import orjson
 
-from proxy.sql import extract, transfer
+from proxy.sql import extract, recordtext, transfer
 from proxy.sql.facts import ParserSettings
 
 # Peak address space this close to the limit counts as "hit the limit": an allocation that
@@ -76,6 +78,9 @@ def serve(limit: int, stdin: BinaryIO, stdout: BinaryIO) -> None:
             )
             text = payload.decode("utf-8")
             facts = extract.analyze(text, settings)
+            facts = recordtext.attach(
+                facts, str(request.get("text_mode", "none")), int(request.get("statement_max", 0))
+            )
             hit = limit > 0 and peak_address_space() >= limit - _LIMIT_MARGIN
             answer = (
                 b'{"memory":true}' if hit else orjson.dumps({"facts": transfer.encode(facts, text)})
