@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from proxy import diagnostics, sdnotify
 from proxy.approvals.broker import ApprovalBroker, console_url
-from proxy.auth import passfile
+from proxy.auth import channel_binding, passfile
 from proxy.auth.ratelimit import LoginLimiter
 from proxy.buildinfo import version_line
 from proxy.config import Config, display_value
@@ -70,6 +70,8 @@ class ProxyServer:
         self.gate = Gate(cfg, policy)
         # Certificates for both legs; sessions take tls.current when they start.
         self.tls = load_tls(cfg)
+        if self.tls.current.client is not None or self.tls.current.upstream is not None:
+            channel_binding.preload()  # SCRAM-PLUS on either leg; not imported without TLS
         self.users = credentials.load_users(cfg)
         self.local_auth = credentials.load_settings(cfg)
         self.passfile = passfile.load(cfg["auth.passfile"]) if cfg["auth.passfile"] else None

@@ -25,20 +25,25 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.admin import approvals
 from proxy.admin.auth import FailureLimiter, bearer_ok, resolve_token
+from proxy.admin.consolemount import ConsoleMount
 from proxy.admin.origin import allowed_hosts, refusal
 from proxy.approvals.people import People, load_people
 from proxy.config import parse_listen
+from proxy.console.routes import PREFIX as CONSOLE_PREFIX
 from proxy.errors import ConfigError, SourceProblem
 from proxy.metrics import Metrics, ShipperLike, TrailLike
 from proxy.sql.redact import redact
 from proxy.state import ServerState, SessionView
+
+if TYPE_CHECKING:
+    from proxy.console.app import Console
 
 log = logging.getLogger("pgwarden.admin")
 
@@ -47,7 +52,7 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 # Probes answer whatever name they were sent to (load balancers, kubelets use addresses).
 PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 # Paths that authenticate each person themselves (personal tokens, console login).
-SELF_AUTH_PREFIXES = (approvals.PREFIX, "/console")
+SELF_AUTH_PREFIXES = (approvals.PREFIX, CONSOLE_PREFIX)
 
 
 def session_json(session: SessionView, now: float) -> dict[str, Any]:
@@ -110,8 +115,6 @@ class AdminServer:
         self.approvals = approvals.ApprovalsApi(
             state.approvals, self.people, self.token, audit=self._audit, failures=self._failures
         )
-        from proxy.console.app import Console
-
         store: tuple[str, str] | None = None
         if cfg["console.store"]:
             sinks = cfg["audit.sinks"]
@@ -120,17 +123,23 @@ class AdminServer:
                     "", 0, 0, "console.store needs a store in audit.sinks", "console.store"
                 )])  # fmt: skip
             store = (str(sinks[0]["dsn"]), str(sinks[0].get("schema", "public")))
-        self.console = Console(
-            audit_dir=str(cfg["audit.dir"]),
-            store=store,
-            broker=state.approvals,
-            people=self.people,
-            admin_token=self.token,
-            host=self.host,
-            explain_dsn=str(cfg["approvals.explain_dsn"]),
-            audit=self._audit,
-            failures=self._failures,
-        )
+
+        def build_console() -> Console:
+            from proxy.console.app import Console
+
+            return Console(
+                audit_dir=str(cfg["audit.dir"]),
+                store=store,
+                broker=state.approvals,
+                people=self.people,
+                admin_token=self.token,
+                host=self.host,
+                explain_dsn=str(cfg["approvals.explain_dsn"]),
+                audit=self._audit,
+                failures=self._failures,
+            )
+
+        self.console = ConsoleMount(build_console)
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import logging.handlers
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +30,8 @@ import orjson
 from proxy.errors import AuditError
 
 if TYPE_CHECKING:
+    import logging.handlers
+
     from proxy.config import Config
 
 log = logging.getLogger("pgwarden.audit")
@@ -168,6 +169,8 @@ class AnchorPublisher:
 
     async def start(self) -> None:
         if self._syslog_address is not None:
+            import logging.handlers  # only with a syslog anchor (it brings pickle and more)
+
             self._syslog = logging.handlers.SysLogHandler(
                 self._syslog_address,
                 facility=logging.handlers.SysLogHandler.LOG_AUTH,

@@ -38,6 +38,7 @@ from proxy.approvals.people import People
 from proxy.console import explain
 from proxy.console.auth import COOKIE, LIFETIME, LOGIN_COOKIE, Gatekeeper, Login, Signer
 from proxy.console.data import FIELDS, FilterError, TrailReader, filter_from_form, with_page
+from proxy.console.routes import PREFIX, ROUTES, Route, register
 from proxy.errors import ApprovalError
 from proxy.review import svg
 from proxy.review.render_html import section_html
@@ -46,7 +47,6 @@ from proxy.state import RemoteApprovals
 
 log = logging.getLogger("pgwarden.console")
 
-PREFIX = "/console"
 CSP = (
     "default-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -100,20 +100,13 @@ class Console:
         self.css = resources.files("proxy.console").joinpath("static/console.css").read_bytes()
 
     def add_routes(self, app: web.Application) -> None:
-        r = app.router
-        r.add_get(PREFIX, self._to_root)
-        r.add_get(PREFIX + "/", self._page(self.overview))
-        r.add_get(PREFIX + "/login", self.login_page)
-        r.add_post(PREFIX + "/login", self.login_post)
-        r.add_post(PREFIX + "/logout", self._page(self.logout, post=True))
-        r.add_get(PREFIX + "/static/console.css", self.stylesheet)
-        r.add_get(PREFIX + "/statements", self._page(self.statements))
-        r.add_get(PREFIX + "/events/{seq:[0-9]+}", self._page(self.event))
-        r.add_get(PREFIX + "/sessions/{id}", self._page(self.session))
-        r.add_get(PREFIX + "/reviews", self._page(self.reviews))
-        r.add_get(PREFIX + "/reviews/{id}", self._page(self.review))
-        r.add_post(PREFIX + "/reviews/{id}/decide", self._page(self.decide, post=True))
-        r.add_post(PREFIX + "/reviews/{id}/explain", self._page(self.explain, post=True))
+        for route in ROUTES:
+            register(app, route, self.handler(route))
+
+    def handler(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """What answers ``route``: the named method, behind the login when it is a page."""
+        method = getattr(self, route.handler)
+        return self._page(method, post=route.method == "POST") if route.page else method
 
     # --- plumbing ------------------------------------------------------------------------
 
