@@ -198,8 +198,8 @@ class _Worker:
 class AnalysisPool:
     """``await pool.analyse(sql, settings)`` -> :class:`Analysis`, never raising.
 
-    Workers start on first use (a proxy that never sees a long statement runs none) and are
-    reused; ``close()`` stops them and answers waiting callers with Outcome.CLOSED.
+    Workers start on first use, or one ahead of it with :meth:`warm`, and are reused;
+    ``close()`` stops them and answers waiting callers with Outcome.CLOSED.
     """
 
     def __init__(self, config: PoolConfig) -> None:
@@ -225,6 +225,28 @@ class AnalysisPool:
     def busy_pids(self) -> list[int]:
         """Process ids of the workers analysing right now."""
         return [w.proc.pid for w in self._busy]
+
+    async def warm(self) -> None:
+        """Start one worker now (the server does, at start-up), so the first long statement
+        finds it ready: starting a worker forks the whole proxy on the event loop (11-45 ms
+        on the 2-core benchmark machine, more the more memory the proxy holds), a stall every
+        session would feel. Others still start when needed, and replace failed ones."""
+        if self._closed or self.running or self._starting:
+            return
+        self._starting += 1
+        try:
+            worker = await _Worker.start(self.config.worker_memory)
+        except OSError:
+            logger.exception("cannot start an analysis worker")
+            return
+        finally:
+            self._starting -= 1
+        self.started += 1
+        if self._closed:
+            await worker.stop()
+            return
+        self._idle.append(worker)
+        self._wake_one()
 
     async def analyse(self, sql: bytes, settings: ParserSettings) -> Analysis:
         """Facts of the wire bytes ``sql`` under ``settings``, from a worker process."""
