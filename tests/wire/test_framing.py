@@ -74,6 +74,26 @@ def test_random_splits_give_the_same_messages(cuts: list[int]) -> None:
     assert whole_messages(collect(framer(), chunks)) == SAMPLE
 
 
+LONG = [m.query("SELECT '" + "x" * 200_000 + "'"), m.SYNC, m.query("SELECT 2")]
+LONG_STREAM = b"".join(LONG)
+
+
+@given(st.lists(st.integers(min_value=1, max_value=len(LONG_STREAM) - 1), max_size=12))
+def test_a_long_message_split_anywhere_comes_out_whole(cuts: list[int]) -> None:
+    """(Copied out of the buffer through a view once it is long.)"""
+    points = sorted(set(cuts))
+    chunks = [
+        LONG_STREAM[a:b] for a, b in zip([0, *points], [*points, len(LONG_STREAM)], strict=True)
+    ]
+    f = framer()
+    items = collect(f, chunks)
+    assert [raw for _, _, raw in items] == LONG
+    assert items[0][1] == LONG[0][5:] and not f.buffered
+    # The buffer is free to grow and shrink again (no view of it is left behind).
+    assert list(f.feed(m.SYNC[:2])) == [] and f.buffered == 2
+    assert [raw for _, _, raw in f.feed(m.SYNC[2:])] == [m.SYNC] and not f.buffered
+
+
 def test_copy_data_is_streamed_not_buffered() -> None:
     big = m.message(ord("d"), b"x" * 100_000)
     f = framer(limit=1000)
