@@ -68,13 +68,22 @@ _SECRET_ARGUMENTS: dict[str, tuple[int | str, ...]] = {
 _CONNINFO_PASSWORD = re.compile(
     r"""(?ix) (password \s* = \s*) ( ''(?:[^']|'''')*'' | '(?:[^'\\]|\\.)*'? | [^\s']+ )"""
 )
-# The scheme starts where a run of scheme characters starts (the lookbehind): tried from every
-# position of a run, as "[a-z][a-z0-9+.-]*" was, a long word ("xxx…" of a 16 MB error message)
-# cost quadratic time on the event loop. A scheme not starting with a letter is masked too.
-_URI_PASSWORD = re.compile(r"(?i)(?<![a-z0-9+.-])([a-z0-9+.-]+://[^:/@\s'?]*:)([^@\s']*)(@)")
+# Both patterns below run on attacker-written text (comments, error messages) on the event
+# loop, so each must take time linear in it. The scheme starts where a run of scheme
+# characters starts (the lookbehind): tried from every position of a run, as
+# "[a-z][a-z0-9+.-]*" was, a long word ("xxx…" of a 16 MB error message) cost quadratic time.
+# The password is taken possessively and its "@" is optional (:func:`_mask_uri` masks only
+# with it): a candidate whose password does not end at "@" is passed over whole, for every
+# "://" inside it would end at the same place and fail the same way; retried one by one, each
+# read to the end of the word ("a://u:" repeated over 48 kB took 13 s). A scheme not starting
+# with a letter is masked too.
+_URI_PASSWORD = re.compile(r"(?i)(?<![a-z0-9+.-])([a-z0-9+.-]+://[^:/@\s'?]*:)([^@\s']*+)(@?)")
 # In comments and messages: name=value / name: value for secret names, stopping before "*/".
+# The name is matched from its secret word on: the part before it is kept as written anyway,
+# and a leading "\b[\w.-]*" made every word start in a dotted run ("x.x.x…") read the rest of
+# the run again (32 kB: 115 s).
 _NAMED_SECRET = re.compile(
-    r"(?i)(\b[\w.-]*(?:pass(?:word|wd)?|pwd|secret|token|api_?key)\s*[:=]\s*)((?:(?!\*/)\S)+)"
+    r"(?i)((?:pass(?:word|wd)?|pwd|secret|token|api_?key)\s*[:=]\s*)((?:(?!\*/)\S)+)"
 )
 # Words one of which every _NAMED_SECRET match holds (lower-cased: api_key holds "key").
 _NAMED_HINTS = ("pass", "pwd", "secret", "token", "key")
@@ -438,12 +447,17 @@ def _clean_conninfo(literal: str) -> str | None:
     if "password" not in literal.lower() and "://" not in literal:
         return None
     cleaned = _CONNINFO_PASSWORD.sub(lambda m: m.group(1) + "***", literal)
-    cleaned = _URI_PASSWORD.sub(lambda m: m.group(1) + "***" + m.group(3), cleaned)
+    cleaned = _URI_PASSWORD.sub(_mask_uri, cleaned)
     if cleaned == literal:
         return None
     if not cleaned.endswith("'") and literal.endswith("'"):
         cleaned += "'"  # the masked value swallowed the closing quote
     return cleaned
+
+
+def _mask_uri(match: re.Match[str]) -> str:
+    """A URI password masked, when the candidate really is ``scheme://user:password@``."""
+    return match.group(1) + "***@" if match.group(3) else match.group(0)
 
 
 def _clean_text(text: str) -> str:
@@ -454,7 +468,7 @@ def _clean_text(text: str) -> str:
     on the event loop), while ``in`` on the text finds "://" or a secret word at memory speed.
     """
     if "://" in text:
-        text = _URI_PASSWORD.sub(lambda m: m.group(1) + "***" + m.group(3), text)
+        text = _URI_PASSWORD.sub(_mask_uri, text)
     lowered = _lowered(text)
     if any(word in lowered for word in _NAMED_HINTS):
         text = _NAMED_SECRET.sub(lambda m: m.group(1) + "***", text)
