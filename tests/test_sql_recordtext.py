@@ -261,9 +261,23 @@ def test_the_faster_patterns_mask_exactly_what_the_old_ones_did(text: str) -> No
     assert redact._clean_text(text) == _clean_text_before(text)
 
 
+_OLD_NEAR = re.compile(r"""(at or near ")(?:[eEuUbBxXnN]?&?'|\$\w*\$)[^\n]*"(?=\s|$)""")
+_NEAR_PIECES = st.sampled_from(
+    ['at or near "', "'", '"', " ", "\n", "x", "$", "$a$", "E", "&", "u&'", "\t", "at or", "é"]
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(_NEAR_PIECES, max_size=30).map("".join))
+def test_near_literals_are_masked_exactly_as_before(text: str) -> None:
+    before = _OLD_NEAR.sub(lambda m: m.group(1) + redact.MASK + '"', text)
+    assert redact._mask_near_literals(text) == before
+
+
 @pytest.mark.parametrize(
     "text",
     [
+        "at or near \"'x" * 50_000,  # every unclosed literal would read the rest of its line
         "a://u:" * 20_000,  # every "://" would read the rest of the word again
         "@" + "a://u:" * 20_000,
         "x." * 60_000 + " pass",  # every word start in the dotted run would read the rest
@@ -276,6 +290,7 @@ def test_hostile_text_is_cleaned_in_linear_time(text: str) -> None:
     assert "hunter2" not in out and len(out) <= len(text) + 3
     statement = f"SELECT 1 /* {text} */"
     assert "hunter2" not in redact.redact(statement)
+    assert "hunter2" not in redact.redact_error(text + ' at or near "\'hunter2" x')
 
 
 def test_the_prefilters_see_what_the_patterns_see() -> None:

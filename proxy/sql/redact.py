@@ -97,7 +97,12 @@ _SECRET_HINTS = (
 _NESTING = 3  # SQL inside a string inside a string … is redacted this deep
 _CACHE_TEXT_MAX = 4096
 # A syntax error quoting a string literal: … at or near "'…" (the token may be cut short).
-_NEAR_LITERAL = re.compile(r"""(at or near ")(?:[eEuUbBxXnN]?&?'|\$\w*\$)[^\n]*"(?=\s|$)""")
+# Masked from the literal's start to the last '"' on its line followed by a space or the end
+# (:func:`_mask_near_literals`; as one pattern, "[^\n]*\"(?=\s|$)", every quoted literal
+# without such a quote read the rest of its line again: 112 kB of them took 8 s).
+_NEAR_LITERAL = re.compile(r"""at or near "(?:[eEuUbBxXnN]?&?'|\$\w*\$)""")
+# In a line read backwards: a '"' at its end (the original line's end) or after a space.
+_LAST_CLOSING = re.compile(r'(?:^|(?<=\s))"')
 # Messages that quote an input value: invalid input syntax for type integer: "…"
 _ECHOED_VALUE = re.compile(r"""((?:invalid input (?:syntax|value) for [^:"]*):\s*)"[^\n]*\"""")
 
@@ -189,7 +194,7 @@ def redact_error(
     * user:password@ in URIs and secret-named name=value pairs.
     """
     out = _clean_text(message)
-    out = _NEAR_LITERAL.sub(lambda m: m.group(1) + MASK + '"', out)
+    out = _mask_near_literals(out)
     if statement:
         for secret in _secret_values(statement):
             if len(secret) >= 3 or f'"{secret}"' in out:
@@ -210,6 +215,32 @@ def redact_error(
     if len(out) >= _REMEMBER_REDACTED:
         _redacted[0] = (out, extended)
     return out
+
+
+def _mask_near_literals(text: str) -> str:
+    """Each ``at or near "'…`` with the literal it quotes masked, through the last '"' on its
+    line that a space or the end follows (what the server's syntax error closes it with)."""
+    if 'at or near "' not in text:
+        return text
+    out: list[str] = []
+    copied = searched = 0
+    while (found := _NEAR_LITERAL.search(text, searched)) is not None:
+        line_end = text.find("\n", found.end())
+        if line_end < 0:
+            line_end = len(text)
+        # The quote must follow the literal's start on the same line: search that stretch
+        # backwards, so the last one is found in one pass (the line ends in "\n" or the end).
+        closing = _LAST_CLOSING.search(text[found.end() : line_end][::-1])
+        if closing is None:
+            searched = line_end  # no later quote on this line closes anything either
+            continue
+        out.append(text[copied : found.start()])
+        out.append('at or near "' + MASK + '"')
+        copied = searched = line_end - closing.start()  # just past the closing quote
+    if not out:
+        return text
+    out.append(text[copied:])
+    return "".join(out)
 
 
 # The last long message redact_error produced, with its ``extended``: a statement's record
