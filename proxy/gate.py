@@ -248,11 +248,23 @@ class Gate:
         return redact.redact_statement(text, stmt)
 
     def audit_error(
-        self, message: str, statement: str, params: tuple[bytes | None, ...], extended: bool
+        self,
+        message: str,
+        statement: str,
+        params: tuple[bytes | None, ...],
+        extended: bool,
+        facts: QueryFacts | None = None,
     ) -> str:
         """A server error message as the trail may keep it (it may echo secrets of the
-        statement or a bound value)."""
-        return redact.redact_error(message, statement=statement, params=params, extended=extended)
+        statement or a bound value). ``facts``: the statement's analysis, whose worker may
+        have found the secrets of a long text already."""
+        return redact.redact_error(
+            message,
+            statement=statement,
+            params=params,
+            extended=extended,
+            secrets=recordtext.secrets_of(statement, facts),
+        )
 
     def add_facts(
         self, event: dict[str, Any], stmt: StatementFacts | None, decision: Decision | None

@@ -68,7 +68,11 @@ def test_normalized_records_and_none() -> None:
     assert made.text == redact.normalize(text) and SECRET not in made.text
     assert recordtext.recorded(text, _stmt(text), "none", 4000).text is None
     facts = extract.analyze(text, SETTINGS)
-    assert recordtext.attach(facts, "none", 4000) is facts  # nothing to make
+    bare = recordtext.attach(facts, "none", 4000)  # no text to make, but its secrets
+    assert bare.statements[0].record is None and bare.record is None
+    assert bare.secrets == tuple(redact.secret_values(text)) and SECRET in bare.secrets
+    short = extract.analyze("select 1", SETTINGS)
+    assert recordtext.attach(short, "full", 4000) is short  # nothing long: nothing made
 
 
 def test_only_long_statements_get_a_record_and_a_parse_error_gets_one_for_its_text() -> None:
@@ -196,6 +200,40 @@ def test_a_long_statement_is_recorded_without_redacting_it_on_the_loop(
     assert first["statement_sha256"] == hashlib.sha256(whole.encode()).hexdigest()
     assert SECRET not in first["statement"] and "tiny-secret" not in second["statement"]
     assert verify_trail(Path(host.cfg["audit.dir"])).ok
+
+
+def test_a_long_statements_error_is_redacted_with_secrets_its_worker_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scanned: list[int] = []
+    real_scan = pg_parser.scan
+
+    def spy(text: str) -> Any:
+        scanned.append(len(text))
+        return real_scan(text)
+
+    monkeypatch.setattr(pg_parser, "scan", spy)
+    host = PoolHost(
+        tmp_path, None, limits__analysis_offload_size="16kB", audit__statement_text="none"
+    )
+    wire = Wire(host)
+    wire.login()
+    big = _long_statement(pad=100_000)
+    wire.client_sends(query(big))
+    asyncio.run(host.spawned.pop())
+    wire.upstream.take()
+    reply = error("22023", f'invalid value "{SECRET}" for app.token') + ready()
+    wire.server_sends(reply)
+    assert wire.client.take() == reply
+    small = "select set_config('app.token', 'tiny-secret', false)"
+    wire.client_sends(query(small))
+    wire.server_sends(error("22023", "invalid value tiny-secret") + ready())
+    assert any(n == len(small) for n in scanned)  # the spy sees this build's calls
+    assert not [n for n in scanned if n >= recordtext.MIN_CHARS]
+    first, second = host.events("query")
+    assert first["statement"] is None  # audit.statement_text: none
+    assert SECRET not in first["error"] and "***" in first["error"]
+    assert "tiny-secret" not in second["error"]
 
 
 def test_a_long_error_reaches_the_client_unchanged_and_its_record_is_redacted(

@@ -126,6 +126,7 @@ class SessionEvents:
                 statement.text if statement is not None else text,
                 raw_params,
                 done.via is Via.EXTENDED,
+                statement.facts if statement is not None else None,
             )
         else:
             event["error"] = None

@@ -88,6 +88,9 @@ class QueryFacts:
     # The audit record's text of ``text`` when it is long and no statement's own (a parse
     # error), made off the event loop; not a fact.
     record: RecordedText | None = field(default=None, compare=False)
+    # The secret values in ``text`` (proxy.sql.redact.secret_values) when it is long, found
+    # off the event loop for redacting the errors it causes; not a fact.
+    secrets: tuple[str, ...] | None = field(default=None, compare=False)
 
     @property
     def parsable(self) -> bool:

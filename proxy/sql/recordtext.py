@@ -49,22 +49,40 @@ def recorded(text: str, stmt: StatementFacts | None, mode: str, limit: int) -> R
 
 def attach(facts: QueryFacts, mode: str, limit: int) -> QueryFacts:
     """``facts`` with the record's text of each long statement (and of the whole text when
-    no statement has it: a parse error) attached; unchanged when nothing is long."""
-    if mode not in MODES or mode == "none":
-        return facts  # a record without text needs nothing made
-    statements = tuple(
-        dataclasses.replace(s, record=recorded(s.text, s, mode, limit))
-        if len(s.text) >= MIN_CHARS
-        else s
-        for s in facts.statements
-    )
+    no statement has it: a parse error) and the secret values of a long text (for redacting
+    the errors it causes, whatever ``mode``) attached; unchanged when nothing is long."""
+    long_text = len(facts.text) >= MIN_CHARS
+    secrets = tuple(redact.secret_values(facts.text)) if long_text else None
+    statements = facts.statements
     record = None
-    if not statements and len(facts.text) >= MIN_CHARS:
-        record = recorded(facts.text, None, mode, limit)
+    if mode in MODES and mode != "none":  # (a record without text needs nothing made)
+        statements = tuple(
+            dataclasses.replace(s, record=recorded(s.text, s, mode, limit))
+            if len(s.text) >= MIN_CHARS
+            else s
+            for s in statements
+        )
+        if not statements and long_text:
+            record = recorded(facts.text, None, mode, limit)
     # (``record`` is not compared: the statements are equal to the old ones either way)
-    if record is None and all(a is b for a, b in zip(statements, facts.statements, strict=True)):
+    if (
+        secrets is None
+        and record is None
+        and all(a is b for a, b in zip(statements, facts.statements, strict=True))
+    ):
         return facts
-    return dataclasses.replace(facts, statements=statements, record=record)
+    return dataclasses.replace(facts, statements=statements, record=record, secrets=secrets)
+
+
+def secrets_of(statement: str, facts: QueryFacts | None) -> tuple[str, ...] | None:
+    """The secret values of ``statement`` found off the loop, when ``facts`` (its analysis)
+    has them for exactly that text; None: find them now."""
+    if facts is None or facts.secrets is None or facts.text is not statement:
+        return None
+    found = facts.secrets
+    if not isinstance(found, tuple) or not all(isinstance(v, str) for v in found):
+        return None  # (untrusted worker data of the wrong shape)
+    return found
 
 
 def made(

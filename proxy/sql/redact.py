@@ -183,11 +183,13 @@ def redact_error(
     statement: str | None = None,
     params: Sequence[bytes | str | None] = (),
     extended: bool = False,
+    secrets: Sequence[str] | None = None,
 ) -> str:
     """An error message (the server's or pgwarden's own) as the audit trail may keep it:
 
     * string-literal fragments quoted by a syntax error (``at or near "'…"``: an unterminated
-      PASSWORD literal is the rest of the text) and secrets of ``statement`` it repeats;
+      PASSWORD literal is the rest of the text) and secrets of ``statement`` it repeats
+      (``secrets``: those, found earlier by :func:`secret_values`);
     * bind parameter values it echoes (``invalid input syntax for type integer: "…"``):
       ``params`` when known; with ``extended`` (the statement had parameters) every value a
       message of that form quotes;
@@ -195,8 +197,10 @@ def redact_error(
     """
     out = _clean_text(message)
     out = _mask_near_literals(out)
-    if statement:
-        for secret in _secret_values(statement):
+    if secrets is None:
+        secrets = secret_values(statement) if statement else ()
+    if secrets:
+        for secret in secrets:
             if len(secret) >= 3 or f'"{secret}"' in out:
                 out = out.replace(secret, "***")
     for value in params:
@@ -265,7 +269,7 @@ def scrub_event(event: dict[str, Any]) -> None:
         event["error"] = redact_error(error, extended=extended)
 
 
-def _secret_values(statement: str) -> list[str]:
+def secret_values(statement: str) -> list[str]:
     """The secret texts :func:`redact` removes from ``statement`` (quotes stripped)."""
     if not _has_hint(statement):
         return []
