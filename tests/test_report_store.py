@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
+import orjson
 import pytest
 import report_trail as rt
 
 from proxy.cli import main
-from proxy.store.rows import COLUMNS, SELECT_EXPRESSIONS, event_row
+from proxy.store.rows import insert_sql, lines_batch
 from proxy.store.schema import migrate
 
 pytestmark = pytest.mark.e2e
@@ -26,17 +27,13 @@ async def _load(dsn: str, events: list[dict[str, Any]]) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         await migrate(conn)
-        # The staging table's text columns are cast by the store's own expressions.
-        values = ", ".join(
-            SELECT_EXPRESSIONS[c].replace(c, f"${i}::text", 1)
-            if c in SELECT_EXPRESSIONS
-            else f"${i}"
-            for i, c in enumerate(COLUMNS, 1)
-        )
-        await conn.executemany(
-            f"INSERT INTO audit_events ({', '.join(COLUMNS)}) VALUES ({values})",
-            [event_row(e, f"trail-of-{e['proxy_id']}") for e in events],
-        )
+        # The shipper's own statement, one trail per proxy_id.
+        for proxy_id in sorted({e["proxy_id"] for e in events}):
+            mine = [(e, orjson.dumps(e).decode()) for e in events if e["proxy_id"] == proxy_id]
+            batch = lines_batch(mine[0][0]["seq"], mine)
+            await conn.execute(
+                insert_sql('"public"'), f"trail-of-{proxy_id}", batch.texts, batch.addrs
+            )
     finally:
         await conn.close()
 

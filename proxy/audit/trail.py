@@ -72,6 +72,9 @@ class TrailStats:
 
 
 Listener = Callable[[list[dict[str, Any]]], None]
+# Called with a written batch and its lines exactly as written (None when the batch reached the
+# file in pieces after a failed write): the store shipper takes them from memory this way.
+LineListener = Callable[[list[dict[str, Any]], bytes | None], None]
 
 
 class AuditTrail:
@@ -116,6 +119,7 @@ class AuditTrail:
         self._not_full: list[asyncio.Future[None]] = []
         self._when_accepting: list[Callable[[], None]] = []
         self._listeners: list[Listener] = []
+        self._line_listeners: list[LineListener] = []
         self._flush_handle: asyncio.Handle | None = None
         self._retry_handle: asyncio.TimerHandle | None = None
         self._fsync_timer: asyncio.TimerHandle | None = None
@@ -311,6 +315,11 @@ class AuditTrail:
         """Call ``fn`` with each batch of events right after it was written."""
         self._listeners.append(fn)
 
+    def add_line_listener(self, fn: LineListener) -> None:
+        """Call ``fn`` with each batch of events and its JSONL lines right after they were
+        written (the lines are None for a batch whose write was split by a failure)."""
+        self._line_listeners.append(fn)
+
     @property
     def healthy(self) -> bool:
         """Whether the last write succeeded."""
@@ -350,6 +359,7 @@ class AuditTrail:
             if self._fd < 0:
                 return  # the new file could not be opened; a retry is scheduled
         data = self._out
+        whole = not self._partial  # no part of data reached the file before this call
         total = len(data)
         done = 0
         try:
@@ -388,6 +398,11 @@ class AuditTrail:
                 listener(events)
             except Exception:
                 log.exception("audit listener %r failed", listener)
+        for line_listener in self._line_listeners:
+            try:
+                line_listener(events, data if whole else None)
+            except Exception:
+                log.exception("audit listener %r failed", line_listener)
         if self._not_full and not self.full:
             self._wake_not_full()
         if not self.accepting and not self.full:

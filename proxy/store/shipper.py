@@ -1,14 +1,15 @@
 """Ship the local JSONL audit trail into the central PostgreSQL store: in order, exactly once.
 
-The trail files are the durable record; the shipper holds no copy of the stream that a crash
-could lose. Rows are keyed by the trail's own identity (:mod:`proxy.audit.trailid`), never by
-``proxy_id``, which two trails may share. On start (and after every reconnect) it asks the store
-for ``max(seq)`` of its trail, checks that the stored record at that seq is the local one, and
-reads the files from the next seq (:class:`~proxy.store.tail.TrailTail`); then the trail's
-listener only wakes it up when new lines are on disk. Each batch is COPYed into a temporary
-staging table and moved with ``INSERT … SELECT … ON CONFLICT (trail_id, seq, hash) DO
-NOTHING`` in one transaction, so a batch whose commit acknowledgement was lost is simply
-skipped the second time, and a different record is never mistaken for one already stored.
+The trail files are the durable record; what the shipper holds in memory is only a shortcut
+that a crash may lose. Rows are keyed by the trail's own identity (:mod:`proxy.audit.trailid`),
+never by ``proxy_id``, which two trails may share. On start (and after every reconnect) it asks
+the store for ``max(seq)`` of its trail, checks that the stored record at that seq is the local
+one, and ships from the next seq: from the batches the trail handed over right after writing
+them (:mod:`proxy.store.memory`: no reading back, no parsing) where it holds them, else from
+the files (:class:`~proxy.store.tail.TrailTail`). Each batch is one ``INSERT … SELECT … FROM
+unnest(…) ON CONFLICT (trail_id, seq, hash) DO NOTHING`` (:func:`proxy.store.rows.insert_sql`),
+so a batch whose commit acknowledgement was lost is simply skipped the second time, and a
+different record is never mistaken for one already stored.
 
 Two trails that claim one identity (a copied audit directory) or one ``proxy_id`` (two
 proxies on a host with default settings) are stored side by side and reported loudly: a log
@@ -26,7 +27,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,19 +37,23 @@ from proxy.audit.jsonl import read_head
 from proxy.audit.trailid import load_or_create
 from proxy.errors import StoreError
 from proxy.store import rows as rowmod
+from proxy.store.memory import MemoryQueue
+from proxy.store.rows import Batch
 from proxy.store.schema import migrate, quote_schema
 from proxy.store.tail import TrailGap, TrailLine, TrailTail
 
 log = logging.getLogger("pgwarden.store")
 
 DEFAULT_BATCH_SIZE = 1000
+# Written events held for the shipper (about 1 kB each as JSON text); past this the shipper
+# reads them back from the files instead.
+DEFAULT_MEMORY_EVENTS = 20_000
 CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 30.0
 BACKOFF_START = 0.2
 BACKOFF_MAX = 15.0
-IDLE_POLL = 1.0  # re-read the files this often even without a wake-up (belt and braces)
+IDLE_POLL = 1.0  # look this often even without a wake-up (belt and braces)
 COALESCE_SECONDS = 0.2  # after shipping, wait this long before looking again
-STAGING_TABLE = "pgwarden_stage"
 CATCH_UP_REPORT = 10.0  # seconds between progress lines while a backlog is shipped
 HEARTBEAT_SECONDS = 30.0  # how often a shipper marks its trail as alive in pgwarden_trails
 # Another trail of the same proxy_id seen this recently ships at the same time as this one.
@@ -73,25 +78,33 @@ class TrailLike(Protocol):
     def add_listener(self, fn: Callable[[list[dict[str, Any]]], None]) -> None: ...
 
 
+# What a trail that hands over its written lines (proxy.audit.trail.AuditTrail) also has.
+LineListener = Callable[[list[dict[str, Any]], bytes | None], None]
+
+
 @dataclass(frozen=True, slots=True)
 class SinkConfig:
     dsn: str
     batch_size: int = DEFAULT_BATCH_SIZE
     schema: str = "public"
+    memory_events: int = DEFAULT_MEMORY_EVENTS
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> SinkConfig:
-        unknown = set(raw) - {"type", "dsn", "batch_size", "schema"}
+        unknown = set(raw) - {"type", "dsn", "batch_size", "schema", "memory_events"}
         if unknown:
             raise StoreError(f"unknown keys in audit sink: {', '.join(sorted(unknown))}")
         batch_size = int(raw.get("batch_size", DEFAULT_BATCH_SIZE))
         if batch_size < 1:
             raise StoreError("audit sink batch_size must be at least 1")
+        memory_events = int(raw.get("memory_events", DEFAULT_MEMORY_EVENTS))
+        if memory_events < 0:
+            raise StoreError("audit sink memory_events must not be negative")
         schema = str(raw.get("schema", "public"))
         quote_schema(schema)  # validates
         dsn = str(raw["dsn"])
         check_dsn(dsn)
-        return cls(dsn, batch_size, schema)
+        return cls(dsn, batch_size, schema, memory_events)
 
 
 def check_dsn(dsn: str) -> None:
@@ -114,21 +127,6 @@ def check_dsn(dsn: str) -> None:
         )
 
 
-def _insert_sql(schema: str) -> str:
-    columns = ", ".join(rowmod.COLUMNS)
-    select = ", ".join(rowmod.SELECT_EXPRESSIONS.get(c, c) for c in rowmod.COLUMNS)
-    return (
-        f"INSERT INTO {quote_schema(schema)}.audit_events ({columns})"
-        f" SELECT {select} FROM {STAGING_TABLE} ORDER BY seq"
-        " ON CONFLICT (trail_id, seq, hash) DO NOTHING"
-    )
-
-
-def _staging_sql() -> str:
-    columns = ", ".join(f"{c} {rowmod.STAGING_TYPES.get(c, 'text')}" for c in rowmod.COLUMNS)
-    return f"CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} ({columns}) ON COMMIT DELETE ROWS"
-
-
 class SinkShipper:
     """Ships one proxy's trail into one store database."""
 
@@ -138,6 +136,10 @@ class SinkShipper:
         self.trail_id = trail_id
         self.audit_dir = audit_dir
         self.tail = TrailTail(audit_dir)
+        self.memory = MemoryQueue(sink.memory_events)
+        # Whether the trail hands this shipper every batch it writes (then the files are read
+        # only for what memory does not hold; else they are looked at on every wake-up).
+        self.fed = False
         self.store_seq = 0  # the highest seq the store is known to hold for trail_id
         self.trail_seq = 0  # the highest seq the trail is known to have written
         self.healthy = False
@@ -146,6 +148,7 @@ class SinkShipper:
         self.errors = 0
         self.rejected = 0
         self.gaps = 0
+        self.read_back = 0  # events read from the files (start-up, outage, memory full)
         self.ship_seconds = 0.0
         self.last_error = ""
         # Other trails that ship under this proxy_id right now, or that hold different
@@ -158,7 +161,7 @@ class SinkShipper:
         self._conn: asyncpg.Connection | None = None
         self._wake = asyncio.Event()
         self._closing = False
-        self._insert = _insert_sql(sink.schema)
+        self._insert = rowmod.insert_sql(quote_schema(sink.schema))
         self._was_down = False  # logged "unreachable" and not yet "back"
 
     @property
@@ -169,6 +172,16 @@ class SinkShipper:
         if seq is not None and seq > self.trail_seq:
             self.trail_seq = seq
         self._wake.set()
+
+    def hand_over(self, batch: Batch | None, last_seq: int) -> None:
+        """The trail wrote up to ``last_seq``; ``batch`` is what it wrote (None: not
+        available, or not wanted by :meth:`wants`). Runs on the event loop."""
+        if batch is not None:
+            self.memory.offer(batch)
+        self.wake(last_seq)
+
+    def wants(self, first_seq: int, count: int) -> bool:
+        return self.memory.wants(first_seq, count)
 
     def stop(self) -> None:
         self._closing = True
@@ -216,7 +229,6 @@ class SinkShipper:
         )
         try:
             await migrate(conn, self.sink.schema)
-            await conn.execute(_staging_sql())
             rows = await conn.fetch(
                 f"SELECT seq, hash FROM {quote_schema(self.sink.schema)}.audit_events"
                 " WHERE trail_id = $1 AND seq = (SELECT max(seq)"
@@ -267,8 +279,10 @@ class SinkShipper:
         first_seq = self.store_seq
         report_at = started + CATCH_UP_REPORT
         while True:
-            batch = await asyncio.to_thread(self._read_batch)
-            if not batch:
+            batch = self.memory.take(self.store_seq + 1, self.sink.batch_size)
+            if batch is None and (not self.fed or self.trail_seq > self.store_seq):
+                batch = await asyncio.to_thread(self._read_files)
+            if batch is None:
                 if time.monotonic() >= started + CATCH_UP_REPORT:
                     log.info("audit store %s: caught up at seq %d", self._where(), self.store_seq)
                 return shipped_any
@@ -344,10 +358,24 @@ class SinkShipper:
             log.error("audit store %s: %s", self._where(), message)
         self.conflicts[key] = message
 
-    def _read_batch(self) -> list[TrailLine]:
+    def _read_files(self) -> Batch | None:
+        """The next events after store_seq from the files, up to where memory takes over."""
+        if self.tail.last_seq != self.store_seq:
+            self.tail.reset(self.store_seq)  # memory shipped past the tail's position
+        limit = self.sink.batch_size
+        held = self.memory.first_seq
+        if held is not None:
+            limit = max(1, min(limit, held - self.store_seq - 1))
+        lines = self._read_lines(limit)
+        if not lines:
+            return None
+        self.read_back += len(lines)
+        return rowmod.lines_batch(lines[0].event["seq"], [(ln.event, ln.raw) for ln in lines])
+
+    def _read_lines(self, limit: int) -> list[TrailLine]:
         while True:
             try:
-                return self.tail.read(self.sink.batch_size)
+                return self.tail.read(limit)
             except TrailGap as gap:
                 # Events missing from the files themselves (deleted or truncated): nothing
                 # can bring them back; `pgwarden verify` reports it. Ship what exists.
@@ -355,41 +383,32 @@ class SinkShipper:
                 log.error("%s; shipping continues from seq %d", gap, gap.found)
                 self.tail.skip_to(gap.found)
 
-    async def _ship(self, batch: Sequence[TrailLine]) -> None:
-        assert self._conn is not None
-        records = []
-        for line in batch:
-            try:
-                records.append(rowmod.event_row(line.event, self.trail_id, line.raw))
-            except (KeyError, ValueError, TypeError) as exc:
-                self.rejected += 1
-                log.error("audit event seq %s not shippable: %s", line.event.get("seq"), exc)
+    async def _ship(self, batch: Batch) -> None:
         started = time.perf_counter()
+        shipped = batch.count
         try:
-            await self._copy(records)
+            await self._insert_batch(batch)
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError):
-            # One bad row must not hold the others back forever: find it, log it, skip it.
-            for record in records:
+            # One bad event must not hold the others back forever: find it, log it, skip it.
+            for offset in range(batch.count):
                 try:
-                    await self._copy([record])
+                    await self._insert_batch(batch.window(batch.first_seq + offset, 1))
                 except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
                     self.rejected += 1
-                    log.error("audit store rejected event seq %s: %s", record[2], exc)
+                    shipped -= 1
+                    log.error(
+                        "audit store rejected event seq %d: %s", batch.first_seq + offset, exc
+                    )
         self.ship_seconds += time.perf_counter() - started
         self.batches += 1
-        self.shipped += len(records)
-        self.store_seq = batch[-1].event["seq"]
+        self.shipped += shipped
+        self.store_seq = batch.last_seq
         self.trail_seq = max(self.trail_seq, self.store_seq)
+        self.memory.release(self.store_seq)
 
-    async def _copy(self, records: Sequence[tuple[Any, ...]]) -> None:
+    async def _insert_batch(self, batch: Batch) -> None:
         assert self._conn is not None
-        if not records:
-            return
-        async with self._conn.transaction():
-            await self._conn.copy_records_to_table(
-                STAGING_TABLE, records=records, columns=rowmod.COLUMNS
-            )
-            await self._conn.execute(self._insert)
+        await self._conn.execute(self._insert, self.trail_id, batch.texts, batch.addrs)
 
     async def _went_down(self, exc: BaseException) -> None:
         self.errors += 1
@@ -437,7 +456,18 @@ class StoreShipper:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.trail.add_listener(self._on_batch)
+        add_line_listener: Callable[[LineListener], None] | None = getattr(
+            self.trail, "add_line_listener", None
+        )
+        written = getattr(self.trail, "last_seq", None)
+        for sink in self.sinks:
+            if isinstance(written, int):
+                sink.trail_seq = written  # what the files may hold beyond the store
+            sink.fed = add_line_listener is not None
+        if add_line_listener is not None:
+            add_line_listener(self._on_written)
+        else:
+            self.trail.add_listener(self._on_batch)
         for sink in self.sinks:
             self._tasks.append(asyncio.create_task(sink.run(), name="pgwarden-store-shipper"))
 
@@ -457,18 +487,34 @@ class StoreShipper:
 
     def _on_batch(self, events: list[dict[str, Any]]) -> None:
         seq = max((e.get("seq", 0) for e in events), default=None)
+        self._to_loop(lambda sink: sink.wake(seq))
+
+    def _on_written(self, events: list[dict[str, Any]], data: bytes | None) -> None:
+        """The trail's line listener: hand the batch just written to every sink that can
+        hold it (decoded once for all of them), and wake them."""
+        if not events:
+            return
+        first, last = events[0].get("seq"), events[-1].get("seq")
+        if not isinstance(first, int) or not isinstance(last, int):
+            return
+        batch = None
+        if data is not None and any(s.wants(first, len(events)) for s in self.sinks):
+            batch = rowmod.written_batch(events, data)
+        self._to_loop(lambda sink: sink.hand_over(batch, last))
+
+    def _to_loop(self, call: Callable[[SinkShipper], None]) -> None:
         loop = self._loop
         if loop is None:
             return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
         for sink in self.sinks:
-            try:
-                running = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
             if running is loop:
-                sink.wake(seq)
-            else:  # the trail called us from its writer thread
-                loop.call_soon_threadsafe(sink.wake, seq)
+                call(sink)
+            else:  # the trail called us from another thread
+                loop.call_soon_threadsafe(call, sink)
 
     @property
     def healthy(self) -> bool:
@@ -503,6 +549,7 @@ class StoreShipper:
             "errors": float(sum(s.errors for s in self.sinks)),
             "rejected": float(sum(s.rejected for s in self.sinks)),
             "gaps": float(sum(s.gaps for s in self.sinks)),
+            "read_back": float(sum(s.read_back for s in self.sinks)),
             "identity_conflicts": float(len(self.conflicts)),
             "ship_seconds": sum(s.ship_seconds for s in self.sinks),
             "backlog": float(self.backlog),
