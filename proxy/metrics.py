@@ -178,6 +178,12 @@ class _LiveCollector(Collector):
                 s.get("rejected", 0.0),
             )
             yield _counter(
+                "pgwarden_store_read_back_events",
+                "events the shipper read back from the local files instead of taking them from"
+                " memory (after a start or an outage, or when its memory queue was full)",
+                s.get("read_back", 0.0),
+            )
+            yield _counter(
                 "pgwarden_store_ship_seconds",
                 "time spent committing batches (divide by batches for latency)",
                 s.get("ship_seconds", 0.0),

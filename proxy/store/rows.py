@@ -205,5 +205,6 @@ def event_json(event: Mapping[str, Any], raw: str | None = None) -> str:
     binary bind parameter can carry) become U+FFFD there; the local trail keeps the original."""
     text = raw if raw is not None else orjson.dumps(event).decode()
     if "\\u0000" in text:
-        text = orjson.dumps(_strip_nul(dict(event))).decode()
+        # (sorted keys: the same text whether ``event`` came from memory or from the file)
+        text = orjson.dumps(_strip_nul(dict(event)), option=orjson.OPT_SORT_KEYS).decode()
     return text

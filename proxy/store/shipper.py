@@ -65,6 +65,8 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     TimeoutError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    # asyncpg's protocol state when the server went away in the middle of a statement
+    asyncpg.InternalClientError,
     StoreError,
 )
 
@@ -173,10 +175,12 @@ class SinkShipper:
             self.trail_seq = seq
         self._wake.set()
 
-    def hand_over(self, batch: Batch | None, last_seq: int) -> None:
-        """The trail wrote up to ``last_seq``; ``batch`` is what it wrote (None: not
-        available, or not wanted by :meth:`wants`). Runs on the event loop."""
-        if batch is not None:
+    def hand_over(self, batch: Batch | None, count: int, last_seq: int) -> None:
+        """The trail wrote ``count`` events up to ``last_seq``; ``batch`` is what it wrote
+        (None: not available, or not wanted by :meth:`wants`). Runs on the event loop."""
+        if batch is None:
+            self.memory.refused += count  # the files have them
+        else:
             self.memory.offer(batch)
         self.wake(last_seq)
 
@@ -500,7 +504,8 @@ class StoreShipper:
         batch = None
         if data is not None and any(s.wants(first, len(events)) for s in self.sinks):
             batch = rowmod.written_batch(events, data)
-        self._to_loop(lambda sink: sink.hand_over(batch, last))
+        count = len(events)
+        self._to_loop(lambda sink: sink.hand_over(batch, count, last))
 
     def _to_loop(self, call: Callable[[SinkShipper], None]) -> None:
         loop = self._loop
