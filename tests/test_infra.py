@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 import pwd
+import socket
 import stat
 from pathlib import Path
 from typing import Any
@@ -282,9 +283,32 @@ def test_proxy_factory_gives_a_working_proxy(proxy_factory: ProxyFactory) -> Non
     proxy.wait_for(lambda e: e["type"] == "session_end" and e["user"] == "alice")
     assert proxy.stop() == 0
     events = proxy.events()
-    # The factory's readiness probe connects and leaves: a connection attempt, recorded.
+    # A start that had to probe the port (a test with its own NOTIFY_SOCKET) leaves a
+    # connection attempt that never started; this one told its readiness (none).
     probes = [e for e in events if e["type"] == "session_end" and e.get("started") is False]
     assert all(e["reason"] == "client_disconnected" for e in probes)
     types = [e["type"] for e in events if e not in probes]
     assert types[0] == "session_start" and "session_end" in types
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+
+
+def test_a_port_another_process_took_first_is_not_taken_for_the_proxy(
+    proxy_factory: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The free port the factory picked is taken before the proxy binds it (another suite on
+    the machine, its proxy starting at the same time): the listener that answers there is not
+    ours, our proxy exits with "address already in use", and the factory starts it again on
+    other ports instead of handing the test the other process's proxy (tests/e2e/test_badinput
+    once logged in to a TLS-only proxy of another run: "pgwarden requires encryption")."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        taken = other.getsockname()[1]
+        real = pgrun.free_port
+        picks = iter([taken])
+        monkeypatch.setattr(pgrun, "free_port", lambda host: next(picks, 0) or real(host))
+        proxy = proxy_factory()
+        assert proxy.port != taken
+        with rawpg.RawConn(proxy.host, proxy.port) as conn:
+            conn.login()
+            assert rawpg.types(conn.simple("SELECT 1")) == "TDCZ"

@@ -2,8 +2,16 @@
 
 The proxy runs exactly as a user runs it (``python -m proxy serve ...``) against the suite's
 PostgreSQL, on free ports, with a fresh audit directory; stderr and stdout go to files so a
-failing test can show what the proxy said. Readiness means the listen port accepts a TCP
-connection; if the process exits first, the start fails with its stderr.
+failing test can show what the proxy said. Readiness is the proxy's own ``READY=1`` (systemd's
+notify protocol, :mod:`proxy.sdnotify`) on a socket only this start knows, sent once its
+listeners accept connections; if the process exits first, the start fails with its stderr.
+
+Why not "the port accepts a connection": a free port is only free when it is picked. Another
+suite on the same machine may start a proxy on the same port in the second before ours binds;
+ours then exits with "address already in use", but a connection to the port had already
+succeeded — to the other proxy — and the test ran against it (a login refused with "pgwarden
+requires encryption" here, an extra ``auth_failure`` for ``postgres`` in the other suite's
+TLS-only proxy). Only our process can send on our notify socket.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import gzip
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -90,6 +99,29 @@ class ProxyStartError(AssertionError):
     """The proxy process exited (or never listened) before it was ready."""
 
 
+class _Readiness:
+    """An abstract-namespace datagram socket for one start's ``NOTIFY_SOCKET``."""
+
+    def __init__(self) -> None:
+        self.name = f"@pgwarden-test-{os.getpid()}-{secrets.token_hex(8)}"
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self._sock.bind("\0" + self.name[1:])
+        self._sock.setblocking(False)
+
+    def ready(self) -> bool:
+        """Whether ``READY=1`` has arrived (reads what is waiting, never blocks)."""
+        while True:
+            try:
+                message = self._sock.recv(4096)
+            except BlockingIOError:
+                return False
+            if b"READY=1" in message.split(b"\n"):
+                return True
+
+    def close(self) -> None:
+        self._sock.close()
+
+
 class ProxyProcess:
     """One running ``pgwarden serve``; see the fixture API in the project brief."""
 
@@ -155,12 +187,18 @@ class ProxyProcess:
         for attempt in range(1, _START_ATTEMPTS + 1):
             self.port = pgrun.free_port(self.host)
             self.admin_port = pgrun.free_port(self.host)
+            env = self._environ()
+            # A test that reads the notifications itself keeps its socket; its start falls
+            # back to probing the port.
+            readiness = None if "NOTIFY_SOCKET" in self.env else _Readiness()
+            if readiness is not None:
+                env["NOTIFY_SOCKET"] = readiness.name
             with self.stderr_path.open("wb") as err, self.stdout_path.open("wb") as out:
                 self._proc = subprocess.Popen(
-                    self.argv(), cwd=self.workdir, env=self._environ(), stdout=out, stderr=err
+                    self.argv(), cwd=self.workdir, env=env, stdout=out, stderr=err
                 )
             try:
-                self._wait_listening()
+                self._wait_ready(readiness)
                 return self
             except ProxyStartError:
                 text = self.stderr_text()
@@ -169,23 +207,30 @@ class ProxyProcess:
                 )
                 if not port_taken or attempt == _START_ATTEMPTS:
                     raise
+            finally:
+                if readiness is not None:
+                    readiness.close()
         raise AssertionError("unreachable")
 
-    def _wait_listening(self) -> None:
+    def _wait_ready(self, readiness: _Readiness | None) -> None:
         proc = self._proc
         assert proc is not None
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
+            if readiness is not None and readiness.ready():
+                return
             if proc.poll() is not None:
                 raise ProxyStartError(
                     f"pgwarden serve exited with {proc.returncode} before listening:\n"
                     f"{self.stderr_text()}"
                 )
-            try:
-                with socket.create_connection((self.host, self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.02)  # polling interval, not synchronization
+            if readiness is None:
+                try:
+                    with socket.create_connection((self.host, self.port), timeout=1):
+                        return
+                except OSError:
+                    pass
+            time.sleep(0.02)  # polling interval, not synchronization
         self.kill()
         raise ProxyStartError(
             f"pgwarden serve did not listen on {self.host}:{self.port} within "
