@@ -233,20 +233,28 @@ class AnalysisPool:
         session would feel. Others still start when needed, and replace failed ones."""
         if self._closed or self.running or self._starting:
             return
+        try:
+            worker = await self._start()
+        except _Failed:
+            return  # (logged; the first long statement tries again)
+        self._idle.append(worker)
+        self._wake_one()
+
+    async def _start(self) -> _Worker:
+        """A new worker process, counted in ``started``."""
         self._starting += 1
         try:
             worker = await _Worker.start(self.config.worker_memory)
         except OSError:
             logger.exception("cannot start an analysis worker")
-            return
+            raise _Failed(Outcome.CRASHED) from None
         finally:
             self._starting -= 1
         self.started += 1
         if self._closed:
             await worker.stop()
-            return
-        self._idle.append(worker)
-        self._wake_one()
+            raise _Failed(Outcome.CLOSED)
+        return worker
 
     async def analyse(self, sql: bytes, settings: ParserSettings) -> Analysis:
         """Facts of the wire bytes ``sql`` under ``settings``, from a worker process."""
@@ -321,18 +329,7 @@ class AnalysisPool:
                     self._busy.add(worker)
                     return worker
             if self.running + self._starting < self.config.workers:
-                self._starting += 1
-                try:
-                    worker = await _Worker.start(self.config.worker_memory)
-                except OSError:
-                    logger.exception("cannot start an analysis worker")
-                    raise _Failed(Outcome.CRASHED) from None
-                finally:
-                    self._starting -= 1
-                self.started += 1
-                if self._closed:
-                    await worker.stop()
-                    raise _Failed(Outcome.CLOSED)
+                worker = await self._start()
                 self._busy.add(worker)
                 return worker
             waiter = asyncio.get_running_loop().create_future()
