@@ -79,7 +79,12 @@ def test_only_long_statements_get_a_record_and_a_parse_error_gets_one_for_its_te
     text = "select 1; " + _long_statement() + "; select 2"
     facts = recordtext.attach(extract.analyze(text, SETTINGS), "full", 4000)
     assert [s.record is not None for s in facts.statements] == [False, True, False]
-    assert facts.record is None
+    # The whole message, as a refused multi-statement Query is recorded:
+    assert facts.record == recordtext.recorded(text, None, "full", 4000)
+    first = facts.statements[0]
+    assert recordtext.made(text, first, facts, "full", 4000) is facts.record
+    single = recordtext.attach(extract.analyze(_long_statement(), SETTINGS), "full", 4000)
+    assert single.record is None and single.statements[0].record is not None
     broken = "selec " + "x " * 10_000
     failed = recordtext.attach(extract.analyze(broken, SETTINGS), "full", 4000)
     assert not failed.statements and failed.record is not None
@@ -200,6 +205,55 @@ def test_a_long_statement_is_recorded_without_redacting_it_on_the_loop(
     assert first["statement_sha256"] == hashlib.sha256(whole.encode()).hexdigest()
     assert SECRET not in first["statement"] and "tiny-secret" not in second["statement"]
     assert verify_trail(Path(host.cfg["audit.dir"])).ok
+
+
+POLICY = """\
+version: 1
+defaults: {action: allow, on_unparsable: block}
+rules:
+  - id: no-unbounded-deletes
+    when: {commands: [DELETE], missing_where: true}
+    action: block
+"""
+
+
+def test_a_refused_long_message_is_recorded_whole_without_redacting_it_on_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scanned: list[int] = []
+    real_scan = pg_parser.scan
+
+    def spy(text: str) -> Any:
+        scanned.append(len(text))
+        return real_scan(text)
+
+    monkeypatch.setattr(pg_parser, "scan", spy)
+    host = PoolHost(
+        tmp_path, POLICY, limits__analysis_offload_size="16kB", audit__statement_max="4kB"
+    )
+    wire = Wire(host)
+    wire.login()
+    wire.client_sends(query("begin"))
+    wire.server_sends(complete("BEGIN") + ready(b"T"))
+    wire.upstream.take()
+    wire.client.take()
+    big = _long_statement(pad=50_000) + "; delete from t"
+    wire.client_sends(query(big))
+    asyncio.run(host.spawned.pop())
+    # Refused whole; in a transaction, by poisoning the server in its place.
+    assert b"PGWARDEN BLOCKED" in wire.upstream.take()
+    wire.server_sends(error("42601", "syntax error at PGWARDEN") + ready(b"E"))
+    assert b"C42501" in wire.client.take()
+    small = "select set_config('app.token', 'tiny-secret', false)"
+    wire.client_sends(query(small))
+    wire.server_sends(complete("SELECT 1") + ready())
+    assert any(n == len(small) for n in scanned)
+    assert not [n for n in scanned if n >= recordtext.MIN_CHARS]
+    refused = host.events("query")[1]
+    assert refused["decision"]["action"] == "block"
+    whole = redact.redact(big)
+    assert refused["statement_sha256"] == hashlib.sha256(whole.encode()).hexdigest()
+    assert whole.startswith(refused["statement"]) and SECRET not in refused["statement"]
 
 
 def test_a_long_statements_error_is_redacted_with_secrets_its_worker_found(

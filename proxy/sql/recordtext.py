@@ -8,7 +8,9 @@ soon as one word looks like a secret (``key``, ``token``), ~0.1 s without, and h
 the cap a few ms more. Done when the statement completes, on the event loop, it stalled every
 other session that long. So a statement long enough to be analysed in a worker process
 (proxy.sql.pool) gets its record's text made in that worker too, right after its facts
-(:func:`attach`), and the loop only copies it into the event (:func:`fill`).
+(:func:`attach`), and the loop only copies it into the event (:func:`fill`). The worker also
+lists the long text's secret values, with which an error the statement causes is redacted
+(:func:`secrets_of`; finding them is the same scan).
 
 The text made in the worker is the one the loop would make, with one difference on the safe
 side: an ``EXECUTE name(…)`` is redacted as if the prepared body took secrets (the worker
@@ -48,9 +50,10 @@ def recorded(text: str, stmt: StatementFacts | None, mode: str, limit: int) -> R
 
 
 def attach(facts: QueryFacts, mode: str, limit: int) -> QueryFacts:
-    """``facts`` with the record's text of each long statement (and of the whole text when
-    no statement has it: a parse error) and the secret values of a long text (for redacting
-    the errors it causes, whatever ``mode``) attached; unchanged when nothing is long."""
+    """``facts`` with the record's text of each long statement, of the whole text when it is
+    long and not one statement's (a parse error; a refused multi-statement message is recorded
+    whole), and the secret values of a long text (for redacting the errors it causes, whatever
+    ``mode``) attached; unchanged when nothing is long."""
     long_text = len(facts.text) >= MIN_CHARS
     secrets = tuple(redact.secret_values(facts.text)) if long_text else None
     statements = facts.statements
@@ -62,7 +65,7 @@ def attach(facts: QueryFacts, mode: str, limit: int) -> QueryFacts:
             else s
             for s in statements
         )
-        if not statements and long_text:
+        if long_text and len(statements) != 1:
             record = recorded(facts.text, None, mode, limit)
     # (``record`` is not compared: the statements are equal to the old ones either way)
     if (
@@ -97,8 +100,8 @@ def made(
     found = None
     if stmt is not None and stmt.record is not None and stmt.text is text:
         found = stmt.record
-    elif stmt is None and facts is not None and facts.record is not None and facts.text is text:
-        found = facts.record
+    elif facts is not None and facts.record is not None and facts.text is text:
+        found = facts.record  # the message's own text (with its first statement's facts)
     if found is None or found.mode != mode or found.limit != limit or not _well_formed(found):
         return None
     return found
