@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,12 @@ def _long_statement(pad: int = 20_000, secret: str = SECRET) -> str:
     # A secret-looking word in the padding defeats redact's fast path: the scanner must run.
     padding = "key " * (pad // 4)
     return f"SELECT set_config('app.token', '{secret}', false), '{padding}'"
+
+
+def _fresh() -> str:
+    """A text redact has not seen (it remembers short texts it redacted: a spy on the scanner
+    would see nothing of a statement redacted before)."""
+    return secrets.token_hex(8)
 
 
 def _stmt(text: str) -> Any:
@@ -191,7 +198,7 @@ def test_a_long_statement_is_recorded_without_redacting_it_on_the_loop(
     asyncio.run(host.spawned.pop())  # its analysis, in a worker process
     assert wire.upstream.take() == query(big)
     wire.server_sends(complete("SELECT 1") + ready())
-    small = "select set_config('app.token', 'tiny-secret', false)"
+    small = f"select set_config('app.token', 'tiny-secret', false) -- {_fresh()}"
     wire.client_sends(query(small))
     wire.server_sends(complete("SELECT 1") + ready())
     # The small one was redacted here (so the spy sees this build's calls); the long one not.
@@ -244,7 +251,7 @@ def test_a_refused_long_message_is_recorded_whole_without_redacting_it_on_the_lo
     assert b"PGWARDEN BLOCKED" in wire.upstream.take()
     wire.server_sends(error("42601", "syntax error at PGWARDEN") + ready(b"E"))
     assert b"C42501" in wire.client.take()
-    small = "select set_config('app.token', 'tiny-secret', false)"
+    small = f"select set_config('app.token', 'tiny-secret', false) -- {_fresh()}"
     wire.client_sends(query(small))
     wire.server_sends(complete("SELECT 1") + ready())
     assert any(n == len(small) for n in scanned)
@@ -279,7 +286,7 @@ def test_a_long_statements_error_is_redacted_with_secrets_its_worker_found(
     reply = error("22023", f'invalid value "{SECRET}" for app.token') + ready()
     wire.server_sends(reply)
     assert wire.client.take() == reply
-    small = "select set_config('app.token', 'tiny-secret', false)"
+    small = f"select set_config('app.token', 'tiny-secret', false) -- {_fresh()}"
     wire.client_sends(query(small))
     wire.server_sends(error("22023", "invalid value tiny-secret") + ready())
     assert any(n == len(small) for n in scanned)  # the spy sees this build's calls
