@@ -55,7 +55,7 @@ async def _until(done: Callable[[], bool]) -> None:
     while True:
         if done():
             return
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
 
 
 async def _write(trail: AuditTrail, calls: int) -> None:
