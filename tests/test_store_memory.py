@@ -304,3 +304,28 @@ def test_overflowing_memory_falls_back_to_the_files_without_loss(
         assert [orjson.loads(r["event"]) for r in stored] == list(iter_events(cfg["audit.dir"]))
 
     asyncio.run(main())
+
+
+def test_an_event_the_store_refuses_is_skipped_alone(
+    tmp_path: Path,
+    store_dsn: str,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy_id = f"refused-{uuid.uuid4().hex[:6]}"
+    cfg = trail_config(tmp_path / "audit", store_dsn)
+    events = make_events(40, random.Random(61))
+    events[17]["ts"] = "not a time"  # the store's timestamptz refuses it
+
+    async def main() -> None:
+        async with open_trail(cfg, proxy_id) as trail, shipping(cfg, trail) as shipper:
+            await wait_until(lambda: shipper.healthy)
+            await write(trail, events, per_turn=40)  # one batch
+            await wait_until(lambda: shipper.backlog == 0 and shipper.stats["rejected"] == 1)
+            assert shipper.stats["shipped"] == trail.last_seq - 1
+            bad = next(e["seq"] for e in iter_events(cfg["audit.dir"]) if e["ts"] == "not a time")
+        stored = await rows(store_dsn, trail.trail_id)
+        assert [r["seq"] for r in stored] == [s for s in range(1, trail.last_seq + 1) if s != bad]
+
+    with caplog.at_level("ERROR", logger="pgwarden.store"):
+        asyncio.run(main())
+    assert any("rejected event seq" in r.getMessage() for r in caplog.records)

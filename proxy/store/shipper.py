@@ -394,15 +394,15 @@ class SinkShipper:
             await self._insert_batch(batch)
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError):
             # One bad event must not hold the others back forever: find it, log it, skip it.
-            for offset in range(batch.count):
+            texts, addrs = batch.texts.split("\n"), batch.addrs.split("\n")
+            for offset, (text, addr) in enumerate(zip(texts, addrs, strict=True)):
+                seq = batch.first_seq + offset
                 try:
-                    await self._insert_batch(batch.window(batch.first_seq + offset, 1))
+                    await self._insert_batch(Batch(seq, 1, text, addr))
                 except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
                     self.rejected += 1
                     shipped -= 1
-                    log.error(
-                        "audit store rejected event seq %d: %s", batch.first_seq + offset, exc
-                    )
+                    log.error("audit store rejected event seq %d: %s", seq, exc)
         self.ship_seconds += time.perf_counter() - started
         self.batches += 1
         self.shipped += shipped
