@@ -10,7 +10,10 @@ Same protocol as bench/count_facts.py: run under callgrind with ``--calls 0`` an
 * ``relay-literal`` / ``relay-repeat`` — one pgbench -S transaction through a whole Session
   (bench/bench_relay.py's ``relay``: the in-process test tier's harness, real gate, facts
   cache and audit trail in a temporary directory, fake transports), with a new literal each
-  time or one repeated text; the run checks every statement was audited.
+  time or one repeated text; the run checks every statement was audited;
+* ``relay-extended`` / ``relay-prepared`` — the same transaction as pgbench -M extended / -M
+  prepared sends it (Parse/Bind/Describe/Execute/Sync, or Bind/Describe/Execute/Sync on a
+  statement parsed once).
 
 Which build runs is printed to stderr (``pgwarden --version``'s wording).
 """
@@ -27,7 +30,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH_DIR), str(BENCH_DIR.parent)]
 
 from bench_audit import make_event  # noqa: E402
-from bench_relay import pgbench_queries, relay  # noqa: E402
+from bench_relay import pgbench_transactions, relay  # noqa: E402
 
 from proxy.audit.chain import Chainer  # noqa: E402
 from proxy.compiled import build_kind  # noqa: E402
@@ -36,7 +39,7 @@ from proxy.wire import messages as m  # noqa: E402
 from proxy.wire.framing import Framer  # noqa: E402
 
 MAX_CALLS = 20_000
-CASES = ("framer", "seal", "relay-literal", "relay-repeat")
+CASES = ("framer", "seal", "relay-literal", "relay-repeat", "relay-extended", "relay-prepared")
 
 
 def framer_case(calls: int) -> None:
@@ -55,10 +58,11 @@ def seal_case(calls: int) -> None:
         chainer.seal(events[start : min(start + 64, calls)])
 
 
-def relay_case(distinct: bool) -> Callable[[int], None]:
+def relay_case(mode: str, distinct: bool = True) -> Callable[[int], None]:
     def run(calls: int) -> None:
-        queries = pgbench_queries(MAX_CALLS + 64, distinct)  # the same work for any --calls
-        asyncio.run(relay(queries[: 64 + calls], warmup=64))
+        # the same set-up work for any --calls
+        exchanges = pgbench_transactions(MAX_CALLS + 64, mode, distinct)
+        asyncio.run(relay(exchanges[: 64 + calls], warmup=64))
 
     return run
 
@@ -74,8 +78,10 @@ def main() -> int:
     cases: dict[str, Callable[[int], None]] = {
         "framer": framer_case,
         "seal": seal_case,
-        "relay-literal": relay_case(True),
-        "relay-repeat": relay_case(False),
+        "relay-literal": relay_case("simple"),
+        "relay-repeat": relay_case("simple", distinct=False),
+        "relay-extended": relay_case("extended"),
+        "relay-prepared": relay_case("prepared"),
     }
     cases[args.case](args.calls)
     return 0

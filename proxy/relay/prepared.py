@@ -9,19 +9,24 @@ decision wins. A change settles when its request completes (kept) or fails (drop
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Final
 
 from proxy.relay.statement import Statement
 
 ALL = "\x00all"  # DEALLOCATE ALL / DISCARD ALL
 
 
-@dataclass(frozen=True, slots=True)
 class Change:
-    """One pending change: ``statement`` None removes the name (or every name for ALL)."""
+    """One pending change: ``statement`` None removes the name (or every name for ALL).
 
-    name: str
-    statement: Statement | None
+    A value (``Final`` fields), made per Parse: a plain class, because a frozen dataclass's
+    ``__init__`` stays interpreted in the compiled build."""
+
+    __slots__ = ("name", "statement")
+
+    def __init__(self, name: str, statement: Statement | None) -> None:
+        self.name: Final = name
+        self.statement: Final = statement
 
 
 class PreparedStatements:

@@ -13,7 +13,6 @@ No transport and no clock: times are passed in, finished statements come out as
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import replace
 from enum import Enum
 from typing import Any
 
@@ -453,7 +452,7 @@ class ReplyQueue:
         if previous is not None and previous < len(completed):
             earlier = completed[previous]
             if earlier.scope is Scope.STATEMENT:
-                completed[previous] = replace(earlier, scope=Scope.PIPELINE)
+                completed[previous] = earlier.with_scope(Scope.PIPELINE)
         self._open_exec = len(completed)
         completed.append(self._predict(done))
         self._last_done_ns = now_ns
@@ -479,7 +478,7 @@ class ReplyQueue:
     def _predict(self, done: Completion) -> Completion:
         after = tx_status_after(self.predicted, done)
         self.predicted = after
-        return replace(done, tx_after=after) if after != done.tx_after else done
+        return done.with_tx_after(after) if after != done.tx_after else done
 
     def refused(self, entry: Pending, now_ns: int, refusal: Decision) -> None:
         """A request answered locally: its record, nothing of it ran."""

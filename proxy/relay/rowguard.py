@@ -335,20 +335,14 @@ class RowGuard:
         after = c.TX_FAILED if self.tx != c.TX_IDLE else c.TX_IDLE  # as after a block
         if index >= 0:
             done = queue.completed[index]
-            queue.completed[index] = replace(
-                done,
-                tag="",
-                rows=None,
-                error={"C": limit.sqlstate, "M": limit.message},
-                refusal=refused,
-                guard=result,
-                tx_after=after,
+            queue.completed[index] = done.refused_by_guard(
+                {"C": limit.sqlstate, "M": limit.message}, refused, result, after
             )
         elif self.entry is not None:
             entry = self.entry
             entry.block_fields = {"C": limit.sqlstate, "M": limit.message}
             queue.refused(entry, entry.started_ns, refused)
-            queue.completed[-1] = replace(queue.completed[-1], guard=result, tx_after=after)
+            queue.completed[-1] = queue.completed[-1].with_guard(result, after)
             info = queue.portals.get(entry.portal)
             if info is not None:
                 info.suspended = False
@@ -488,8 +482,8 @@ class RowGuard:
         if index < 0:
             index = len(completed) - 1
         if 0 <= index < len(completed):
-            completed[index] = replace(
-                completed[index], guard=GuardResult(limit.limit, limit.rule_id, outcome, rows)
+            completed[index] = completed[index].with_guard(
+                GuardResult(limit.limit, limit.rule_id, outcome, rows)
             )
 
     def _done(self) -> None:

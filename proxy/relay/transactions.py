@@ -23,7 +23,7 @@ every transaction that did not commit gets one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -59,12 +59,17 @@ class TransactionEnd:
     savepoint: str | None = None  # set for ROLLBACK TO SAVEPOINT
 
 
-@dataclass(slots=True)
 class _Open:
-    statements: list[dict[str, Any]] = field(default_factory=list)
-    explicit: bool = False
-    failed: bool = False
-    savepoints: list[tuple[str, int]] = field(default_factory=list)
+    """The transaction in progress (a new one after every autocommit statement: a plain
+    class, a dataclass's generated ``__init__`` stays interpreted in the compiled build)."""
+
+    __slots__ = ("explicit", "failed", "savepoints", "statements")
+
+    def __init__(self) -> None:
+        self.statements: list[dict[str, Any]] = []
+        self.explicit = False
+        self.failed = False
+        self.savepoints: list[tuple[str, int]] = []
 
 
 class TransactionTracker:

@@ -21,9 +21,9 @@ STREAMED_TYPES: frozenset[int] = frozenset(b"d")
 # password/SASL responses).
 FRONTEND_TYPES: frozenset[int] = frozenset(b"QPBEDCSHXFdcfp")
 
-TX_IDLE = ord("I")
-TX_IN_BLOCK = ord("T")
-TX_FAILED = ord("E")
+TX_IDLE: int = ord("I")
+TX_IN_BLOCK: int = ord("T")
+TX_FAILED: int = ord("E")
 
 SQLSTATE_PROTOCOL_VIOLATION = "08P01"
 SQLSTATE_CONNECTION_FAILURE = "08006"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Final
 
 from proxy.errors import BackendProtocolError, FrontendProtocolError, ProtocolError
 
@@ -42,11 +43,19 @@ def query_text(body: bytes) -> bytes:
     return body[:-1]
 
 
-@dataclass(frozen=True, slots=True)
 class Parse:
-    name: bytes
-    query: bytes
-    param_types: tuple[int, ...]
+    """A decoded Parse. A value (``Final`` fields), built per Parse message: a plain class,
+    because a frozen dataclass's ``__init__`` stays interpreted in the compiled build."""
+
+    __slots__ = ("name", "param_types", "query")
+
+    def __init__(self, name: bytes, query: bytes, param_types: tuple[int, ...]) -> None:
+        self.name: Final = name
+        self.query: Final = query
+        self.param_types: Final = param_types
+
+    def __repr__(self) -> str:
+        return f"Parse({self.name!r}, {self.query!r}, {self.param_types!r})"
 
 
 def decode_parse(body: bytes) -> Parse:
