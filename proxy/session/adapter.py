@@ -177,6 +177,7 @@ class Session:
             server_version=self.server_params.get("server_version", ""),
         )
         core.scanner = self._scanner  # the row guard holds a statement's reply back in it
+        self._scanner.hand_over(core.on_server)
         # Nothing runs unaudited: statements wait while the trail cannot accept records.
         core.watch_trail(
             self.server.trail, lambda: self._stalls.resume(core), write_ahead=options.write_ahead

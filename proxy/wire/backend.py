@@ -60,6 +60,11 @@ class BackendScanner:
         # guard must decide before the client sees any of its reply).
         self.capture: list[bytes] | None = None
 
+    def hand_over(self, handle: Handler) -> None:
+        """Send the watched messages from here on (also the rest of this chunk) to ``handle``:
+        the relay core's own method once the session is ready, one call less per message."""
+        self._handle = handle
+
     @property
     def buffered(self) -> int:
         """Bytes held back: an incomplete message the relay must read whole."""
@@ -156,11 +161,12 @@ class BackendScanner:
         start = 0  # first byte not yet placed in ``pieces``
         rows = 0
         limits = _LIMIT_TABLE
-        unpack = _U32.unpack_from
-        handle = self._handle
         while end - pos >= 5:
             kind = buf[pos]
-            (length,) = unpack(buf, pos + 1)
+            # (byte by byte: in the compiled build this is plain C, a struct call is not)
+            length = (
+                (buf[pos + 1] << 24) | (buf[pos + 2] << 16) | (buf[pos + 3] << 8) | buf[pos + 4]
+            )
             total = length + 1
             if kind == 68:  # DataRow: the bulk of most replies; count it, pass it through
                 if length < 4:
@@ -182,7 +188,8 @@ class BackendScanner:
                 self._check(kind, length)
             if end - pos < total:
                 break
-            replacement = handle(kind, buf[pos + 5 : pos + total], rows)
+            # (read each time: a handler may hand the stream on, see :meth:`hand_over`)
+            replacement = self._handle(kind, buf[pos + 5 : pos + total], rows)
             rows = 0
             if replacement is not None:
                 pieces.append(buf[start:pos])
@@ -195,14 +202,14 @@ class BackendScanner:
             rows += 1  # a DataRow that arrives in pieces counts when its header does
         if rows:
             # DataRows at the end of the chunk: the handler counts them with the next message.
-            handle(68, b"", rows)
+            self._handle(68, b"", rows)
         if rest == 0:
             if start < end:
                 pieces.append(buf[start:] if start else buf)
             return
         if rest >= 5:
             kind = buf[pos]
-            (length,) = unpack(buf, pos + 1)
+            (length,) = _U32.unpack_from(buf, pos + 1)
             limit = self._check(kind, length)
             if not limit:
                 # Forward what arrived of a passthrough message; stream the rest.
