@@ -42,10 +42,21 @@ def refusal(decision: Decision, audit_refusal: Decision | None) -> Decision | No
     return audit_refusal
 
 
+_RANK: dict[str, int] = {"block": 3, "review": 2, "flag": 1, "allow": 0}
+
+
 def strictest(decisions: list[Decision]) -> Decision:
-    """Of the decisions for every way the server may read a message, the one to enforce."""
-    rank = {"block": 3, "review": 2, "flag": 1, "allow": 0}
-    return max(decisions, key=lambda d: rank.get(d.action, 3))
+    """Of the decisions for every way the server may read a message, the one to enforce
+    (the first of the strictest)."""
+    found = decisions[0]
+    if len(decisions) == 1:
+        return found  # the common case: one way to read it
+    rank = _RANK.get(found.action, 3)
+    for decision in decisions[1:]:
+        other = _RANK.get(decision.action, 3)
+        if other > rank:
+            found, rank = decision, other
+    return found
 
 
 def _comment(decision: Decision) -> str:

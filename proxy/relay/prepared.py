@@ -47,12 +47,14 @@ class PreparedStatements:
         return item
 
     def settle(self, item: Change, succeeded: bool) -> None:
-        try:
-            self._pending.remove(item)
-        except ValueError:
-            return  # applied at once
-        if succeeded:
-            self._apply(item)
+        pending = self._pending
+        for index, other in enumerate(pending):
+            if other is item:
+                del pending[index]
+                if succeeded:
+                    self._apply(item)
+                return
+        # Not pending: it was applied at once.
 
     def settle_all_failed(self) -> None:
         """The server discarded every request in flight (error until Sync, lost connection)."""
