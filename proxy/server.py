@@ -280,7 +280,6 @@ class ProxyServer:
         """Listen; ``reuse_port`` (workers) joins the SO_REUSEPORT group of the address."""
         from proxy.session import client_protocol_factory
 
-        await self.analysis.warm()  # before any session: a worker start stalls the loop
         loop = asyncio.get_running_loop()
         listen = self.cfg.listen
         factory = client_protocol_factory(self)

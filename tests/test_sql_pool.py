@@ -189,26 +189,3 @@ def test_close_answers_waiting_callers_and_stops_workers() -> None:
     results, pool = run(scenario, workers=1)
     assert [r.outcome for r in results] == [Outcome.CLOSED, Outcome.CLOSED]
     assert pool.running == 0
-
-
-def test_warm_starts_one_worker_that_the_first_statement_uses() -> None:
-    async def main(pool: AnalysisPool) -> tuple[int, int, Outcome]:
-        await pool.warm()
-        await pool.warm()  # one is enough: already running
-        running = pool.running
-        outcome = (await pool.analyse(LARGE, SETTINGS)).outcome
-        return running, pool.started, outcome
-
-    (running, started, outcome), pool = run(main, workers=2)
-    assert (running, started, outcome) == (1, 1, Outcome.ANALYSED)
-    assert pool.running == 0  # closed
-
-
-def test_warm_after_close_starts_nothing() -> None:
-    async def main(pool: AnalysisPool) -> int:
-        await pool.close()
-        await pool.warm()
-        return pool.running
-
-    running, pool = run(main)
-    assert running == 0 and pool.started == 0

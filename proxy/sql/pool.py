@@ -30,11 +30,14 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
 import signal
 import struct
+import subprocess
 import sys
 from collections import deque
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import orjson
 
@@ -135,33 +138,77 @@ def _death(returncode: int) -> str:
     return f"exit status {returncode}"
 
 
+def _spawn(memory: int) -> tuple[subprocess.Popen[bytes], BinaryIO, BinaryIO]:
+    """A worker process and our ends of its stdin and stdout pipes."""
+    to_worker, from_worker = os.pipe(), os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy.sql.worker", str(memory)],
+            stdin=to_worker[0],
+            stdout=from_worker[1],
+            close_fds=True,
+        )
+    except BaseException:
+        for fd in (*to_worker, *from_worker):
+            os.close(fd)
+        raise
+    os.close(to_worker[0])
+    os.close(from_worker[1])
+    return proc, os.fdopen(from_worker[0], "rb", buffering=0), os.fdopen(to_worker[1], "wb", 0)
+
+
 class _Worker:
-    """One worker process and the pipe pair it answers on; one request at a time."""
+    """One worker process and the pipe pair it answers on; one request at a time.
 
-    __slots__ = ("proc",)
+    Started with :class:`subprocess.Popen`, not the event loop's subprocess support: under
+    uvloop that forks the whole proxy on the loop (11-46 ms measured, more the more memory the
+    proxy holds, a stall every session feels), where Popen uses vfork and exec (< 1 ms)."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    __slots__ = ("proc", "reader", "writer")
+
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
         self.proc = proc
+        self.reader = reader
+        self.writer = writer
 
     @classmethod
     async def start(cls, memory: int) -> _Worker:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "proxy.sql.worker",
-            str(memory),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        return cls(proc)
+        loop = asyncio.get_running_loop()
+        proc, read_pipe, write_pipe = _spawn(memory)
+        # The transports own our ends of the pipes from here on (and close them).
+        reader = asyncio.StreamReader(limit=MAX_ANSWER, loop=loop)
+        try:
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), read_pipe)
+            transport, protocol = await loop.connect_write_pipe(
+                lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), write_pipe
+            )
+        except BaseException:
+            proc.kill()
+            read_pipe.close()
+            write_pipe.close()
+            await asyncio.to_thread(proc.wait)
+            raise
+        writer = asyncio.StreamWriter(transport, protocol, None, loop)
+        return cls(proc, reader, writer)
 
     @property
     def alive(self) -> bool:
-        return self.proc.returncode is None
+        return self.proc.poll() is None
+
+    async def _exit_status(self) -> int:
+        """Wait for the process to end (in a thread: the loop does not reap it)."""
+        code = self.proc.poll()
+        if code is None:
+            code = await asyncio.to_thread(self.proc.wait)
+        return code
 
     async def ask(self, header: bytes, payload: bytes) -> bytes:
-        stdin, stdout = self.proc.stdin, self.proc.stdout
-        assert stdin is not None and stdout is not None
+        stdin, stdout = self.writer, self.reader
         try:
             stdin.write(struct.pack("!I", len(header)) + header)
             stdin.write(struct.pack("!I", len(payload)))
@@ -172,7 +219,7 @@ class _Worker:
                 raise _Failed(Outcome.BAD_ANSWER)
             return await stdout.readexactly(length)
         except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError):
-            code = await self.proc.wait()
+            code = await self._exit_status()
             if code == EXIT_MEMORY:
                 raise _Failed(Outcome.OUT_OF_MEMORY) from None
             raise _Failed(Outcome.CRASHED, _death(code)) from None
@@ -186,19 +233,19 @@ class _Worker:
         """Close its stdin (it exits at once when idle), kill it if it does not (or at once)."""
         if kill:
             self.kill()
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
+        self.writer.close()
         try:
-            await asyncio.wait_for(self.proc.wait(), 2)
+            await asyncio.wait_for(self._exit_status(), 2)
         except TimeoutError:
             self.kill()
-            await self.proc.wait()
+            await self._exit_status()
+        self.reader.feed_eof()
 
 
 class AnalysisPool:
     """``await pool.analyse(sql, settings)`` -> :class:`Analysis`, never raising.
 
-    Workers start on first use, or one ahead of it with :meth:`warm`, and are reused;
+    Workers start on first use (no stall of the loop, see :class:`_Worker`) and are reused;
     ``close()`` stops them and answers waiting callers with Outcome.CLOSED.
     """
 
@@ -225,20 +272,6 @@ class AnalysisPool:
     def busy_pids(self) -> list[int]:
         """Process ids of the workers analysing right now."""
         return [w.proc.pid for w in self._busy]
-
-    async def warm(self) -> None:
-        """Start one worker now (the server does, at start-up), so the first long statement
-        finds it ready: starting a worker forks the whole proxy on the event loop (11-45 ms
-        on the 2-core benchmark machine, more the more memory the proxy holds), a stall every
-        session would feel. Others still start when needed, and replace failed ones."""
-        if self._closed or self.running or self._starting:
-            return
-        try:
-            worker = await self._start()
-        except _Failed:
-            return  # (logged; the first long statement tries again)
-        self._idle.append(worker)
-        self._wake_one()
 
     async def _start(self) -> _Worker:
         """A new worker process, counted in ``started``."""
