@@ -167,6 +167,7 @@ def _with_text(stmt: StatementFacts, text: str) -> StatementFacts:
         stmt.execute_name,
         stmt.notes,
         None if body is None else _with_text(body, text),
+        param_sensitive=stmt.param_sensitive,
         identity_change=stmt.identity_change,
     )
 
