@@ -6,7 +6,10 @@ Same protocol as bench/count_facts.py: run under callgrind with ``--calls 0`` an
 * ``framer`` — one client message through ``proxy.wire.framing.Framer`` (8 Query messages per
   chunk, as from 8 pipelined clients' worth of data);
 * ``seal`` — one audit event canonicalised, hashed and chained (``proxy.audit.chain``), in
-  batches of 64 as the trail writer seals them;
+  batches of 64 as the trail writer seals them; the events are bench_audit's dicts, keys in
+  no particular order (sealed with orjson's sort, as any record not in canonical order);
+* ``seal-query`` — the same for query events as the session builds them
+  (``proxy.audit.events``: keys in canonical order, sealed without a sort);
 * ``relay-literal`` / ``relay-repeat`` — one pgbench -S transaction through a whole Session
   (bench/bench_relay.py's ``relay``: the in-process test tier's harness, real gate, facts
   cache and audit trail in a temporary directory, fake transports), with a new literal each
@@ -32,14 +35,28 @@ sys.path[:0] = [str(BENCH_DIR), str(BENCH_DIR.parent)]
 from bench_audit import make_event  # noqa: E402
 from bench_relay import pgbench_transactions, relay  # noqa: E402
 
+from proxy import config  # noqa: E402
 from proxy.audit.chain import Chainer  # noqa: E402
+from proxy.audit.events import SessionEvents  # noqa: E402
 from proxy.compiled import build_kind  # noqa: E402
 from proxy.errors import ProtocolError  # noqa: E402
+from proxy.gate import Gate  # noqa: E402
+from proxy.identity import Identity  # noqa: E402
+from proxy.relay.statement import Completion, Statement, Via  # noqa: E402
+from proxy.sql.facts import ParserSettings  # noqa: E402
 from proxy.wire import messages as m  # noqa: E402
 from proxy.wire.framing import Framer  # noqa: E402
 
 MAX_CALLS = 20_000
-CASES = ("framer", "seal", "relay-literal", "relay-repeat", "relay-extended", "relay-prepared")
+CASES = (
+    "framer",
+    "seal",
+    "seal-query",
+    "relay-literal",
+    "relay-repeat",
+    "relay-extended",
+    "relay-prepared",
+)
 
 
 def framer_case(calls: int) -> None:
@@ -56,6 +73,25 @@ def seal_case(calls: int) -> None:
     chainer = Chainer()
     for start in range(0, calls, 64):
         chainer.seal(events[start : min(start + 64, calls)])
+
+
+def seal_query_case(calls: int) -> None:
+    gate = Gate(config.defaults(), None)
+    events = SessionEvents("bench", gate, Identity("alice", "bench", "pgbench", "10.0.0.1", 5432))
+    events.backend_pid = 4242
+    statements = [
+        Statement(text, gate.inspect(text.encode(), ParserSettings()), None)
+        for text in (make_event(n)["statement"] for n in range(4))
+    ]
+    records = []
+    for n in range(MAX_CALLS):
+        done = Completion(statements[n % 4], Via.SIMPLE, 1.8e9 + n / 7, n, n + 7919 * n % 10**8)
+        record = events.statement(done, None)
+        record["seq"] = n + 1
+        records.append(record)
+    chainer = Chainer()
+    for start in range(0, calls, 64):
+        chainer.seal(records[start : min(start + 64, calls)])
 
 
 def relay_case(mode: str, distinct: bool = True) -> Callable[[int], None]:
@@ -78,6 +114,7 @@ def main() -> int:
     cases: dict[str, Callable[[int], None]] = {
         "framer": framer_case,
         "seal": seal_case,
+        "seal-query": seal_query_case,
         "relay-literal": relay_case("simple"),
         "relay-repeat": relay_case("simple", distinct=False),
         "relay-extended": relay_case("extended"),

@@ -151,6 +151,8 @@ class Chainer:
             event["prev_hash"] = prev
             event["chain"] = kind
             try:
+                # (orjson's sort is cheapest on a record already in order: a query event,
+                # see proxy.audit.events)
                 body = dumps(event, option=_SORT)
             except (TypeError, orjson.JSONEncodeError):
                 event = _replace_contents(event)
