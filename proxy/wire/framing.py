@@ -7,6 +7,8 @@ and CopyData is handed out in pieces as it arrives instead of being assembled wh
 
 from __future__ import annotations
 
+import functools
+
 from proxy.errors import ProtocolError
 from proxy.wire import constants as c
 
@@ -15,6 +17,28 @@ STREAM_PIECE = -1
 
 
 Framed = tuple[int, "bytes | None", bytes]
+
+
+@functools.lru_cache(maxsize=32)
+def _limit_table(
+    large_limit: int,
+    small_limit: int,
+    allowed: frozenset[int] | None,
+    large_types: frozenset[int],
+    streamed: frozenset[int],
+) -> tuple[int, ...]:
+    """The largest body of each type byte (-1: a type the peer may not send). One table per
+    configuration, shared by every session's framers (256 int objects each: ~10 kB)."""
+    return tuple(
+        -1
+        if allowed is not None and kind not in allowed
+        else c.LARGE_MESSAGE_LIMIT
+        if kind in streamed
+        else large_limit
+        if kind in large_types
+        else small_limit
+        for kind in range(256)
+    )
 
 
 class Framer:
@@ -55,17 +79,7 @@ class Framer:
         self._streamed = streamed
         self._stream_left = 0
         self._stream_kind = 0
-        # The largest body of each type byte; -1: a type the peer may not send.
-        self._limits: tuple[int, ...] = tuple(
-            -1
-            if allowed is not None and kind not in allowed
-            else c.LARGE_MESSAGE_LIMIT
-            if kind in streamed
-            else large_limit
-            if kind in large_types
-            else small_limit
-            for kind in range(256)
-        )
+        self._limits = _limit_table(large_limit, small_limit, allowed, large_types, streamed)
 
     @property
     def buffered(self) -> int:
