@@ -177,17 +177,23 @@ class PoolHost(Host):
             await pool.close()
 
 
-def test_a_long_statement_is_recorded_without_redacting_it_on_the_loop(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    scanned: list[int] = []
+@pytest.fixture
+def scanned(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Lengths of the texts pglast's scanner is given (redaction scans what it masks)."""
+    lengths: list[int] = []
     real_scan = pg_parser.scan
 
     def spy(text: str) -> Any:
-        scanned.append(len(text))
+        lengths.append(len(text))
         return real_scan(text)
 
     monkeypatch.setattr(pg_parser, "scan", spy)
+    return lengths
+
+
+def test_a_long_statement_is_recorded_without_redacting_it_on_the_loop(
+    tmp_path: Path, scanned: list[int]
+) -> None:
     host = PoolHost(
         tmp_path, None, limits__analysis_offload_size="16kB", audit__statement_max="4kB"
     )
@@ -225,16 +231,8 @@ rules:
 
 
 def test_a_refused_long_message_is_recorded_whole_without_redacting_it_on_the_loop(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, scanned: list[int]
 ) -> None:
-    scanned: list[int] = []
-    real_scan = pg_parser.scan
-
-    def spy(text: str) -> Any:
-        scanned.append(len(text))
-        return real_scan(text)
-
-    monkeypatch.setattr(pg_parser, "scan", spy)
     host = PoolHost(
         tmp_path, POLICY, limits__analysis_offload_size="16kB", audit__statement_max="4kB"
     )
@@ -264,16 +262,8 @@ def test_a_refused_long_message_is_recorded_whole_without_redacting_it_on_the_lo
 
 
 def test_a_long_statements_error_is_redacted_with_secrets_its_worker_found(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, scanned: list[int]
 ) -> None:
-    scanned: list[int] = []
-    real_scan = pg_parser.scan
-
-    def spy(text: str) -> Any:
-        scanned.append(len(text))
-        return real_scan(text)
-
-    monkeypatch.setattr(pg_parser, "scan", spy)
     host = PoolHost(
         tmp_path, None, limits__analysis_offload_size="16kB", audit__statement_text="none"
     )

@@ -27,7 +27,7 @@ from proxy.audit.reader import iter_events
 from proxy.store import shipper as shipper_module
 from proxy.store.query import build_query, iter_store_events
 from proxy.store.schema import LATEST_VERSION, MIGRATIONS, migrate
-from proxy.store.shipper import StoreShipper
+from proxy.store.shipper import StoreShipper, TrailLike
 from tests.support.pgcluster import PgServer
 
 pytestmark = pytest.mark.e2e  # starts its own PostgreSQL clusters
@@ -254,7 +254,7 @@ def store_dsn(pg: PgServer) -> Iterator[str]:
 
 
 @asynccontextmanager
-async def shipping(cfg: config.Config, trail: FileTrail) -> AsyncIterator[StoreShipper]:
+async def shipping(cfg: config.Config, trail: TrailLike) -> AsyncIterator[StoreShipper]:
     shipper = StoreShipper(cfg, trail, trail.proxy_id)
     await shipper.start()
     try:

@@ -22,9 +22,8 @@ from proxy.audit.reader import iter_events
 from proxy.audit.trail import AuditTrail
 from proxy.store.memory import MemoryQueue
 from proxy.store.rows import COLUMNS, Batch, lines_batch, written_batch
-from proxy.store.shipper import StoreShipper
 from proxy.store.tail import TrailTail
-from tests.test_store import make_events, store_dsn, wait_until  # noqa: F401
+from tests.test_store import make_events, shipping, store_dsn, wait_until  # noqa: F401
 
 pytestmark = pytest.mark.e2e  # most tests here start PostgreSQL clusters
 
@@ -133,16 +132,6 @@ async def open_trail(cfg: config.Config, proxy_id: str) -> AsyncIterator[AuditTr
         yield trail
     finally:
         await trail.aclose()
-
-
-@asynccontextmanager
-async def shipping(cfg: config.Config, trail: AuditTrail) -> AsyncIterator[StoreShipper]:
-    shipper = StoreShipper(cfg, trail, trail.proxy_id)
-    await shipper.start()
-    try:
-        yield shipper
-    finally:
-        await shipper.aclose()
 
 
 async def write(trail: AuditTrail, events: list[dict[str, Any]], per_turn: int = 8) -> None:

@@ -450,9 +450,7 @@ class Session:
             self._end_after_client_left()
 
     def _server_message(self, kind: int, body: bytes, rows: int) -> bytes | None:
-        core = self.core
-        if core is not None:
-            return core.on_server(kind, body, rows)
+        # Until the session is ready: once it is, the scanner calls the relay core itself.
         return self.flow.server_message(kind, body)
 
     def _server_protocol_error(self, exc: ProtocolError) -> None:

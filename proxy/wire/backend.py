@@ -16,12 +16,10 @@ error, not an allocation.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 
 from proxy.errors import BackendProtocolError
-
-_U32 = struct.Struct("!I")
+from proxy.wire.framing import fill_header, held_length
 
 # Watched message types and the largest body each may have. Small: fixed-shape replies whose
 # size PostgreSQL bounds (tags are < 64 bytes; ParameterDescription holds at most 65535 OIDs).
@@ -107,13 +105,11 @@ class BackendScanner:
         partial = self._partial
         if not self._need:
             # Only part of a header so far: take up to a full header and decide.
-            take = 5 - len(partial)
-            partial += data[:take]
-            data = data[take:]
-            if len(partial) < 5:
+            rest = fill_header(partial, data)
+            if rest is None:
                 return b""
-            kind = partial[0]
-            (length,) = _U32.unpack_from(partial, 1)
+            data = rest
+            kind, length = partial[0], held_length(partial)
             limit = self._check(kind, length)
             if not limit:
                 # Not watched: forward the header and stream the body.
@@ -209,7 +205,7 @@ class BackendScanner:
             return
         if rest >= 5:
             kind = buf[pos]
-            (length,) = _U32.unpack_from(buf, pos + 1)
+            length = int.from_bytes(buf[pos + 1 : pos + 5], "big")
             limit = self._check(kind, length)
             if not limit:
                 # Forward what arrived of a passthrough message; stream the rest.

@@ -12,11 +12,22 @@ import functools
 from proxy.errors import ProtocolError
 from proxy.wire import constants as c
 
-# Emitted for each piece of a streamed message: the raw bytes to forward, no decoded body.
-STREAM_PIECE = -1
-
-
 Framed = tuple[int, "bytes | None", bytes]
+
+
+def fill_header(held: bytearray, data: bytes) -> bytes | None:
+    """Move what ``held`` lacks of a 5-byte message header from ``data`` into it: what is
+    left of ``data``, or None while the header is still incomplete."""
+    if len(held) >= 5:
+        return data
+    take = 5 - len(held)
+    held += data[:take]
+    return data[take:] if len(held) == 5 else None
+
+
+def held_length(held: bytearray) -> int:
+    """The length field of the header at the start of ``held``."""
+    return int.from_bytes(held[1:5], "big")
 
 
 @functools.lru_cache(maxsize=32)
@@ -137,14 +148,11 @@ class Framer:
         """Add ``data`` to the held message; what follows it once it is complete (else b"").
         The held bytes are copied once, when the message is complete: linear in its size."""
         buf = self._buf
-        if len(buf) < 5:
-            take = 5 - len(buf)
-            buf += data[:take]
-            data = data[take:]
-            if len(buf) < 5:
-                return b""
-        kind = buf[0]
-        length = (buf[1] << 24) | (buf[2] << 16) | (buf[3] << 8) | buf[4]
+        rest = fill_header(buf, data)
+        if rest is None:
+            return b""
+        data = rest
+        kind, length = buf[0], held_length(buf)
         limit = self._limits[kind]
         if limit < 0 or length < 4 or length - 4 > limit:
             self._refuse(kind, length, limit)
