@@ -124,10 +124,16 @@ async def relay(
                 wire.upstream.take()
         await asyncio.sleep(0)
         elapsed = time.process_time() - started
-        audited = len(host.events("query"))
+        audited = audited_statements(Path(tmp))
         if audited < len(exchanges):
             raise SystemExit(f"only {audited} of {len(exchanges)} statements were audited")
         return elapsed
+
+
+def audited_statements(audit_dir: Path) -> int:
+    """The query records in the trail, counted on the bytes: a JSON parse of every line would
+    be most of what ``bench/count_hot.py`` counts (the key is never escaped; text is)."""
+    return sum(path.read_bytes().count(b',"type":"query",') for path in audit_dir.rglob("*.jsonl"))
 
 
 def main() -> None:
