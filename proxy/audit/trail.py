@@ -141,6 +141,9 @@ class AuditTrail:
         # statement). False from a failed write until a write succeeds with the queue below
         # audit.queue_max; meanwhile sessions hold statements back (nothing runs unaudited).
         self.accepting = True
+        # pending >= queue_max, kept as a plain attribute: sessions read it for every chunk a
+        # client sends (a property is an interpreted call each time)
+        self.full = False
         self._closed = False
         # One thread for fsync/close, in submission order, so a descriptor is never closed
         # under a pending fsync; another for gzip, which may take seconds.
@@ -266,6 +269,8 @@ class AuditTrail:
         """Queue ``event`` (the trail owns the dict from now on) and give it its ``seq``."""
         self._seq += 1
         event["seq"] = self._seq
+        if self._seq - self._written_seq >= self.queue_max:
+            self.full = True
         if event.get("type") == "session_start":
             # Which trail a session's events are in, for a reader of the merged store.
             event["trail_id"] = self.trail_id
@@ -286,7 +291,9 @@ class AuditTrail:
     def when_written(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once every event submitted so far reached the OS (and the disk,
         with ``audit.fsync=always``); right now if nothing is pending."""
-        if self._done_seq() >= self._seq:
+        # (_done_seq() inline: this runs for every statement)
+        done = self._synced_seq if self.fsync_mode == "always" else self._written_seq
+        if done >= self._seq:
             callback()
         else:
             self._waiters.append((self._seq, callback))
@@ -295,10 +302,6 @@ class AuditTrail:
     def pending(self) -> int:
         """Events submitted but not written yet."""
         return self._seq - self._written_seq
-
-    @property
-    def full(self) -> bool:
-        return self.pending >= self.queue_max
 
     async def wait_not_full(self) -> None:
         while self.full:
@@ -380,6 +383,7 @@ class AuditTrail:
         self._out = b""
         self._out_events = []
         self._written_seq = self._out_last_seq
+        self.full = self._seq - self._written_seq >= self.queue_max
         self._written_hash = events[-1]["hash"]
         self._unsynced = True
         stats = self.stats

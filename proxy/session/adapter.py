@@ -42,6 +42,8 @@ class Session:
     def __init__(self, server: SessionHost, contexts: TLSContexts | None = None) -> None:
         self.server = server
         self.cfg = server.cfg
+        # read for every statement: a Config lookup is an interpreted call
+        self._fail_closed: bool = bool(self.cfg["audit.fail_closed"])
         # One generation of certificates for the whole session: a reload changes what new
         # connections get, never a running one.
         self.contexts = contexts if contexts is not None else server.tls.current
@@ -192,7 +194,7 @@ class Session:
         )
 
     def _audit_refusal(self) -> Decision | None:
-        if self.cfg["audit.fail_closed"] and not self.server.audit_accepting():
+        if self._fail_closed and not self.server.audit_accepting():
             return self.server.gate.audit_refusal()
         return None
 
@@ -396,7 +398,7 @@ class Session:
                 self._stalls.stalled(core)
             if self.server.trail.full and not (
                 # Under fail_closed new statements are refused, not queued: keep reading.
-                self.cfg["audit.fail_closed"] and not self.server.audit_accepting()
+                self._fail_closed and not self.server.audit_accepting()
             ):
                 self._wait_for_audit_capacity()
         except FrontendProtocolError as exc:
