@@ -16,7 +16,9 @@ Same protocol as bench/count_facts.py: run under callgrind with ``--calls 0`` an
   time or one repeated text; the run checks every statement was audited;
 * ``relay-extended`` / ``relay-prepared`` — the same transaction as pgbench -M extended / -M
   prepared sends it (Parse/Bind/Describe/Execute/Sync, or Bind/Describe/Execute/Sync on a
-  statement parsed once).
+  statement parsed once);
+* ``relay-literal-policy`` / ``relay-extended-policy`` — relay-literal / relay-extended with
+  ``policies/default.yaml`` loaded (what a policy costs per statement).
 
 Which build runs is printed to stderr (``pgwarden --version``'s wording).
 """
@@ -56,7 +58,10 @@ CASES = (
     "relay-repeat",
     "relay-extended",
     "relay-prepared",
+    "relay-literal-policy",
+    "relay-extended-policy",
 )
+DEFAULT_POLICY = BENCH_DIR.parent / "policies" / "default.yaml"
 
 
 def framer_case(calls: int) -> None:
@@ -94,11 +99,14 @@ def seal_query_case(calls: int) -> None:
         chainer.seal(records[start : min(start + 64, calls)])
 
 
-def relay_case(mode: str, distinct: bool = True) -> Callable[[int], None]:
+def relay_case(
+    mode: str, distinct: bool = True, policy: Path | None = None
+) -> Callable[[int], None]:
     def run(calls: int) -> None:
         # the same set-up work for any --calls
         exchanges = pgbench_transactions(MAX_CALLS + 64, mode, distinct)
-        asyncio.run(relay(exchanges[: 64 + calls], warmup=64))
+        policy_text = policy.read_text() if policy is not None else None
+        asyncio.run(relay(exchanges[: 64 + calls], policy_text, warmup=64))
 
     return run
 
@@ -119,6 +127,8 @@ def main() -> int:
         "relay-repeat": relay_case("simple", distinct=False),
         "relay-extended": relay_case("extended"),
         "relay-prepared": relay_case("prepared"),
+        "relay-literal-policy": relay_case("simple", policy=DEFAULT_POLICY),
+        "relay-extended-policy": relay_case("extended", policy=DEFAULT_POLICY),
     }
     cases[args.case](args.calls)
     return 0

@@ -178,15 +178,18 @@ class Policy:
                 stmt.missing_where,
                 stmt.role_change,
                 stmt.opaque,
-                facts.multi_statement,
+                len(facts.statements) > 1,  # facts.multi_statement (a property call)
             )
             candidates = per_identity.get(shape)
             if candidates is None:
                 if len(per_identity) >= _SHAPES:
                     del per_identity[next(iter(per_identity))]
                 candidates = per_identity[shape] = self._prefilter(identity, stmt, facts)
-            ctx = Ctx(identity, stmt, facts, when)
             matched_any = False
+            if not candidates:
+                defaulted = True
+                continue
+            ctx = Ctx(identity, stmt, facts, when)
             for cand in candidates:
                 if _all_hold(cand.when_rest, ctx) and not (
                     cand.unless_rest is not None and _all_hold(cand.unless_rest, ctx)
