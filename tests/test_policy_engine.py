@@ -14,6 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy import config
+from proxy.gate import Gate
 from proxy.identity import Identity
 from proxy.policy.engine import Policy
 from proxy.policy.loader import load_policy
@@ -443,3 +445,19 @@ def test_caches_stay_bounded_and_correct_with_many_identities(tmp_path: Path) ->
         assert p.evaluate(who, delete).action == ("allow" if i % 2 else "block")
     # Internal bound: old identities are evicted rather than kept forever.
     assert len(p._candidates) <= 256
+
+
+def test_gate_decides_hours_on_the_current_time(tmp_path: Path) -> None:
+    # Gate.decide reads the clock only for a policy that looks at it; one that does must see
+    # the real time: a window around now blocks, the window twelve hours away does not.
+    hour = datetime.now(UTC).hour
+    around = f"{(hour - 1) % 24:02d}:00-{(hour + 2) % 24:02d}:00"
+    away = f"{(hour + 11) % 24:02d}:00-{(hour + 13) % 24:02d}:00"
+    facts = query(stmt())
+    for window, expected in ((around, "block"), (away, "allow")):
+        gate = Gate(config.defaults(), one_rule(tmp_path, f'hours: ["{window}"]'))
+        assert gate.policy is not None and gate.policy.uses_time
+        assert gate.decide(ALICE, facts).action == expected, window
+    untimed = Gate(config.defaults(), one_rule(tmp_path, "commands: [SELECT]"))
+    assert untimed.policy is not None and not untimed.policy.uses_time
+    assert untimed.decide(ALICE, facts).action == "block"
