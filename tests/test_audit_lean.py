@@ -10,7 +10,9 @@ verifies.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import pickle
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -210,6 +212,43 @@ def test_a_plain_query_event_is_built_in_canonical_order() -> None:
     event["chain"] = SHA256
     assert list(event) == sorted(event)
     assert event["duration_ms"] == 0.002 and event["protocol"] == "simple"
+
+
+def test_a_decisions_audit_object_is_made_once_and_not_carried_by_copies() -> None:
+    decision = Decision(action="flag", rules=(RULE,), mode="monitor", intended="block")
+    first = decision.as_audit()
+    assert first is decision.as_audit()
+    assert first == {
+        "action": "flag",
+        "intended": "block",
+        "mode": "monitor",
+        "rules": [{"id": "no-writes", "action": "block", "severity": "high"}],
+    }
+    twin = Decision(action="flag", rules=(RULE,), mode="monitor", intended="block")
+    assert twin == decision and hash(twin) == hash(decision)  # the cache is not compared
+    changed = dataclasses.replace(decision, action="block")
+    assert changed.as_audit()["action"] == "block"  # a copy does not inherit the answer
+    assert pickle.loads(pickle.dumps(decision)).as_audit() == first
+
+
+def test_events_sharing_a_decision_that_needs_cleaning_seal_alike() -> None:
+    """Query events share their decision's audit dict: the trail's fallback for what orjson
+    refuses (a lone surrogate here) must clean a copy, never the shared dict."""
+    odd = Decision(action="block", rules=(RuleMatch("r\ud800", "block", "high", "p:1"),))
+    shared = odd.as_audit()
+    builder = SessionEvents("p", GATE, Identity("alice", "app", "psql"))
+    statement = Statement(TEXTS[0], FACTS[0], odd)
+    events = [
+        builder.statement(Completion(statement, Via.SIMPLE, 1.5 + n, n, n + 1500, "SELECT 1"))
+        for n in range(3)
+    ]
+    for seq, event in enumerate(events, 1):
+        event["seq"] = seq
+    assert all(event["decision"] is shared for event in events)
+    expected = reference_lines([dict(e) for e in events])
+    assert _sealed(events) == expected
+    assert odd.as_audit() is shared and shared["rules"][0]["id"] == "r\ud800"
+    assert all(b'"rules":[{"action":"block","id":"r?"' in line for line in expected)
 
 
 # --- the pieces that replaced generic formatting -----------------------------------------

@@ -61,9 +61,19 @@ class Decision:
     # The strictest max_rows of the matched rules when the statement runs (allow or flag).
     guard: RowLimit | None = None
     facts_summary: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # as_audit()'s answer, made once: the decision is frozen, and a statement without a policy
+    # (ALLOW) or a cached one shares its decision with every other event.
+    _audit: dict[str, Any] | None = field(
+        default=None, init=False, repr=False, compare=False, hash=False
+    )
 
     def as_audit(self) -> dict[str, Any]:
-        """The ``decision`` object of a query audit event."""
+        """The ``decision`` object of a query audit event. The same dict for every call:
+        events share it, so readers must not change it (none does: the trail copies what it
+        must clean, see proxy.audit.chain.jsonable)."""
+        cached = self._audit
+        if cached is not None:
+            return cached
         out: dict[str, Any] = {
             "action": self.action,
             "intended": self.intended,
@@ -74,6 +84,7 @@ class Decision:
             out["review_rule"] = self.review.rule_id
         if self.guard is not None:
             out["max_rows"] = self.guard.limit
+        object.__setattr__(self, "_audit", out)
         return out
 
 
