@@ -10,6 +10,11 @@ Same protocol as bench/count_facts.py: run under callgrind with ``--calls 0`` an
   no particular order (sealed with orjson's sort, as any record not in canonical order);
 * ``seal-query`` — the same for query events as the session builds them
   (``proxy.audit.events``: keys in canonical order, sealed without a sort);
+* ``event-query`` — one query event built from its ``Completion``
+  (``SessionEvents.statement``) and sealed, 64 at a time as the trail seals a loop turn's
+  batch: the whole audit stage of a statement, submit bookkeeping and the write excluded;
+* ``event-query-metrics`` — the same with the metrics listener (on by default) fed each
+  sealed batch, as ``proxy.metrics.Metrics.observe`` is after every write;
 * ``relay-literal`` / ``relay-repeat`` — one pgbench -S transaction through a whole Session
   (bench/bench_relay.py's ``relay``: the in-process test tier's harness, real gate, facts
   cache and audit trail in a temporary directory, fake transports), with a new literal each
@@ -30,6 +35,7 @@ import asyncio
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH_DIR), str(BENCH_DIR.parent)]
@@ -44,8 +50,10 @@ from proxy.compiled import build_kind  # noqa: E402
 from proxy.errors import ProtocolError  # noqa: E402
 from proxy.gate import Gate  # noqa: E402
 from proxy.identity import Identity  # noqa: E402
+from proxy.metrics import Metrics  # noqa: E402
 from proxy.relay.statement import Completion, Statement, Via  # noqa: E402
 from proxy.sql.facts import ParserSettings  # noqa: E402
+from proxy.state import ServerState  # noqa: E402
 from proxy.wire import messages as m  # noqa: E402
 from proxy.wire.framing import Framer  # noqa: E402
 
@@ -54,6 +62,8 @@ CASES = (
     "framer",
     "seal",
     "seal-query",
+    "event-query",
+    "event-query-metrics",
     "relay-literal",
     "relay-repeat",
     "relay-extended",
@@ -80,7 +90,9 @@ def seal_case(calls: int) -> None:
         chainer.seal(events[start : min(start + 64, calls)])
 
 
-def seal_query_case(calls: int) -> None:
+def query_completions() -> tuple[SessionEvents, list[Completion]]:
+    """A session's event builder and ``MAX_CALLS`` finished statements (bench_audit's four
+    texts, through the real gate: default config, no policy)."""
     gate = Gate(config.defaults(), None)
     events = SessionEvents("bench", gate, Identity("alice", "bench", "pgbench", "10.0.0.1", 5432))
     events.backend_pid = 4242
@@ -88,15 +100,55 @@ def seal_query_case(calls: int) -> None:
         Statement(text, gate.inspect(text.encode(), ParserSettings()), None)
         for text in (make_event(n)["statement"] for n in range(4))
     ]
+    done = [
+        Completion(statements[n % 4], Via.SIMPLE, 1.8e9 + n / 7, n, n + 7919 * n % 10**8)
+        for n in range(MAX_CALLS)
+    ]
+    return events, done
+
+
+def seal_query_case(calls: int) -> None:
+    events, done = query_completions()
     records = []
-    for n in range(MAX_CALLS):
-        done = Completion(statements[n % 4], Via.SIMPLE, 1.8e9 + n / 7, n, n + 7919 * n % 10**8)
-        record = events.statement(done, None)
+    for n, completion in enumerate(done):
+        record = events.statement(completion, None)
         record["seq"] = n + 1
         records.append(record)
     chainer = Chainer()
     for start in range(0, calls, 64):
         chainer.seal(records[start : min(start + 64, calls)])
+
+
+def event_query_case(with_metrics: bool) -> Callable[[int], None]:
+    def run(calls: int) -> None:
+        events, done = query_completions()
+        observe = Metrics(ServerState("bench", 0.0), _NoTrail()).observe if with_metrics else None
+        chainer = Chainer()
+        statement = events.statement
+        for start in range(0, calls, 64):
+            batch = []
+            for n in range(start, min(start + 64, calls)):
+                record = statement(done[n], None)
+                record["seq"] = n + 1
+                batch.append(record)
+            chainer.seal(batch)
+            if observe is not None:
+                observe(batch)
+
+    return run
+
+
+class _NoTrail:
+    """What Metrics needs of a trail (the case calls the listener itself)."""
+
+    pending = 0
+    healthy = True
+
+    def add_listener(self, fn: Callable[[list[dict[str, Any]]], None]) -> None:
+        pass
+
+    def submit(self, event: dict[str, Any]) -> None:
+        pass
 
 
 def relay_case(
@@ -123,6 +175,8 @@ def main() -> int:
         "framer": framer_case,
         "seal": seal_case,
         "seal-query": seal_query_case,
+        "event-query": event_query_case(False),
+        "event-query-metrics": event_query_case(True),
         "relay-literal": relay_case("simple"),
         "relay-repeat": relay_case("simple", distinct=False),
         "relay-extended": relay_case("extended"),
