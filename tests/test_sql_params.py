@@ -154,3 +154,23 @@ def test_a_condition_judged_not_limiting_selects_every_row(cond: tuple[str, Any]
     stmt = analyze(f"DELETE FROM orders WHERE {text}").statements[0]
     if stmt.missing_where:
         assert all(evaluate(x) is True for x in _VALUES), text
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 1",
+        "DELETE FROM t WHERE $1",
+        "SELECT 1; DELETE FROM t WHERE $1",
+        "PREPARE p AS DELETE FROM t WHERE $1",
+        "PREPARE p AS SELECT $1",
+        "SELECT set_config($1, 'x', false)",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+    ],
+)
+def test_the_relays_compiled_param_sensitive_agrees_with_the_facts(sql: str) -> None:
+    # proxy.relay.core asks this of every Bind's candidates without the (interpreted) property
+    from proxy.relay.core import _param_sensitive
+
+    facts = analyze(sql)
+    assert _param_sensitive(facts) == facts.param_sensitive

@@ -783,7 +783,7 @@ class RelayCore:
         statement.generation = gate.generation
         entry = Pending(Owed.PARSE, statement, now_ns, now_wall)
         refusal = enforce.refusal(decision, self._audit_refusal())
-        if refusal is not None and not facts.param_sensitive:
+        if refusal is not None and not _param_sensitive(facts):
             entry.block = refusal
             self.queue.expect(entry)
             self._skip_until_sync = True
@@ -804,9 +804,7 @@ class RelayCore:
         # The values are read only when something needs them (audit, or facts that depend on
         # a parameter): most Binds are forwarded by their names alone.
         bind: m.Bind | None = None
-        if mode != "none" or any(
-            c.facts is not None and c.facts.param_sensitive for c in candidates
-        ):
+        if mode != "none" or _any_param_sensitive(candidates):
             bind = m.decode_bind(body)
         statement = candidates[0] if candidates else None
         params = None
@@ -821,7 +819,7 @@ class RelayCore:
                 candidate.decision = gate.decide(self.identity, candidate.facts)
                 candidate.generation = gate.generation
             decision = candidate.decision
-            if bind is not None and candidate.facts.param_sensitive:
+            if bind is not None and _param_sensitive(candidate.facts):
                 bound = gate.bind_values(
                     candidate.facts,
                     bind,
@@ -1148,6 +1146,26 @@ class RelayCore:
     def take_events(self) -> list[dict[str, Any]]:
         """Events completed outside a server chunk (an abandoned portal, session end)."""
         return self._take_events(None)
+
+
+def _param_sensitive(facts: QueryFacts) -> bool:
+    """``facts.param_sensitive``, compiled: the property is an interpreted generator, and a
+    Bind asks it of every candidate statement."""
+    for stmt in facts.statements:
+        if stmt.param_sensitive:
+            return True
+        body = stmt.body
+        if body is not None and body.param_sensitive:
+            return True
+    return False
+
+
+def _any_param_sensitive(candidates: tuple[Statement, ...]) -> bool:
+    for candidate in candidates:
+        facts = candidate.facts
+        if facts is not None and _param_sensitive(facts):
+            return True
+    return False
 
 
 def _name(raw: bytes) -> str:
