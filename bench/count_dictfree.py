@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 if "--compiled" in sys.argv:  # the compiled prototype before the script's own directory
@@ -29,7 +28,7 @@ if "--compiled" in sys.argv:  # the compiled prototype before the script's own d
 sys.path[1:1] = [str(BENCH_DIR), str(BENCH_DIR.parent)]
 
 from proto_dictfree import Frags, Record, Sealer, lazy_dicts, observe_typed  # noqa: E402, I001
-from count_hot import MAX_CALLS, query_completions  # noqa: E402
+from count_hot import MAX_CALLS, NoTrail, query_completions  # noqa: E402
 
 from proxy.audit.chain import Chainer  # noqa: E402
 from proxy.audit.events import SessionEvents  # noqa: E402
@@ -39,19 +38,6 @@ from proxy.relay.statement import Completion  # noqa: E402
 from proxy.state import ServerState  # noqa: E402
 
 CASES = ("check", "build", "plain", "typed", "lazy")
-
-
-class NoTrail:
-    """What Metrics needs of a trail (the cases call the listener themselves)."""
-
-    pending = 0
-    healthy = True
-
-    def add_listener(self, fn: Any) -> None:
-        pass
-
-    def submit(self, event: dict[str, Any]) -> None:
-        pass
 
 
 def setup() -> tuple[SessionEvents, list[Completion], Frags]:

@@ -122,7 +122,7 @@ def seal_query_case(calls: int) -> None:
 def event_query_case(with_metrics: bool) -> Callable[[int], None]:
     def run(calls: int) -> None:
         events, done = query_completions()
-        observe = Metrics(ServerState("bench", 0.0), _NoTrail()).observe if with_metrics else None
+        observe = Metrics(ServerState("bench", 0.0), NoTrail()).observe if with_metrics else None
         chainer = Chainer()
         statement = events.statement
         for start in range(0, calls, 64):
@@ -138,8 +138,8 @@ def event_query_case(with_metrics: bool) -> Callable[[int], None]:
     return run
 
 
-class _NoTrail:
-    """What Metrics needs of a trail (the case calls the listener itself)."""
+class NoTrail:
+    """What Metrics needs of a trail (the cases call the listener themselves)."""
 
     pending = 0
     healthy = True

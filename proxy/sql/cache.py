@@ -290,14 +290,7 @@ class FactsCache:
         facts = self._lookup(key)
         if facts is not None:
             return facts
-        text: str | QueryFacts
-        if plain:
-            try:  # UTF8 without the codec lookup decode() makes for any client_encoding
-                text = data.decode("utf-8")
-            except UnicodeDecodeError:
-                text = decode(data, settings)  # its error facts
-        else:
-            text = decode(data, settings)
+        text = decode(data, settings)
         facts = text if isinstance(text, QueryFacts) else self._analyze_miss(text, settings)
         self._store(key, facts, len(data))
         return facts

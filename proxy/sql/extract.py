@@ -7,7 +7,7 @@ this layer gives ``unparsable_reason``. Callers fail closed on both.
 
 from __future__ import annotations
 
-import codecs
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -71,8 +71,10 @@ _PG_ENCODINGS: dict[str, str] = {
 }
 
 
+@functools.lru_cache(maxsize=64)  # bounded: the name may come from a client
 def python_codec(client_encoding: str) -> str | None:
-    """The Python codec for a PostgreSQL client_encoding name, or None if unsupported."""
+    """The Python codec for a PostgreSQL client_encoding name, or None if unsupported.
+    (Cached: asked for every statement the facts cache has not seen.)"""
     key = client_encoding.upper().replace("_", "").replace("-", "")
     return _PG_ENCODINGS.get(key)
 
@@ -93,7 +95,7 @@ def decode(data: bytes, settings: ParserSettings = _DEFAULT_SETTINGS) -> str | Q
             text, (), unparsable_reason=f"client_encoding {settings.client_encoding} unsupported"
         )
     try:
-        text = codecs.decode(data, codec)
+        text = data.decode(codec)
     except (UnicodeDecodeError, LookupError):
         return QueryFacts(
             data.decode("utf-8", "replace"),
