@@ -4,6 +4,7 @@ releases, time passing, cancel, shutdown, and the audit records of every step.""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -229,6 +230,29 @@ def test_the_broker_wakes_the_waiting_session_and_records_every_step() -> None:
         )
         assert first["params_sha256"] == request.binding.params_sha256
         assert first["statement"] == TEXT
+
+    asyncio.run(scenario())
+
+
+def test_a_deadline_timer_that_fires_early_waits_for_the_rest() -> None:
+    """The loop's timer runs on its own clock (uvloop caches it to the millisecond) and can
+    fire before the wall-clock deadline: the request must still expire, not stay pending with
+    no timer and its client waiting for ever."""
+
+    async def scenario() -> None:
+        events: list[dict[str, Any]] = []
+        clock = Clock()
+        broker = ApprovalBroker("p", events.append, clock=clock)
+        spec = dataclasses.replace(SPEC, timeout=0.02)
+        request = broker.request(spec, text=TEXT, identity=ALICE, statement=TEXT)
+        waiter = asyncio.ensure_future(broker.wait(request.id))
+        await asyncio.sleep(0.05)  # the loop's timer has fired: by the broker's clock, too early
+        assert broker.book.get(request.id).state is RequestState.PENDING
+        assert not waiter.done()
+        clock.now += 0.02  # the wall clock reaches the deadline
+        outcome = await asyncio.wait_for(waiter, 2)
+        assert outcome.request.state is RequestState.EXPIRED
+        assert [e["type"] for e in events] == ["review_requested", "review_expired"]
 
     asyncio.run(scenario())
 

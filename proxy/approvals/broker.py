@@ -24,6 +24,7 @@ from proxy.wire import messages as wire
 log = logging.getLogger("pgwarden.approvals")
 
 REMINDER_EVERY = 15.0  # seconds between "still waiting" notices
+MIN_REARM = 0.001  # seconds: a deadline timer that fired early waits at least this long again
 SHUTDOWN_REASON = "pgwarden stopped while the request was pending"
 SQLSTATE_REFUSED = "42501"  # insufficient_privilege, like a blocked statement
 SQLSTATE_CANCELLED = "57014"  # query_canceled, like a cancelled statement
@@ -139,8 +140,7 @@ class ApprovalBroker:
             fingerprint=fingerprint,
         )
         self._record(request, records, links=True)
-        loop = asyncio.get_running_loop()
-        self._timers[request.id] = loop.call_later(spec.timeout, self.expire_due)
+        self._arm(request.id, spec.timeout)
         return request
 
     async def wait(
@@ -257,6 +257,21 @@ class ApprovalBroker:
     def expire_due(self) -> None:
         for step in self.book.expire_due(self._clock()):
             self._apply(step)
+
+    def _arm(self, request_id: str, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._timers[request_id] = loop.call_later(delay, self._deadline_reached, request_id)
+
+    def _deadline_reached(self, request_id: str) -> None:
+        # The loop's timer runs on its own (monotonic, and under uvloop millisecond-cached)
+        # clock while deadlines are wall-clock times: it can fire a little before the deadline
+        # by ``self._clock()``. Re-arm for what is left rather than leave the request pending
+        # with no timer, a client waiting for ever.
+        self._timers.pop(request_id, None)
+        self.expire_due()
+        request = self.book.get(request_id)
+        if request.state is RequestState.PENDING and not self.closed:
+            self._arm(request_id, max(request.deadline - self._clock(), MIN_REARM))
 
     def close(self, reason: str = SHUTDOWN_REASON) -> None:
         """Deny everything pending (recorded), wake the waiters; no request survives."""
