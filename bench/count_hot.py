@@ -11,7 +11,8 @@ Same protocol as bench/count_facts.py: run under callgrind with ``--calls 0`` an
 * ``seal-query`` — the same for query events as the session builds them
   (``proxy.audit.events``: keys in canonical order, sealed without a sort);
 * ``event-query`` — one query event built from its ``Completion``
-  (``SessionEvents.statement``) and sealed, 64 at a time as the trail seals a loop turn's
+  (``SessionEvents.record``, the relay's call: the lean record; ``statement`` in code that
+  predates it) and sealed, 64 at a time as the trail seals a loop turn's
   batch: the whole audit stage of a statement, submit bookkeeping and the write excluded;
 * ``event-query-metrics`` — the same with the metrics listener (on by default) fed each
   sealed batch, as ``proxy.metrics.Metrics.observe`` is after every write;
@@ -124,7 +125,8 @@ def event_query_case(with_metrics: bool) -> Callable[[int], None]:
         events, done = query_completions()
         observe = Metrics(ServerState("bench", 0.0), NoTrail()).observe if with_metrics else None
         chainer = Chainer()
-        statement = events.statement
+        # What the relay calls: the lean record where the code has one (older code: a dict).
+        statement = getattr(events, "record", events.statement)
         for start in range(0, calls, 64):
             batch = []
             for n in range(start, min(start + 64, calls)):

@@ -30,6 +30,7 @@ HOT_MODULES: tuple[str, ...] = (
     "proxy.relay.prepared",
     "proxy.relay.transactions",
     "proxy.audit.events",
+    "proxy.audit.record",
     # The session's asyncio adapter and what it calls for every statement (a repeated
     # statement in-process: 21.2 -> 20.9 µs, a new literal 48.8 -> 44.3, docs/benchmarks.md).
     "proxy.session.sides",

@@ -20,7 +20,7 @@ from proxy.identity import Identity
 from proxy.policy.decision import ALLOW, Decision, RuleMatch
 from proxy.sql import cache as facts_cache
 from proxy.sql import extract, fastpath, params, recordtext, redact
-from proxy.sql.facts import ParserSettings, QueryFacts, StatementFacts
+from proxy.sql.facts import ParserSettings, QueryFacts, RecordedText, StatementFacts
 
 if TYPE_CHECKING:
     from proxy.config import Config
@@ -239,12 +239,18 @@ class Gate:
         """Set ``event["statement"]`` to what the trail may keep of ``text``: for a long
         statement the text its analysis worker made (redacted and capped off the loop), else
         :meth:`audit_text` (the trail caps it)."""
-        mode = self._text_mode
-        made = recordtext.made(text, stmt, facts, mode, self._statement_max)
+        made = self.made_text(text, stmt, facts)
         if made is not None:
             recordtext.fill(event, made)
         else:
             event["statement"] = self.audit_text(text, stmt)
+
+    def made_text(
+        self, text: str, stmt: StatementFacts | None, facts: QueryFacts | None
+    ) -> RecordedText | None:
+        """The record's text for a long ``text`` its analysis worker made, if there is one
+        (else the record shows :meth:`audit_text`)."""
+        return recordtext.made(text, stmt, facts, self._text_mode, self._statement_max)
 
     def display_text(self, text: str, stmt: StatementFacts | None = None) -> str:
         return redact.redact_statement(text, stmt)

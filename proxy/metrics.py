@@ -21,6 +21,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from proxy.audit.record import Event, QueryRecord
 from proxy.buildinfo import build_info
 from proxy.state import ServerState
 
@@ -38,9 +39,9 @@ class TrailLike(Protocol):
     @property
     def healthy(self) -> bool: ...
 
-    def add_listener(self, fn: Callable[[list[dict[str, Any]]], None]) -> None: ...
+    def add_listener(self, fn: Callable[[list[Event]], None]) -> None: ...
 
-    def submit(self, event: dict[str, Any]) -> None: ...
+    def submit(self, event: Event) -> None: ...
 
 
 class ShipperLike(Protocol):
@@ -273,12 +274,15 @@ class Metrics:
     def attach_shipper(self, shipper: ShipperLike | None) -> None:
         self.shipper = shipper
 
-    def observe(self, events: list[dict[str, Any]]) -> None:
+    def observe(self, events: list[Event]) -> None:
         """The trail listener: one pass over a written batch."""
         for event in events:
             kind = event.get("type")
             if kind == "query":
-                self._query(event)
+                if type(event) is QueryRecord and not event.dirty:
+                    self._count_query(event.statement_class, event.action, event.duration_ms, None)
+                else:
+                    self._query(event)
             elif kind == "session_start":
                 self.sessions_started += 1
             elif kind == "session_end":
@@ -289,24 +293,34 @@ class Metrics:
                 key = (str(event.get("alert")), str(event.get("severity")))
                 self.alert_counts[key] = self.alert_counts.get(key, 0) + 1
 
-    def _query(self, event: dict[str, Any]) -> None:
+    def _query(self, event: Event) -> None:
         decision = event.get("decision")
         action = decision.get("action") if isinstance(decision, dict) else None
-        key = (str(event.get("class") or "unknown"), str(action or "allow"))
+        duration = event.get("duration_ms")
+        sqlstate = event.get("sqlstate")
+        self._count_query(
+            event.get("class"),
+            action,
+            duration if isinstance(duration, int | float) else None,
+            sqlstate if isinstance(sqlstate, str) else None,
+        )
+
+    def _count_query(
+        self, cls: Any, action: Any, duration: float | None, sqlstate: str | None
+    ) -> None:
+        key = (str(cls or "unknown"), str(action or "allow"))
         counts = self.statement_counts
         counts[key] = counts.get(key, 0) + 1
-        duration = event.get("duration_ms")
-        if isinstance(duration, int | float):
+        if duration is not None:
             seconds = duration / 1000.0
             index = bisect_left(LATENCY_BUCKETS, seconds)
             if index < len(LATENCY_BUCKETS):
                 self.latency_buckets[index] += 1
             self.latency_sum += seconds
             self.latency_count += 1
-        sqlstate = event.get("sqlstate")
-        if isinstance(sqlstate, str) and sqlstate:
-            cls = sqlstate[:2]
-            self.error_counts[cls] = self.error_counts.get(cls, 0) + 1
+        if sqlstate:
+            prefix = sqlstate[:2]
+            self.error_counts[prefix] = self.error_counts.get(prefix, 0) + 1
 
     def exposition(self) -> bytes:
         """The text exposition format Prometheus scrapes."""

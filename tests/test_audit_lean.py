@@ -25,6 +25,7 @@ from proxy import config
 from proxy.audit import events as events_module
 from proxy.audit.chain import GENESIS, SHA256, Chainer, canonical
 from proxy.audit.events import SessionEvents, duration_ms, iso
+from proxy.audit.record import QueryRecord
 from proxy.audit.trail import AuditTrail
 from proxy.audit.verify import verify_trail
 from proxy.gate import Gate
@@ -200,6 +201,94 @@ def test_query_events_seal_to_the_canonical_lines(
     # Listeners get the record as written.
     for event, line in zip(events, expected, strict=True):
         assert canonical(orjson.loads(line)) == canonical(event)
+
+
+ODD = Decision(action="block", rules=(RuleMatch("r\ud800", "block", "high", "p:1"),))
+odd_texts = st.sampled_from(["", "alice", "caf\u00e9", "\ud800x", "a\"b\\c\n\x00"])
+lean_identities = st.builds(
+    Identity,
+    odd_texts,
+    odd_texts,
+    odd_texts,
+    client_addr=st.sampled_from(["", "10.0.0.1", "::1", "unix", "\udcff"]),
+    client_port=st.none() | st.integers(0, 65535),
+    session_id=odd_texts,
+)
+
+
+@st.composite
+def common_completions(draw: st.DrawFn) -> Completion:
+    """The completions the lean record takes: ran, no error, no bound values kept."""
+    index = draw(st.integers(0, len(TEXTS) - 1))
+    statement = Statement(
+        TEXTS[index],
+        FACTS[index],
+        draw(st.sampled_from([*DECISIONS, ODD])),
+        name=draw(st.sampled_from(["", "s1", "n\u00e9", "\ud800"])),
+    )
+    started_ns = draw(st.integers(0, 10**15))
+    return Completion(
+        statement,
+        draw(st.sampled_from(list(Via))),
+        draw(st.floats(0, 4e9)),
+        started_ns,
+        started_ns + draw(st.integers(0, 10**12)),
+        tag=draw(st.sampled_from(["", "SELECT 1", "UPDATE 3", "INSERT 0 1", "\ud800"])),
+        rows=draw(st.none() | st.integers(0, 2**70)),
+        index=draw(st.sampled_from([-1, -1, 0, 1])),
+        portal=draw(st.sampled_from(["", "p\u00e9", "\ud800"])),
+        tx_after=draw(st.sampled_from([ord("I"), ord("T"), ord("E")])),
+        scope=draw(st.sampled_from(list(Scope))),
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    lean_identities,
+    st.none() | st.integers(0, 2**31),
+    st.lists(common_completions() | completions(), min_size=1, max_size=6),
+    st.sampled_from([None, "I", "T", "E"]),
+)
+def test_lean_records_seal_to_the_dict_paths_lines(
+    identity: Identity, pid: int | None, done: list[Completion], tx_status: str | None
+) -> None:
+    """The lean record (bytes around the chain's fields) against the dict the canonical path
+    seals: the same lines, and the same record for readers."""
+    lean = SessionEvents("proxy-\u00e9", GATE, identity)
+    plain = SessionEvents("proxy-\u00e9", GATE, identity)
+    lean.backend_pid = plain.backend_pid = pid
+    records = [lean.record(d, tx_status) for d in done]
+    dicts = [plain.statement(d, tx_status) for d in done]
+    for seq, (record, event) in enumerate(zip(records, dicts, strict=True), 1):
+        record["seq"] = event["seq"] = seq
+    assert Chainer().seal(records) == Chainer().seal(dicts)
+    assert lean.statements == plain.statements == len(done)
+    for record, event in zip(records, dicts, strict=True):
+        assert (record.as_dict() if isinstance(record, QueryRecord) else record) == event
+
+
+def test_the_common_statement_takes_the_lean_record_and_a_change_falls_back() -> None:
+    builder = SessionEvents("p", GATE, Identity("alice", "app", "psql", "10.0.0.1", 5432, "s1"))
+    builder.backend_pid = 77
+    statement = Statement(TEXTS[0], FACTS[0], None)
+    done = Completion(statement, Via.EXTENDED, 1.5, 0, 1500, "SELECT 1", rows=1)
+    record = builder.record(done)
+    assert isinstance(record, QueryRecord)
+    assert record.get("type") == "query" and record["class"] == "read"
+    assert record.get("error") is None and record.get("hash") is None and "hash" not in record
+    assert record["decision"] == {"action": "allow", "intended": "allow", "mode": "enforce", "rules": []}
+    twin = builder.statement(done)
+    changed = builder.record(done)
+    assert isinstance(changed, QueryRecord)
+    changed["dispatch"] = 9
+    twin_changed = dict(twin, dispatch=9)
+    batch: list[Any] = [record, changed]
+    expected: list[Any] = [twin, twin_changed]
+    for seq, (a, b) in enumerate(zip(batch, expected, strict=True), 1):
+        a["seq"] = b["seq"] = seq
+    assert Chainer().seal(batch) == Chainer().seal(expected)
+    assert changed.dirty and changed["dispatch"] == 9 and changed["hash"] == twin_changed["hash"]
+    assert record["hash"] == twin["hash"] and record.as_dict() == twin
 
 
 def test_a_plain_query_event_is_built_in_canonical_order() -> None:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from proxy.alerts.destinations import BACKOFF_START, WebhookSender, log_alert
 from proxy.alerts.rules import GROUP_KEYS, AlertRule, Webhook, load_rules
 from proxy.alerts.window import FirstSeen, SlidingWindows
+from proxy.audit.record import Event, QueryRecord
 from proxy.audit.render import review_summary
 
 log = logging.getLogger("pgwarden.alerts")
@@ -37,9 +38,9 @@ _REVIEW_FIELDS = (
 
 
 class TrailLike(Protocol):
-    def add_listener(self, fn: Callable[[list[dict[str, Any]]], None]) -> None: ...
+    def add_listener(self, fn: Callable[[list[Event]], None]) -> None: ...
 
-    def submit(self, event: dict[str, Any]) -> Any: ...
+    def submit(self, event: Event) -> Any: ...
 
 
 def iso(at: float) -> str:
@@ -232,11 +233,13 @@ class AlertEngine:
             self._loop = None
         trail.add_listener(self.feed)
 
-    def feed(self, events: list[dict[str, Any]]) -> None:
+    def feed(self, events: list[Event]) -> None:
         """Observe ``events`` as they are written (the trail's listener; with workers, also
         the sibling workers' events, see proxy.workers.alerts)."""
         at = self._now()
         for event in events:
+            if isinstance(event, QueryRecord):
+                event = event.as_dict()  # (the rules read any field)
             for alert in self.observe(event, at):
                 self._fire(alert)
 

@@ -15,22 +15,20 @@ rewrite the files can rewrite the whole chain consistently; an HMAC key kept awa
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from proxy.audit.record import Event, QueryRecord, jsonable, seal_into, sha256_hex
 from proxy.errors import AuditError
 
 GENESIS = "0" * 64
 SHA256 = "sha256"
 HMAC_SHA256 = "hmac-sha256"
 _SORT = orjson.OPT_SORT_KEYS
-_INT_RANGE = (-(2**63), 2**64 - 1)
 
 
 def canonical(record: dict[str, Any]) -> bytes:
@@ -41,35 +39,6 @@ def canonical(record: dict[str, Any]) -> bytes:
         return orjson.dumps(record, option=_SORT)
     except (TypeError, orjson.JSONEncodeError):
         return orjson.dumps(jsonable(record), option=_SORT)
-
-
-def jsonable(value: Any) -> Any:
-    """``value`` made serializable without loss of anything a reader could rely on.
-
-    Used only when orjson refuses an event (lone surrogates in text decoded from the wire,
-    integers beyond 64 bits, non-string keys, unknown types): never drop an event over it.
-    """
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8", "replace").decode("utf-8")
-    if isinstance(value, int):
-        return value if _INT_RANGE[0] <= value <= _INT_RANGE[1] else str(value)
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {
-            jsonable(k) if isinstance(k, str) else str(k): jsonable(v) for k, v in value.items()
-        }
-    if isinstance(value, list | tuple | set | frozenset):
-        return [jsonable(v) for v in value]
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).decode("utf-8", "replace")
-    try:
-        orjson.dumps(value)
-    except (TypeError, orjson.JSONEncodeError):
-        return str(value)
-    return value
 
 
 def sealed_line(record: dict[str, Any]) -> bytes:
@@ -104,12 +73,7 @@ def load_hmac_key(path: str | Path) -> bytes:
 def hasher(key: bytes | None) -> Callable[[bytes], str]:
     """The function from canonical bytes to the hex hash: SHA-256, or HMAC-SHA256 with ``key``."""
     if key is None:
-        sha256 = hashlib.sha256
-
-        def plain(body: bytes) -> str:
-            return sha256(body).hexdigest()
-
-        return plain
+        return sha256_hex  # (compiled, with the lean record's sealing)
     digest = hmac.digest
 
     def keyed(body: bytes) -> str:
@@ -129,34 +93,42 @@ class Chainer:
     ``seq`` is assigned earlier (at submit); the chainer only links what it is given.
     """
 
-    __slots__ = ("_hash", "kind", "last_seq", "prev_hash")
+    __slots__ = ("_hash", "_kind_bytes", "kind", "last_seq", "prev_hash")
 
     def __init__(self, key: bytes | None = None, last_seq: int = 0, prev_hash: str = GENESIS):
         self._hash = hasher(key)
         self.kind = SHA256 if key is None else HMAC_SHA256
+        self._kind_bytes = b'"%s"' % self.kind.encode()
         self.last_seq = last_seq
         self.prev_hash = prev_hash
 
-    def seal(self, events: list[dict[str, Any]]) -> bytes:
+    def seal(self, events: Sequence[Event]) -> bytes:
         """All ``events`` as consecutive JSONL lines, chained to what came before."""
         dumps = orjson.dumps
         digest = self._hash
         kind = self.kind
+        kind_bytes = self._kind_bytes
         prev = self.prev_hash
         parts: list[bytes] = []
         append = parts.append
         for event in events:
+            if type(event) is QueryRecord and not event.dirty:
+                # The lean record: its bytes around the chain's fields (proxy.audit.record).
+                prev = seal_into(event, kind, kind_bytes, prev, digest, parts)
+                continue
             if "hash" in event:  # a re-submitted record: its old hash is not part of it
                 del event["hash"]
             event["prev_hash"] = prev
             event["chain"] = kind
+            # (a changed lean record seals from the dict it stands for)
+            record = event.as_dict() if isinstance(event, QueryRecord) else event
             try:
                 # (orjson's sort is cheapest on a record already in order: a query event,
                 # see proxy.audit.events)
-                body = dumps(event, option=_SORT)
+                body = dumps(record, option=_SORT)
             except (TypeError, orjson.JSONEncodeError):
-                event = _replace_contents(event)
-                body = dumps(event, option=_SORT)
+                record = _replace_contents(record)
+                body = dumps(record, option=_SORT)
             prev = digest(body)
             event["hash"] = prev
             append(body[:-1])

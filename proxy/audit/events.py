@@ -10,7 +10,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from proxy.audit.record import NULL, Event, QueryRecord, enc, enc_text
 from proxy.identity import Identity
+from proxy.policy.decision import ALLOW, Decision
 from proxy.relay.rowguard import monitored
 from proxy.relay.statement import Scope, Via
 
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
     from proxy.gate import Gate
     from proxy.relay.statement import Completion
     from proxy.relay.transactions import TransactionEnd
+    from proxy.sql.facts import StatementFacts
 
 SCHEMA_VERSION = 1
 
@@ -71,6 +74,68 @@ def _scope_value(scope: Scope) -> str:
     return scope.value
 
 
+_SCOPE_BYTES = tuple((scope, enc(scope.value)) for scope in Scope)
+_VIA_BYTES = tuple((via, enc(via.value)) for via in Via)
+_TX_BYTES = {status: enc(status) for status in ("I", "T", "E")}
+_SHAPES_MAX = 1024  # statement shapes whose record bytes a session keeps
+
+
+class _Shape:
+    """What a statement shape contributes to a session's query records, encoded once."""
+
+    __slots__ = (
+        "around_portal",
+        "before_tag",
+        "command",
+        "fingerprint",
+        "relations",
+        "statement_class",
+        "tables",
+        "text",
+        "text_bytes",
+    )
+
+    def __init__(self, stmt: StatementFacts | None, host: bytes, port: bytes) -> None:
+        statement_class = stmt.statement_class if stmt is not None else None
+        command = stmt.command if stmt is not None else None
+        fingerprint = stmt.fingerprint if stmt is not None else None
+        relations = stmt.relations if stmt is not None else ()
+        self.statement_class = statement_class
+        self.command = command
+        self.fingerprint = fingerprint
+        self.relations = relations
+        self.before_tag = b"".join(
+            (
+                b',"class":',
+                enc_text(statement_class),
+                b',"client_addr":',
+                host,
+                b',"client_port":',
+                port,
+                b',"command":',
+                enc_text(command),
+                b',"command_tag":',
+            )
+        )
+        self.around_portal = b',"error":null,"fingerprint":' + enc_text(fingerprint) + b',"portal":'
+        # A table both read and written is listed once (as Gate.add_facts lists them).
+        tables = list(dict.fromkeys(r.qualified for r in relations))
+        self.tables = b',"tables":' + enc(tables) + b',"ts":"'
+        self.text: str | None = None  # the last text recorded with this shape, and its bytes
+        self.text_bytes = NULL
+
+    def fits(self, stmt: StatementFacts | None) -> bool:
+        """Whether ``stmt`` has this shape (a new literal's facts share the objects)."""
+        if stmt is None:
+            return self.fingerprint is None and self.statement_class is None
+        return (
+            stmt.relations is self.relations
+            and stmt.statement_class is self.statement_class
+            and stmt.command is self.command
+            and stmt.fingerprint == self.fingerprint
+        )
+
+
 class SessionEvents:
     """Builds the events of one session; the identity fields are those at event time."""
 
@@ -78,14 +143,25 @@ class SessionEvents:
         "_app",
         "_base",
         "_database",
+        "_database_bytes",
+        "_decision",
+        "_decision_bytes",
         "_end_identity",
+        "_front",
+        "_front_pid",
         "_gate",
         "_host",
+        "_host_bytes",
         "_port",
+        "_port_bytes",
+        "_proxy_bytes",
         "_proxy_id",
+        "_session_bytes",
         "_session_id",
+        "_shapes",
         "_transactions",
         "_user",
+        "_user_bytes",
         "backend_pid",
         "identity",
         "statements",
@@ -99,7 +175,9 @@ class SessionEvents:
         self.statements = 0
         self._base: dict[str, Any] = {}
         # transaction events waiting for their statements' seq (given at submission)
-        self._transactions: dict[int, tuple[dict[str, Any], ...]] = {}
+        self._transactions: dict[int, tuple[Event, ...]] = {}
+        self._decision: Decision | None = None  # the last decision recorded, and its bytes
+        self._decision_bytes = NULL
         self._rebuild()
 
     def set_identity(self, identity: Identity) -> None:
@@ -123,6 +201,20 @@ class SessionEvents:
             if ident.identity_source is not None:
                 end["identity_source"] = ident.identity_source.value
         self._end_identity = end
+        # The session's fields of a query record, encoded (proxy.audit.record).
+        self._front_pid: int | None = -1  # (the front is made when backend_pid is known)
+        self._front = b""
+        self._host_bytes = enc_text(ident.client_addr)
+        self._port_bytes = enc(ident.client_port)
+        self._database_bytes = b',"database":' + enc_text(ident.database) + b',"decision":'
+        self._proxy_bytes = b',"proxy_id":' + enc_text(self._proxy_id) + b',"rows":'
+        self._session_bytes = (
+            b',"session_id":' + enc_text(ident.session_id) + b',"sqlstate":null,"statement":'
+        )
+        self._user_bytes = (
+            b',"type":"query","user":' + enc_text(ident.user) + b',"v":%d}' % SCHEMA_VERSION
+        )
+        self._shapes: dict[str | None, _Shape] = {}
         self._base = {
             "v": SCHEMA_VERSION,
             "proxy_id": self._proxy_id,
@@ -142,6 +234,135 @@ class SessionEvents:
         if fields:
             event.update(fields)
         return event
+
+    def record(self, done: Completion, tx_status: str | None = None) -> Event:
+        """The ``query`` event of ``done``: a :class:`QueryRecord` for the common event (a
+        statement that ran without error, no bound values kept, one per message or
+        statement), else the dict of :meth:`statement`. Both seal to the same bytes."""
+        statement = done.statement
+        if (
+            statement is None
+            or done.error is not None
+            or done.refusal is not None
+            or done.params is not None
+            or done.suspended
+            or done.guard is not None
+            or done.dispatch
+            or self._end_identity
+            or statement.review_id
+            or (statement.per_statement and done.index >= 0)
+        ):
+            return self.statement(done, tx_status)
+        decision = statement.decision
+        if decision is not None and decision.guard is not None and statement.stmt is not None:
+            return self.statement(done, tx_status)  # a max_rows guard watched it
+        stmt = done.stmt
+        text = done.text
+        gate = self._gate
+        if gate.made_text(text, stmt, statement.facts) is not None:
+            return self.statement(done, tx_status)  # a long text, recorded off the loop
+        self.statements += 1
+        shape = self._shapes.get(stmt.fingerprint if stmt is not None else None)
+        if shape is None or not shape.fits(stmt):
+            shape = self._shape(stmt)
+        recorded = gate.audit_text(text, stmt)
+        if recorded is not shape.text:
+            shape.text = recorded
+            shape.text_bytes = enc_text(recorded)
+        if decision is None:
+            decision = ALLOW
+        if decision is not self._decision:
+            self._decision = decision
+            self._decision_bytes = decision.as_audit_json()
+        if self._front_pid != self.backend_pid:
+            self._make_front()
+        duration = duration_ms(done.ended_ns - done.started_ns)
+        tag = done.tag
+        portal = done.portal
+        rows = done.rows
+        name = statement.name if done.index < 0 else ""
+        status = tx_status or chr(done.tx_after)
+        status_bytes = _TX_BYTES.get(status)
+        if status_bytes is None:
+            status_bytes = enc(status)
+        via_bytes = NULL
+        for member, encoded in _VIA_BYTES:
+            if member is done.via:
+                via_bytes = encoded
+        scope_bytes = NULL
+        for scope, encoded in _SCOPE_BYTES:
+            if scope is done.scope:
+                scope_bytes = encoded
+        middle = b"".join(
+            (
+                shape.before_tag,
+                enc_text(tag) if tag else NULL,
+                self._database_bytes,
+                self._decision_bytes,
+                b',"duration_ms":',
+                enc(duration),
+                b',"duration_scope":',
+                scope_bytes,
+                shape.around_portal,
+                enc_text(portal) if portal else NULL,
+                b',"prev_hash":',
+            )
+        )
+        after_prev = b"".join(
+            (
+                b',"protocol":',
+                via_bytes,
+                self._proxy_bytes,
+                NULL if rows is None else enc(rows),
+                b',"seq":',
+            )
+        )
+        back = b"".join(
+            (
+                self._session_bytes,
+                shape.text_bytes,
+                b',"statement_name":',
+                enc_text(name) if name else NULL,
+                shape.tables,
+                iso(done.started_wall).encode(),
+                b'","tx_status":',
+                status_bytes,
+                self._user_bytes,
+            )
+        )
+        return QueryRecord(
+            self._front,
+            middle,
+            after_prev,
+            back,
+            shape.statement_class,
+            decision.action,
+            duration,
+            self._host,
+            recorded,
+        )
+
+    def _shape(self, stmt: StatementFacts | None) -> _Shape:
+        shapes = self._shapes
+        if len(shapes) >= _SHAPES_MAX:
+            shapes.clear()
+        shape = shapes[stmt.fingerprint if stmt is not None else None] = _Shape(
+            stmt, self._host_bytes, self._port_bytes
+        )
+        return shape
+
+    def _make_front(self) -> None:
+        pid = self.backend_pid
+        self._front_pid = pid
+        self._front = b"".join(
+            (
+                b'{"application_name":',
+                enc_text(self._app),
+                b',"backend_pid":',
+                enc(pid),
+                b',"chain":',
+            )
+        )
 
     def statement(self, done: Completion, tx_status: str | None = None) -> dict[str, Any]:
         """The ``query`` event of a finished or refused statement.
@@ -255,7 +476,7 @@ class SessionEvents:
         self._transactions[id(event)] = end.statements
         return event
 
-    def before_submit(self, event: dict[str, Any]) -> None:
+    def before_submit(self, event: Event) -> None:
         """Called for every event right before it enters the trail, in order: the statements
         a transaction event names were submitted before it, so their seq is known."""
         refs = self._transactions.pop(id(event), None)

@@ -8,7 +8,8 @@ length in bytes and its SHA-256, so a copy of the statement can still be matched
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+
+from proxy.audit.record import Event
 
 
 def cap_text(text: str, limit: int) -> tuple[str, int, str] | None:
@@ -24,7 +25,7 @@ def cap_text(text: str, limit: int) -> tuple[str, int, str] | None:
     return kept, len(encoded), hashlib.sha256(encoded).hexdigest()
 
 
-def cap_statement(event: dict[str, Any], limit: int) -> None:
+def cap_statement(event: Event, limit: int) -> None:
     """Cap ``event["statement"]`` in place at ``limit`` bytes (0: no cap)."""
     text = event.get("statement")
     if not isinstance(text, str):
@@ -34,7 +35,7 @@ def cap_statement(event: dict[str, Any], limit: int) -> None:
         mark_capped(event, *capped)
 
 
-def mark_capped(event: dict[str, Any], kept: str, length: int, sha256: str) -> None:
+def mark_capped(event: Event, kept: str, length: int, sha256: str) -> None:
     """The fields of a capped statement text (docs/audit-log.md)."""
     event["statement"] = kept
     event["statement_truncated"] = True

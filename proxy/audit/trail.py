@@ -41,6 +41,7 @@ from proxy.audit.jsonl import (
     rotated_name,
     trail_files,
 )
+from proxy.audit.record import Event
 from proxy.audit.recovery import inspect_current, last_rotated_record, state_of
 from proxy.audit.textcap import cap_statement
 from proxy.audit.timeparse import parse_ts
@@ -71,17 +72,17 @@ class TrailStats:
     last_flush_seconds: float = 0.0
 
 
-Listener = Callable[[list[dict[str, Any]]], None]
+Listener = Callable[[list[Event]], None]
 # Called with a written batch and its lines exactly as written (None when the batch reached the
 # file in pieces after a failed write): the store shipper takes them from memory this way.
-LineListener = Callable[[list[dict[str, Any]], bytes | None], None]
+LineListener = Callable[[list[Event], bytes | None], None]
 
 
 class AuditTrail:
     """The local JSONL audit trail of one proxy (see the module docstring)."""
 
     def __init__(
-        self, cfg: Config, proxy_id: str, scrub: Callable[[dict[str, Any]], None] | None = None
+        self, cfg: Config, proxy_id: str, scrub: Callable[[Event], None] | None = None
     ) -> None:
         self.directory = Path(cfg["audit.dir"])
         # Redaction at the sink boundary for what the session cannot redact earlier (error
@@ -106,9 +107,9 @@ class AuditTrail:
         self._chainer = Chainer()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._seq = 0  # last seq handed out by submit
-        self._queue: list[dict[str, Any]] = []  # submitted, not sealed yet
+        self._queue: list[Event] = []  # submitted, not sealed yet
         self._out: bytes = b""  # sealed lines not yet (completely) written
-        self._out_events: list[dict[str, Any]] = []
+        self._out_events: list[Event] = []
         self._out_first_seq = 0
         self._out_last_seq = 0
         self._partial = False  # part of self._out is already in the file
@@ -265,7 +266,7 @@ class AuditTrail:
 
     # --- the hot path -----------------------------------------------------------------------
 
-    def submit(self, event: dict[str, Any]) -> None:
+    def submit(self, event: Event) -> None:
         """Queue ``event`` (the trail owns the dict from now on) and give it its ``seq``."""
         self._seq += 1
         event["seq"] = self._seq

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from proxy.audit.record import enc
+
 if TYPE_CHECKING:
     from proxy.policy.review import ReviewSpec
 
@@ -66,6 +68,10 @@ class Decision:
     _audit: dict[str, Any] | None = field(
         default=None, init=False, repr=False, compare=False, hash=False
     )
+    # as_audit() in canonical JSON, for the lean query record (proxy.audit.record).
+    _audit_json: bytes | None = field(
+        default=None, init=False, repr=False, compare=False, hash=False
+    )
 
     def as_audit(self) -> dict[str, Any]:
         """The ``decision`` object of a query audit event. The same dict for every call:
@@ -86,6 +92,14 @@ class Decision:
             out["max_rows"] = self.guard.limit
         object.__setattr__(self, "_audit", out)
         return out
+
+    def as_audit_json(self) -> bytes:
+        """:meth:`as_audit` as the canonical path encodes it inside a record, made once."""
+        cached = self._audit_json
+        if cached is None:
+            cached = enc(self.as_audit())
+            object.__setattr__(self, "_audit_json", cached)
+        return cached
 
 
 ALLOW = Decision(action="allow", reason="no policy loaded")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from proxy.audit.dispatch import closing_record, skipped_record
 from proxy.audit.events import iso
+from proxy.audit.record import Event
 from proxy.errors import FrontendProtocolError
 from proxy.policy.decision import Decision
 from proxy.relay import enforce, rowguard
@@ -64,7 +65,7 @@ class TrailState(Protocol):
 
     def when_accepting(self, callback: Callable[[], None]) -> None: ...
 
-    def submit(self, event: dict[str, Any]) -> None: ...
+    def submit(self, event: Event) -> None: ...
 
     def when_written(self, callback: Callable[[], None]) -> None: ...
 
@@ -162,9 +163,7 @@ class RelayOptions:
 class ClientSink(Protocol):
     """Where bytes for the client go: after ``events`` (if any) have reached the trail."""
 
-    def send(
-        self, data: bytes, events: list[dict[str, Any]] | None, *, wait: bool = True
-    ) -> None: ...
+    def send(self, data: bytes, events: list[Event] | None, *, wait: bool = True) -> None: ...
 
 
 class RelayCore:
@@ -257,7 +256,7 @@ class RelayCore:
         self._verdict: tuple[ReviewRequest, ReviewVerdict] | None = None
         self.server_major = _major(server_version)  # for catalog lookups
         self._analysed: tuple[AnalysisRequest, QueryFacts] | None = None
-        self._pending_events: list[dict[str, Any]] = []
+        self._pending_events: list[Event] = []
         # False while every record of the current server chunk is a refusal because the trail
         # cannot write (audit.fail_closed): the client's bytes must not wait for that trail.
         self.chunk_needs_audit = False
@@ -1024,7 +1023,7 @@ class RelayCore:
             self._skip_until_sync = True
         guard.phase = Phase.DONE  # the client is answered at the end of this server chunk
 
-    def _release(self, guard: RowGuard, events: list[dict[str, Any]]) -> None:
+    def _release(self, guard: RowGuard, events: list[Event]) -> None:
         """The guard decided: the client gets what was held (or the refusal) after
         ``events`` are in the trail."""
         guard.released = True
@@ -1084,7 +1083,7 @@ class RelayCore:
                 self._resume_due = True
         return result
 
-    def take_chunk_events(self) -> list[dict[str, Any]]:
+    def take_chunk_events(self) -> list[Event]:
         """Events completed while scanning the current server chunk, in order."""
         events = self._pending_events
         if self.queue.completed:
@@ -1096,16 +1095,16 @@ class RelayCore:
             return []
         return events
 
-    def _take_events(self, tx_status: str | None) -> list[dict[str, Any]]:
+    def _take_events(self, tx_status: str | None) -> list[Event]:
         """Audit events of the completions so far; ``tx_status`` is the server's word when a
         ReadyForQuery just followed them."""
         completed = self.queue.completed
         if not completed:
             return []
-        build = self._events.statement
+        build = self._events.record
         tracker = self.transactions
         audit_refusal = self._gate.audit_refusal()
-        events = []
+        events: list[Event] = []
         for done in completed:
             if done.refusal is not audit_refusal:
                 self.chunk_needs_audit = True
@@ -1129,7 +1128,7 @@ class RelayCore:
         now = time.time()
         return [self._events.transaction(end, now) for end in ends]
 
-    def end_connection(self, client_left: bool) -> list[dict[str, Any]]:
+    def end_connection(self, client_left: bool) -> list[Event]:
         """The connection ends: events still owed, and the outcome of an open transaction."""
         self._wake = None
         events = self._take_events(None)
@@ -1143,7 +1142,7 @@ class RelayCore:
         events.extend(self._transaction_events(self.transactions.connection_ended(client_left)))
         return events
 
-    def take_events(self) -> list[dict[str, Any]]:
+    def take_events(self) -> list[Event]:
         """Events completed outside a server chunk (an abandoned portal, session end)."""
         return self._take_events(None)
 

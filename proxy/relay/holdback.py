@@ -8,11 +8,13 @@ completion wait until the trail reports that its event reached the OS (and the d
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
+
+from proxy.audit.record import Event
 
 
 class Trail(Protocol):
-    def submit(self, event: dict[str, Any]) -> None: ...
+    def submit(self, event: Event) -> None: ...
 
     def when_written(self, callback: Callable[[], None]) -> None: ...
 
@@ -24,7 +26,7 @@ class HeldOutput:
         self,
         trail: Trail,
         write: Callable[[bytes], None],
-        before_submit: Callable[[dict[str, Any]], None] | None = None,
+        before_submit: Callable[[Event], None] | None = None,
     ) -> None:
         self._trail = trail
         self._before_submit = before_submit
@@ -38,7 +40,7 @@ class HeldOutput:
     def holding(self) -> bool:
         return bool(self._held)
 
-    def send(self, data: bytes, events: list[dict[str, Any]] | None, *, wait: bool = True) -> None:
+    def send(self, data: bytes, events: list[Event] | None, *, wait: bool = True) -> None:
         """Write ``data`` once ``events`` (and everything held before) are in the trail.
         ``wait=False``: the events are submitted but ``data`` does not wait for them (a
         refusal because the trail cannot write must not wait for that very trail)."""

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 
+from proxy.audit.record import Event
 from proxy.relay.statement import Completion
 
 _CONTROL = frozenset(
@@ -54,7 +54,7 @@ class TransactionEnd:
 
     outcome: Outcome
     reason: str
-    statements: tuple[dict[str, Any], ...]
+    statements: tuple[Event, ...]
     explicit: bool
     savepoint: str | None = None  # set for ROLLBACK TO SAVEPOINT
 
@@ -66,7 +66,7 @@ class _Open:
     __slots__ = ("explicit", "failed", "savepoints", "statements")
 
     def __init__(self) -> None:
-        self.statements: list[dict[str, Any]] = []
+        self.statements: list[Event] = []
         self.explicit = False
         self.failed = False
         self.savepoints: list[tuple[str, int]] = []
@@ -78,7 +78,7 @@ class TransactionTracker:
     def __init__(self) -> None:
         self._open = _Open()
 
-    def statement(self, done: Completion, event: dict[str, Any]) -> list[TransactionEnd]:
+    def statement(self, done: Completion, event: Event) -> list[TransactionEnd]:
         """A statement finished (or was refused); returns transactions it ended."""
         current = self._open
         current.statements.append(event)

@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from proxy.audit.events import SessionEvents
+from proxy.audit.record import Event
 from proxy.errors import FrontendProtocolError, ProtocolError
 from proxy.identity import Identity
 from proxy.policy.decision import Decision
@@ -65,7 +66,7 @@ class Session:
         self._client_gate: ReadGate | None = None
         self._server_gate: ReadGate | None = None
         self._out = HeldOutput(server.trail, self._write_client, self.events.before_submit)
-        self._chunk_events: list[dict[str, Any]] = []
+        self._chunk_events: list[Event] = []
         self.bytes_from_client = 0
         self.end_reason = ""
         self.end_error = ""  # why the session failed, for session_end
@@ -148,7 +149,7 @@ class Session:
     def backend_started(self, pid: int) -> None:
         self.backend_pid = self.events.backend_pid = pid
 
-    def queue_event(self, event: dict[str, Any]) -> None:
+    def queue_event(self, event: Event) -> None:
         """An event that goes out with the server bytes being relayed now."""
         self._chunk_events.append(event)
 
@@ -315,7 +316,7 @@ class Session:
         reason: str,
         detail: str = "",
         hint: str = "",
-        events: list[dict[str, Any]] | None = None,
+        events: list[Event] | None = None,
     ) -> None:
         """Tell the client why, in a well-formed FATAL, and close both legs."""
         if self.phase is Phase.CLOSED:
@@ -467,7 +468,7 @@ class Session:
 
     # --- proxy → client -----------------------------------------------------------------
 
-    def send(self, data: bytes, events: list[dict[str, Any]] | None, *, wait: bool = True) -> None:
+    def send(self, data: bytes, events: list[Event] | None, *, wait: bool = True) -> None:
         """ClientSink for the relay core: bytes go out once their events are in the trail."""
         self._out.send(data, events, wait=wait)
 

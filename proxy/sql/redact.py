@@ -19,6 +19,7 @@ from typing import Any
 
 from pglast import parser as pg_parser
 
+from proxy.audit.record import Event
 from proxy.sql.facts import QueryFacts, StatementFacts
 
 MASK = "'***'"
@@ -255,7 +256,7 @@ _REMEMBER_REDACTED = 4096
 _redacted: list[tuple[str, bool] | None] = [None]
 
 
-def scrub_event(event: dict[str, Any]) -> None:
+def scrub_event(event: Event) -> None:
     """Redact the error text of an audit event in place, as the trail writes it (the sink
     boundary): without the parameters, which the trail never sees, an extended-protocol
     statement's echoed input values are masked by their message form."""

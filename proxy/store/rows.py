@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from proxy.audit.record import Event, QueryRecord
+
 # The columns of audit_events, in the order of the INSERT below.
 COLUMNS: tuple[str, ...] = (
     "trail_id",
@@ -134,7 +136,7 @@ def joined(batches: Sequence[Batch]) -> Batch:
     )
 
 
-def written_batch(events: Sequence[Mapping[str, Any]], data: bytes) -> Batch | None:
+def written_batch(events: Sequence[Event], data: bytes) -> Batch | None:
     """The batch the trail just wrote (its events and their lines), or None if the lines do
     not match the events one to one (then the shipper reads them back from the files)."""
     if not events:
@@ -153,7 +155,10 @@ def written_batch(events: Sequence[Mapping[str, Any]], data: bytes) -> Batch | N
     text = data[:-1].decode("utf-8", "replace")
     if _has_nul_escape(data):
         lines = text.split("\n")
-        text = "\n".join(event_json(e, t) for e, t in zip(events, lines, strict=True))
+        text = "\n".join(
+            event_json(e.as_dict() if isinstance(e, QueryRecord) else e, t)
+            for e, t in zip(events, lines, strict=True)
+        )
     return Batch(first, len(events), text, _addr_lines([e.get("client_addr") for e in events]))
 
 

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
 from proxy.audit.jsonl import read_head
+from proxy.audit.record import Event
 from proxy.audit.trailid import load_or_create
 from proxy.errors import StoreError
 from proxy.store import rows as rowmod
@@ -77,11 +78,11 @@ class TrailLike(Protocol):
     @property
     def healthy(self) -> bool: ...
 
-    def add_listener(self, fn: Callable[[list[dict[str, Any]]], None]) -> None: ...
+    def add_listener(self, fn: Callable[[list[Event]], None]) -> None: ...
 
 
 # What a trail that hands over its written lines (proxy.audit.trail.AuditTrail) also has.
-LineListener = Callable[[list[dict[str, Any]], bytes | None], None]
+LineListener = Callable[[list[Event], bytes | None], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,11 +490,11 @@ class StoreShipper:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
 
-    def _on_batch(self, events: list[dict[str, Any]]) -> None:
+    def _on_batch(self, events: list[Event]) -> None:
         seq = max((e.get("seq", 0) for e in events), default=None)
         self._to_loop(lambda sink: sink.wake(seq))
 
-    def _on_written(self, events: list[dict[str, Any]], data: bytes | None) -> None:
+    def _on_written(self, events: list[Event], data: bytes | None) -> None:
         """The trail's line listener: hand the batch just written to every sink that can
         hold it (decoded once for all of them), and wake them."""
         if not events:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
 
+from proxy.audit.record import Event
 from proxy.audit.recovery import trail_end
 from proxy.audit.trailset import worker_audit_dir
 from proxy.store.tail import TrailGap, TrailTail
@@ -24,7 +24,7 @@ log = logging.getLogger("pgwarden.workers")
 POLL_SECONDS = 0.25
 _BATCH = 1000
 
-Feed = Callable[[list[dict[str, Any]]], None]
+Feed = Callable[[list[Event]], None]
 
 
 class SiblingTrails:
@@ -36,9 +36,9 @@ class SiblingTrails:
             for path in (worker_audit_dir(role.audit_root, i) for i in role.siblings)
         ]
 
-    def read(self) -> list[dict[str, Any]]:
+    def read(self) -> list[Event]:
         """The events written since the last read, every sibling's."""
-        out: list[dict[str, Any]] = []
+        out: list[Event] = []
         for tail in self.tails:
             try:
                 lines = tail.read(_BATCH)
