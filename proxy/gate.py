@@ -250,6 +250,8 @@ class Gate:
     ) -> RecordedText | None:
         """The record's text for a long ``text`` its analysis worker made, if there is one
         (else the record shows :meth:`audit_text`)."""
+        if (stmt is None or stmt.record is None) and (facts is None or facts.record is None):
+            return None  # (the common case, without the interpreted call)
         return recordtext.made(text, stmt, facts, self._text_mode, self._statement_max)
 
     def display_text(self, text: str, stmt: StatementFacts | None = None) -> str:

@@ -225,7 +225,9 @@ class ParserSettingsTracker:
             self._encodings = ()
         history = self._history
         if tx_status == _IDLE:
-            if len(history) != 1 or self.confirmed not in history:
+            # (by identity: an equal ParserSettings is compared by an interpreted __eq__,
+            # and the login's ParameterStatus replaces the first one with an equal one)
+            if len(history) != 1 or history[0] is not self.confirmed:
                 self._history = (self.confirmed,)
         elif self.confirmed not in history:
             self._history = (*history, self.confirmed)
