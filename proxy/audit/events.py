@@ -77,14 +77,18 @@ def _scope_value(scope: Scope) -> str:
 _SCOPE_BYTES = tuple((scope, enc(scope.value)) for scope in Scope)
 _VIA_BYTES = tuple((via, enc(via.value)) for via in Via)
 _TX_BYTES = {status: enc(status) for status in ("I", "T", "E")}
-_SHAPES_MAX = 1024  # statement shapes whose record bytes a session keeps
+# Statement shapes whose record bytes are kept (shared by every session of the process),
+# and the longest text whose encoding a shape keeps for the next statement with that text.
+_SHAPES_MAX = 4096
+_TEXT_KEPT_MAX = 2048
 
 
 class _Shape:
-    """What a statement shape contributes to a session's query records, encoded once."""
+    """What a statement shape contributes to query records, encoded once."""
 
     __slots__ = (
         "around_portal",
+        "before_address",
         "before_tag",
         "command",
         "fingerprint",
@@ -95,7 +99,7 @@ class _Shape:
         "text_bytes",
     )
 
-    def __init__(self, stmt: StatementFacts | None, host: bytes, port: bytes) -> None:
+    def __init__(self, stmt: StatementFacts | None) -> None:
         statement_class = stmt.statement_class if stmt is not None else None
         command = stmt.command if stmt is not None else None
         fingerprint = stmt.fingerprint if stmt is not None else None
@@ -104,19 +108,8 @@ class _Shape:
         self.command = command
         self.fingerprint = fingerprint
         self.relations = relations
-        self.before_tag = b"".join(
-            (
-                b',"class":',
-                enc_text(statement_class),
-                b',"client_addr":',
-                host,
-                b',"client_port":',
-                port,
-                b',"command":',
-                enc_text(command),
-                b',"command_tag":',
-            )
-        )
+        self.before_address = b',"class":' + enc_text(statement_class) + b',"client_addr":'
+        self.before_tag = enc_text(command) + b',"command_tag":'
         self.around_portal = b',"error":null,"fingerprint":' + enc_text(fingerprint) + b',"portal":'
         # A table both read and written is listed once (as Gate.add_facts lists them).
         tables = list(dict.fromkeys(r.qualified for r in relations))
@@ -136,10 +129,21 @@ class _Shape:
         )
 
 
+_SHAPES: dict[str | None, _Shape] = {}
+
+
+def _new_shape(stmt: StatementFacts | None) -> _Shape:
+    if len(_SHAPES) >= _SHAPES_MAX:
+        _SHAPES.clear()
+    shape = _SHAPES[stmt.fingerprint if stmt is not None else None] = _Shape(stmt)
+    return shape
+
+
 class SessionEvents:
     """Builds the events of one session; the identity fields are those at event time."""
 
     __slots__ = (
+        "_address_bytes",
         "_app",
         "_base",
         "_database",
@@ -151,14 +155,11 @@ class SessionEvents:
         "_front_pid",
         "_gate",
         "_host",
-        "_host_bytes",
         "_port",
-        "_port_bytes",
         "_proxy_bytes",
         "_proxy_id",
         "_session_bytes",
         "_session_id",
-        "_shapes",
         "_transactions",
         "_user",
         "_user_bytes",
@@ -204,8 +205,14 @@ class SessionEvents:
         # The session's fields of a query record, encoded (proxy.audit.record).
         self._front_pid: int | None = -1  # (the front is made when backend_pid is known)
         self._front = b""
-        self._host_bytes = enc_text(ident.client_addr)
-        self._port_bytes = enc(ident.client_port)
+        self._address_bytes = b"".join(
+            (
+                enc_text(ident.client_addr),
+                b',"client_port":',
+                enc(ident.client_port),
+                b',"command":',
+            )
+        )
         self._database_bytes = b',"database":' + enc_text(ident.database) + b',"decision":'
         self._proxy_bytes = b',"proxy_id":' + enc_text(self._proxy_id) + b',"rows":'
         self._session_bytes = (
@@ -214,7 +221,6 @@ class SessionEvents:
         self._user_bytes = (
             b',"type":"query","user":' + enc_text(ident.user) + b',"v":%d}' % SCHEMA_VERSION
         )
-        self._shapes: dict[str | None, _Shape] = {}
         self._base = {
             "v": SCHEMA_VERSION,
             "proxy_id": self._proxy_id,
@@ -262,13 +268,17 @@ class SessionEvents:
         if gate.made_text(text, stmt, statement.facts) is not None:
             return self.statement(done, tx_status)  # a long text, recorded off the loop
         self.statements += 1
-        shape = self._shapes.get(stmt.fingerprint if stmt is not None else None)
+        shape = _SHAPES.get(stmt.fingerprint if stmt is not None else None)
         if shape is None or not shape.fits(stmt):
-            shape = self._shape(stmt)
+            shape = _new_shape(stmt)
         recorded = gate.audit_text(text, stmt)
-        if recorded is not shape.text:
-            shape.text = recorded
-            shape.text_bytes = enc_text(recorded)
+        if recorded is shape.text:
+            text_bytes = shape.text_bytes
+        else:
+            text_bytes = enc_text(recorded)
+            if recorded is None or len(recorded) <= _TEXT_KEPT_MAX:
+                shape.text = recorded
+                shape.text_bytes = text_bytes
         if decision is None:
             decision = ALLOW
         if decision is not self._decision:
@@ -295,6 +305,8 @@ class SessionEvents:
                 scope_bytes = encoded
         middle = b"".join(
             (
+                shape.before_address,
+                self._address_bytes,
                 shape.before_tag,
                 enc_text(tag) if tag else NULL,
                 self._database_bytes,
@@ -320,7 +332,7 @@ class SessionEvents:
         back = b"".join(
             (
                 self._session_bytes,
-                shape.text_bytes,
+                text_bytes,
                 b',"statement_name":',
                 enc_text(name) if name else NULL,
                 shape.tables,
@@ -341,15 +353,6 @@ class SessionEvents:
             self._host,
             recorded,
         )
-
-    def _shape(self, stmt: StatementFacts | None) -> _Shape:
-        shapes = self._shapes
-        if len(shapes) >= _SHAPES_MAX:
-            shapes.clear()
-        shape = shapes[stmt.fingerprint if stmt is not None else None] = _Shape(
-            stmt, self._host_bytes, self._port_bytes
-        )
-        return shape
 
     def _make_front(self) -> None:
         pid = self.backend_pid
