@@ -6,8 +6,9 @@ three byte strings around ``prev_hash`` and ``seq`` plus the typed fields the me
 reads. Only the common record shape is covered (no error, params, end identity, refusal, row
 guard, per-statement rules, review request, suspension, capped text, multi-statement message):
 ``build`` asserts it. docs/benchmarks.md ("A dict-free query record, measured") says what it
-saved; the relay's own record, built on it, is proxy/audit/record.py (stop 19). Compile it with mypyc to count it as the compiled build
-would run it (bench/count_dictfree.py's docstring has the commands).
+saved; the relay's own record, built on it, is proxy/audit/record.py (stop 19). Compile it
+with mypyc to count it as the compiled build would run it (bench/count_dictfree.py's
+docstring has the commands).
 """
 
 from __future__ import annotations

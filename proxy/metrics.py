@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -306,7 +306,7 @@ class Metrics:
         )
 
     def _count_query(
-        self, cls: Any, action: Any, duration: float | None, sqlstate: str | None
+        self, cls: object, action: object, duration: float | None, sqlstate: str | None
     ) -> None:
         key = (str(cls or "unknown"), str(action or "allow"))
         counts = self.statement_counts

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -204,7 +205,7 @@ def test_query_events_seal_to_the_canonical_lines(
 
 
 ODD = Decision(action="block", rules=(RuleMatch("r\ud800", "block", "high", "p:1"),))
-odd_texts = st.sampled_from(["", "alice", "caf\u00e9", "\ud800x", "a\"b\\c\n\x00"])
+odd_texts = st.sampled_from(["", "alice", "caf\u00e9", "\ud800x", 'a"b\\c\n\x00'])
 lean_identities = st.builds(
     Identity,
     odd_texts,
@@ -276,7 +277,12 @@ def test_the_common_statement_takes_the_lean_record_and_a_change_falls_back() ->
     assert isinstance(record, QueryRecord)
     assert record.get("type") == "query" and record["class"] == "read"
     assert record.get("error") is None and record.get("hash") is None and "hash" not in record
-    assert record["decision"] == {"action": "allow", "intended": "allow", "mode": "enforce", "rules": []}
+    assert record["decision"] == {
+        "action": "allow",
+        "intended": "allow",
+        "mode": "enforce",
+        "rules": [],
+    }
     twin = builder.statement(done)
     changed = builder.record(done)
     assert isinstance(changed, QueryRecord)
@@ -289,6 +295,31 @@ def test_the_common_statement_takes_the_lean_record_and_a_change_falls_back() ->
     assert Chainer().seal(batch) == Chainer().seal(expected)
     assert changed.dirty and changed["dispatch"] == 9 and changed["hash"] == twin_changed["hash"]
     assert record["hash"] == twin["hash"] and record.as_dict() == twin
+
+
+def test_a_query_record_reads_and_changes_like_its_dict() -> None:
+    builder = SessionEvents("p", GATE, Identity("alice", "app", "psql", "10.0.0.1", 5432, "s1"))
+    statement = Statement(TEXTS[0], FACTS[0], None)
+    done = Completion(statement, Via.SIMPLE, 1.5, 0, 1500, "SELECT 1", rows=1)
+    record, twin = builder.record(done), builder.statement(done)
+    assert isinstance(record, QueryRecord)
+    for key in twin:
+        assert key in record and record[key] == twin[key] and record.get(key) == twin.get(key)
+    assert "nope" not in record and record.get("nope", 7) == 7
+    with pytest.raises(KeyError):
+        record["nope"]
+    record["seq"] = 3
+    assert not record.dirty and record["seq"] == 3 and record.as_dict()["seq"] == 3
+    del record["portal"]
+    assert record.dirty and "portal" not in record
+    with pytest.raises(KeyError):
+        record["portal"]
+    with pytest.raises(KeyError):
+        del record["hash"]
+    record["hash"] = "h"
+    assert record["hash"] == "h" and record.as_dict()["hash"] == "h"
+    del record["hash"]
+    assert "hash" not in record and record.get("hash") is None
 
 
 def test_a_plain_query_event_is_built_in_canonical_order() -> None:

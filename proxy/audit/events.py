@@ -388,6 +388,8 @@ class SessionEvents:
             single = facts is not None and len(facts.statements) == 1
             stmt = facts.statements[0] if facts is not None and facts.statements else None
             text = done.text if single else statement.text
+        # (A field added here beyond the base ones must also send its completions to this
+        # path in record(), whose bytes stand for this dict.)
         error = done.error
         sqlstate: str | None = None
         message: str | None = None

@@ -224,6 +224,9 @@ class QueryRecord:
         return self.as_dict().get(key, default)
 
     def __getitem__(self, key: str) -> Any:
+        found = self._dict
+        if found is not None:
+            return found[key]  # (kept in step with the chain's fields by __setitem__)
         if key == "hash" and self.hash is None:
             raise KeyError(key)
         if key in BASE_KEYS or key == "hash":
