@@ -240,21 +240,40 @@ def common_completions(draw: st.DrawFn) -> Completion:
         portal=draw(st.sampled_from(["", "p\u00e9", "\ud800"])),
         tx_after=draw(st.sampled_from([ord("I"), ord("T"), ord("E")])),
         scope=draw(st.sampled_from(list(Scope))),
+        params=draw(st.none() | st.lists(bound_values, max_size=3)),
     )
+
+
+bound_values = (
+    st.none()
+    | st.text(max_size=6)
+    | st.sampled_from(["\ud800", "base64:AAE="])
+    | st.fixed_dictionaries(
+        {"format": st.sampled_from(["text", "binary"]), "length": st.integers(0, 99)},
+        optional={"hmac": st.text(max_size=4)},
+    )
+)
 
 
 @settings(max_examples=400, deadline=None)
 @given(
     lean_identities,
+    end_identities,
     st.none() | st.integers(0, 2**31),
     st.lists(common_completions() | completions(), min_size=1, max_size=6),
     st.sampled_from([None, "I", "T", "E"]),
 )
 def test_lean_records_seal_to_the_dict_paths_lines(
-    identity: Identity, pid: int | None, done: list[Completion], tx_status: str | None
+    identity: Identity,
+    end: tuple[str, IdentitySource | None],
+    pid: int | None,
+    done: list[Completion],
+    tx_status: str | None,
 ) -> None:
     """The lean record (bytes around the chain's fields) against the dict the canonical path
     seals: the same lines, and the same record for readers."""
+    if end[0]:
+        identity = dataclasses.replace(identity, end_identity=end[0], identity_source=end[1])
     lean = SessionEvents("proxy-\u00e9", GATE, identity)
     plain = SessionEvents("proxy-\u00e9", GATE, identity)
     lean.backend_pid = plain.backend_pid = pid

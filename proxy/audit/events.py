@@ -87,7 +87,7 @@ class _Shape:
     """What a statement shape contributes to query records, encoded once."""
 
     __slots__ = (
-        "around_portal",
+        "after_fingerprint",
         "before_address",
         "before_tag",
         "command",
@@ -110,7 +110,7 @@ class _Shape:
         self.relations = relations
         self.before_address = b',"class":' + enc_text(statement_class) + b',"client_addr":'
         self.before_tag = enc_text(command) + b',"command_tag":'
-        self.around_portal = b',"error":null,"fingerprint":' + enc_text(fingerprint) + b',"portal":'
+        self.after_fingerprint = b',"error":null,"fingerprint":' + enc_text(fingerprint)
         # A table both read and written is listed once (as Gate.add_facts lists them).
         tables = list(dict.fromkeys(r.qualified for r in relations))
         self.tables = b',"tables":' + enc(tables) + b',"ts":"'
@@ -155,6 +155,7 @@ class SessionEvents:
         "_front_pid",
         "_gate",
         "_host",
+        "_identity_bytes",
         "_port",
         "_proxy_bytes",
         "_proxy_id",
@@ -202,6 +203,8 @@ class SessionEvents:
             if ident.identity_source is not None:
                 end["identity_source"] = ident.identity_source.value
         self._end_identity = end
+        # (its canonical place: between "fingerprint" and "params")
+        self._identity_bytes = b"".join(b',"%s":%s' % (k.encode(), enc(v)) for k, v in end.items())
         # The session's fields of a query record, encoded (proxy.audit.record).
         self._front_pid: int | None = -1  # (the front is made when backend_pid is known)
         self._front = b""
@@ -243,18 +246,17 @@ class SessionEvents:
 
     def record(self, done: Completion, tx_status: str | None = None) -> Event:
         """The ``query`` event of ``done``: a :class:`QueryRecord` for the common event (a
-        statement that ran without error, no bound values kept, one per message or
-        statement), else the dict of :meth:`statement`. Both seal to the same bytes."""
+        statement that ran without error, was not refused, suspended, guarded, reviewed or
+        dispatched ahead, with a text recorded on the loop), else the dict of
+        :meth:`statement`. Both seal to the same bytes."""
         statement = done.statement
         if (
             statement is None
             or done.error is not None
             or done.refusal is not None
-            or done.params is not None
             or done.suspended
             or done.guard is not None
             or done.dispatch
-            or self._end_identity
             or statement.review_id
             or (statement.per_statement and done.index >= 0)
         ):
@@ -290,6 +292,7 @@ class SessionEvents:
         tag = done.tag
         portal = done.portal
         rows = done.rows
+        params = done.params
         name = statement.name if done.index < 0 else ""
         status = tx_status or chr(done.tx_after)
         status_bytes = _TX_BYTES.get(status)
@@ -315,7 +318,10 @@ class SessionEvents:
                 enc(duration),
                 b',"duration_scope":',
                 scope_bytes,
-                shape.around_portal,
+                shape.after_fingerprint,
+                self._identity_bytes,
+                b"" if params is None else b',"params":' + enc(params),
+                b',"portal":',
                 enc_text(portal) if portal else NULL,
                 b',"prev_hash":',
             )
