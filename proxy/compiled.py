@@ -33,6 +33,7 @@ HOT_MODULES: tuple[str, ...] = (
     # The lean query record and the trail's submit/flush/write (a relayed extended-protocol
     # transaction: 130,300 -> 123,000 instructions with the trail compiled, docs/benchmarks.md).
     "proxy.audit.record",
+    "proxy.audit.textcap",
     "proxy.audit.trail",
     # The session's asyncio adapter and what it calls for every statement (a repeated
     # statement in-process: 21.2 -> 20.9 µs, a new literal 48.8 -> 44.3, docs/benchmarks.md).

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pglast import parser as pg_parser
 
 from proxy.audit.chain import load_hmac_key
+from proxy.audit.textcap import may_cap
 from proxy.identity import Identity
 from proxy.policy.decision import ALLOW, Decision, RuleMatch
 from proxy.sql import cache as facts_cache
@@ -253,6 +254,10 @@ class Gate:
         if (stmt is None or stmt.record is None) and (facts is None or facts.record is None):
             return None  # (the common case, without the interpreted call)
         return recordtext.made(text, stmt, facts, self._text_mode, self._statement_max)
+
+    def caps(self, text: str) -> bool:
+        """Whether the trail may cap ``text`` at ``audit.statement_max``."""
+        return may_cap(text, self._statement_max)
 
     def display_text(self, text: str, stmt: StatementFacts | None = None) -> str:
         return redact.redact_statement(text, stmt)

@@ -284,6 +284,7 @@ def test_lean_records_seal_to_the_dict_paths_lines(
     assert Chainer().seal(records) == Chainer().seal(dicts)
     assert lean.statements == plain.statements == len(done)
     for record, event in zip(records, dicts, strict=True):
+        assert all(key in record for key in event)  # (before as_dict() fills the record in)
         assert (record.as_dict() if isinstance(record, QueryRecord) else record) == event
 
 
@@ -417,10 +418,8 @@ def test_iso_is_the_strftime_form_with_six_digit_microseconds(ts: float) -> None
 
 
 def test_enum_values_are_the_members_values() -> None:
-    for via in Via:
-        assert events_module._via_value(via) == via.value
-    for scope in Scope:
-        assert events_module._scope_value(scope) == scope.value
+    for member in (*Via, *Scope):
+        assert events_module._value_of(member) == (member.value, orjson.dumps(member.value))
 
 
 # --- a whole trail ---------------------------------------------------------------------------

@@ -55,27 +55,20 @@ def duration_ms(elapsed_ns: int) -> float:
     return round(elapsed_ns / 1e6, 3)
 
 
-_VIA = tuple((via, via.value) for via in Via)
-_SCOPE = tuple((scope, scope.value) for scope in Scope)
+_VALUES: tuple[tuple[Via | Scope, str, bytes], ...] = tuple(
+    (member, member.value, enc(member.value)) for member in (*Via, *Scope)
+)
 
 
-def _via_value(via: Via) -> str:
-    # ``Enum.value`` is a Python-level property: ~900 instructions even from compiled code.
-    for member, value in _VIA:
-        if member is via:
-            return value
-    return via.value
+def _value_of(member: Via | Scope) -> tuple[str, bytes]:
+    """``member.value`` and its JSON. (``Enum.value`` is a Python-level property: ~900
+    instructions even from compiled code.)"""
+    for known, value, encoded in _VALUES:
+        if known is member:
+            return value, encoded
+    return member.value, enc(member.value)
 
 
-def _scope_value(scope: Scope) -> str:
-    for member, value in _SCOPE:
-        if member is scope:
-            return value
-    return scope.value
-
-
-_SCOPE_BYTES = tuple((scope, enc(scope.value)) for scope in Scope)
-_VIA_BYTES = tuple((via, enc(via.value)) for via in Via)
 _TX_BYTES = {status: enc(status) for status in ("I", "T", "E")}
 # Statement shapes whose record bytes are kept (shared by every session of the process),
 # and the longest text whose encoding a shape keeps for the next statement with that text.
@@ -269,11 +262,12 @@ class SessionEvents:
         gate = self._gate
         if gate.made_text(text, stmt, statement.facts) is not None:
             return self.statement(done, tx_status)  # a long text, recorded off the loop
-        self.statements += 1
         shape = _SHAPES.get(stmt.fingerprint if stmt is not None else None)
         if shape is None or not shape.fits(stmt):
             shape = _new_shape(stmt)
         recorded = gate.audit_text(text, stmt)
+        if recorded is not None and gate.caps(recorded):
+            return self.statement(done, tx_status)  # the trail caps it: a dict to change
         if recorded is shape.text:
             text_bytes = shape.text_bytes
         else:
@@ -281,6 +275,7 @@ class SessionEvents:
             if recorded is None or len(recorded) <= _TEXT_KEPT_MAX:
                 shape.text = recorded
                 shape.text_bytes = text_bytes
+        self.statements += 1
         if decision is None:
             decision = ALLOW
         if decision is not self._decision:
@@ -298,14 +293,6 @@ class SessionEvents:
         status_bytes = _TX_BYTES.get(status)
         if status_bytes is None:
             status_bytes = enc(status)
-        via_bytes = NULL
-        for member, encoded in _VIA_BYTES:
-            if member is done.via:
-                via_bytes = encoded
-        scope_bytes = NULL
-        for scope, encoded in _SCOPE_BYTES:
-            if scope is done.scope:
-                scope_bytes = encoded
         middle = b"".join(
             (
                 shape.before_address,
@@ -317,7 +304,7 @@ class SessionEvents:
                 b',"duration_ms":',
                 enc(duration),
                 b',"duration_scope":',
-                scope_bytes,
+                _value_of(done.scope)[1],
                 shape.after_fingerprint,
                 self._identity_bytes,
                 b"" if params is None else b',"params":' + enc(params),
@@ -329,7 +316,7 @@ class SessionEvents:
         after_prev = b"".join(
             (
                 b',"protocol":',
-                via_bytes,
+                _value_of(done.via)[1],
                 self._proxy_bytes,
                 NULL if rows is None else enc(rows),
                 b',"seq":',
@@ -421,12 +408,12 @@ class SessionEvents:
             "database": self._database,
             "decision": None,
             "duration_ms": duration_ms(done.ended_ns - done.started_ns),
-            "duration_scope": _scope_value(done.scope),
+            "duration_scope": _value_of(done.scope)[0],
             "error": message,
             "fingerprint": None,
             "portal": done.portal or None,
             "prev_hash": None,
-            "protocol": _via_value(done.via),
+            "protocol": _value_of(done.via)[0],
             "proxy_id": self._proxy_id,
             "rows": done.rows,
             "seq": None,

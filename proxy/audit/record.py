@@ -31,7 +31,8 @@ _loads = orjson.loads
 _sha256 = hashlib.sha256
 _SORT = orjson.OPT_SORT_KEYS
 _INT_RANGE = (-(2**63), 2**64 - 1)
-# The keys a clean record has (``hash`` once sealed).
+# The keys every clean record has (``hash`` once sealed; ``params``, ``identity`` and
+# ``identity_source`` when the session keeps them).
 BASE_KEYS = frozenset(
     (
         "application_name",
@@ -236,10 +237,9 @@ class QueryRecord:
     def __contains__(self, key: object) -> bool:
         if key == "hash":
             return self.hash is not None
-        found = self._dict
-        if found is not None:
-            return key in found
-        return key in BASE_KEYS
+        if self._dict is None and key in BASE_KEYS:
+            return True
+        return key in self.as_dict()  # (and the optional ones: params, identity…)
 
     def __setitem__(self, key: str, value: Any) -> None:
         found = self._dict
@@ -288,19 +288,7 @@ def seal_into(
 ) -> str:
     """Seal a clean ``record`` after ``prev_hash``: its line goes to ``parts`` exactly as the
     canonical path writes it (proxy.audit.chain.Chainer); returns its hash."""
-    body = b"".join(
-        (
-            record.front,
-            chain_bytes,
-            record.middle,
-            b'"',
-            prev_hash.encode(),
-            b'"',
-            record.after_prev,
-            str(record.seq).encode(),
-            record.back,
-        )
-    )
+    body = record.body(chain_bytes, b'"%s"' % prev_hash.encode(), str(record.seq).encode())
     digested = digest(body)
     record.chain = chain
     record.prev_hash = prev_hash

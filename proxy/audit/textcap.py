@@ -12,11 +12,16 @@ import hashlib
 from proxy.audit.record import Event
 
 
+def may_cap(text: str, limit: int) -> bool:
+    """Whether ``text`` may be longer than ``limit`` UTF-8 bytes (``limit`` 0: no cap). A
+    character is at most 4 bytes: most texts are decided without encoding them."""
+    return len(text) * 4 > limit > 0
+
+
 def cap_text(text: str, limit: int) -> tuple[str, int, str] | None:
     """``(kept start, whole length in bytes, whole SHA-256)`` when ``text`` is longer than
     ``limit`` UTF-8 bytes; None when it is kept whole (``limit`` 0: no cap)."""
-    # A character is at most 4 bytes in UTF-8: most texts are decided without encoding them.
-    if not limit or len(text) * 4 <= limit:
+    if not may_cap(text, limit):
         return None
     encoded = text.encode("utf-8", "surrogatepass")
     if len(encoded) <= limit:

@@ -43,7 +43,7 @@ from proxy.audit.jsonl import (
 )
 from proxy.audit.record import Event
 from proxy.audit.recovery import inspect_current, last_rotated_record, state_of
-from proxy.audit.textcap import cap_statement
+from proxy.audit.textcap import cap_statement, may_cap
 from proxy.audit.timeparse import parse_ts
 from proxy.audit.trailid import load_or_create
 from proxy.config import Config
@@ -278,7 +278,7 @@ class AuditTrail:
         if self._scrub is not None and event.get("error"):
             self._scrub(event)
         text = event.get("statement")
-        if text is not None and len(text) * 4 > self.statement_max > 0:  # (the cheap test first)
+        if text is not None and may_cap(text, self.statement_max):
             cap_statement(event, self.statement_max)
         self._queue.append(event)
         if self._flush_handle is None and self._retry_handle is None:
